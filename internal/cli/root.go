@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
@@ -27,12 +28,24 @@ func Main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if err := root.Execute(); err != nil {
 		var ue usageError
 		fmt.Fprintln(stderr, "meshfed: "+err.Error())
-		if errors.As(err, &ue) {
+		if errors.As(err, &ue) || isCobraUsageError(err) {
 			return 2
 		}
 		return 1
 	}
 	return 0
+}
+
+// isCobraUsageError recognises the usage errors cobra makes itself, which it
+// does not type: missing required flags, unknown commands.
+func isCobraUsageError(err error) bool {
+	msg := err.Error()
+	for _, p := range []string{"required flag(s)", "unknown command", "unknown flag", "unknown shorthand flag", "if any flags in the group"} {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
 }
 
 // usageError marks errors in how a command was invoked (exit code 2).
