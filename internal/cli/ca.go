@@ -64,6 +64,28 @@ func required(c *cobra.Command, names ...string) {
 	}
 }
 
+// refuseExisting fails early, before any key is made, when out already holds
+// one of names and force is not set. cadir.Write checks again when writing.
+func refuseExisting(out string, force bool, names ...string) error {
+	if force {
+		return nil
+	}
+	if n, ok := pemfile.Exists(out, names...); ok {
+		return fmt.Errorf("%s exists; pass --force to replace it", filepath.Join(out, n))
+	}
+	return nil
+}
+
+// save writes files into dir all-or-nothing and reports each on stdout,
+// with the description given for it.
+func save(c *cobra.Command, dir string, force bool, files []pemfile.File, describe map[string]string) error {
+	if err := cadir.Write(dir, force, files...); err != nil {
+		return err
+	}
+	written(c.OutOrStdout(), dir, files, describe)
+	return nil
+}
+
 // written reports each written file on stdout.
 func written(w io.Writer, dir string, files []pemfile.File, describe map[string]string) {
 	for _, f := range files {
@@ -120,10 +142,8 @@ spiffe://<trust-domain> as its URI SAN.`,
 					return err
 				}
 			}
-			if !force {
-				if n, ok := pemfile.Exists(out, cadir.CertFile, cadir.KeyFile); ok {
-					return fmt.Errorf("%s exists; pass --force to replace the CA", filepath.Join(out, n))
-				}
+			if err := refuseExisting(out, force, cadir.CertFile, cadir.KeyFile); err != nil {
+				return err
 			}
 			if kt != pki.ECP256 {
 				progress(c, "generating %s key…", kt)
@@ -140,10 +160,9 @@ spiffe://<trust-domain> as its URI SAN.`,
 			if err != nil {
 				return err
 			}
-			if err := cadir.Write(out, force, files...); err != nil {
+			if err := save(c, out, force, files, map[string]string{cadir.CertFile: describeCert("root CA", root)}); err != nil {
 				return err
 			}
-			written(c.OutOrStdout(), out, files, map[string]string{cadir.CertFile: describeCert("root CA", root)})
 			return nil
 		},
 	}
@@ -212,10 +231,8 @@ here instead.`,
 			if err != nil {
 				return usagef("%v", err)
 			}
-			if !force {
-				if n, ok := pemfile.Exists(out, cadir.CertFile, cadir.KeyFile, cadir.ChainFile); ok {
-					return fmt.Errorf("%s exists; pass --force to replace the CA", filepath.Join(out, n))
-				}
+			if err := refuseExisting(out, force, cadir.CertFile, cadir.KeyFile, cadir.ChainFile); err != nil {
+				return err
 			}
 			ca, err := cadir.Load(caDir, nil)
 			if err != nil {
@@ -234,10 +251,9 @@ here instead.`,
 			if err != nil {
 				return err
 			}
-			if err := cadir.Write(out, force, files...); err != nil {
+			if err := save(c, out, force, files, map[string]string{cadir.CertFile: describeCert("intermediate CA", chain[0])}); err != nil {
 				return err
 			}
-			written(c.OutOrStdout(), out, files, map[string]string{cadir.CertFile: describeCert("intermediate CA", chain[0])})
 			return nil
 		},
 	}
@@ -304,10 +320,9 @@ and it is a working CA.`,
 				{Name: cadir.KeyFile, Data: k, Mode: pemfile.ModeKey},
 				{Name: cadir.CSRFile, Data: pemfile.EncodeCSR(der), Mode: pemfile.ModePublic},
 			}
-			if err := cadir.Write(out, force, files...); err != nil {
+			if err := save(c, out, force, files, map[string]string{cadir.CSRFile: fmt.Sprintf("CSR for an intermediate of %s (%s)", td, pki.DescribeKey(key.Public()))}); err != nil {
 				return err
 			}
-			written(c.OutOrStdout(), out, files, map[string]string{cadir.CSRFile: fmt.Sprintf("CSR for an intermediate of %s (%s)", td, pki.DescribeKey(key.Public()))})
 			return nil
 		},
 	}
@@ -341,10 +356,8 @@ checked against the new certificate.`,
 			if err != nil {
 				return err
 			}
-			if !force {
-				if n, ok := pemfile.Exists(out, cadir.CertFile, cadir.ChainFile); ok {
-					return fmt.Errorf("%s exists; pass --force to replace it", filepath.Join(out, n))
-				}
+			if err := refuseExisting(out, force, cadir.CertFile, cadir.ChainFile); err != nil {
+				return err
 			}
 			csr, err := pemfile.ReadCSR(csrPath)
 			if err != nil {
@@ -373,10 +386,9 @@ checked against the new certificate.`,
 			if err != nil {
 				return err
 			}
-			if err := cadir.Write(out, force, files...); err != nil {
+			if err := save(c, out, force, files, map[string]string{cadir.CertFile: describeCert("intermediate CA", chain[0])}); err != nil {
 				return err
 			}
-			written(c.OutOrStdout(), out, files, map[string]string{cadir.CertFile: describeCert("intermediate CA", chain[0])})
 			if key == nil {
 				progress(c, "copy %s and %s next to the ca.key made with the CSR", cadir.CertFile, cadir.ChainFile)
 			}
@@ -452,10 +464,8 @@ written); the CSR may name the same SPIFFE ID or none, never another.`,
 			if err != nil {
 				return usagef("%v", err)
 			}
-			if !force {
-				if n, ok := pemfile.Exists(out, issueCertFile, issueKeyFile, issueBundleFile); ok {
-					return fmt.Errorf("%s exists; pass --force to replace it", filepath.Join(out, n))
-				}
+			if err := refuseExisting(out, force, issueCertFile, issueKeyFile, issueBundleFile); err != nil {
+				return err
 			}
 			ca, err := cadir.Load(caDir, nil)
 			if err != nil {
@@ -508,10 +518,9 @@ written); the CSR may name the same SPIFFE ID or none, never another.`,
 				}
 				files = append(files, pemfile.File{Name: issueKeyFile, Data: k, Mode: pemfile.ModeKey})
 			}
-			if err := cadir.Write(out, force, files...); err != nil {
+			if err := save(c, out, force, files, map[string]string{issueCertFile: describeCert(kind, chain[0])}); err != nil {
 				return err
 			}
-			written(c.OutOrStdout(), out, files, map[string]string{issueCertFile: describeCert(kind, chain[0])})
 			return nil
 		},
 	}
@@ -639,10 +648,8 @@ rewritten in Istio's layout. Load the result with:
 		Args:    exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
 			names := []string{cadir.IstioCertFile, cadir.IstioKeyFile, cadir.IstioChainFile, cadir.IstioRootFile}
-			if !force {
-				if n, ok := pemfile.Exists(out, names...); ok {
-					return fmt.Errorf("%s exists; pass --force to replace it", filepath.Join(out, n))
-				}
+			if err := refuseExisting(out, force, names...); err != nil {
+				return err
 			}
 			ca, err := cadir.Load(caDir, nil)
 			if err != nil {
@@ -676,10 +683,9 @@ rewritten in Istio's layout. Load the result with:
 			if err != nil {
 				return err
 			}
-			if err := cadir.Write(out, force, files...); err != nil {
+			if err := save(c, out, force, files, map[string]string{cadir.IstioCertFile: describeCert("intermediate CA", chain[0])}); err != nil {
 				return err
 			}
-			written(c.OutOrStdout(), out, files, map[string]string{cadir.IstioCertFile: describeCert("intermediate CA", chain[0])})
 			return nil
 		},
 	}
