@@ -81,6 +81,8 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		{[]string{"ca", "issue", "--ca", "x", "--out", "y"}, "give --spiffe-id for an SVID or --san for a TLS leaf"},
 		{[]string{"ca", "create-intermediate", "--ca", "x", "--out", "y", "--trust-domain", "East Example"}, "is not a trust domain name"},
 		{[]string{"ca", "create-root", "--out", "x", "--ttl", "forever"}, "invalid duration"},
+		{[]string{"ca", "nope"}, `unknown command "nope" for "meshfed ca"`},
+		{[]string{"nope"}, `unknown command "nope" for "meshfed"`},
 	}
 	for _, tc := range cases {
 		var stdout, stderr bytes.Buffer

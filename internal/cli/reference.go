@@ -45,7 +45,7 @@ func writeCommand(b *strings.Builder, c *cobra.Command) {
 	if c.Long != "" {
 		fmt.Fprintf(b, "\n%s\n", c.Long)
 	}
-	if c.Runnable() {
+	if c.Runnable() && !c.HasSubCommands() {
 		fmt.Fprintf(b, "\n```\n%s\n```\n", c.UseLine())
 	}
 	if c.Example != "" {

@@ -82,9 +82,23 @@ bundles, and enforces Istio's security policy on the traffic between them.`,
 		return usageError{fmt.Errorf("%w (see '%s --help')", err, c.CommandPath())}
 	})
 	for _, add := range commandGroups {
-		root.AddCommand(add())
+		group := add()
+		if group.HasSubCommands() && group.RunE == nil {
+			group.Args = unknownSubcommand
+			group.RunE = func(c *cobra.Command, _ []string) error { return c.Help() }
+		}
+		root.AddCommand(group)
 	}
 	return root
+}
+
+// unknownSubcommand makes "meshfed ca nope" a usage error: cobra checks
+// unknown subcommands only on the root.
+func unknownSubcommand(c *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usagef("unknown command %q for %q (see '%s --help')", args[0], c.CommandPath(), c.CommandPath())
+	}
+	return nil
 }
 
 // commandGroups is filled by each command group's file in its init function,
