@@ -8,9 +8,14 @@ package bundle
 
 import (
 	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/meshfed/meshfed/internal/pemfile"
@@ -52,7 +57,9 @@ func Detect(data []byte) Format {
 }
 
 // Parse reads a bundle for td in either format (detected). Every X.509
-// authority must be a CA certificate.
+// authority must be a CA certificate with an ECDSA, RSA or Ed25519 key, every
+// JWT authority such a key, and spiffe_refresh_hint between 0 and about 292
+// years.
 func Parse(td spiffeid.TrustDomain, data []byte) (*spiffebundle.Bundle, error) {
 	if len(data) > MaxBytes {
 		return nil, fmt.Errorf("bundle: %w of %d bytes", pemfile.ErrTooLarge, MaxBytes)
@@ -63,6 +70,9 @@ func Parse(td spiffeid.TrustDomain, data []byte) (*spiffebundle.Bundle, error) {
 	var b *spiffebundle.Bundle
 	switch Detect(data) {
 	case FormatSPIFFE:
+		if err := checkRefreshHint(data); err != nil {
+			return nil, err
+		}
 		var err error
 		b, err = spiffebundle.Parse(td, data)
 		if err != nil {
@@ -103,6 +113,28 @@ func FromCertificates(td spiffeid.TrustDomain, certs []*x509.Certificate) (*spif
 	return b, nil
 }
 
+// maxRefreshHintSeconds bounds spiffe_refresh_hint. spiffebundle converts
+// the seconds to a time.Duration without checking for overflow, and rounds
+// up when it marshals them again; any hint above this would wrap around to
+// a nonsense (even negative) interval. It is still about 292 years.
+const maxRefreshHintSeconds = (math.MaxInt64 - int64(time.Second-1)) / int64(time.Second)
+
+// checkRefreshHint refuses a spiffe_refresh_hint that is negative or too
+// large to be a time.Duration, before spiffebundle converts it unchecked.
+func checkRefreshHint(data []byte) error {
+	var doc struct {
+		RefreshHint *int64 `json:"spiffe_refresh_hint"`
+	}
+	if err := json.Unmarshal(data, &doc); err != nil {
+		// spiffebundle.Parse reports what is wrong with the document.
+		return nil
+	}
+	if h := doc.RefreshHint; h != nil && (*h < 0 || *h > maxRefreshHintSeconds) {
+		return fmt.Errorf("bundle: spiffe_refresh_hint %d is out of range; give seconds from 0 to %d", *h, maxRefreshHintSeconds)
+	}
+	return nil
+}
+
 func check(b *spiffebundle.Bundle) error {
 	if b.Empty() {
 		return fmt.Errorf("bundle: bundle for %q holds no keys", b.TrustDomain())
@@ -110,6 +142,23 @@ func check(b *spiffebundle.Bundle) error {
 	for i, c := range b.X509Authorities() {
 		if !c.BasicConstraintsValid || !c.IsCA {
 			return fmt.Errorf("bundle: x509-svid authority %d (%s) is not a CA certificate; a bundle holds roots, not leaves", i+1, name(c))
+		}
+		if !isSigningKey(c.PublicKey) {
+			// crypto/x509 parses a key of an unknown algorithm as nil: such a
+			// CA verifies nothing, and cannot be written as a JWK either.
+			return fmt.Errorf("bundle: x509-svid authority %d (%s) has a %T key, not an ECDSA, RSA or Ed25519 one", i+1, name(c), c.PublicKey)
+		}
+	}
+	for _, kind := range []struct {
+		use  string
+		keys map[string]crypto.PublicKey
+	}{{"jwt-svid", b.JWTAuthorities()}, {"wit-svid", b.WITAuthorities()}} {
+		for kid, key := range kind.keys {
+			if !isSigningKey(key) {
+				// A symmetric ("oct") key is a shared secret, not an
+				// authority another trust domain can publish.
+				return fmt.Errorf("bundle: %s authority %q is a %T, not an ECDSA, RSA or Ed25519 public key", kind.use, kid, key)
+			}
 		}
 	}
 	if hint, ok := b.RefreshHint(); ok && hint < 0 {
@@ -152,6 +201,14 @@ func (o Options) Apply(b *spiffebundle.Bundle) {
 	if o.RefreshHint > 0 {
 		b.SetRefreshHint(o.RefreshHint)
 	}
+}
+
+func isSigningKey(k crypto.PublicKey) bool {
+	switch k.(type) {
+	case *ecdsa.PublicKey, *rsa.PublicKey, ed25519.PublicKey:
+		return true
+	}
+	return false
 }
 
 func name(c *x509.Certificate) string {

@@ -91,20 +91,27 @@ func readAll(r io.Reader, limit int64) ([]byte, error) {
 	return data, nil
 }
 
+var pemBegin = []byte("-----BEGIN")
+
 // blocks decodes every PEM block in data. Text around blocks is allowed (as
 // openssl allows it), but a "-----BEGIN" that does not decode is an error.
 func blocks(data []byte) ([]*pem.Block, error) {
 	var out []*pem.Block
 	rest := data
 	for {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
+		b, after := pem.Decode(rest)
 		if b == nil {
 			break
 		}
+		// pem.Decode skips a malformed block when a good one follows, so
+		// what it consumed must hold exactly one BEGIN line: the block's.
+		if bytes.Count(rest[:len(rest)-len(after)], pemBegin) != 1 {
+			break
+		}
 		out = append(out, b)
+		rest = after
 	}
-	if bytes.Contains(rest, []byte("-----BEGIN")) {
+	if bytes.Contains(rest, pemBegin) {
 		return nil, fmt.Errorf("malformed PEM block after %d good block(s): bad base64, headers or END line", len(out))
 	}
 	return out, nil

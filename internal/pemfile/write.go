@@ -3,6 +3,8 @@ package pemfile
 import (
 	"errors"
 	"fmt"
+	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 )
@@ -12,6 +14,9 @@ const (
 	ModeKey    os.FileMode = 0o600 // private keys: owner only
 	ModePublic os.FileMode = 0o644 // certificates, bundles, CSRs
 )
+
+// rename is os.Rename; tests replace it to make a rename fail half-way.
+var rename = os.Rename
 
 // File is one file of a set written together by WriteFiles.
 type File struct {
@@ -33,18 +38,34 @@ func WriteFile(path string, data []byte, mode os.FileMode) error {
 	return syncDir(filepath.Dir(path))
 }
 
-// WriteFiles writes a set of files into dir (created 0755 if missing). Every
-// file is first written and synced under a temporary name; only when all of
-// them are on disk are they renamed into place. A failure before the renames
-// leaves dir as it was.
+// WriteFiles writes a set of files into dir (created 0755 if missing) so that
+// either all of them are replaced or none is. Every file is first written and
+// synced under a temporary name; only when all of them are on disk are they
+// renamed into place. A target that is a directory is refused before any
+// rename. If a rename still fails, the files already renamed are put back as
+// they were (from hard links taken just before; on a file system without
+// hard links a file that existed cannot be put back). No temporary file is
+// left behind.
 func WriteFiles(dir string, files ...File) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("pemfile: %w", err)
 	}
-	temps := make([]string, 0, len(files))
+	for _, f := range files {
+		target := filepath.Join(dir, f.Name)
+		if fi, err := os.Lstat(target); err == nil && fi.IsDir() {
+			return fmt.Errorf("pemfile: %s is a directory; nothing was written", target)
+		}
+	}
+	var temps []string
+	var olds []old
 	cleanup := func() {
 		for _, t := range temps {
 			os.Remove(t)
+		}
+		for _, o := range olds {
+			if o.backup != "" {
+				os.Remove(o.backup)
+			}
 		}
 	}
 	for _, f := range files {
@@ -55,13 +76,60 @@ func WriteFiles(dir string, files ...File) error {
 		}
 		temps = append(temps, tmp)
 	}
-	for i, f := range files {
-		if err := os.Rename(temps[i], filepath.Join(dir, f.Name)); err != nil {
+	for _, f := range files {
+		o, err := keepOld(filepath.Join(dir, f.Name))
+		if err != nil {
 			cleanup()
-			return fmt.Errorf("pemfile: %w", err)
+			return err
+		}
+		olds = append(olds, o)
+	}
+	for i, f := range files {
+		if err := rename(temps[i], filepath.Join(dir, f.Name)); err != nil {
+			for j := i - 1; j >= 0; j-- {
+				olds[j].restore(filepath.Join(dir, files[j].Name))
+			}
+			cleanup()
+			syncDir(dir)
+			return fmt.Errorf("pemfile: %w; the files written before it were put back", err)
 		}
 	}
+	cleanup()
 	return syncDir(dir)
+}
+
+// old is what a target of WriteFiles was before it was replaced.
+type old struct {
+	existed bool
+	backup  string // a hard link to the old version; "" if none could be made
+}
+
+// keepOld hard-links path, if it exists, to a temporary name beside it.
+func keepOld(path string) (old, error) {
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		return old{}, nil
+	}
+	for range 10 {
+		name := filepath.Join(filepath.Dir(path), fmt.Sprintf(".%s.old-%016x", filepath.Base(path), rand.Uint64()))
+		err := os.Link(path, name)
+		if err == nil {
+			return old{existed: true, backup: name}, nil
+		}
+		if !errors.Is(err, fs.ErrExist) {
+			return old{existed: true}, nil // no hard links here
+		}
+	}
+	return old{}, fmt.Errorf("pemfile: cannot pick a backup name beside %s", path)
+}
+
+// restore undoes the rename of a new version onto path.
+func (o old) restore(path string) {
+	switch {
+	case !o.existed:
+		os.Remove(path)
+	case o.backup != "":
+		os.Rename(o.backup, path)
+	}
 }
 
 // Exists reports whether any of names exists in dir, returning the first one.

@@ -11,6 +11,7 @@ import (
 	"math/big"
 	"net"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -51,7 +52,7 @@ func CreateRoot(req RootRequest) (*x509.Certificate, error) {
 	if req.Signer == nil {
 		return nil, errors.New("pki: root: no signer")
 	}
-	if err := CheckPublicKey(req.Signer.Public()); err != nil {
+	if err := checkPublicKey(req.Signer.Public()); err != nil {
 		return nil, fmt.Errorf("pki: root: %w", err)
 	}
 	now := req.Now
@@ -174,6 +175,13 @@ func NewCA(cfg CAConfig) (*CA, error) {
 		}
 	}
 	now := clock()
+	// Check the validity of what was given before path building, whose
+	// error would not say which certificate to rotate.
+	for _, c := range cfg.Chain {
+		if err := checkValidity(c, now); err != nil {
+			return nil, err
+		}
+	}
 	var path []*x509.Certificate
 	if containsCert(roots, cert) {
 		path = []*x509.Certificate{cert}
@@ -189,12 +197,14 @@ func NewCA(cfg CAConfig) (*CA, error) {
 		}
 		path = chains[0]
 	}
-	for _, c := range path {
-		if now.After(c.NotAfter) {
-			return nil, fmt.Errorf("pki: CA: %q expired at %s; rotate it", caName(c), c.NotAfter.UTC().Format(time.RFC3339))
+	for i, c := range path {
+		if err := checkValidity(c, now); err != nil {
+			return nil, err
 		}
-		if now.Before(c.NotBefore) {
-			return nil, fmt.Errorf("pki: CA: %q is not valid until %s", caName(c), c.NotBefore.UTC().Format(time.RFC3339))
+		// Path validation does not count the certificate being verified
+		// against the path lengths above it, but a leaf's verifier will.
+		if c.BasicConstraintsValid && c.MaxPathLen >= 0 && i > c.MaxPathLen {
+			return nil, fmt.Errorf("pki: CA: %q has path length %d, which does not allow the %d CA certificate(s) below it; nothing this CA signs would verify", caName(c), c.MaxPathLen, i)
 		}
 	}
 	if len(cert.URIs) == 1 {
@@ -218,12 +228,25 @@ func NewCA(cfg CAConfig) (*CA, error) {
 	}, nil
 }
 
+// checkValidity refuses a CA certificate that is not valid at now.
+func checkValidity(c *x509.Certificate, now time.Time) error {
+	if now.After(c.NotAfter) {
+		return fmt.Errorf("pki: CA: %q expired at %s; rotate it", caName(c), c.NotAfter.UTC().Format(time.RFC3339))
+	}
+	if now.Before(c.NotBefore) {
+		return fmt.Errorf("pki: CA: %q is not valid until %s", caName(c), c.NotBefore.UTC().Format(time.RFC3339))
+	}
+	return nil
+}
+
 // caTrustDomain returns the trust domain a CA is limited to: the single host
 // its (or an issuer's) URI name constraint permits, or failing that its own
-// SPIFFE ID's trust domain. It is zero for an unconstrained shared root.
+// SPIFFE ID's trust domain. It is zero for an unconstrained shared root, and
+// for a constraint with a leading period, which permits every domain below
+// it rather than one trust domain (go-spiffe would parse ".example" as one).
 func caTrustDomain(path []*x509.Certificate) spiffeid.TrustDomain {
 	for _, c := range path {
-		if len(c.PermittedURIDomains) == 1 {
+		if len(c.PermittedURIDomains) == 1 && !strings.HasPrefix(c.PermittedURIDomains[0], ".") {
 			if td, err := spiffeid.TrustDomainFromString(c.PermittedURIDomains[0]); err == nil {
 				return td
 			}
@@ -290,11 +313,19 @@ func (ca *CA) SignIntermediate(req IntermediateRequest) ([]*x509.Certificate, er
 	if td, ok := ca.TrustDomain(); ok && td != req.TrustDomain {
 		return nil, fmt.Errorf("pki: intermediate: this CA is limited to trust domain %q and cannot vouch for %q", td, req.TrustDomain)
 	}
-	if err := CheckPublicKey(req.PublicKey); err != nil {
+	if err := checkPublicKey(req.PublicKey); err != nil {
 		return nil, fmt.Errorf("pki: intermediate: %w", err)
 	}
 	if req.MaxPathLen < -1 {
 		return nil, fmt.Errorf("pki: intermediate: path length %d; use -1 (unlimited), 0 or more", req.MaxPathLen)
+	}
+	// Path validation checks the path lengths above a CA only when that CA
+	// signs something, so the re-verification below cannot see this.
+	for i, c := range ca.path {
+		// The new CA and the i CAs below path[i] would all sit under it.
+		if c.BasicConstraintsValid && c.MaxPathLen >= 0 && i+1 > c.MaxPathLen {
+			return nil, fmt.Errorf("pki: intermediate: %q has path length %d, so it allows no further CA below this one; sign the intermediate with a CA higher up", caName(c), c.MaxPathLen)
+		}
 	}
 	org := req.Organization
 	if org == "" {
@@ -337,12 +368,18 @@ func (ca *CA) SignIntermediate(req IntermediateRequest) ([]*x509.Certificate, er
 // the requester holds the private key. Every name in the CSR is ignored; the
 // trust domain comes from req.
 func (ca *CA) SignIntermediateFromCSR(csr *x509.CertificateRequest, req IntermediateRequest) ([]*x509.Certificate, error) {
+	if req.TrustDomain.IsZero() {
+		return nil, errors.New("pki: intermediate: a trust domain is required")
+	}
 	pub, err := CheckCSR(csr)
 	if err != nil {
 		return nil, err
 	}
-	if len(csr.URIs) > 0 && (len(csr.URIs) != 1 || csr.URIs[0].String() != req.TrustDomain.IDString()) {
-		return nil, fmt.Errorf("pki: CSR asks for %s but the intermediate is for %s", csr.URIs[0], req.TrustDomain.IDString())
+	switch {
+	case len(csr.URIs) > 1:
+		return nil, fmt.Errorf("pki: CSR asks for %d URI SANs; an intermediate carries exactly one, spiffe://<trust domain>", len(csr.URIs))
+	case len(csr.URIs) == 1 && csr.URIs[0].String() != req.TrustDomain.IDString():
+		return nil, fmt.Errorf("pki: CSR asks for %s, but the intermediate is for %s", csr.URIs[0], req.TrustDomain.IDString())
 	}
 	req.PublicKey = pub
 	return ca.SignIntermediate(req)
@@ -369,7 +406,7 @@ func (ca *CA) SignX509SVID(req SVIDRequest) ([]*x509.Certificate, error) {
 	if td, ok := ca.TrustDomain(); ok && td != req.ID.TrustDomain() {
 		return nil, fmt.Errorf("pki: SVID: %s is outside trust domain %q, the only one this CA may sign for", req.ID, td)
 	}
-	if err := CheckPublicKey(req.PublicKey); err != nil {
+	if err := checkPublicKey(req.PublicKey); err != nil {
 		return nil, fmt.Errorf("pki: SVID: %w", err)
 	}
 	for _, n := range req.DNSNames {
@@ -426,7 +463,7 @@ func (ca *CA) SignLeaf(req LeafRequest) ([]*x509.Certificate, error) {
 	if len(req.DNSNames) == 0 && len(req.IPAddresses) == 0 {
 		return nil, errors.New("pki: leaf: give at least one DNS name or IP address")
 	}
-	if err := CheckPublicKey(req.PublicKey); err != nil {
+	if err := checkPublicKey(req.PublicKey); err != nil {
 		return nil, fmt.Errorf("pki: leaf: %w", err)
 	}
 	for _, n := range req.DNSNames {
@@ -472,6 +509,11 @@ func (ca *CA) sign(tmpl *x509.Certificate, pub crypto.PublicKey, ttl, defaultTTL
 	notAfter := ca.NotAfter()
 	if !now.Before(notAfter) {
 		return nil, fmt.Errorf("the issuing CA expired at %s; rotate it", notAfter.UTC().Format(time.RFC3339))
+	}
+	for _, c := range ca.path {
+		if now.Before(c.NotBefore) {
+			return nil, fmt.Errorf("the issuing CA %q is not valid until %s; check the clock", caName(c), c.NotBefore.UTC().Format(time.RFC3339))
+		}
 	}
 	if want := now.Add(ttl); want.Before(notAfter) {
 		notAfter = want
@@ -540,7 +582,7 @@ func CheckCSR(csr *x509.CertificateRequest) (crypto.PublicKey, error) {
 	if err := csr.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("pki: CSR signature does not verify, so the requester has not proved it holds the key: %w", err)
 	}
-	if err := CheckPublicKey(csr.PublicKey); err != nil {
+	if err := checkPublicKey(csr.PublicKey); err != nil {
 		return nil, fmt.Errorf("pki: CSR: %w", err)
 	}
 	return csr.PublicKey, nil
@@ -568,6 +610,10 @@ func leafKeyUsage(pub crypto.PublicKey) x509.KeyUsage {
 	return x509.KeyUsageDigitalSignature
 }
 
+// checkDNSName accepts a host name of letters, digits and hyphens in dot-
+// separated labels (RFC 1123), optionally with "*." in front. Empty labels
+// (leading, trailing or doubled dots) are refused: crypto/x509 cannot parse
+// them under a name constraint, and no TLS client matches them.
 func checkDNSName(n string) error {
 	if n == "" || len(n) > 253 {
 		return fmt.Errorf("DNS name %q is empty or longer than 253 characters", n)
@@ -575,13 +621,19 @@ func checkDNSName(n string) error {
 	if ip := net.ParseIP(n); ip != nil {
 		return fmt.Errorf("%q is an IP address, not a DNS name", n)
 	}
-	for i := 0; i < len(n); i++ {
-		c := n[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '.':
-		case c == '*' && i == 0 && len(n) > 2 && n[1] == '.':
-		default:
-			return fmt.Errorf("DNS name %q has invalid character %q", n, c)
+	host := strings.TrimPrefix(n, "*.")
+	for label := range strings.SplitSeq(host, ".") {
+		if label == "" || len(label) > 63 {
+			return fmt.Errorf("DNS name %q has an empty label or one longer than 63 characters", n)
+		}
+		if label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Errorf("DNS name %q has a label that begins or ends with a hyphen", n)
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return fmt.Errorf("DNS name %q has invalid character %q", n, c)
+			}
 		}
 	}
 	return nil
