@@ -65,6 +65,15 @@ func TestCLIContractFilesAndModes(t *testing.T) {
 	if got := leafChain[0].URIs[0].String(); got != reviewsID {
 		t.Errorf("leaf SPIFFE ID %s, want %s", got, reviewsID)
 	}
+	// The contract: inspect cert prints the SPIFFE ID in full.
+	insp := meshfed(t, dir, "inspect", "cert", "reviews/cert.pem")
+	if !strings.Contains(insp.stdout, "SPIFFE ID:          "+reviewsID+"\n") {
+		t.Errorf("inspect cert does not print %s in full:\n%s", reviewsID, insp.stdout)
+	}
+	// Verified against the root it is OK; against another trust domain's, exit 1.
+	meshfed(t, dir, "inspect", "cert", "reviews/cert.pem", "--root", "root/ca.pem")
+	meshfedFails(t, dir, []string{"inspect", "cert", "reviews/cert.pem", "--root", "root/ca.pem", "--trust-domain", "west.example"},
+		"verification failed", "verify a peer only with its own trust domain's bundle")
 	// No key material on stdout or stderr, ever.
 	r := meshfed(t, dir, "ca", "issue", "--ca", "east", "--spiffe-id", reviewsID+"-2", "--out", "reviews2")
 	if strings.Contains(r.stdout+r.stderr, "PRIVATE KEY") {
