@@ -391,7 +391,10 @@ type SVIDRequest struct {
 	PublicKey crypto.PublicKey // the workload's key
 	TTL       time.Duration    // DefaultSVIDTTL if zero; clipped to the CA
 	DNSNames  []string         // optional additional DNS SANs (X509-SVID §2 allows them)
-	Subject   pkix.Name        // optional; empty by default, as Istio issues them
+	// IPAddresses are optional IP SANs, for a server that clients verify by
+	// the address they dial (istio-agent does this with its CA).
+	IPAddresses []net.IP
+	Subject     pkix.Name // optional; empty by default, as Istio issues them
 }
 
 // SignX509SVID signs an X.509-SVID. The result is the leaf followed by this
@@ -418,6 +421,7 @@ func (ca *CA) SignX509SVID(req SVIDRequest) ([]*x509.Certificate, error) {
 		Subject:               req.Subject,
 		URIs:                  []*url.URL{req.ID.URL()},
 		DNSNames:              req.DNSNames,
+		IPAddresses:           req.IPAddresses,
 		KeyUsage:              leafKeyUsage(req.PublicKey),
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
