@@ -5,7 +5,6 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -38,36 +37,6 @@ func TestReferenceIsUpToDate(t *testing.T) {
 	}
 	if !bytes.Equal(have, buf.Bytes()) {
 		t.Error("docs/cli.md is stale: run 'go run ./cmd/meshfed reference > docs/cli.md'")
-	}
-}
-
-func TestParseTTL(t *testing.T) {
-	cases := []struct {
-		in   string
-		want time.Duration
-		err  string
-	}{
-		{"45m", 45 * time.Minute, ""},
-		{"8760h", 8760 * time.Hour, ""},
-		{"356d", 356 * 24 * time.Hour, ""},
-		{"10y", 10 * 365 * 24 * time.Hour, ""},
-		{"0", 0, "must be positive"},
-		{"-1h", 0, "must be positive"},
-		{"1.5d", 0, "positive whole number"},
-		{"d", 0, "positive whole number"},
-		{"forever", 0, "use 45m, 24h, 90d or 10y"},
-	}
-	for _, tc := range cases {
-		got, err := parseTTL(tc.in)
-		if tc.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tc.err) {
-				t.Errorf("parseTTL(%q) error = %v, want %q", tc.in, err, tc.err)
-			}
-			continue
-		}
-		if err != nil || got != tc.want {
-			t.Errorf("parseTTL(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
-		}
 	}
 }
 

@@ -1,10 +1,9 @@
 package cli
 
 import (
-	"fmt"
-	"strconv"
-	"strings"
 	"time"
+
+	"github.com/meshfed/meshfed/internal/duration"
 )
 
 // ttlValue is a duration flag that also accepts days ("90d") and years
@@ -17,21 +16,14 @@ func newTTL(p *time.Duration, def time.Duration) *ttlValue {
 }
 
 func (v *ttlValue) String() string {
-	if v.d == nil || *v.d == 0 {
+	if v.d == nil {
 		return "0"
 	}
-	d := *v.d
-	switch {
-	case d%(365*24*time.Hour) == 0:
-		return fmt.Sprintf("%dy", d/(365*24*time.Hour))
-	case d%(24*time.Hour) == 0:
-		return fmt.Sprintf("%dd", d/(24*time.Hour))
-	}
-	return d.String()
+	return duration.Format(*v.d)
 }
 
 func (v *ttlValue) Set(s string) error {
-	d, err := parseTTL(s)
+	d, err := duration.Parse(s)
 	if err != nil {
 		return err
 	}
@@ -40,24 +32,3 @@ func (v *ttlValue) Set(s string) error {
 }
 
 func (v *ttlValue) Type() string { return "duration" }
-
-func parseTTL(s string) (time.Duration, error) {
-	s = strings.TrimSpace(s)
-	for suffix, unit := range map[string]time.Duration{"d": 24 * time.Hour, "y": 365 * 24 * time.Hour} {
-		if n, ok := strings.CutSuffix(s, suffix); ok {
-			i, err := strconv.Atoi(n)
-			if err != nil || i <= 0 || i > 1000*365 {
-				return 0, fmt.Errorf("invalid duration %q: want a positive whole number before %q", s, suffix)
-			}
-			return time.Duration(i) * unit, nil
-		}
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		return 0, fmt.Errorf("invalid duration %q: use 45m, 24h, 90d or 10y", s)
-	}
-	if d <= 0 {
-		return 0, fmt.Errorf("invalid duration %q: must be positive", s)
-	}
-	return d, nil
-}
