@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/meshfed/meshfed/internal/testpg"
 )
 
 var meshfedBin string
@@ -27,7 +29,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "e2e: building meshfed:", err)
 		os.Exit(1)
 	}
-	code := m.Run()
+	code := testpg.Run(m)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

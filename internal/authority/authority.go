@@ -270,8 +270,7 @@ func (a *Authority) loadOrCreateRoot() (*pki.CA, error) {
 	if err := cadir.Write(dir, false, files...); err != nil {
 		return nil, fmt.Errorf("authority: %w", err)
 	}
-	a.cfg.Logger.Info("generated a self-signed root for the trust domain", "trust_domain", a.cfg.TrustDomain.Name(),
-		"dir", dir, "serial", fmt.Sprintf("%x", root.SerialNumber), "not_after", root.NotAfter.UTC().Format(time.RFC3339))
+	a.cfg.Logger.Info("generated a self-signed root for the trust domain", "dir", dir, "serial", fmt.Sprintf("%x", root.SerialNumber), "not_after", root.NotAfter.UTC().Format(time.RFC3339))
 	return pki.NewCA(pki.CAConfig{Signer: key, Chain: []*x509.Certificate{root}, Clock: a.cfg.Clock})
 }
 

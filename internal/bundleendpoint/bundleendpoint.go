@@ -19,6 +19,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/meshfed/meshfed/internal/tlspolicy"
 	"log"
 	"log/slog"
 	"maps"
@@ -65,19 +66,6 @@ const (
 	// its context is done; then it closes what is left.
 	shutdownTimeout = 5 * time.Second
 )
-
-// cipherSuites are the mesh's TLS 1.2 cipher suites (Istio's defaults): AES-GCM
-// only, ECDHE first. The plain-RSA key-exchange pair is there for old
-// clients of the mesh; Go stopped enabling it by default in 1.22, and listing
-// it here turns it back on for this endpoint. TLS 1.3 suites are Go's.
-var cipherSuites = []uint16{
-	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-	tls.TLS_RSA_WITH_AES_256_GCM_SHA384,
-	tls.TLS_RSA_WITH_AES_128_GCM_SHA256,
-}
 
 // BundleSource gives the current bundle of a trust domain.
 // *spiffebundle.Bundle and *spiffebundle.Set satisfy it. The server calls it
@@ -161,8 +149,8 @@ func New(cfg Config) (*Server, error) {
 	}
 
 	tlsConf := &tls.Config{
-		MinVersion:   tls.VersionTLS12,
-		CipherSuites: cipherSuites,
+		MinVersion:   tlspolicy.MinVersion,
+		CipherSuites: tlspolicy.CipherSuites(),
 		ClientAuth:   tls.NoClientCert,
 		// Without resumption every connection gets the certificate of the
 		// moment: a rotated SVID or a replaced file is what the next client

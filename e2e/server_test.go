@@ -1,0 +1,348 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"github.com/meshfed/meshfed/internal/testpg"
+
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	pb "github.com/meshfed/meshfed/internal/api/serverv1"
+	"github.com/meshfed/meshfed/internal/pemfile"
+	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+)
+
+var eastTD = spiffeid.RequireTrustDomainFromString("east.example")
+
+// logBuffer collects a process's stderr for assertions.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+// serverProc is a running `meshfed server`.
+type serverProc struct {
+	cmd                  *exec.Cmd
+	listen, bundle, sock string
+	logs                 *logBuffer
+	done                 chan error
+}
+
+var startedLine = regexp.MustCompile(`meshfed server for (\S+): signing API (\S+), bundle endpoint (\S+), admin socket (\S+)`)
+
+// startServer runs meshfed server with ports chosen by the kernel and waits
+// for the line that names them.
+func startServer(t *testing.T, dir string, args ...string) *serverProc {
+	t.Helper()
+	full := append([]string{"server", "--listen", "127.0.0.1:0", "--bundle-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"}, args...)
+	cmd := exec.Command(meshfedBin, full...)
+	cmd.Dir = dir
+	pr, pw := io.Pipe()
+	logs := &logBuffer{}
+	cmd.Stderr = io.MultiWriter(pw, logs)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &serverProc{cmd: cmd, logs: logs, done: make(chan error, 1)}
+	go func() { p.done <- cmd.Wait(); pw.Close() }()
+	found := make(chan []string, 1)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			if m := startedLine.FindStringSubmatch(sc.Text()); m != nil {
+				found <- m
+			}
+		}
+		io.Copy(io.Discard, pr)
+	}()
+	select {
+	case m := <-found:
+		p.listen, p.bundle, p.sock = m[2], m[3], m[4]
+	case err := <-p.done:
+		t.Fatalf("meshfed server exited: %v\n%s", err, logs.String())
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("meshfed server did not start:\n%s", logs.String())
+	}
+	t.Cleanup(func() { p.stop(t) })
+	return p
+}
+
+// stop sends SIGTERM and waits for a clean exit.
+func (p *serverProc) stop(t *testing.T) {
+	t.Helper()
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		p.done <- err
+		if err != nil {
+			t.Errorf("meshfed server exited with %v\n%s", err, p.logs.String())
+		}
+	case <-time.After(20 * time.Second):
+		p.cmd.Process.Kill()
+		t.Errorf("meshfed server did not stop on SIGTERM\n%s", p.logs.String())
+	}
+}
+
+// waitFor polls cond until it holds or the deadline passes; for events a
+// separate process reports, which a test cannot drive with a clock.
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func curl(t *testing.T, dir string, args ...string) (string, int) {
+	t.Helper()
+	p, err := exec.LookPath("curl")
+	if err != nil {
+		t.Fatal("curl is not installed: run ./scripts/test, which installs it")
+	}
+	r := run(t, dir, p, args...)
+	return r.stdout, r.code
+}
+
+func TestServerCLIContractAndRestart(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "east", "admin.sock")
+	args := []string{"--trust-domain", "east.example", "--data-dir", "east", "--admin-socket", sock}
+	srv := startServer(t, dir, args...)
+
+	// token create prints the token and nothing else.
+	r := meshfed(t, dir, "token", "create", "--admin-socket", sock, "--spiffe-id", "spiffe://east.example/node/host-1")
+	if lines := strings.Split(strings.TrimSuffix(r.stdout, "\n"), "\n"); len(lines) != 1 || len(lines[0]) != 43 {
+		t.Errorf("token create stdout = %q, want one 43-character token", r.stdout)
+	}
+	meshfed(t, dir, "entry", "create", "--admin-socket", sock, "--parent-id", "spiffe://east.example/node/host-1",
+		"--spiffe-id", "spiffe://east.example/ns/default/sa/reviews", "--selector", "unix:uid:1000")
+	list := meshfed(t, dir, "entry", "list", "--admin-socket", sock)
+	if !strings.Contains(list.stdout, "spiffe://east.example/ns/default/sa/reviews") || !strings.Contains(list.stdout, "unix:uid:1000") {
+		t.Errorf("entry list:\n%s", list.stdout)
+	}
+
+	// bundle show prints the SPIFFE bundle holding the generated root.
+	show := meshfed(t, dir, "bundle", "show", "--admin-socket", sock)
+	b, err := spiffebundle.Parse(eastTD, []byte(show.stdout))
+	if err != nil {
+		t.Fatalf("bundle show output is not a SPIFFE bundle: %v\n%s", err, show.stdout)
+	}
+	root, err := pemfile.ReadCertificates(filepath.Join(dir, "east", "ca", "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.X509Authorities()) != 1 || !b.X509Authorities()[0].Equal(root[0]) {
+		t.Errorf("bundle holds %d authorities, not the root in the data dir", len(b.X509Authorities()))
+	}
+	if m := mode(t, filepath.Join(dir, "east", "ca", "ca.key")); m != 0o600 {
+		t.Errorf("CA key mode %o", m)
+	}
+
+	// The bundle endpoint (https_spiffe) with curl: the same bytes.
+	body, code := curl(t, dir, "-sS", "-k", "https://"+srv.bundle+"/")
+	if code != 0 || body != show.stdout {
+		t.Errorf("curl of the bundle endpoint (exit %d) differs from bundle show:\n%s", code, body)
+	}
+	// And verified as the SPIFFE profile asks: the server's SVID, by ID.
+	os.WriteFile(filepath.Join(dir, "east.json"), []byte(show.stdout), 0o644)
+	meshfed(t, dir, "inspect", "bundle", "https://"+srv.bundle+"/", "--trust-domain", "east.example",
+		"--endpoint-bundle", "east.json", "--endpoint-spiffe-id", "spiffe://east.example/meshfed/server")
+
+	// A restart loses nothing: same root, same entry.
+	srv.stop(t)
+	srv = startServer(t, dir, args...)
+	list = meshfed(t, dir, "entry", "list", "--admin-socket", sock)
+	if !strings.Contains(list.stdout, "spiffe://east.example/ns/default/sa/reviews") {
+		t.Errorf("entry lost across a restart:\n%s", list.stdout)
+	}
+	again := meshfed(t, dir, "bundle", "show", "--admin-socket", sock)
+	b2, _ := spiffebundle.Parse(eastTD, []byte(again.stdout))
+	if b2 == nil || !b2.X509Authorities()[0].Equal(root[0]) {
+		t.Error("the root changed across a restart")
+	}
+	if strings.Contains(srv.logs.String(), "PRIVATE KEY") {
+		t.Error("key material in the server's log")
+	}
+}
+
+func TestServerHTTPSWebBundleEndpoint(t *testing.T) {
+	dir := t.TempDir()
+	meshfed(t, dir, "ca", "create-root", "--out", "web")
+	meshfed(t, dir, "ca", "issue", "--ca", "web", "--san", "127.0.0.1", "--out", "webleaf")
+	sock := filepath.Join(dir, "admin.sock")
+	srv := startServer(t, dir, "--trust-domain", "east.example", "--data-dir", "east", "--admin-socket", sock,
+		"--bundle-profile", "https_web", "--bundle-cert", "webleaf/cert.pem", "--bundle-key", "webleaf/key.pem")
+	show := meshfed(t, dir, "bundle", "show", "--admin-socket", sock)
+	body, code := curl(t, dir, "-sS", "--cacert", "web/ca.pem", "https://"+srv.bundle+"/")
+	if code != 0 || body != show.stdout {
+		t.Fatalf("curl with full verification (exit %d):\n%s", code, body)
+	}
+	// Another root: curl refuses (exit 60).
+	meshfed(t, dir, "ca", "create-root", "--out", "other")
+	if _, code := curl(t, dir, "-sS", "--cacert", "other/ca.pem", "https://"+srv.bundle+"/"); code != 60 {
+		t.Errorf("curl with another root: exit %d, want 60", code)
+	}
+}
+
+func TestServerCACertsHotReload(t *testing.T) {
+	dir := t.TempDir()
+	meshfed(t, dir, "ca", "create-root", "--out", "root")
+	meshfed(t, dir, "ca", "istio-cacerts", "--ca", "root", "--trust-domain", "east.example", "--out", "cacerts")
+	os.WriteFile(filepath.Join(dir, "server.yaml"), []byte("ca:\n  reload_interval: 100ms\n"), 0o644)
+	sock := filepath.Join(dir, "admin.sock")
+	srv := startServer(t, dir, "--config", "server.yaml", "--trust-domain", "east.example", "--data-dir", "east",
+		"--admin-socket", sock, "--cacerts-dir", "cacerts")
+	first := servingIssuer(t, dir, srv)
+
+	// A new intermediate in place of the old: taken without a restart, and
+	// the server's own SVID is re-issued by it.
+	meshfed(t, dir, "ca", "istio-cacerts", "--ca", "root", "--trust-domain", "east.example", "--out", "cacerts", "--force")
+	inter, _ := pemfile.ReadCertificates(filepath.Join(dir, "cacerts", "ca-cert.pem"))
+	waitFor(t, 10*time.Second, "the server to sign with the new intermediate", func() bool {
+		return servingIssuer(t, dir, srv).Equal(inter[0])
+	})
+	if first.Equal(inter[0]) {
+		t.Fatal("the replacement is the same intermediate")
+	}
+
+	// A bad replacement is refused with a log line; the server keeps going.
+	good, _ := os.ReadFile(filepath.Join(dir, "cacerts", "ca-key.pem"))
+	os.WriteFile(filepath.Join(dir, "cacerts", "ca-key.pem"), []byte("-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----\n"), 0o600)
+	waitFor(t, 10*time.Second, "the refusal to be logged", func() bool {
+		return strings.Contains(srv.logs.String(), "cacerts replacement refused; the CA in use keeps signing")
+	})
+	if !servingIssuer(t, dir, srv).Equal(inter[0]) {
+		t.Error("a bad replacement changed the CA in use")
+	}
+	if strings.Contains(srv.logs.String(), string(good[:40])) {
+		t.Error("key material in the log")
+	}
+	meshfed(t, dir, "token", "create", "--admin-socket", sock, "--spiffe-id", "spiffe://east.example/node/x")
+}
+
+// servingIssuer returns the certificate that issued the server's own SVID,
+// as presented on its signing port.
+func servingIssuer(t *testing.T, dir string, srv *serverProc) *x509.Certificate {
+	t.Helper()
+	conn, err := tls.Dial("tcp", srv.listen, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	certs := conn.ConnectionState().PeerCertificates
+	if len(certs) < 2 {
+		t.Fatalf("server presented %d certificates; want its SVID and intermediate", len(certs))
+	}
+	return certs[1]
+}
+
+// attest calls AttestNode with a join token and returns the gRPC error.
+func attest(t *testing.T, addr string, roots []*x509.Certificate, token string) error {
+	t.Helper()
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	key, _ := pki.GenerateKey(pki.ECP256)
+	der, _ := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{}, key)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err = pb.NewNodeClient(conn).AttestNode(ctx, &pb.AttestNodeRequest{Credential: &pb.AttestNodeRequest_JoinToken{JoinToken: token}, Csr: der})
+	return err
+}
+
+func TestTwoServersOnOnePostgres(t *testing.T) {
+	dsn := testpg.Start(t)
+	dir := t.TempDir()
+	sockA, sockB := filepath.Join(dir, "a.sock"), filepath.Join(dir, "b.sock")
+	a := startServer(t, dir, "--trust-domain", "east.example", "--data-dir", "a", "--admin-socket", sockA, "--datastore", dsn, "--server-id", "server-a")
+	b := startServer(t, dir, "--trust-domain", "east.example", "--data-dir", "b", "--admin-socket", sockB, "--datastore", dsn, "--server-id", "server-b")
+
+	// Each server has its own root; both publish both.
+	rootA, _ := pemfile.ReadCertificates(filepath.Join(dir, "a", "ca", "ca.pem"))
+	rootB, _ := pemfile.ReadCertificates(filepath.Join(dir, "b", "ca", "ca.pem"))
+	var published *spiffebundle.Bundle
+	waitFor(t, 10*time.Second, "server a to publish server b's root", func() bool {
+		show := meshfed(t, dir, "bundle", "show", "--admin-socket", sockA)
+		published, _ = spiffebundle.Parse(eastTD, []byte(show.stdout))
+		return published != nil && published.HasX509Authority(rootA[0]) && published.HasX509Authority(rootB[0])
+	})
+	roots := published.X509Authorities()
+
+	// An entry made at one server is at the other.
+	meshfed(t, dir, "entry", "create", "--admin-socket", sockA, "--parent-id", "spiffe://east.example/node/host-1",
+		"--spiffe-id", "spiffe://east.example/ns/default/sa/reviews", "--selector", "unix:uid:1000")
+	if list := meshfed(t, dir, "entry", "list", "--admin-socket", sockB); !strings.Contains(list.stdout, "spiffe://east.example/ns/default/sa/reviews") {
+		t.Errorf("server b does not see the entry made at a:\n%s", list.stdout)
+	}
+
+	// A join token raced at both servers is consumed exactly once.
+	for round := 0; round < 5; round++ {
+		token := strings.TrimSpace(meshfed(t, dir, "token", "create", "--admin-socket", sockA, "--spiffe-id", fmt.Sprintf("spiffe://east.example/node/race-%d", round)).stdout)
+		errs := make(chan error, 2)
+		for _, srv := range []*serverProc{a, b} {
+			go func(addr string) { errs <- attest(t, addr, roots, token) }(srv.listen)
+		}
+		var ok, refused int
+		for range 2 {
+			err := <-errs
+			switch {
+			case err == nil:
+				ok++
+			case strings.Contains(err.Error(), "is unknown, expired or already used"):
+				refused++
+			default:
+				t.Errorf("round %d: unexpected error %v", round, err)
+			}
+		}
+		if ok != 1 || refused != 1 {
+			t.Fatalf("round %d: %d successes and %d refusals, want exactly one of each", round, ok, refused)
+		}
+	}
+	// The audit log, shared, names the server that signed each.
+	audit := meshfed(t, dir, "audit", "list", "--admin-socket", sockB, "-o", "json")
+	if n := strings.Count(audit.stdout, `"Credential": "join-token"`); n != 5 {
+		t.Errorf("audit log holds %d join-token issuances, want 5:\n%s", n, audit.stdout)
+	}
+}

@@ -1,0 +1,566 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	pb "github.com/meshfed/meshfed/internal/api/serverv1"
+	"github.com/meshfed/meshfed/internal/bundle"
+	"github.com/meshfed/meshfed/internal/duration"
+	"github.com/meshfed/meshfed/internal/pemfile"
+	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+func init() {
+	register(newTokenCommand)
+	register(newEntryCommand)
+	register(newBundleCommand)
+	register(newAuditCommand)
+	register(newNodeCommand)
+}
+
+// adminFlags is the connection to a server's admin socket.
+type adminFlags struct{ socket string }
+
+func (a *adminFlags) add(c *cobra.Command) {
+	c.Flags().StringVar(&a.socket, "admin-socket", os.Getenv("MESHFED_ADMIN_SOCKET"), "the server's admin socket (default $MESHFED_ADMIN_SOCKET)")
+}
+
+// call dials the admin socket, runs f with a bounded context, and turns a
+// gRPC status into one line that names the server's reason.
+func (a *adminFlags) call(c *cobra.Command, f func(ctx context.Context, client pb.AdminClient) error) error {
+	if a.socket == "" {
+		return usagef("give --admin-socket PATH (the server's --admin-socket) or set MESHFED_ADMIN_SOCKET")
+	}
+	if _, err := os.Stat(a.socket); err != nil {
+		return fmt.Errorf("admin socket %s: %w; is the server running?", a.socket, err)
+	}
+	conn, err := grpc.NewClient("unix://"+a.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(c.Context(), 30*time.Second)
+	defer cancel()
+	if err := f(ctx, pb.NewAdminClient(conn)); err != nil {
+		if st, ok := status.FromError(err); ok {
+			return fmt.Errorf("%s (%s)", st.Message(), st.Code())
+		}
+		return err
+	}
+	return nil
+}
+
+func newTokenCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "token",
+		Short: "One-time join tokens that let an agent attest to a server",
+		Long: `A join token lets one agent attest to the server once, as the SPIFFE ID the
+token was made for. The server keeps only the token's hash; the token is shown
+once, when it is made.`,
+		Example: `  meshfed token create --admin-socket east/admin.sock --spiffe-id spiffe://east.example/node/host-1`,
+	}
+	var (
+		admin adminFlags
+		id    string
+		ttl   time.Duration
+	)
+	create := &cobra.Command{
+		Use:   "create --admin-socket PATH --spiffe-id ID",
+		Short: "Create a join token; prints the token and nothing else on stdout",
+		Long: `Create a one-time join token for an agent that will attest as --spiffe-id.
+Only the token is printed on stdout, so scripts can capture it:
+  TOKEN=$(meshfed token create --admin-socket east/admin.sock --spiffe-id spiffe://east.example/node/a)`,
+		Example: `  meshfed token create --admin-socket east/admin.sock --spiffe-id spiffe://east.example/node/host-1 --ttl 10m`,
+		Args:    exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			return admin.call(c, func(ctx context.Context, client pb.AdminClient) error {
+				resp, err := client.CreateJoinToken(ctx, &pb.CreateJoinTokenRequest{SpiffeId: id, TtlSeconds: int64(ttl / time.Second)})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(c.OutOrStdout(), resp.GetToken())
+				progress(c, "join token for %s, valid until %s, usable once", id, time.Unix(resp.GetExpiresAt(), 0).UTC().Format(time.RFC3339))
+				return nil
+			})
+		},
+	}
+	admin.add(create)
+	create.Flags().StringVar(&id, "spiffe-id", "", "SPIFFE ID the agent attests as, e.g. spiffe://east.example/node/host-1")
+	create.Flags().Var(newTTL(&ttl, 0), "ttl", "how long the token can be used (default: the server's, 1h)")
+	required(create, "spiffe-id")
+	c.AddCommand(create)
+	return c
+}
+
+func newEntryCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "entry",
+		Short: "Registration entries: which workloads on which node get which SPIFFE ID",
+		Long: `A registration entry maps a parent (an agent's node SPIFFE ID) and selectors
+(how the agent recognises the workload: unix:uid:1000, unix:gid:1000,
+unix:path:/usr/bin/app) to the SPIFFE ID the workload gets, its SVID lifetime,
+extra DNS names and the foreign trust domains whose bundles it receives.`,
+		Example: `  meshfed entry create --admin-socket east/admin.sock --parent-id spiffe://east.example/node/host-1 \
+    --spiffe-id spiffe://east.example/ns/default/sa/reviews --selector unix:uid:1000
+  meshfed entry list --admin-socket east/admin.sock`,
+	}
+	c.AddCommand(newEntryCreate(), newEntryList(), newEntryShow(), newEntryDelete())
+	return c
+}
+
+func newEntryCreate() *cobra.Command {
+	var (
+		admin                    adminFlags
+		parent, id, out          string
+		selectors, dns, federate []string
+		ttl                      time.Duration
+		isAdmin                  bool
+	)
+	c := &cobra.Command{
+		Use:   "create --admin-socket PATH --parent-id ID --spiffe-id ID --selector TYPE:VALUE",
+		Short: "Create a registration entry",
+		Long: `Create a registration entry. Selectors are TYPE:VALUE, where the value may
+itself hold colons: unix:uid:1000 is type "unix", value "uid:1000". A workload
+must match every selector of an entry to get its SPIFFE ID.`,
+		Example: `  meshfed entry create --admin-socket east/admin.sock --parent-id spiffe://east.example/node/host-1 \
+    --spiffe-id spiffe://east.example/ns/default/sa/reviews --selector unix:uid:1000 --federates-with west.example`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			e := &pb.Entry{ParentId: parent, SpiffeId: id, X509SvidTtlSeconds: int64(ttl / time.Second), DnsNames: dns, FederatesWith: federate, Admin: isAdmin}
+			for _, s := range selectors {
+				typ, val, ok := strings.Cut(s, ":")
+				if !ok || typ == "" || val == "" {
+					return usagef("--selector %q: want TYPE:VALUE, e.g. unix:uid:1000", s)
+				}
+				e.Selectors = append(e.Selectors, &pb.Selector{Type: typ, Value: val})
+			}
+			return admin.call(c, func(ctx context.Context, client pb.AdminClient) error {
+				created, err := client.CreateEntry(ctx, &pb.CreateEntryRequest{Entry: e})
+				if err != nil {
+					return err
+				}
+				return printData(c.OutOrStdout(), out, entryJSON(created), func(w io.Writer) error {
+					return writeEntry(w, created)
+				})
+			})
+		},
+	}
+	admin.add(c)
+	c.Flags().StringVar(&parent, "parent-id", "", "SPIFFE ID of the agent (node) that serves the workload")
+	c.Flags().StringVar(&id, "spiffe-id", "", "SPIFFE ID the workload gets")
+	c.Flags().StringSliceVar(&selectors, "selector", nil, "TYPE:VALUE the workload must match (repeatable)")
+	c.Flags().Var(newTTL(&ttl, 0), "x509-svid-ttl", "lifetime of the workload's X.509-SVIDs (default: the server's)")
+	c.Flags().StringSliceVar(&dns, "dns", nil, "extra DNS name in the SVID (repeatable)")
+	c.Flags().StringSliceVar(&federate, "federates-with", nil, "foreign trust domain whose bundle the workload receives (repeatable)")
+	c.Flags().BoolVar(&isAdmin, "admin", false, "the workload may call the admin API with its SVID")
+	outputFlag(c, &out)
+	required(c, "parent-id", "spiffe-id", "selector")
+	return c
+}
+
+func newEntryList() *cobra.Command {
+	var (
+		admin           adminFlags
+		parent, id, out string
+	)
+	c := &cobra.Command{
+		Use:     "list --admin-socket PATH",
+		Short:   "List registration entries",
+		Long:    `List registration entries, optionally only those of one parent or one SPIFFE ID.`,
+		Example: `  meshfed entry list --admin-socket east/admin.sock --parent-id spiffe://east.example/node/host-1 -o json`,
+		Args:    exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			return admin.call(c, func(ctx context.Context, client pb.AdminClient) error {
+				resp, err := client.ListEntries(ctx, &pb.ListEntriesRequest{ParentId: parent, SpiffeId: id})
+				if err != nil {
+					return err
+				}
+				list := make([]map[string]any, 0, len(resp.GetEntries()))
+				for _, e := range resp.GetEntries() {
+					list = append(list, entryJSON(e))
+				}
+				return printData(c.OutOrStdout(), out, map[string]any{"entries": list}, func(w io.Writer) error {
+					tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "ID\tSPIFFE ID\tPARENT\tSELECTORS\tFEDERATES WITH")
+					for _, e := range resp.GetEntries() {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.GetId(), e.GetSpiffeId(), e.GetParentId(), selectorText(e), orDash(strings.Join(e.GetFederatesWith(), ",")))
+					}
+					return tw.Flush()
+				})
+			})
+		},
+	}
+	admin.add(c)
+	c.Flags().StringVar(&parent, "parent-id", "", "only entries of this parent")
+	c.Flags().StringVar(&id, "spiffe-id", "", "only entries for this SPIFFE ID")
+	outputFlag(c, &out)
+	return c
+}
+
+func newEntryShow() *cobra.Command {
+	var (
+		admin adminFlags
+		out   string
+	)
+	c := &cobra.Command{
+		Use:     "show ID --admin-socket PATH",
+		Short:   "Show one registration entry",
+		Long:    `Show one registration entry by its ID (as 'entry list' prints it).`,
+		Example: `  meshfed entry show 9f2c4e1ab0d7 --admin-socket east/admin.sock`,
+		Args:    exactArgs(1, "one entry ID"),
+		RunE: func(c *cobra.Command, args []string) error {
+			return admin.call(c, func(ctx context.Context, client pb.AdminClient) error {
+				e, err := client.GetEntry(ctx, &pb.GetEntryRequest{Id: args[0]})
+				if err != nil {
+					return err
+				}
+				return printData(c.OutOrStdout(), out, entryJSON(e), func(w io.Writer) error { return writeEntry(w, e) })
+			})
+		},
+	}
+	admin.add(c)
+	outputFlag(c, &out)
+	return c
+}
+
+func newEntryDelete() *cobra.Command {
+	var admin adminFlags
+	c := &cobra.Command{
+		Use:     "delete ID --admin-socket PATH",
+		Short:   "Delete a registration entry",
+		Long:    `Delete a registration entry. Agents drop the workload's identity at their next update.`,
+		Example: `  meshfed entry delete 9f2c4e1ab0d7 --admin-socket east/admin.sock`,
+		Args:    exactArgs(1, "one entry ID"),
+		RunE: func(c *cobra.Command, args []string) error {
+			return admin.call(c, func(ctx context.Context, client pb.AdminClient) error {
+				if _, err := client.DeleteEntry(ctx, &pb.DeleteEntryRequest{Id: args[0]}); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.OutOrStdout(), "deleted entry %s\n", args[0])
+				return nil
+			})
+		},
+	}
+	admin.add(c)
+	return c
+}
+
+func entryJSON(e *pb.Entry) map[string]any {
+	sel := make([]string, 0, len(e.GetSelectors()))
+	for _, s := range e.GetSelectors() {
+		sel = append(sel, s.GetType()+":"+s.GetValue())
+	}
+	return map[string]any{
+		"id": e.GetId(), "spiffe_id": e.GetSpiffeId(), "parent_id": e.GetParentId(), "selectors": sel,
+		"x509_svid_ttl": duration.Format(time.Duration(e.GetX509SvidTtlSeconds()) * time.Second),
+		"dns_names":     e.GetDnsNames(), "federates_with": e.GetFederatesWith(), "admin": e.GetAdmin(),
+		"revision": e.GetRevision(), "created_at": time.Unix(e.GetCreatedAt(), 0).UTC().Format(time.RFC3339),
+	}
+}
+
+func writeEntry(w io.Writer, e *pb.Entry) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "Entry ID:\t%s\n", e.GetId())
+	fmt.Fprintf(tw, "SPIFFE ID:\t%s\n", e.GetSpiffeId())
+	fmt.Fprintf(tw, "Parent ID:\t%s\n", e.GetParentId())
+	fmt.Fprintf(tw, "Selectors:\t%s\n", selectorText(e))
+	ttl := "server default"
+	if e.GetX509SvidTtlSeconds() > 0 {
+		ttl = duration.Format(time.Duration(e.GetX509SvidTtlSeconds()) * time.Second)
+	}
+	fmt.Fprintf(tw, "X509-SVID TTL:\t%s\n", ttl)
+	fmt.Fprintf(tw, "DNS names:\t%s\n", orDash(strings.Join(e.GetDnsNames(), ", ")))
+	fmt.Fprintf(tw, "Federates with:\t%s\n", orDash(strings.Join(e.GetFederatesWith(), ", ")))
+	fmt.Fprintf(tw, "Admin:\t%v\n", e.GetAdmin())
+	return tw.Flush()
+}
+
+func selectorText(e *pb.Entry) string {
+	var parts []string
+	for _, s := range e.GetSelectors() {
+		parts = append(parts, s.GetType()+":"+s.GetValue())
+	}
+	return strings.Join(parts, ",")
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func newBundleCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "bundle",
+		Short: "This trust domain's bundle and the federated bundles a server holds",
+		Long: `Show this trust domain's SPIFFE bundle as the server publishes it, and manage
+the bundles of federated trust domains: 'bundle set' installs one out of band
+(the first https_spiffe bootstrap, or a domain with no bundle endpoint).`,
+		Example: `  meshfed bundle show --admin-socket east/admin.sock > east.json
+  meshfed bundle set --admin-socket east/admin.sock --trust-domain west.example --in west.json
+  meshfed bundle list --admin-socket east/admin.sock`,
+	}
+	var admin adminFlags
+	var format string
+	show := &cobra.Command{
+		Use:     "show --admin-socket PATH",
+		Short:   "Print this trust domain's SPIFFE bundle JSON",
+		Long:    `Print the bundle the server publishes at its bundle endpoint: SPIFFE bundle JSON by default, or the X.509 authorities as PEM.`,
+		Example: `  meshfed bundle show --admin-socket east/admin.sock`,
+		Args:    exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			f, err := bundle.ParseFormat(format)
+			if err != nil {
+				return usagef("%v", err)
+			}
+			return admin.call(c, func(ctx context.Context, client pb.AdminClient) error {
+				b, err := client.GetBundle(ctx, &pb.GetBundleRequest{})
+				if err != nil {
+					return err
+				}
+				return writeBundle(c.OutOrStdout(), b, f)
+			})
+		},
+	}
+	admin.add(show)
+	show.Flags().StringVar(&format, "format", "spiffe", "spiffe (JSON) or pem")
+
+	var listAdmin adminFlags
+	var listOut string
+	list := &cobra.Command{
+		Use:     "list --admin-socket PATH",
+		Short:   "List the federated bundles the server holds",
+		Long:    `List the bundles of foreign trust domains the server holds and hands to agents.`,
+		Example: `  meshfed bundle list --admin-socket east/admin.sock`,
+		Args:    exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			return listAdmin.call(c, func(ctx context.Context, client pb.AdminClient) error {
+				resp, err := client.ListFederatedBundles(ctx, &pb.ListFederatedBundlesRequest{})
+				if err != nil {
+					return err
+				}
+				type row struct {
+					TrustDomain string `json:"trust_domain"`
+					Sequence    uint64 `json:"sequence"`
+					Authorities int    `json:"x509_authorities"`
+				}
+				var rows []row
+				for _, b := range resp.GetBundles() {
+					n := 0
+					if td, err := spiffeid.TrustDomainFromString(b.GetTrustDomain()); err == nil {
+						if parsed, err := bundle.Parse(td, b.GetSpiffeBundle()); err == nil {
+							n = len(parsed.X509Authorities())
+						}
+					}
+					rows = append(rows, row{b.GetTrustDomain(), b.GetSequence(), n})
+				}
+				return printData(c.OutOrStdout(), listOut, map[string]any{"bundles": rows}, func(w io.Writer) error {
+					tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "TRUST DOMAIN\tSEQUENCE\tX.509 AUTHORITIES")
+					for _, r := range rows {
+						fmt.Fprintf(tw, "%s\t%d\t%d\n", r.TrustDomain, r.Sequence, r.Authorities)
+					}
+					return tw.Flush()
+				})
+			})
+		},
+	}
+	listAdmin.add(list)
+	outputFlag(list, &listOut)
+
+	var setAdmin adminFlags
+	var setTD, setIn string
+	set := &cobra.Command{
+		Use:   "set --admin-socket PATH --trust-domain TD --in FILE",
+		Short: "Install a federated trust domain's bundle out of band",
+		Long: `Install the bundle of a foreign trust domain (SPIFFE JSON or PEM) so the
+server trusts it and hands it to the workloads whose entries federate with it.
+This is how an https_spiffe bundle endpoint is bootstrapped: its first bundle
+must come out of band.`,
+		Example: `  meshfed bundle set --admin-socket east/admin.sock --trust-domain west.example --in west.json`,
+		Args:    exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			data, err := pemfile.ReadFile(setIn, bundle.MaxBytes)
+			if err != nil {
+				return err
+			}
+			td, err := trustDomainArg(setTD)
+			if err != nil {
+				return err
+			}
+			b, err := bundle.Parse(td, data)
+			if err != nil {
+				return fmt.Errorf("%s: %w", setIn, err)
+			}
+			raw, err := b.Marshal()
+			if err != nil {
+				return err
+			}
+			return setAdmin.call(c, func(ctx context.Context, client pb.AdminClient) error {
+				got, err := client.SetFederatedBundle(ctx, &pb.Bundle{TrustDomain: td.Name(), SpiffeBundle: raw})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(c.OutOrStdout(), "set the bundle of %s (%d X.509 authorities)\n", got.GetTrustDomain(), len(b.X509Authorities()))
+				return nil
+			})
+		},
+	}
+	setAdmin.add(set)
+	set.Flags().StringVar(&setTD, "trust-domain", "", "the foreign trust domain")
+	set.Flags().StringVar(&setIn, "in", "", "bundle file (SPIFFE JSON or PEM)")
+	required(set, "trust-domain", "in")
+
+	var delAdmin adminFlags
+	del := &cobra.Command{
+		Use:     "delete TRUST-DOMAIN --admin-socket PATH",
+		Short:   "Stop trusting a federated trust domain",
+		Long:    `Delete a federated bundle: the server and its agents stop trusting that trust domain.`,
+		Example: `  meshfed bundle delete west.example --admin-socket east/admin.sock`,
+		Args:    exactArgs(1, "one trust domain"),
+		RunE: func(c *cobra.Command, args []string) error {
+			return delAdmin.call(c, func(ctx context.Context, client pb.AdminClient) error {
+				if _, err := client.DeleteFederatedBundle(ctx, &pb.DeleteFederatedBundleRequest{TrustDomain: args[0]}); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.OutOrStdout(), "deleted the bundle of %s\n", args[0])
+				return nil
+			})
+		},
+	}
+	delAdmin.add(del)
+	c.AddCommand(show, list, set, del)
+	return c
+}
+
+func writeBundle(w io.Writer, b *pb.Bundle, f bundle.Format) error {
+	td, err := spiffeid.TrustDomainFromString(b.GetTrustDomain())
+	if err != nil {
+		return err
+	}
+	parsed, err := bundle.Parse(td, b.GetSpiffeBundle())
+	if err != nil {
+		return err
+	}
+	data, err := bundle.Marshal(parsed, f)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(data)
+	return err
+}
+
+func newAuditCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "audit",
+		Short: "The audit log of issued certificates",
+		Long: `Every certificate a server issues is recorded: serial, SPIFFE ID, the kind of
+credential the caller presented, who the caller was, which server signed, and
+when it expires.`,
+		Example: `  meshfed audit list --admin-socket east/admin.sock --spiffe-id spiffe://east.example/ns/default/sa/reviews`,
+	}
+	var (
+		admin   adminFlags
+		id, out string
+		since   time.Duration
+		limit   int
+	)
+	list := &cobra.Command{
+		Use:     "list --admin-socket PATH",
+		Short:   "List issued certificates, newest first",
+		Long:    `List issued certificates, newest first, optionally for one SPIFFE ID or since a time ago.`,
+		Example: `  meshfed audit list --admin-socket east/admin.sock --since 1h -o json`,
+		Args:    exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			req := &pb.ListIssuedRequest{SpiffeId: id, Limit: int32(limit)}
+			if since > 0 {
+				req.Since = time.Now().Add(-since).Unix()
+			}
+			return admin.call(c, func(ctx context.Context, client pb.AdminClient) error {
+				resp, err := client.ListIssued(ctx, req)
+				if err != nil {
+					return err
+				}
+				type row struct {
+					Serial, SPIFFEID, Credential, Caller, ServerID, IssuedAt, NotAfter string
+				}
+				var rows []row
+				for _, r := range resp.GetIssued() {
+					rows = append(rows, row{r.GetSerial(), r.GetSpiffeId(), r.GetCredentialKind(), r.GetCaller(), r.GetServerId(),
+						time.Unix(r.GetIssuedAt(), 0).UTC().Format(time.RFC3339), time.Unix(r.GetNotAfter(), 0).UTC().Format(time.RFC3339)})
+				}
+				return printData(c.OutOrStdout(), out, map[string]any{"issued": rows}, func(w io.Writer) error {
+					tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "ISSUED\tSPIFFE ID\tCREDENTIAL\tCALLER\tSERVER\tNOT AFTER\tSERIAL")
+					for _, r := range rows {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.IssuedAt, r.SPIFFEID, r.Credential, r.Caller, r.ServerID, r.NotAfter, r.Serial)
+					}
+					return tw.Flush()
+				})
+			})
+		},
+	}
+	admin.add(list)
+	list.Flags().StringVar(&id, "spiffe-id", "", "only certificates for this SPIFFE ID")
+	list.Flags().Var(newTTL(&since, 0), "since", "only certificates issued within this long, e.g. 1h")
+	list.Flags().IntVar(&limit, "limit", 100, "at most this many rows (up to 1000)")
+	outputFlag(list, &out)
+	c.AddCommand(list)
+	return c
+}
+
+func newNodeCommand() *cobra.Command {
+	c := &cobra.Command{
+		Use:     "node",
+		Short:   "Agents (nodes) that attested to a server",
+		Long:    `Agents that attested to the server: their SPIFFE ID, how they attested, and their node SVID.`,
+		Example: `  meshfed node list --admin-socket east/admin.sock`,
+	}
+	var (
+		admin adminFlags
+		out   string
+	)
+	list := &cobra.Command{
+		Use:     "list --admin-socket PATH",
+		Short:   "List attested agents",
+		Long:    `List the agents that attested to the server.`,
+		Example: `  meshfed node list --admin-socket east/admin.sock -o json`,
+		Args:    exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			return admin.call(c, func(ctx context.Context, client pb.AdminClient) error {
+				resp, err := client.ListNodes(ctx, &pb.ListNodesRequest{})
+				if err != nil {
+					return err
+				}
+				raw, _ := json.Marshal(resp.GetNodes())
+				var v any
+				json.Unmarshal(raw, &v)
+				return printData(c.OutOrStdout(), out, map[string]any{"nodes": v}, func(w io.Writer) error {
+					tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "SPIFFE ID\tATTESTED\tCREDENTIAL\tSVID EXPIRES")
+					for _, n := range resp.GetNodes() {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.GetSpiffeId(), time.Unix(n.GetAttestedAt(), 0).UTC().Format(time.RFC3339),
+							n.GetCredentialKind(), time.Unix(n.GetExpiresAt(), 0).UTC().Format(time.RFC3339))
+					}
+					return tw.Flush()
+				})
+			})
+		},
+	}
+	admin.add(list)
+	outputFlag(list, &out)
+	c.AddCommand(list)
+	return c
+}

@@ -1,0 +1,290 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/meshfed/meshfed/internal/authority"
+	"github.com/meshfed/meshfed/internal/duration"
+	"github.com/meshfed/meshfed/internal/pemfile"
+	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"sigs.k8s.io/yaml"
+)
+
+// MaxConfigBytes bounds a configuration file: a real one is a few KiB.
+const MaxConfigBytes = 256 << 10
+
+// Config is the server's configuration file (YAML), every key documented in
+// docs/configuration.md. Flags override it.
+type Config struct {
+	TrustDomain   string `json:"trust_domain"`
+	DataDir       string `json:"data_dir"`
+	Listen        string `json:"listen"`
+	BundleListen  string `json:"bundle_listen"`
+	AdminSocket   string `json:"admin_socket"`
+	MetricsListen string `json:"metrics_listen"`
+	Datastore     string `json:"datastore"`
+	ServerID      string `json:"server_id"`
+	// ServerNames are the DNS names and IP addresses put into the server's
+	// own serving SVID, so that clients that verify the server by the host
+	// they dial (istio-agent does) accept it.
+	ServerNames []string `json:"server_names"`
+
+	CA             CAConfig             `json:"ca"`
+	SVID           SVIDConfig           `json:"svid"`
+	BundleEndpoint BundleEndpointConfig `json:"bundle_endpoint"`
+	Admin          AdminConfig          `json:"admin"`
+	Credentials    CredentialsConfig    `json:"credentials"`
+
+	LogLevel  string `json:"log_level"`
+	LogFormat string `json:"log_format"`
+}
+
+// CAConfig says where the signing CA comes from.
+type CAConfig struct {
+	Mode           string            `json:"mode"`
+	CACertsDir     string            `json:"cacerts_dir"`
+	KeyType        string            `json:"key_type"`
+	RootTTL        duration.Duration `json:"root_ttl"`
+	ReloadInterval duration.Duration `json:"reload_interval"`
+}
+
+// SVIDConfig bounds the lifetimes the server signs.
+type SVIDConfig struct {
+	DefaultTTL duration.Duration `json:"default_ttl"`
+	MaxTTL     duration.Duration `json:"max_ttl"`
+	NodeTTL    duration.Duration `json:"node_ttl"`
+}
+
+// BundleEndpointConfig configures the SPIFFE bundle endpoint.
+type BundleEndpointConfig struct {
+	Profile     string            `json:"profile"`
+	CertFile    string            `json:"cert_file"`
+	KeyFile     string            `json:"key_file"`
+	RefreshHint duration.Duration `json:"refresh_hint"`
+}
+
+// AdminConfig says who may call the admin API.
+type AdminConfig struct {
+	// AllowedUIDs may call over the admin socket; default: the server's own
+	// uid and root.
+	AllowedUIDs []int `json:"allowed_uids"`
+	// AdminIDs are SPIFFE IDs whose SVIDs may call the admin API over TLS.
+	AdminIDs []string `json:"admin_ids"`
+}
+
+// CredentialsConfig configures how callers prove who they are.
+type CredentialsConfig struct {
+	KubernetesJWT []JWTIssuerConfig `json:"kubernetes_jwt"`
+	JoinToken     JoinTokenConfig   `json:"join_token"`
+}
+
+// JWTIssuerConfig is one trusted issuer of service-account tokens.
+type JWTIssuerConfig struct {
+	Issuer    string   `json:"issuer"`
+	JWKSFile  string   `json:"jwks_file"`
+	JWKSURL   string   `json:"jwks_url"`
+	Audiences []string `json:"audiences"`
+}
+
+// JoinTokenConfig configures one-time join tokens.
+type JoinTokenConfig struct {
+	DefaultTTL duration.Duration `json:"default_ttl"`
+}
+
+// Defaults.
+const (
+	DefaultListen         = "127.0.0.1:8443"
+	DefaultBundleListen   = "127.0.0.1:8444"
+	DefaultMetricsListen  = "127.0.0.1:9988"
+	DefaultSVIDTTL        = time.Hour
+	DefaultMaxSVIDTTL     = 24 * time.Hour
+	DefaultNodeSVIDTTL    = 24 * time.Hour
+	DefaultJoinTokenTTL   = time.Hour
+	DefaultRefreshHint    = 5 * time.Minute
+	DefaultReloadInterval = 5 * time.Second
+	ProfileHTTPSSPIFFE    = "https_spiffe"
+	ProfileHTTPSWeb       = "https_web"
+)
+
+// LoadConfig reads a YAML configuration file. Unknown keys are an error, so
+// a misspelt key never silently falls back to its default.
+func LoadConfig(path string) (Config, error) {
+	data, err := pemfile.ReadFile(path, MaxConfigBytes)
+	if err != nil {
+		return Config{}, fmt.Errorf("server: config: %w", err)
+	}
+	return ParseConfig(path, data)
+}
+
+// ParseConfig parses YAML configuration; name is used in errors.
+func ParseConfig(name string, data []byte) (Config, error) {
+	if len(data) > MaxConfigBytes {
+		return Config{}, fmt.Errorf("server: config %s: larger than %d bytes", name, MaxConfigBytes)
+	}
+	var c Config
+	if err := yaml.UnmarshalStrict(data, &c); err != nil {
+		return Config{}, fmt.Errorf("server: config %s: %w", name, err)
+	}
+	return c, nil
+}
+
+// settings is Config validated and with defaults filled in.
+type settings struct {
+	td             spiffeid.TrustDomain
+	dataDir        string
+	listen         string
+	bundleListen   string
+	adminSocket    string
+	metricsListen  string
+	datastore      string
+	serverID       string
+	dnsNames       []string
+	ips            []net.IP
+	caMode         authority.Mode
+	caCertsDir     string
+	keyType        pki.KeyType
+	rootTTL        time.Duration
+	reloadInterval time.Duration
+	defaultTTL     time.Duration
+	maxTTL         time.Duration
+	nodeTTL        time.Duration
+	tokenTTL       time.Duration
+	profile        string
+	webCert        string
+	webKey         string
+	refreshHint    time.Duration
+	allowedUIDs    []int
+	adminIDs       []spiffeid.ID
+	jwtIssuers     []JWTIssuerConfig
+}
+
+// validate fills in defaults and refuses contradictions, naming the key.
+func (c Config) validate() (*settings, error) {
+	s := &settings{}
+	var err error
+	if c.TrustDomain == "" {
+		return nil, errors.New("server: trust_domain (--trust-domain) is required")
+	}
+	if s.td, err = spiffeid.TrustDomainFromString(c.TrustDomain); err != nil {
+		return nil, fmt.Errorf("server: trust_domain %q: %w", c.TrustDomain, err)
+	}
+	if c.DataDir == "" {
+		return nil, errors.New("server: data_dir (--data-dir) is required: the CA key and the SQLite store live there")
+	}
+	if s.dataDir, err = filepath.Abs(c.DataDir); err != nil {
+		return nil, fmt.Errorf("server: data_dir: %w", err)
+	}
+	s.listen = or(c.Listen, DefaultListen)
+	s.bundleListen = or(c.BundleListen, DefaultBundleListen)
+	s.adminSocket = or(c.AdminSocket, filepath.Join(s.dataDir, "admin.sock"))
+	s.metricsListen = or(c.MetricsListen, DefaultMetricsListen)
+	s.datastore = c.Datastore
+	s.serverID = c.ServerID
+	names := c.ServerNames
+	if len(names) == 0 {
+		names = []string{"localhost", "127.0.0.1", "::1"}
+		if host, _, err := net.SplitHostPort(s.listen); err == nil && host != "" && net.ParseIP(host) == nil && host != "localhost" {
+			names = append(names, host)
+		}
+	}
+	for _, n := range names {
+		if ip := net.ParseIP(n); ip != nil {
+			s.ips = append(s.ips, ip)
+		} else {
+			s.dnsNames = append(s.dnsNames, n)
+		}
+	}
+	switch c.CA.Mode {
+	case "", string(authority.ModeSelfSigned):
+		s.caMode = authority.ModeSelfSigned
+		if c.CA.CACertsDir != "" {
+			return nil, errors.New("server: ca.cacerts_dir is set but ca.mode is self-signed; set ca.mode: cacerts")
+		}
+	case string(authority.ModeCACerts):
+		s.caMode = authority.ModeCACerts
+		if c.CA.CACertsDir == "" {
+			return nil, errors.New("server: ca.mode cacerts needs ca.cacerts_dir (--cacerts-dir)")
+		}
+		s.caCertsDir = c.CA.CACertsDir
+	default:
+		return nil, fmt.Errorf("server: ca.mode %q: use self-signed or cacerts", c.CA.Mode)
+	}
+	if s.keyType, err = pki.ParseKeyType(or(c.CA.KeyType, string(pki.DefaultKeyType))); err != nil {
+		return nil, fmt.Errorf("server: ca.key_type: %w", err)
+	}
+	s.rootTTL = orDur(c.CA.RootTTL, pki.DefaultRootTTL)
+	s.reloadInterval = orDur(c.CA.ReloadInterval, DefaultReloadInterval)
+	s.defaultTTL = orDur(c.SVID.DefaultTTL, DefaultSVIDTTL)
+	s.maxTTL = orDur(c.SVID.MaxTTL, DefaultMaxSVIDTTL)
+	s.nodeTTL = orDur(c.SVID.NodeTTL, DefaultNodeSVIDTTL)
+	if s.defaultTTL > s.maxTTL {
+		return nil, fmt.Errorf("server: svid.default_ttl %s exceeds svid.max_ttl %s", s.defaultTTL, s.maxTTL)
+	}
+	s.tokenTTL = orDur(c.Credentials.JoinToken.DefaultTTL, DefaultJoinTokenTTL)
+	switch c.BundleEndpoint.Profile {
+	case "", ProfileHTTPSSPIFFE:
+		s.profile = ProfileHTTPSSPIFFE
+		if c.BundleEndpoint.CertFile != "" || c.BundleEndpoint.KeyFile != "" {
+			return nil, errors.New("server: bundle_endpoint.cert_file/key_file are for the https_web profile; set bundle_endpoint.profile: https_web")
+		}
+	case ProfileHTTPSWeb:
+		s.profile = ProfileHTTPSWeb
+		if c.BundleEndpoint.CertFile == "" || c.BundleEndpoint.KeyFile == "" {
+			return nil, errors.New("server: bundle_endpoint profile https_web needs cert_file and key_file")
+		}
+		s.webCert, s.webKey = c.BundleEndpoint.CertFile, c.BundleEndpoint.KeyFile
+	default:
+		return nil, fmt.Errorf("server: bundle_endpoint.profile %q: use https_spiffe or https_web", c.BundleEndpoint.Profile)
+	}
+	s.refreshHint = orDur(c.BundleEndpoint.RefreshHint, DefaultRefreshHint)
+	s.allowedUIDs = c.Admin.AllowedUIDs
+	if len(s.allowedUIDs) == 0 {
+		s.allowedUIDs = []int{0}
+		if uid := os.Getuid(); uid != 0 {
+			s.allowedUIDs = append(s.allowedUIDs, uid)
+		}
+	}
+	for _, id := range c.Admin.AdminIDs {
+		sid, err := spiffeid.FromString(id)
+		if err != nil {
+			return nil, fmt.Errorf("server: admin.admin_ids: %q: %w", id, err)
+		}
+		if sid.TrustDomain() != s.td {
+			return nil, fmt.Errorf("server: admin.admin_ids: %s is not in trust domain %s", sid, s.td)
+		}
+		s.adminIDs = append(s.adminIDs, sid)
+	}
+	for i, iss := range c.Credentials.KubernetesJWT {
+		if iss.Issuer == "" {
+			return nil, fmt.Errorf("server: credentials.kubernetes_jwt[%d]: issuer is required", i)
+		}
+		if (iss.JWKSFile == "") == (iss.JWKSURL == "") {
+			return nil, fmt.Errorf("server: credentials.kubernetes_jwt[%d] (%s): give exactly one of jwks_file or jwks_url", i, iss.Issuer)
+		}
+		if len(iss.Audiences) == 0 {
+			return nil, fmt.Errorf("server: credentials.kubernetes_jwt[%d] (%s): audiences is required (istio-agent sends \"istio-ca\")", i, iss.Issuer)
+		}
+	}
+	s.jwtIssuers = c.Credentials.KubernetesJWT
+	return s, nil
+}
+
+func or(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+func orDur(v duration.Duration, def time.Duration) time.Duration {
+	if v == 0 {
+		return def
+	}
+	return time.Duration(v)
+}

@@ -1,0 +1,93 @@
+package server
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/meshfed/meshfed/internal/credential"
+	"github.com/meshfed/meshfed/internal/pemfile"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	istioca "istio.io/api/security/v1alpha1"
+)
+
+// istioService is Istio's CA API, as istio-agent calls it: a PEM CSR, the
+// pod's service-account token as "authorization: Bearer …", and a chain
+// back (leaf first, root last).
+type istioService struct {
+	istioca.UnimplementedIstioCertificateServiceServer
+	s *Server
+}
+
+func (i *istioService) CreateCertificate(ctx context.Context, req *istioca.IstioCertificateRequest) (*istioca.IstioCertificateResponse, error) {
+	s := i.s
+	ident, err := s.authenticateIstio(ctx)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := pemfile.ParseCSR([]byte(req.GetCsr()))
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	out, err := s.signSVID(ctx, ident, csr, time.Duration(req.GetValidityDuration())*time.Second, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp := &istioca.IstioCertificateResponse{}
+	for _, c := range out.chain {
+		resp.CertChain = append(resp.CertChain, string(pemfile.EncodeCertificates(c)))
+	}
+	resp.CertChain = append(resp.CertChain, string(pemfile.EncodeCertificates(out.roots[0])))
+	return resp, nil
+}
+
+// authenticateIstio verifies the bearer JWT, or else the caller's SVID (an
+// agent renewing with its current certificate).
+func (s *Server) authenticateIstio(ctx context.Context) (credential.Identity, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if vals := md.Get("authorization"); len(vals) > 0 {
+		token, ok := strings.CutPrefix(vals[0], "Bearer ")
+		if !ok {
+			return credential.Identity{}, s.credentialError(credential.KindKubernetesJWT, errAuthHeader)
+		}
+		if s.jwt == nil {
+			return credential.Identity{}, s.credentialError(credential.KindKubernetesJWT, errNoJWTIssuers)
+		}
+		ident, err := s.jwt.Verify(ctx, strings.TrimSpace(token))
+		if err != nil {
+			return credential.Identity{}, s.credentialError(credential.KindKubernetesJWT, err)
+		}
+		return ident, nil
+	}
+	if ident, ok, err := s.svidCredential(ctx); ok {
+		return ident, err
+	}
+	return credential.Identity{}, s.credentialError(credential.KindKubernetesJWT, errNoCredential)
+}
+
+type serverError string
+
+func (e serverError) Error() string { return string(e) }
+
+const (
+	errAuthHeader   = serverError(`server: the authorization metadata must be "Bearer <service-account token>"`)
+	errNoJWTIssuers = serverError("server: no JWT issuer is configured (credentials.kubernetes_jwt); this server cannot accept service-account tokens")
+	errNoCredential = serverError("server: no credential: send a service-account token as 'authorization: Bearer …' or present an SVID of this trust domain")
+)
+
+// svidCredential verifies the SVID the caller presented in the handshake as
+// a renewal credential. ok is false when none was presented.
+func (s *Server) svidCredential(ctx context.Context) (credential.Identity, bool, error) {
+	_, chain, ok := peerSVID(ctx)
+	if !ok {
+		return credential.Identity{}, false, nil
+	}
+	v := credential.SVIDVerifier{TrustDomain: s.set.td, Bundle: s.localBundleSource(), Clock: s.clock}
+	ident, err := v.Verify(chain)
+	if err != nil {
+		return credential.Identity{}, true, s.credentialError(credential.KindSVID, err)
+	}
+	return ident, true, nil
+}

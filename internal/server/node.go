@@ -1,0 +1,267 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	pb "github.com/meshfed/meshfed/internal/api/serverv1"
+	"github.com/meshfed/meshfed/internal/bundle"
+	"github.com/meshfed/meshfed/internal/credential"
+	"github.com/meshfed/meshfed/internal/store"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// MaxSVIDRequests bounds the CSRs in one SignX509SVID call.
+const MaxSVIDRequests = 100
+
+// nodeService is what agents call.
+type nodeService struct {
+	pb.UnimplementedNodeServer
+	s *Server
+}
+
+func (n *nodeService) AttestNode(ctx context.Context, req *pb.AttestNodeRequest) (*pb.AttestNodeResponse, error) {
+	s := n.s
+	var ident credential.Identity
+	var err error
+	switch c := req.GetCredential().(type) {
+	case *pb.AttestNodeRequest_JoinToken:
+		if ident, err = s.tokens.Verify(ctx, c.JoinToken); err != nil {
+			return nil, s.credentialError(credential.KindJoinToken, err)
+		}
+	case *pb.AttestNodeRequest_Jwt:
+		if s.jwt == nil {
+			return nil, s.credentialError(credential.KindKubernetesJWT, errNoJWTIssuers)
+		}
+		if ident, err = s.jwt.Verify(ctx, c.Jwt); err != nil {
+			return nil, s.credentialError(credential.KindKubernetesJWT, err)
+		}
+	default:
+		return nil, status.Error(codes.Unauthenticated, "server: AttestNode needs a join token or a service-account JWT")
+	}
+	csr, err := parseCSR(req.GetCsr())
+	if err != nil {
+		return nil, err
+	}
+	ttl := time.Duration(req.GetTtlSeconds()) * time.Second
+	if ttl <= 0 {
+		ttl = s.set.nodeTTL
+	}
+	out, err := s.signSVID(ctx, ident, csr, ttl, nil)
+	if err != nil {
+		return nil, err
+	}
+	leaf := out.chain[0]
+	if err := s.store.UpsertNode(ctx, store.Node{
+		SPIFFEID: ident.ID, AttestedAt: s.clock(), CredentialKind: string(ident.Kind),
+		SerialNumber: fmt.Sprintf("%x", leaf.SerialNumber), ExpiresAt: leaf.NotAfter,
+	}); err != nil {
+		s.log.Error("recording the attested node failed", "node", ident.ID.String(), "error", err)
+		return nil, status.Error(codes.Unavailable, "server: the store is unavailable; retry")
+	}
+	b, err := s.localBundle()
+	if err != nil {
+		return nil, err
+	}
+	return &pb.AttestNodeResponse{Svid: svidMessage(out, ""), Bundle: b}, nil
+}
+
+func (n *nodeService) SignX509SVID(ctx context.Context, req *pb.SignX509SVIDRequest) (*pb.SignX509SVIDResponse, error) {
+	s := n.s
+	callerID, _, ok := peerSVID(ctx)
+	if !ok {
+		return nil, status.Error(codes.Unauthenticated, "server: present this trust domain's SVID (the node SVID from AttestNode)")
+	}
+	if len(req.GetRequests()) == 0 || len(req.GetRequests()) > MaxSVIDRequests {
+		return nil, status.Errorf(codes.InvalidArgument, "server: send 1 to %d SVID requests, not %d", MaxSVIDRequests, len(req.GetRequests()))
+	}
+	resp := &pb.SignX509SVIDResponse{}
+	for _, r := range req.GetRequests() {
+		csr, err := parseCSR(r.GetCsr())
+		if err != nil {
+			return nil, err
+		}
+		ttl := time.Duration(r.GetTtlSeconds()) * time.Second
+		var ident credential.Identity
+		var dns []string
+		if r.GetEntryId() == "" {
+			// Renewal of the caller's own identity, proven by its SVID.
+			id, _, err := s.svidCredential(ctx)
+			if err != nil {
+				return nil, err
+			}
+			ident = id
+		} else {
+			e, err := s.store.GetEntry(ctx, r.GetEntryId())
+			if errors.Is(err, store.ErrNotFound) {
+				return nil, status.Errorf(codes.NotFound, "server: no entry %q", r.GetEntryId())
+			}
+			if err != nil {
+				return nil, status.Error(codes.Unavailable, "server: the store is unavailable; retry")
+			}
+			if e.ParentID != callerID {
+				s.log.Warn("node asked for an entry it is not the parent of; refused", "node", callerID.String(), "entry", e.ID, "parent", e.ParentID.String())
+				return nil, status.Errorf(codes.PermissionDenied, "server: entry %q belongs to %s, not to %s", e.ID, e.ParentID, callerID)
+			}
+			ident = credential.Identity{ID: e.SPIFFEID, Kind: credential.KindSVID, Caller: "node " + callerID.String() + " entry " + e.ID}
+			if ttl <= 0 {
+				ttl = e.X509TTL
+			}
+			dns = e.DNSNames
+		}
+		out, err := s.signSVID(ctx, ident, csr, ttl, dns)
+		if err != nil {
+			return nil, err
+		}
+		resp.Svids = append(resp.Svids, svidMessage(out, r.GetEntryId()))
+	}
+	return resp, nil
+}
+
+func (n *nodeService) FetchBundles(ctx context.Context, _ *pb.FetchBundlesRequest) (*pb.FetchBundlesResponse, error) {
+	if _, _, ok := peerSVID(ctx); !ok {
+		return nil, status.Error(codes.Unauthenticated, "server: present this trust domain's SVID")
+	}
+	local, fed, err := n.s.bundles(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.FetchBundlesResponse{Bundle: local, Federated: fed}, nil
+}
+
+// Watch sends a snapshot now and after every change, until the agent leaves.
+func (n *nodeService) Watch(_ *pb.WatchRequest, stream pb.Node_WatchServer) error {
+	s := n.s
+	ctx := stream.Context()
+	callerID, _, ok := peerSVID(ctx)
+	if !ok {
+		return status.Error(codes.Unauthenticated, "server: present this trust domain's SVID")
+	}
+	s.metrics.watchers.Inc()
+	defer s.metrics.watchers.Dec()
+	var last int64 = -1
+	for {
+		wake := s.changes.wait()
+		if rev := s.revision.Load(); rev != last {
+			snap, err := s.snapshot(ctx, callerID)
+			if err != nil {
+				return err
+			}
+			snap.Revision = rev
+			if err := stream.Send(snap); err != nil {
+				return err
+			}
+			last = rev
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-wake:
+		}
+	}
+}
+
+// snapshot is what an agent needs: bundles and the entries it serves.
+func (s *Server) snapshot(ctx context.Context, node spiffeid.ID) (*pb.WatchResponse, error) {
+	local, fed, err := s.bundles(ctx)
+	if err != nil {
+		return nil, err
+	}
+	entries, err := s.entriesFor(ctx, node)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.WatchResponse{Bundle: local, Federated: fed, Entries: entries}, nil
+}
+
+// entriesFor returns the entries whose parent is node, and those parented
+// by them in turn (bounded depth), as SPIRE's agents receive them.
+func (s *Server) entriesFor(ctx context.Context, node spiffeid.ID) ([]*pb.Entry, error) {
+	var out []*pb.Entry
+	seen := map[spiffeid.ID]bool{node: true}
+	parents := []spiffeid.ID{node}
+	for depth := 0; depth < 8 && len(parents) > 0; depth++ {
+		var next []spiffeid.ID
+		for _, p := range parents {
+			p := p
+			es, err := s.store.ListEntries(ctx, store.EntryFilter{ParentID: &p})
+			if err != nil {
+				return nil, status.Error(codes.Unavailable, "server: the store is unavailable; retry")
+			}
+			for _, e := range es {
+				out = append(out, entryMessage(e))
+				if !seen[e.SPIFFEID] {
+					seen[e.SPIFFEID] = true
+					next = append(next, e.SPIFFEID)
+				}
+			}
+		}
+		parents = next
+	}
+	return out, nil
+}
+
+// localBundle is this trust domain's bundle as a message.
+func (s *Server) localBundle() (*pb.Bundle, error) {
+	b := s.bundle.Load()
+	if b == nil {
+		return nil, status.Error(codes.Unavailable, "server: bundle not built yet; retry")
+	}
+	data, err := b.Marshal()
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "server: bundle: %v", err)
+	}
+	seq, _ := b.SequenceNumber()
+	return &pb.Bundle{TrustDomain: s.set.td.Name(), SpiffeBundle: data, Sequence: seq}, nil
+}
+
+// bundles returns this domain's bundle and every federated one.
+func (s *Server) bundles(ctx context.Context) (*pb.Bundle, []*pb.Bundle, error) {
+	local, err := s.localBundle()
+	if err != nil {
+		return nil, nil, err
+	}
+	fed, err := s.store.ListFederatedBundles(ctx)
+	if err != nil {
+		return nil, nil, status.Error(codes.Unavailable, "server: the store is unavailable; retry")
+	}
+	var out []*pb.Bundle
+	for _, f := range fed {
+		msg := &pb.Bundle{TrustDomain: f.TrustDomain.Name(), SpiffeBundle: f.JSON}
+		if b, err := bundle.Parse(f.TrustDomain, f.JSON); err == nil {
+			msg.Sequence, _ = b.SequenceNumber()
+		}
+		out = append(out, msg)
+	}
+	return local, out, nil
+}
+
+func svidMessage(out *issued, entryID string) *pb.X509SVID {
+	m := &pb.X509SVID{ExpiresAt: out.chain[0].NotAfter.Unix(), EntryId: entryID}
+	if len(out.chain[0].URIs) == 1 {
+		m.SpiffeId = out.chain[0].URIs[0].String()
+	}
+	for _, c := range out.chain {
+		m.CertChain = append(m.CertChain, c.Raw)
+	}
+	return m
+}
+
+func entryMessage(e store.Entry) *pb.Entry {
+	m := &pb.Entry{
+		Id: e.ID, ParentId: e.ParentID.String(), SpiffeId: e.SPIFFEID.String(),
+		X509SvidTtlSeconds: int64(e.X509TTL / time.Second), DnsNames: e.DNSNames,
+		Admin: e.Admin, Revision: e.Revision, CreatedAt: e.CreatedAt.Unix(),
+	}
+	for _, sel := range e.Selectors {
+		m.Selectors = append(m.Selectors, &pb.Selector{Type: sel.Type, Value: sel.Value})
+	}
+	for _, td := range e.FederatesWith {
+		m.FederatesWith = append(m.FederatesWith, td.Name())
+	}
+	return m
+}

@@ -1,0 +1,151 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Issued is one row of the audit log: a certificate a server signed.
+type Issued struct {
+	// Serial is the certificate's serial number in hex; colons and
+	// leading zeros are accepted and dropped, and it is stored lowercase
+	// (the form math/big's Text(16) gives).
+	Serial string
+	// SPIFFEID is the SPIFFE ID of an SVID, or the DNS name of a TLS leaf.
+	SPIFFEID       string
+	CredentialKind string    // the credential that was verified, e.g. "join_token", "k8s_sat", "svid"
+	Caller         string    // who asked: the credential's subject or the peer's SVID
+	ServerID       string    // the server that signed
+	IssuedAt       time.Time // defaults to the store's clock
+	NotAfter       time.Time
+}
+
+// AuditFilter selects audit rows; zero fields match every row.
+type AuditFilter struct {
+	SPIFFEID string
+	Serial   string    // in any form Issued.Serial accepts
+	Since    time.Time // rows issued at or after Since
+	// Limit is the number of rows returned: DefaultAuditLimit when zero, at
+	// most MaxAuditLimit.
+	Limit int
+}
+
+// RecordIssued appends one row to the audit log.
+func (s *Store) RecordIssued(ctx context.Context, r Issued) error {
+	serial, err := normalizeSerial("issued certificate serial", r.Serial)
+	if err != nil {
+		return err
+	}
+	if err := checkText("issued certificate SPIFFE ID or DNS name", r.SPIFFEID, MaxIDBytes, true); err != nil {
+		return err
+	}
+	if err := checkText("issued certificate credential kind", r.CredentialKind, MaxNameBytes, true); err != nil {
+		return err
+	}
+	if err := checkText("issued certificate caller", r.Caller, MaxCallerBytes, false); err != nil {
+		return err
+	}
+	if err := checkText("issued certificate server ID", r.ServerID, MaxNameBytes, false); err != nil {
+		return err
+	}
+	if r.NotAfter.IsZero() {
+		return invalidf("issued certificate %s has no expiry", serial)
+	}
+	if r.IssuedAt.IsZero() {
+		r.IssuedAt = s.now()
+	}
+	_, err = s.w.ExecContext(ctx,
+		`INSERT INTO issued (serial, spiffe_id, credential_kind, caller, server_id, issued_at, not_after)
+		 VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+		serial, r.SPIFFEID, r.CredentialKind, r.Caller, r.ServerID, millis(r.IssuedAt), millis(r.NotAfter))
+	if err != nil {
+		return fmt.Errorf("store: recording issued certificate %s: %w", serial, err)
+	}
+	return nil
+}
+
+// ListIssued returns the audit rows f selects, newest first (by IssuedAt,
+// then by the order they were recorded).
+func (s *Store) ListIssued(ctx context.Context, f AuditFilter) ([]Issued, error) {
+	limit := f.Limit
+	switch {
+	case limit == 0:
+		limit = DefaultAuditLimit
+	case limit < 0 || limit > MaxAuditLimit:
+		return nil, invalidf("audit limit %d is outside 1..%d", f.Limit, MaxAuditLimit)
+	}
+	var (
+		where []string
+		args  []any
+	)
+	add := func(cond string, arg any) {
+		args = append(args, arg)
+		where = append(where, fmt.Sprintf(cond, len(args)))
+	}
+	if f.SPIFFEID != "" {
+		add("spiffe_id = $%d", f.SPIFFEID)
+	}
+	if f.Serial != "" {
+		serial, err := normalizeSerial("audit filter serial", f.Serial)
+		if err != nil {
+			return nil, err
+		}
+		add("serial = $%d", serial)
+	}
+	if !f.Since.IsZero() {
+		add("issued_at >= $%d", millis(f.Since))
+	}
+	q := `SELECT serial, spiffe_id, credential_kind, caller, server_id, issued_at, not_after FROM issued`
+	if len(where) > 0 {
+		q += ` WHERE ` + strings.Join(where, " AND ")
+	}
+	args = append(args, limit)
+	q += fmt.Sprintf(` ORDER BY issued_at DESC, id DESC LIMIT $%d`, len(args))
+	rows, err := s.r.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: reading the audit log: %w", err)
+	}
+	defer rows.Close()
+	var out []Issued
+	for rows.Next() {
+		var (
+			r                  Issued
+			issuedAt, notAfter int64
+		)
+		if err := rows.Scan(&r.Serial, &r.SPIFFEID, &r.CredentialKind, &r.Caller, &r.ServerID, &issuedAt, &notAfter); err != nil {
+			return nil, fmt.Errorf("store: reading the audit log: %w", err)
+		}
+		r.IssuedAt, r.NotAfter = fromMillis(issuedAt), fromMillis(notAfter)
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: reading the audit log: %w", err)
+	}
+	return out, nil
+}
+
+// normalizeSerial returns a hex serial number lowercase, without colons and
+// leading zeros, or an error if it is not hex or too long.
+func normalizeSerial(what, s string) (string, error) {
+	if len(s) > 3*MaxSerialHex {
+		return "", invalidf("%s is %d bytes, more than a serial number can be", what, len(s))
+	}
+	h := strings.TrimLeft(strings.ToLower(strings.ReplaceAll(s, ":", "")), "0")
+	if h == "" && strings.Contains(s, "0") {
+		h = "0"
+	}
+	if h == "" {
+		return "", invalidf("%s is empty", what)
+	}
+	if len(h) > MaxSerialHex {
+		return "", invalidf("%s has %d hex digits, more than the %d of a 20-octet serial number", what, len(h), MaxSerialHex)
+	}
+	for _, c := range h {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return "", invalidf("%s %q is not hexadecimal", what, s)
+		}
+	}
+	return h, nil
+}

@@ -1,0 +1,123 @@
+package store
+
+import (
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// JoinToken is a one-time credential an agent presents to be attested as
+// SPIFFEID. Only the SHA-256 of the token is stored.
+type JoinToken struct {
+	Hash      []byte // SHA-256 of the token
+	SPIFFEID  spiffeid.ID
+	ExpiresAt time.Time
+	CreatedAt time.Time // set by the store
+	UsedAt    time.Time // zero until consumed; set by ConsumeJoinToken
+}
+
+// CreateJoinToken stores a new join token. It refuses a hash that is already
+// stored (ErrAlreadyExists).
+func (s *Store) CreateJoinToken(ctx context.Context, t JoinToken) error {
+	if len(t.Hash) != sha256.Size {
+		return invalidf("join token hash is %d bytes; it must be a SHA-256 (%d bytes)", len(t.Hash), sha256.Size)
+	}
+	if err := checkID("join token SPIFFE ID", t.SPIFFEID); err != nil {
+		return err
+	}
+	if t.ExpiresAt.IsZero() {
+		return invalidf("join token has no expiry")
+	}
+	res, err := s.w.ExecContext(ctx,
+		`INSERT INTO join_tokens (hash, spiffe_id, created_at, expires_at) VALUES ($1, $2, $3, $4)
+		 ON CONFLICT (hash) DO NOTHING`,
+		t.Hash, t.SPIFFEID.String(), millis(s.now()), millis(t.ExpiresAt))
+	if err != nil {
+		return fmt.Errorf("store: creating join token: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return fmt.Errorf("store: creating join token: %w", err)
+	} else if n == 0 {
+		return fmt.Errorf("store: join token: %w", ErrAlreadyExists)
+	}
+	return nil
+}
+
+// ConsumeJoinToken marks the token with this hash used at now and returns it.
+// It is one conditional UPDATE, so among any number of callers (in any number
+// of servers sharing the database) exactly one succeeds. An unknown, expired
+// (now at or after ExpiresAt) or already used token is ErrTokenInvalid, the
+// same error for all three.
+func (s *Store) ConsumeJoinToken(ctx context.Context, hash []byte, now time.Time) (JoinToken, error) {
+	if len(hash) != sha256.Size {
+		return JoinToken{}, fmt.Errorf("store: %w", ErrTokenInvalid)
+	}
+	now = fromMillis(millis(now))
+	var (
+		id                   string
+		createdAt, expiresAt int64
+	)
+	err := s.w.QueryRowContext(ctx,
+		`UPDATE join_tokens SET used_at = $1
+		 WHERE hash = $2 AND used_at IS NULL AND expires_at > $1
+		 RETURNING spiffe_id, created_at, expires_at`,
+		millis(now), hash).Scan(&id, &createdAt, &expiresAt)
+	if errors.Is(err, sql.ErrNoRows) {
+		return JoinToken{}, fmt.Errorf("store: %w", ErrTokenInvalid)
+	}
+	if err != nil {
+		return JoinToken{}, fmt.Errorf("store: consuming join token: %w", err)
+	}
+	sid, err := parseStoredID("join token", id)
+	if err != nil {
+		return JoinToken{}, fmt.Errorf("store: consuming join token: %w", err)
+	}
+	return JoinToken{
+		Hash:      append([]byte(nil), hash...),
+		SPIFFEID:  sid,
+		CreatedAt: fromMillis(createdAt),
+		ExpiresAt: fromMillis(expiresAt),
+		UsedAt:    now,
+	}, nil
+}
+
+// PruneJoinTokens deletes the tokens, used or not, that expired before
+// before, and returns how many. A deleted token is unknown, which consuming
+// treats as it treats a used or expired one.
+func (s *Store) PruneJoinTokens(ctx context.Context, before time.Time) (int64, error) {
+	res, err := s.w.ExecContext(ctx, `DELETE FROM join_tokens WHERE expires_at < $1`, millis(before))
+	if err != nil {
+		return 0, fmt.Errorf("store: pruning join tokens: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("store: pruning join tokens: %w", err)
+	}
+	return n, nil
+}
+
+// checkID refuses a zero or oversized SPIFFE ID.
+func checkID(what string, id spiffeid.ID) error {
+	if id.IsZero() {
+		return invalidf("%s is empty", what)
+	}
+	if n := len(id.String()); n > MaxIDBytes {
+		return invalidf("%s is %d bytes, more than the %d allowed", what, n, MaxIDBytes)
+	}
+	return nil
+}
+
+// parseStoredID parses a SPIFFE ID read back from the database. Callers add
+// the "store: " prefix.
+func parseStoredID(what, s string) (spiffeid.ID, error) {
+	id, err := spiffeid.FromString(s)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("%s: stored SPIFFE ID %q is corrupt: %w", what, s, err)
+	}
+	return id, nil
+}

@@ -1,0 +1,180 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/meshfed/meshfed/internal/store"
+)
+
+const tokenInvalid = "store: join token is unknown, expired or already used"
+
+// TestJoinTokenLifecycle: a token is consumed once, before its expiry, and
+// every way of failing is the same error.
+func TestJoinTokenLifecycle(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, d *testDB) {
+		ctx := context.Background()
+		s := d.s
+		expires := t0.Add(10 * time.Minute)
+		for _, tok := range []string{"a", "b", "expired"} {
+			if err := s.CreateJoinToken(ctx, store.JoinToken{Hash: tokenHash(tok), SPIFFEID: node1, ExpiresAt: expires}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d.clock.Advance(time.Minute) // CreatedAt is t0; consumption later
+
+		steps := []struct {
+			name  string
+			token string
+			hash  []byte // overrides token
+			now   time.Time
+			want  string
+		}{
+			{name: "valid", token: "a", now: t0.Add(time.Minute)},
+			{name: "replayed", token: "a", now: t0.Add(2 * time.Minute), want: tokenInvalid},
+			{name: "unknown", token: "never created", now: t0, want: tokenInvalid},
+			{name: "not a SHA-256", hash: []byte("short"), now: t0, want: tokenInvalid},
+			{name: "at expiry", token: "expired", now: expires, want: tokenInvalid},
+			{name: "after expiry", token: "expired", now: expires.Add(time.Hour), want: tokenInvalid},
+			{name: "last millisecond", token: "b", now: expires.Add(-time.Millisecond)},
+		}
+		for _, st := range steps {
+			hash := st.hash
+			if hash == nil {
+				hash = tokenHash(st.token)
+			}
+			got, err := s.ConsumeJoinToken(ctx, hash, st.now)
+			checkErr(t, st.name, err, st.want)
+			if st.want != "" {
+				if !errors.Is(err, store.ErrTokenInvalid) {
+					t.Errorf("%s: %v is not ErrTokenInvalid", st.name, err)
+				}
+				continue
+			}
+			want := store.JoinToken{Hash: hash, SPIFFEID: node1, ExpiresAt: expires, CreatedAt: t0, UsedAt: st.now}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("%s: got %+v, want %+v", st.name, got, want)
+			}
+		}
+	})
+}
+
+// TestCreateJoinTokenRefuses: bad tokens are refused before storing, and a
+// hash already stored is ErrAlreadyExists.
+func TestCreateJoinTokenRefuses(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, d *testDB) {
+		ctx := context.Background()
+		ok := store.JoinToken{Hash: tokenHash("t"), SPIFFEID: node1, ExpiresAt: t0.Add(time.Hour)}
+		if err := d.s.CreateJoinToken(ctx, ok); err != nil {
+			t.Fatal(err)
+		}
+		tests := []struct {
+			name string
+			tok  store.JoinToken
+			want string
+		}{
+			{"duplicate", ok, "store: join token: already exists"},
+			{"raw token instead of hash", store.JoinToken{Hash: []byte("t"), SPIFFEID: node1, ExpiresAt: t0}, "store: join token hash is 1 bytes; it must be a SHA-256 (32 bytes)"},
+			{"no SPIFFE ID", store.JoinToken{Hash: tokenHash("u"), ExpiresAt: t0}, "store: join token SPIFFE ID is empty"},
+			{"no expiry", store.JoinToken{Hash: tokenHash("u"), SPIFFEID: node1}, "store: join token has no expiry"},
+		}
+		for _, tt := range tests {
+			err := d.s.CreateJoinToken(ctx, tt.tok)
+			checkErr(t, tt.name, err, tt.want)
+		}
+		if err := d.s.CreateJoinToken(ctx, ok); !errors.Is(err, store.ErrAlreadyExists) {
+			t.Errorf("duplicate: %v is not ErrAlreadyExists", err)
+		}
+	})
+}
+
+// TestJoinTokenRace: many consumers of one token, half of them through a
+// second Store on the same database (a second server), and exactly one wins,
+// every round.
+func TestJoinTokenRace(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, d *testDB) {
+		ctx := context.Background()
+		servers := []*store.Store{d.s, d.open(t)}
+		const (
+			rounds    = 10
+			consumers = 16
+		)
+		for round := range rounds {
+			hash := tokenHash(fmt.Sprint("race", round))
+			if err := d.s.CreateJoinToken(ctx, store.JoinToken{Hash: hash, SPIFFEID: node1, ExpiresAt: t0.Add(time.Hour)}); err != nil {
+				t.Fatal(err)
+			}
+			var (
+				wins  atomic.Int32
+				wg    sync.WaitGroup
+				start = make(chan struct{})
+				errs  = make(chan error, consumers)
+			)
+			for i := range consumers {
+				s := servers[i%len(servers)]
+				wg.Go(func() {
+					<-start
+					_, err := s.ConsumeJoinToken(ctx, hash, t0)
+					switch {
+					case err == nil:
+						wins.Add(1)
+					case !errors.Is(err, store.ErrTokenInvalid):
+						errs <- err
+					}
+				})
+			}
+			close(start)
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Errorf("round %d: unexpected error: %v", round, err)
+			}
+			if n := wins.Load(); n != 1 {
+				t.Fatalf("round %d: %d consumers won, want exactly 1", round, n)
+			}
+		}
+	})
+}
+
+// TestPruneJoinTokens deletes the tokens that expired before the cut-off,
+// used or not, and nothing else.
+func TestPruneJoinTokens(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, d *testDB) {
+		ctx := context.Background()
+		for i, exp := range []time.Duration{time.Minute, 2 * time.Minute, time.Hour} {
+			if err := d.s.CreateJoinToken(ctx, store.JoinToken{Hash: tokenHash(fmt.Sprint(i)), SPIFFEID: node1, ExpiresAt: t0.Add(exp)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := d.s.ConsumeJoinToken(ctx, tokenHash("0"), t0); err != nil {
+			t.Fatal(err)
+		}
+		for _, step := range []struct {
+			before time.Time
+			want   int64
+		}{
+			{t0, 0},
+			{t0.Add(time.Minute), 0}, // expiring exactly at the cut-off stays
+			{t0.Add(3 * time.Minute), 2},
+			{t0.Add(3 * time.Minute), 0},
+		} {
+			n, err := d.s.PruneJoinTokens(ctx, step.before)
+			if err != nil || n != step.want {
+				t.Errorf("PruneJoinTokens(%s) = %d, %v; want %d", step.before, n, err, step.want)
+			}
+		}
+		if _, err := d.s.ConsumeJoinToken(ctx, tokenHash("2"), t0); err != nil {
+			t.Errorf("the unexpired token was pruned: %v", err)
+		}
+	})
+}

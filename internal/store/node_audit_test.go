@@ -1,0 +1,178 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshfed/meshfed/internal/store"
+)
+
+// TestNodes: upsert inserts then replaces; get and list return what was
+// stored; an unknown node is ErrNotFound.
+func TestNodes(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, d *testDB) {
+		ctx := context.Background()
+		first := store.Node{SPIFFEID: node1, CredentialKind: "join_token", SerialNumber: "0A:BC", ExpiresAt: t0.Add(time.Hour)}
+		if err := d.s.UpsertNode(ctx, first); err != nil {
+			t.Fatal(err)
+		}
+		want1 := store.Node{SPIFFEID: node1, AttestedAt: t0, CredentialKind: "join_token", SerialNumber: "abc", ExpiresAt: t0.Add(time.Hour)}
+		if got, err := d.s.GetNode(ctx, node1); err != nil || !reflect.DeepEqual(got, want1) {
+			t.Errorf("GetNode after insert:\n got %+v, %v\nwant %+v", got, err, want1)
+		}
+
+		renewed := store.Node{SPIFFEID: node1, AttestedAt: t0.Add(30 * time.Minute), CredentialKind: "svid", SerialNumber: "def", ExpiresAt: t0.Add(90 * time.Minute)}
+		if err := d.s.UpsertNode(ctx, renewed); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := d.s.GetNode(ctx, node1); err != nil || !reflect.DeepEqual(got, renewed) {
+			t.Errorf("GetNode after update:\n got %+v, %v\nwant %+v", got, err, renewed)
+		}
+
+		other := store.Node{SPIFFEID: node2, AttestedAt: t0, CredentialKind: "join_token", SerialNumber: "1", ExpiresAt: t0.Add(time.Hour)}
+		if err := d.s.UpsertNode(ctx, other); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := d.s.ListNodes(ctx); err != nil || !reflect.DeepEqual(got, []store.Node{renewed, other}) {
+			t.Errorf("ListNodes:\n got %+v, %v\nwant %+v", got, err, []store.Node{renewed, other})
+		}
+
+		_, err := d.s.GetNode(ctx, web)
+		checkErr(t, "GetNode(unknown)", err, "store: node spiffe://east.example/ns/default/sa/web: not found")
+		if !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("%v is not ErrNotFound", err)
+		}
+		if rev := mustRevision(t, d.s); rev != 0 {
+			t.Errorf("node changes moved the revision to %d; it counts entries, authorities and bundles only", rev)
+		}
+
+		for _, tt := range []struct {
+			name string
+			n    store.Node
+			want string
+		}{
+			{"no SPIFFE ID", store.Node{CredentialKind: "x", SerialNumber: "1", ExpiresAt: t0}, "store: node SPIFFE ID is empty"},
+			{"no credential kind", store.Node{SPIFFEID: node1, SerialNumber: "1", ExpiresAt: t0}, "store: node credential kind is empty"},
+			{"serial not hex", store.Node{SPIFFEID: node1, CredentialKind: "x", SerialNumber: "xyz", ExpiresAt: t0}, `store: node serial number "xyz" is not hexadecimal`},
+			{"no expiry", store.Node{SPIFFEID: node1, CredentialKind: "x", SerialNumber: "1"}, "store: node spiffe://east.example/spire/agent/join_token/node1 has no expiry"},
+		} {
+			checkErr(t, tt.name, d.s.UpsertNode(ctx, tt.n), tt.want)
+		}
+	})
+}
+
+// TestAudit: rows come back newest first (ties in the order recorded), and
+// filter by SPIFFE ID, serial (any spelling), time and count.
+func TestAudit(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, d *testDB) {
+		ctx := context.Background()
+		// rec records a row issued at t0+at; with fromClock, IssuedAt is
+		// left zero for the store to fill in from its clock (t0).
+		rec := func(serial, id string, at time.Duration, fromClock bool) store.Issued {
+			t.Helper()
+			in := store.Issued{Serial: serial, SPIFFEID: id, CredentialKind: "join_token", Caller: "127.0.0.1:5000", ServerID: "east-1", IssuedAt: t0.Add(at), NotAfter: t0.Add(at + time.Hour)}
+			if fromClock {
+				in.IssuedAt = time.Time{}
+			}
+			if err := d.s.RecordIssued(ctx, in); err != nil {
+				t.Fatal(err)
+			}
+			in.IssuedAt = t0.Add(at)
+			in.Serial = strings.TrimLeft(strings.ToLower(strings.ReplaceAll(serial, ":", "")), "0")
+			return in
+		}
+		a := rec("0A", web.String(), time.Minute, false)
+		b := rec("0b", db.String(), 2*time.Minute, false)
+		c := rec("0c", web.String(), 2*time.Minute, false) // same instant as b, recorded after
+		e := rec("DE:AD:BE:EF", "web.east.example", 0, true)
+
+		tests := []struct {
+			name   string
+			filter store.AuditFilter
+			want   []store.Issued
+		}{
+			{"all", store.AuditFilter{}, []store.Issued{c, b, a, e}},
+			{"SPIFFE ID", store.AuditFilter{SPIFFEID: web.String()}, []store.Issued{c, a}},
+			{"DNS name", store.AuditFilter{SPIFFEID: "web.east.example"}, []store.Issued{e}},
+			{"serial as openssl prints it", store.AuditFilter{Serial: "DE:AD:BE:EF"}, []store.Issued{e}},
+			{"serial with leading zero", store.AuditFilter{Serial: "000b"}, []store.Issued{b}},
+			{"since, inclusive", store.AuditFilter{Since: t0.Add(2 * time.Minute)}, []store.Issued{c, b}},
+			{"limit", store.AuditFilter{Limit: 2}, []store.Issued{c, b}},
+			{"all filters", store.AuditFilter{SPIFFEID: web.String(), Since: t0.Add(time.Minute), Limit: 1}, []store.Issued{c}},
+			{"none", store.AuditFilter{SPIFFEID: "nobody"}, nil},
+		}
+		for _, tt := range tests {
+			got, err := d.s.ListIssued(ctx, tt.filter)
+			if err != nil || !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("%s:\n got %+v, %v\nwant %+v", tt.name, got, err, tt.want)
+			}
+		}
+
+		for _, tt := range []struct {
+			name   string
+			filter store.AuditFilter
+			want   string
+		}{
+			{"negative limit", store.AuditFilter{Limit: -1}, "store: audit limit -1 is outside 1..10000"},
+			{"limit too large", store.AuditFilter{Limit: 10001}, "store: audit limit 10001 is outside 1..10000"},
+			{"bad serial", store.AuditFilter{Serial: "zz"}, `store: audit filter serial "zz" is not hexadecimal`},
+		} {
+			_, err := d.s.ListIssued(ctx, tt.filter)
+			checkErr(t, tt.name, err, tt.want)
+		}
+	})
+}
+
+// TestAuditDefaultLimit: without a limit, one page is DefaultAuditLimit rows.
+func TestAuditDefaultLimit(t *testing.T) {
+	t.Parallel()
+	d := newTestDB(t, "sqlite")
+	s := d.open(t)
+	ctx := context.Background()
+	for range store.DefaultAuditLimit + 1 {
+		if err := s.RecordIssued(ctx, store.Issued{Serial: "1", SPIFFEID: web.String(), CredentialKind: "svid", NotAfter: t0}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := s.ListIssued(ctx, store.AuditFilter{}); err != nil || len(got) != store.DefaultAuditLimit {
+		t.Errorf("ListIssued: %d rows, %v; want %d", len(got), err, store.DefaultAuditLimit)
+	}
+}
+
+// TestRecordIssuedRefuses: malformed and oversized audit rows are refused.
+func TestRecordIssuedRefuses(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, d *testDB) {
+		ok := store.Issued{Serial: "1", SPIFFEID: web.String(), CredentialKind: "svid", NotAfter: t0}
+		with := func(f func(*store.Issued)) store.Issued { r := ok; f(&r); return r }
+		tests := []struct {
+			name string
+			r    store.Issued
+			want string
+		}{
+			{"no serial", with(func(r *store.Issued) { r.Serial = "" }), "store: issued certificate serial is empty"},
+			{"zero serial", with(func(r *store.Issued) { r.Serial = "00" }), ""},
+			{"serial of 21 octets", with(func(r *store.Issued) { r.Serial = "1" + strings.Repeat("00", 20) }), "store: issued certificate serial has 41 hex digits, more than the 40 of a 20-octet serial number"},
+			{"absurd serial", with(func(r *store.Issued) { r.Serial = strings.Repeat("0", 121) }), "store: issued certificate serial is 121 bytes, more than a serial number can be"},
+			{"no SPIFFE ID", with(func(r *store.Issued) { r.SPIFFEID = "" }), "store: issued certificate SPIFFE ID or DNS name is empty"},
+			{"SPIFFE ID too long", with(func(r *store.Issued) { r.SPIFFEID = strings.Repeat("a", 2049) }), "store: issued certificate SPIFFE ID or DNS name is 2049 bytes, more than the 2048 allowed"},
+			{"no credential kind", with(func(r *store.Issued) { r.CredentialKind = "" }), "store: issued certificate credential kind is empty"},
+			{"caller too long", with(func(r *store.Issued) { r.Caller = strings.Repeat("c", 2049) }), "store: issued certificate caller is 2049 bytes, more than the 2048 allowed"},
+			{"server ID too long", with(func(r *store.Issued) { r.ServerID = strings.Repeat("s", 257) }), "store: issued certificate server ID is 257 bytes, more than the 256 allowed"},
+			{"no expiry", with(func(r *store.Issued) { r.NotAfter = time.Time{} }), "store: issued certificate 1 has no expiry"},
+		}
+		for _, tt := range tests {
+			err := d.s.RecordIssued(context.Background(), tt.r)
+			checkErr(t, tt.name, err, tt.want)
+			if tt.want != "" && !errors.Is(err, store.ErrInvalid) {
+				t.Errorf("%s: %v is not ErrInvalid", tt.name, err)
+			}
+		}
+	})
+}
