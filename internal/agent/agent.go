@@ -1,0 +1,581 @@
+// Package agent is `meshfed agent` in node mode: it attests to its server
+// once (a one-time join token), keeps a node SVID (persisted 0600, so a
+// restart needs no new token), follows the server's Watch stream for the
+// registration entries it serves and the trust bundles, and keeps an
+// X.509-SVID for every entry, renewing each at about half its life with
+// jitter and backing off on failure. While the server is unreachable it keeps
+// what it has until it expires, and it never hands out an expired SVID.
+//
+// Workload keys are made here and never leave the agent except to the
+// workload that owns them, over the agent's local socket. The agent never
+// logs a key or a token.
+package agent
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	pb "github.com/meshfed/meshfed/internal/api/serverv1"
+	"github.com/meshfed/meshfed/internal/bundle"
+	"github.com/meshfed/meshfed/internal/pemfile"
+	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/internal/tlspolicy"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+)
+
+// ServerPath is the path of the SPIFFE ID a meshfed server presents.
+const ServerPath = "/meshfed/server"
+
+// Files in the data directory.
+const (
+	nodeCertFile    = "node-svid.pem"
+	nodeKeyFile     = "node-svid.key"
+	bundleFile      = "bundle.pem"
+	trustDomainFile = "trust-domain"
+)
+
+// Config configures an agent.
+type Config struct {
+	ServerAddr  string // host:port of the server's signing API
+	TrustBundle string // bootstrap: the server's trust domain's bundle (PEM or SPIFFE JSON)
+	JoinToken   string // one-time; needed only when the data dir holds no valid node SVID
+	DataDir     string
+	Clock       pki.Clock
+	Logger      *slog.Logger
+	// MaxBackoff caps the wait between failed renewals (default 30s).
+	MaxBackoff time.Duration
+}
+
+// Agent keeps a node's identity and its workloads' SVIDs.
+type Agent struct {
+	cfg   Config
+	clock pki.Clock
+	log   *slog.Logger
+	Cache *Cache
+
+	mu       sync.Mutex
+	td       spiffeid.TrustDomain
+	node     *x509svid.SVID
+	nodeNext time.Time // when to renew the node SVID next
+	conn     *grpc.ClientConn
+	client   pb.NodeClient
+}
+
+// New prepares an agent; Run attests (if needed) and serves.
+func New(cfg Config) (*Agent, error) {
+	if cfg.ServerAddr == "" || cfg.DataDir == "" {
+		return nil, errors.New("agent: --server and --data-dir are required")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 30 * time.Second
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("agent: data dir: %w", err)
+	}
+	a := &Agent{cfg: cfg, clock: cfg.Clock, log: cfg.Logger, Cache: newCache(cfg.Clock)}
+	return a, nil
+}
+
+// Start loads the trust bundle and the node SVID, attesting with the join
+// token when there is no usable node SVID, and connects to the server.
+func (a *Agent) Start(ctx context.Context) error {
+	roots, err := a.loadRoots()
+	if err != nil {
+		return err
+	}
+	a.Cache.setBootstrapRoots(roots)
+	if td, err := os.ReadFile(filepath.Join(a.cfg.DataDir, trustDomainFile)); err == nil {
+		if a.td, err = spiffeid.TrustDomainFromString(string(td)); err != nil {
+			return fmt.Errorf("agent: %s: %w", trustDomainFile, err)
+		}
+		a.Cache.setTrustDomain(a.td, roots)
+	}
+	node, err := a.loadNodeSVID()
+	if err != nil {
+		a.log.Info("no usable node SVID in the data dir; attesting", "reason", err.Error())
+	}
+	if node == nil {
+		if a.cfg.JoinToken == "" {
+			return fmt.Errorf("agent: %s holds no valid node SVID and no --join-token was given; make one with 'meshfed token create'", a.cfg.DataDir)
+		}
+		if err := a.attest(ctx); err != nil {
+			return err
+		}
+	} else {
+		a.setNode(node)
+	}
+	return a.connect()
+}
+
+// loadRoots reads the persisted bundle (kept up to date from the server), or
+// the bootstrap trust bundle.
+func (a *Agent) loadRoots() ([]*x509.Certificate, error) {
+	if certs, err := pemfile.ReadCertificates(filepath.Join(a.cfg.DataDir, bundleFile)); err == nil {
+		return certs, nil
+	}
+	if a.cfg.TrustBundle == "" {
+		return nil, errors.New("agent: --trust-bundle is required on first start (the server's trust domain bundle)")
+	}
+	data, err := pemfile.ReadFile(a.cfg.TrustBundle, bundle.MaxBytes)
+	if err != nil {
+		return nil, fmt.Errorf("agent: --trust-bundle: %w", err)
+	}
+	if bundle.Detect(data) == bundle.FormatPEM {
+		certs, err := pemfile.ParseCertificates(data)
+		if err != nil {
+			return nil, fmt.Errorf("agent: --trust-bundle %s: %w", a.cfg.TrustBundle, err)
+		}
+		return certs, nil
+	}
+	// SPIFFE JSON does not name its trust domain; any name parses it.
+	b, err := bundle.Parse(spiffeid.RequireTrustDomainFromString("bootstrap.invalid"), data)
+	if err != nil {
+		return nil, fmt.Errorf("agent: --trust-bundle %s: %w", a.cfg.TrustBundle, err)
+	}
+	return b.X509Authorities(), nil
+}
+
+func (a *Agent) loadNodeSVID() (*x509svid.SVID, error) {
+	svid, err := x509svid.Load(filepath.Join(a.cfg.DataDir, nodeCertFile), filepath.Join(a.cfg.DataDir, nodeKeyFile))
+	if err != nil {
+		return nil, err
+	}
+	if !a.clock().Before(svid.Certificates[0].NotAfter) {
+		return nil, fmt.Errorf("node SVID expired at %s", svid.Certificates[0].NotAfter.UTC().Format(time.RFC3339))
+	}
+	if !a.td.IsZero() && svid.ID.TrustDomain() != a.td {
+		return nil, fmt.Errorf("node SVID is for %s, not %s", svid.ID.TrustDomain(), a.td)
+	}
+	return svid, nil
+}
+
+func (a *Agent) setNode(svid *x509svid.SVID) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.node = svid
+	a.td = svid.ID.TrustDomain()
+	a.nodeNext = renewAt(svid.Certificates[0], jitter())
+}
+
+// NodeID is the node's SPIFFE ID (zero before attestation).
+func (a *Agent) NodeID() spiffeid.ID {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.node == nil {
+		return spiffeid.ID{}
+	}
+	return a.node.ID
+}
+
+// attest trades the join token for a node SVID, over TLS that verifies the
+// server with the bootstrap bundle.
+func (a *Agent) attest(ctx context.Context) error {
+	conn, err := grpc.NewClient(a.cfg.ServerAddr, grpc.WithTransportCredentials(credentials.NewTLS(a.tlsConfig(false))))
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer conn.Close()
+	key, csr, err := newCSR()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := pb.NewNodeClient(conn).AttestNode(ctx, &pb.AttestNodeRequest{
+		Credential: &pb.AttestNodeRequest_JoinToken{JoinToken: a.cfg.JoinToken}, Csr: csr,
+	})
+	if err != nil {
+		return fmt.Errorf("agent: attestation refused by %s: %w", a.cfg.ServerAddr, err)
+	}
+	svid, err := a.svidFrom(resp.GetSvid(), key)
+	if err != nil {
+		return err
+	}
+	if err := a.persistNode(svid); err != nil {
+		return err
+	}
+	a.setNode(svid)
+	if b := resp.GetBundle(); b != nil {
+		if err := a.applyLocalBundle(b); err != nil {
+			return err
+		}
+	}
+	a.log.Info("attested", "node", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter.UTC().Format(time.RFC3339))
+	return nil
+}
+
+// svidFrom checks a signed SVID against the current bundle and pairs it with
+// its key.
+func (a *Agent) svidFrom(m *pb.X509SVID, key crypto.Signer) (*x509svid.SVID, error) {
+	var chain []*x509.Certificate
+	for _, der := range m.GetCertChain() {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("agent: the server sent a certificate that does not parse: %w", err)
+		}
+		chain = append(chain, c)
+	}
+	if len(chain) == 0 {
+		return nil, errors.New("agent: the server sent no certificate")
+	}
+	id, _, err := pki.VerifyX509SVID(chain, a.Cache.localSource(chain), a.clock())
+	if err != nil {
+		return nil, fmt.Errorf("agent: the SVID the server sent does not verify: %w", err)
+	}
+	if !samePublicKey(chain[0].PublicKey, key.Public()) {
+		return nil, errors.New("agent: the server certified another key")
+	}
+	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}, nil
+}
+
+func (a *Agent) persistNode(svid *x509svid.SVID) error {
+	certs, key, err := svid.Marshal()
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	return pemfile.WriteFiles(a.cfg.DataDir,
+		pemfile.File{Name: nodeCertFile, Data: certs, Mode: pemfile.ModePublic},
+		pemfile.File{Name: nodeKeyFile, Data: key, Mode: pemfile.ModeKey},
+		pemfile.File{Name: trustDomainFile, Data: []byte(svid.ID.TrustDomain().Name()), Mode: pemfile.ModePublic},
+	)
+}
+
+// tlsConfig verifies the server on every handshake (resumed ones too): its
+// chain against the current bundle and its SPIFFE ID. With withClient the
+// node SVID is presented.
+func (a *Agent) tlsConfig(withClient bool) *tls.Config {
+	conf := &tls.Config{
+		MinVersion:         tlspolicy.MinVersion,
+		CipherSuites:       tlspolicy.CipherSuites(),
+		InsecureSkipVerify: true, // replaced by VerifyConnection below, which checks chain and SPIFFE ID
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return a.verifyServer(cs.PeerCertificates)
+		},
+	}
+	if withClient {
+		conf.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			a.mu.Lock()
+			node := a.node
+			a.mu.Unlock()
+			if node == nil {
+				return &tls.Certificate{}, nil
+			}
+			raw := make([][]byte, len(node.Certificates))
+			for i, c := range node.Certificates {
+				raw[i] = c.Raw
+			}
+			return &tls.Certificate{Certificate: raw, PrivateKey: node.PrivateKey, Leaf: node.Certificates[0]}, nil
+		}
+	}
+	return conf
+}
+
+func (a *Agent) verifyServer(chain []*x509.Certificate) error {
+	if len(chain) == 0 {
+		return errors.New("agent: the server presented no certificate")
+	}
+	id, err := x509svid.IDFromCert(chain[0])
+	if err != nil {
+		return fmt.Errorf("agent: the server's certificate is not an SVID: %w", err)
+	}
+	if id.Path() != ServerPath {
+		return fmt.Errorf("agent: the server presented %s, not a meshfed server's SVID (%s)", id, ServerPath)
+	}
+	a.mu.Lock()
+	td := a.td
+	a.mu.Unlock()
+	if !td.IsZero() && id.TrustDomain() != td {
+		return fmt.Errorf("agent: the server is in trust domain %s, this node is in %s", id.TrustDomain(), td)
+	}
+	if _, _, err := pki.VerifyX509SVID(chain, a.Cache.localSource(chain), a.clock()); err != nil {
+		return fmt.Errorf("agent: the server's SVID does not verify with the trust bundle: %w", err)
+	}
+	return nil
+}
+
+func (a *Agent) connect() error {
+	conn, err := grpc.NewClient(a.cfg.ServerAddr, grpc.WithTransportCredentials(credentials.NewTLS(a.tlsConfig(true))))
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	a.conn = conn
+	a.client = pb.NewNodeClient(conn)
+	return nil
+}
+
+// Close releases the connection to the server.
+func (a *Agent) Close() error {
+	if a.conn != nil {
+		return a.conn.Close()
+	}
+	return nil
+}
+
+// applyLocalBundle installs this trust domain's bundle and persists it, so a
+// restart trusts the roots the server rotated to.
+func (a *Agent) applyLocalBundle(m *pb.Bundle) error {
+	td, err := spiffeid.TrustDomainFromString(m.GetTrustDomain())
+	if err != nil {
+		return fmt.Errorf("agent: bundle: %w", err)
+	}
+	a.mu.Lock()
+	mine := a.td
+	a.mu.Unlock()
+	if !mine.IsZero() && td != mine {
+		return fmt.Errorf("agent: the server sent the bundle of %s as this node's, which is in %s", td, mine)
+	}
+	b, err := bundle.Parse(td, m.GetSpiffeBundle())
+	if err != nil {
+		return fmt.Errorf("agent: bundle from the server: %w", err)
+	}
+	roots := b.X509Authorities()
+	if err := pemfile.WriteFile(filepath.Join(a.cfg.DataDir, bundleFile), pemfile.EncodeCertificates(roots...), pemfile.ModePublic); err != nil {
+		return err
+	}
+	a.Cache.setTrustDomain(td, roots)
+	return nil
+}
+
+// Run follows the server and keeps SVIDs fresh until ctx is done.
+func (a *Agent) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.watch(ctx)
+	}()
+	for {
+		next := a.Sync(ctx)
+		wait := next.Sub(a.clock())
+		if wait < 0 {
+			wait = 0
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			wg.Wait()
+			return nil
+		case <-a.Cache.entriesChanged():
+			t.Stop()
+		case <-t.C:
+		}
+	}
+}
+
+// watch keeps a Watch stream open, reconnecting with backoff.
+func (a *Agent) watch(ctx context.Context) {
+	backoff := time.Second
+	for ctx.Err() == nil {
+		err := a.watchOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		a.log.Warn("watch stream ended; reconnecting", "error", err, "in", backoff.String())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, a.cfg.MaxBackoff)
+	}
+}
+
+func (a *Agent) watchOnce(ctx context.Context) error {
+	stream, err := a.client.Watch(ctx, &pb.WatchRequest{})
+	if err != nil {
+		return err
+	}
+	for {
+		snap, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		if err := a.Apply(snap); err != nil {
+			a.log.Error("ignoring a snapshot from the server", "error", err)
+		}
+	}
+}
+
+// Apply installs a snapshot from the server: bundles and entries.
+func (a *Agent) Apply(snap *pb.WatchResponse) error {
+	if b := snap.GetBundle(); b != nil {
+		if err := a.applyLocalBundle(b); err != nil {
+			return err
+		}
+	}
+	fed := map[spiffeid.TrustDomain]*x509bundle.Bundle{}
+	for _, m := range snap.GetFederated() {
+		td, err := spiffeid.TrustDomainFromString(m.GetTrustDomain())
+		if err != nil {
+			continue
+		}
+		b, err := bundle.Parse(td, m.GetSpiffeBundle())
+		if err != nil {
+			a.log.Error("ignoring a federated bundle that does not parse", "federated_trust_domain", td.Name(), "error", err)
+			continue
+		}
+		fed[td] = x509bundle.FromX509Authorities(td, b.X509Authorities())
+	}
+	a.Cache.setFederated(fed)
+	a.Cache.setEntries(snap.GetEntries())
+	return nil
+}
+
+// Sync renews what is due (the node SVID, and each entry's SVID) and returns
+// when it should run next. Tests call it with a fixed clock.
+func (a *Agent) Sync(ctx context.Context) time.Time {
+	now := a.clock()
+	next := now.Add(time.Hour)
+	a.mu.Lock()
+	hasNode := a.node != nil
+	nodeDue := hasNode && !now.Before(a.nodeNext)
+	nodeNext := a.nodeNext
+	a.mu.Unlock()
+	if nodeDue {
+		if err := a.renewNode(ctx); err != nil {
+			a.log.Warn("renewing the node SVID failed; will retry", "error", err)
+			a.mu.Lock()
+			a.nodeNext = now.Add(a.cfg.MaxBackoff)
+			nodeNext = a.nodeNext
+			a.mu.Unlock()
+		} else {
+			a.mu.Lock()
+			nodeNext = a.nodeNext
+			a.mu.Unlock()
+		}
+	}
+	if hasNode && nodeNext.Before(next) {
+		next = nodeNext
+	}
+	due := a.Cache.due(now)
+	if len(due) > 0 {
+		a.renewEntries(ctx, due)
+	}
+	if t := a.Cache.nextDue(); !t.IsZero() && t.Before(next) {
+		next = t
+	}
+	return next
+}
+
+func (a *Agent) renewNode(ctx context.Context) error {
+	key, csr, err := newCSR()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := a.client.SignX509SVID(ctx, &pb.SignX509SVIDRequest{Requests: []*pb.SVIDRequest{{Csr: csr}}})
+	if err != nil {
+		return err
+	}
+	if len(resp.GetSvids()) != 1 {
+		return fmt.Errorf("agent: the server answered %d SVIDs for one request", len(resp.GetSvids()))
+	}
+	svid, err := a.svidFrom(resp.GetSvids()[0], key)
+	if err != nil {
+		return err
+	}
+	if svid.ID != a.NodeID() {
+		return fmt.Errorf("agent: renewal returned %s, not this node's %s", svid.ID, a.NodeID())
+	}
+	if err := a.persistNode(svid); err != nil {
+		return err
+	}
+	a.setNode(svid)
+	a.log.Info("node SVID renewed", "node", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter.UTC().Format(time.RFC3339))
+	return nil
+}
+
+// renewEntries signs new SVIDs for the due entries in one call.
+func (a *Agent) renewEntries(ctx context.Context, ids []string) {
+	keys := make(map[string]crypto.Signer, len(ids))
+	req := &pb.SignX509SVIDRequest{}
+	for _, id := range ids {
+		key, csr, err := newCSR()
+		if err != nil {
+			a.Cache.failed(id, a.clock(), a.cfg.MaxBackoff, err)
+			continue
+		}
+		keys[id] = key
+		req.Requests = append(req.Requests, &pb.SVIDRequest{EntryId: id, Csr: csr})
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := a.client.SignX509SVID(ctx, req)
+	now := a.clock()
+	if err != nil {
+		for _, id := range ids {
+			a.Cache.failed(id, now, a.cfg.MaxBackoff, err)
+		}
+		a.log.Warn("renewing workload SVIDs failed; serving what is still valid", "entries", len(ids), "error", err)
+		return
+	}
+	for _, m := range resp.GetSvids() {
+		key, ok := keys[m.GetEntryId()]
+		if !ok {
+			continue
+		}
+		svid, err := a.svidFrom(m, key)
+		if err != nil {
+			a.Cache.failed(m.GetEntryId(), now, a.cfg.MaxBackoff, err)
+			continue
+		}
+		a.Cache.setSVID(m.GetEntryId(), svid, renewAt(svid.Certificates[0], jitter()))
+		a.log.Info("workload SVID issued", "entry", m.GetEntryId(), "spiffe_id", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter.UTC().Format(time.RFC3339))
+	}
+}
+
+// renewAt is when to renew a certificate: at half its lifetime, moved by
+// frac (within ±10% of the lifetime) so a fleet does not renew in step.
+func renewAt(c *x509.Certificate, frac float64) time.Time {
+	life := c.NotAfter.Sub(c.NotBefore)
+	return c.NotBefore.Add(time.Duration(float64(life) * (0.5 + frac)))
+}
+
+// jitter is a random fraction in [-0.1, 0.1).
+func jitter() float64 {
+	n, err := rand.Int(rand.Reader, big.NewInt(2000))
+	if err != nil {
+		return 0
+	}
+	return float64(n.Int64()-1000) / 10000
+}
+
+func newCSR() (crypto.Signer, []byte, error) {
+	key, err := pki.GenerateKey(pki.ECP256)
+	if err != nil {
+		return nil, nil, err
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("agent: CSR: %w", err)
+	}
+	return key, der, nil
+}
+
+func samePublicKey(a, b crypto.PublicKey) bool {
+	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && k.Equal(b)
+}

@@ -1,0 +1,246 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	pb "github.com/meshfed/meshfed/internal/api/serverv1"
+	"github.com/meshfed/meshfed/internal/pemfile"
+	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/internal/server"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// fakeClock is the agent's clock; the server keeps the real one.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = t
+}
+
+type testServer struct {
+	srv    *server.Server
+	admin  pb.AdminClient
+	bundle string // PEM file of the trust domain's root
+	stop   func()
+}
+
+func startServer(t *testing.T, dir string) *testServer {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := server.New(ctx, server.Config{
+		TrustDomain: "east.example", DataDir: filepath.Join(dir, "server"),
+		Listen: "127.0.0.1:0", BundleListen: "127.0.0.1:0", MetricsListen: "off",
+		AdminSocket: filepath.Join(dir, "admin.sock"),
+	}, server.Options{})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("server Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	conn, err := grpc.NewClient("unix://"+srv.Addrs().AdminSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &testServer{srv: srv, admin: pb.NewAdminClient(conn), bundle: filepath.Join(dir, "server", "ca", "ca.pem"), stop: stop}
+}
+
+const nodeID = "spiffe://east.example/node/host-1"
+
+// setup starts a server, makes a token and an entry, and an attested agent.
+func setup(t *testing.T) (*testServer, *Agent, *fakeClock, string) {
+	t.Helper()
+	dir := t.TempDir()
+	ts := startServer(t, dir)
+	ctx := context.Background()
+	tok, err := ts.admin.CreateJoinToken(ctx, &pb.CreateJoinTokenRequest{SpiffeId: nodeID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ts.admin.CreateEntry(ctx, &pb.CreateEntryRequest{Entry: &pb.Entry{
+		ParentId: nodeID, SpiffeId: "spiffe://east.example/ns/default/sa/reviews",
+		Selectors: []*pb.Selector{{Type: "unix", Value: "uid:1000"}}, FederatesWith: []string{"west.example"},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	clock := &fakeClock{now: time.Now()}
+	a, err := New(Config{ServerAddr: ts.srv.Addrs().Listen.String(), TrustBundle: ts.bundle, JoinToken: tok.GetToken(),
+		DataDir: filepath.Join(dir, "agent"), Clock: clock.Now, MaxBackoff: 8 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close() })
+	return ts, a, clock, filepath.Join(dir, "agent")
+}
+
+// pull applies one snapshot of the Watch stream.
+func pull(t *testing.T, a *Agent) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := a.client.Watch(ctx, &pb.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Apply(snap); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAttestPersistAndServeEntries(t *testing.T) {
+	ts, a, clock, dataDir := setup(t)
+	if a.NodeID().String() != nodeID {
+		t.Fatalf("node ID %s", a.NodeID())
+	}
+	st, err := os.Stat(filepath.Join(dataDir, nodeKeyFile))
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("node key: %v, mode %v", err, st.Mode().Perm())
+	}
+	pull(t, a)
+	if got := a.Cache.X509SVIDs([]Selector{{"unix", "uid:1000"}}); len(got) != 0 {
+		t.Fatal("an SVID before any was signed")
+	}
+	a.Sync(context.Background())
+	got := a.Cache.X509SVIDs([]Selector{{"unix", "uid:1000"}, {"unix", "gid:1000"}})
+	if len(got) != 1 || got[0].SVID.ID.String() != "spiffe://east.example/ns/default/sa/reviews" {
+		t.Fatalf("SVIDs for uid 1000: %+v", got)
+	}
+	if len(got[0].FederatesWith) != 1 || got[0].FederatesWith[0].Name() != "west.example" {
+		t.Errorf("federates with %v", got[0].FederatesWith)
+	}
+	if other := a.Cache.X509SVIDs([]Selector{{"unix", "uid:1001"}}); len(other) != 0 {
+		t.Errorf("uid 1001 got %d SVIDs", len(other))
+	}
+	first := got[0].SVID.Certificates[0]
+
+	// Before half life nothing is renewed; after it, a new key and SVID.
+	clock.Set(first.NotBefore.Add(first.NotAfter.Sub(first.NotBefore) * 35 / 100))
+	a.Sync(context.Background())
+	if now := a.Cache.X509SVIDs([]Selector{{"unix", "uid:1000"}})[0].SVID.Certificates[0]; !now.Equal(first) {
+		t.Fatal("renewed before half life")
+	}
+	clock.Set(first.NotBefore.Add(first.NotAfter.Sub(first.NotBefore) * 61 / 100))
+	a.Sync(context.Background())
+	second := a.Cache.X509SVIDs([]Selector{{"unix", "uid:1000"}})[0].SVID
+	if second.Certificates[0].Equal(first) || second.Certificates[0].PublicKey == first.PublicKey {
+		t.Fatal("not renewed after half life")
+	}
+
+	// The server goes away: the agent keeps serving until expiry, retrying
+	// with exponential backoff, and then serves nothing rather than an
+	// expired SVID.
+	ts.stop()
+	leaf := second.Certificates[0]
+	at := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) * 61 / 100)
+	clock.Set(at)
+	var waits []time.Duration
+	for range 5 {
+		next := a.Cache.nextDue()
+		if !next.After(clock.Now()) {
+			a.Sync(context.Background())
+			next = a.Cache.nextDue()
+		}
+		waits = append(waits, next.Sub(clock.Now()))
+		clock.Set(next)
+		a.Sync(context.Background())
+	}
+	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 8 * time.Second}
+	for i := range want {
+		if waits[i] != want[i] {
+			t.Fatalf("backoff %v, want %v", waits, want)
+		}
+	}
+	if got := a.Cache.X509SVIDs([]Selector{{"unix", "uid:1000"}}); len(got) != 1 || !got[0].SVID.Certificates[0].Equal(leaf) {
+		t.Fatal("stopped serving the still-valid SVID while the server is down")
+	}
+	clock.Set(leaf.NotAfter.Add(time.Second))
+	if got := a.Cache.X509SVIDs([]Selector{{"unix", "uid:1000"}}); len(got) != 0 {
+		t.Fatal("served an expired SVID")
+	}
+}
+
+func TestRestartUsesThePersistedNodeSVID(t *testing.T) {
+	ts, a, _, dataDir := setup(t)
+	a.Close()
+	again, err := New(Config{ServerAddr: ts.srv.Addrs().Listen.String(), DataDir: dataDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if err := again.Start(context.Background()); err != nil {
+		t.Fatalf("restart without a join token: %v", err)
+	}
+	if again.NodeID().String() != nodeID {
+		t.Fatalf("node ID after restart %s", again.NodeID())
+	}
+	pull(t, again)
+	again.Sync(context.Background())
+	if got := again.Cache.X509SVIDs([]Selector{{"unix", "uid:1000"}}); len(got) != 1 {
+		t.Fatal("no workload SVID after a restart")
+	}
+}
+
+func TestStartErrors(t *testing.T) {
+	dir := t.TempDir()
+	ts := startServer(t, dir)
+	otherKey, _ := pki.GenerateKey(pki.ECP256)
+	otherRoot, _ := pki.CreateRoot(pki.RootRequest{Signer: otherKey})
+	otherBundle := filepath.Join(dir, "other.pem")
+	os.WriteFile(otherBundle, pemfile.EncodeCertificates(otherRoot), 0o644)
+	cases := []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{ServerAddr: ts.srv.Addrs().Listen.String(), DataDir: filepath.Join(dir, "a0"), TrustBundle: otherBundle, JoinToken: strings.Repeat("A", 43)},
+			"the server's SVID does not verify with the trust bundle"},
+		{Config{ServerAddr: ts.srv.Addrs().Listen.String(), DataDir: filepath.Join(dir, "a1")}, "--trust-bundle is required on first start"},
+		{Config{ServerAddr: ts.srv.Addrs().Listen.String(), DataDir: filepath.Join(dir, "a2"), TrustBundle: ts.bundle}, "no valid node SVID and no --join-token"},
+		{Config{ServerAddr: ts.srv.Addrs().Listen.String(), DataDir: filepath.Join(dir, "a3"), TrustBundle: ts.bundle, JoinToken: strings.Repeat("A", 43)}, "attestation refused"},
+	}
+	for _, tc := range cases {
+		a, err := New(tc.cfg)
+		if err == nil {
+			err = a.Start(context.Background())
+			a.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Start(%+v) = %v, want %q", tc.cfg, err, tc.want)
+		}
+	}
+}
