@@ -346,3 +346,121 @@ func TestTwoServersOnOnePostgres(t *testing.T) {
 		t.Errorf("audit log holds %d join-token issuances, want 5:\n%s", n, audit.stdout)
 	}
 }
+
+// agentProc is a running `meshfed agent`.
+type agentProc struct {
+	cmd  *exec.Cmd
+	logs *logBuffer
+	done chan error
+}
+
+var agentStarted = regexp.MustCompile(`meshfed agent (\S+): Workload API on (\S+)`)
+
+func startAgent(t *testing.T, dir string, args ...string) *agentProc {
+	t.Helper()
+	cmd := exec.Command(meshfedBin, append([]string{"agent"}, args...)...)
+	cmd.Dir = dir
+	logs := &logBuffer{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &agentProc{cmd: cmd, logs: logs, done: make(chan error, 1)}
+	go func() { p.done <- cmd.Wait() }()
+	waitFor(t, 30*time.Second, "the agent to start", func() bool {
+		select {
+		case err := <-p.done:
+			p.done <- err
+			t.Fatalf("meshfed agent exited: %v\n%s", err, logs.String())
+		default:
+		}
+		return agentStarted.MatchString(logs.String())
+	})
+	t.Cleanup(func() { p.stop(t) })
+	return p
+}
+
+func (p *agentProc) stop(t *testing.T) {
+	t.Helper()
+	if p.cmd.ProcessState != nil {
+		return
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		p.done <- err
+		if err != nil {
+			t.Errorf("meshfed agent exited with %v\n%s", err, p.logs.String())
+		}
+	case <-time.After(20 * time.Second):
+		p.cmd.Process.Kill()
+		t.Errorf("meshfed agent did not stop on SIGTERM\n%s", p.logs.String())
+	}
+}
+
+func TestAgentServesWorkloadsThroughOutages(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "east", "admin.sock")
+	serverArgs := []string{"--trust-domain", "east.example", "--data-dir", "east", "--admin-socket", sock}
+	srv := startServer(t, dir, serverArgs...)
+	token := strings.TrimSpace(meshfed(t, dir, "token", "create", "--admin-socket", sock, "--spiffe-id", "spiffe://east.example/node/host-1").stdout)
+	meshfed(t, dir, "entry", "create", "--admin-socket", sock, "--parent-id", "spiffe://east.example/node/host-1",
+		"--spiffe-id", "spiffe://east.example/ns/default/sa/reviews", "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()),
+		"--federates-with", "west.example")
+	meshfed(t, dir, "ca", "create-root", "--out", "west", "--trust-domain", "west.example")
+	meshfed(t, dir, "bundle", "set", "--admin-socket", sock, "--trust-domain", "west.example", "--in", "west/ca.pem")
+
+	wl := filepath.Join(dir, "agent", "workload.sock")
+	agentArgs := []string{"--server", srv.listen, "--trust-bundle", "east/ca/ca.pem", "--data-dir", "agent", "--socket", wl}
+	agent := startAgent(t, dir, append(agentArgs, "--join-token", token)...)
+
+	fetch := func() result {
+		var r result
+		waitFor(t, 30*time.Second, "the workload's SVID", func() bool {
+			r = run(t, dir, meshfedBin, "svid", "fetch", "--socket", wl, "--out", "certs", "--timeout", "5s")
+			return r.code == 0
+		})
+		return r
+	}
+	r := fetch()
+	for _, want := range []string{"SPIFFE ID:     spiffe://east.example/ns/default/sa/reviews\n", "Bundles:       east.example, west.example\n"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("svid fetch output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if got := strings.Join(listDir(t, filepath.Join(dir, "certs")), ","); got != "bundle.pem,federated-west.example.pem,svid.pem,svid_key.pem" {
+		t.Errorf("svid fetch --out wrote %s", got)
+	}
+	if m := mode(t, filepath.Join(dir, "certs", "svid_key.pem")); m != 0o600 {
+		t.Errorf("svid_key.pem mode %o", m)
+	}
+	if out, code := openssl(t, dir, "verify", "-CAfile", "certs/bundle.pem", "certs/svid.pem"); code != 0 {
+		t.Errorf("openssl verify of the fetched SVID: %s", out)
+	}
+	if m := mode(t, filepath.Join(dir, "agent", "node-svid.key")); m != 0o600 {
+		t.Errorf("node key mode %o", m)
+	}
+
+	// The server goes away: the workload keeps getting its SVID.
+	srv.stop(t)
+	r = fetch()
+	if !strings.Contains(r.stdout, "spiffe://east.example/ns/default/sa/reviews") {
+		t.Errorf("no SVID while the server is down:\n%s", r.stdout)
+	}
+
+	// The agent restarts without a token (the node SVID is kept), and with
+	// the server back it serves again.
+	agent.stop(t)
+	srv = startServer(t, dir, serverArgs...)
+	agentArgs[1] = srv.listen
+	startAgent(t, dir, agentArgs...)
+	r = fetch()
+	if !strings.Contains(r.stdout, "spiffe://east.example/ns/default/sa/reviews") {
+		t.Errorf("no SVID after the agent restarted:\n%s", r.stdout)
+	}
+	for _, logs := range []string{agent.logs.String(), srv.logs.String()} {
+		if strings.Contains(logs, "PRIVATE KEY") || strings.Contains(logs, token) {
+			t.Error("a key or the join token in a log")
+		}
+	}
+}

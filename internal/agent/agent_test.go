@@ -133,18 +133,18 @@ func TestAttestPersistAndServeEntries(t *testing.T) {
 		t.Fatalf("node key: %v, mode %v", err, st.Mode().Perm())
 	}
 	pull(t, a)
-	if got := a.Cache.X509SVIDs([]Selector{{"unix", "uid:1000"}}); len(got) != 0 {
+	if got := a.Cache.X509SVIDs([]Selector{{Type: "unix", Value: "uid:1000"}}); len(got) != 0 {
 		t.Fatal("an SVID before any was signed")
 	}
 	a.Sync(context.Background())
-	got := a.Cache.X509SVIDs([]Selector{{"unix", "uid:1000"}, {"unix", "gid:1000"}})
+	got := a.Cache.X509SVIDs([]Selector{{Type: "unix", Value: "uid:1000"}, {Type: "unix", Value: "gid:1000"}})
 	if len(got) != 1 || got[0].SVID.ID.String() != "spiffe://east.example/ns/default/sa/reviews" {
 		t.Fatalf("SVIDs for uid 1000: %+v", got)
 	}
 	if len(got[0].FederatesWith) != 1 || got[0].FederatesWith[0].Name() != "west.example" {
 		t.Errorf("federates with %v", got[0].FederatesWith)
 	}
-	if other := a.Cache.X509SVIDs([]Selector{{"unix", "uid:1001"}}); len(other) != 0 {
+	if other := a.Cache.X509SVIDs([]Selector{{Type: "unix", Value: "uid:1001"}}); len(other) != 0 {
 		t.Errorf("uid 1001 got %d SVIDs", len(other))
 	}
 	first := got[0].SVID.Certificates[0]
@@ -152,12 +152,12 @@ func TestAttestPersistAndServeEntries(t *testing.T) {
 	// Before half life nothing is renewed; after it, a new key and SVID.
 	clock.Set(first.NotBefore.Add(first.NotAfter.Sub(first.NotBefore) * 35 / 100))
 	a.Sync(context.Background())
-	if now := a.Cache.X509SVIDs([]Selector{{"unix", "uid:1000"}})[0].SVID.Certificates[0]; !now.Equal(first) {
+	if now := a.Cache.X509SVIDs([]Selector{{Type: "unix", Value: "uid:1000"}})[0].SVID.Certificates[0]; !now.Equal(first) {
 		t.Fatal("renewed before half life")
 	}
 	clock.Set(first.NotBefore.Add(first.NotAfter.Sub(first.NotBefore) * 61 / 100))
 	a.Sync(context.Background())
-	second := a.Cache.X509SVIDs([]Selector{{"unix", "uid:1000"}})[0].SVID
+	second := a.Cache.X509SVIDs([]Selector{{Type: "unix", Value: "uid:1000"}})[0].SVID
 	if second.Certificates[0].Equal(first) || second.Certificates[0].PublicKey == first.PublicKey {
 		t.Fatal("not renewed after half life")
 	}
@@ -186,11 +186,11 @@ func TestAttestPersistAndServeEntries(t *testing.T) {
 			t.Fatalf("backoff %v, want %v", waits, want)
 		}
 	}
-	if got := a.Cache.X509SVIDs([]Selector{{"unix", "uid:1000"}}); len(got) != 1 || !got[0].SVID.Certificates[0].Equal(leaf) {
+	if got := a.Cache.X509SVIDs([]Selector{{Type: "unix", Value: "uid:1000"}}); len(got) != 1 || !got[0].SVID.Certificates[0].Equal(leaf) {
 		t.Fatal("stopped serving the still-valid SVID while the server is down")
 	}
 	clock.Set(leaf.NotAfter.Add(time.Second))
-	if got := a.Cache.X509SVIDs([]Selector{{"unix", "uid:1000"}}); len(got) != 0 {
+	if got := a.Cache.X509SVIDs([]Selector{{Type: "unix", Value: "uid:1000"}}); len(got) != 0 {
 		t.Fatal("served an expired SVID")
 	}
 }
@@ -211,7 +211,7 @@ func TestRestartUsesThePersistedNodeSVID(t *testing.T) {
 	}
 	pull(t, again)
 	again.Sync(context.Background())
-	if got := again.Cache.X509SVIDs([]Selector{{"unix", "uid:1000"}}); len(got) != 1 {
+	if got := again.Cache.X509SVIDs([]Selector{{Type: "unix", Value: "uid:1000"}}); len(got) != 1 {
 		t.Fatal("no workload SVID after a restart")
 	}
 }

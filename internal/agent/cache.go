@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshfed/meshfed/internal/agent/attest"
+	"github.com/meshfed/meshfed/internal/agent/workloadapi"
 	pb "github.com/meshfed/meshfed/internal/api/serverv1"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -189,19 +191,12 @@ func backoff(failures int, max time.Duration) time.Duration {
 	return min(d, max)
 }
 
-// Identity is an SVID a workload may have, with the foreign trust domains
-// its entry federates with.
-type Identity struct {
-	SVID          *x509svid.SVID
-	FederatesWith []spiffeid.TrustDomain
-}
-
 // Selector is a property of a workload, e.g. unix:uid:1000.
-type Selector struct{ Type, Value string }
+type Selector = attest.Selector
 
 // X509SVIDs returns the unexpired SVIDs of the entries whose selectors are
 // all among sel. An expired SVID is never returned.
-func (c *Cache) X509SVIDs(sel []Selector) []Identity {
+func (c *Cache) X509SVIDs(sel []Selector) []workloadapi.Identity {
 	have := map[Selector]bool{}
 	for _, s := range sel {
 		have[s] = true
@@ -214,15 +209,15 @@ func (c *Cache) X509SVIDs(sel []Selector) []Identity {
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
-	var out []Identity
+	var out []workloadapi.Identity
 	for _, id := range ids {
 		st := c.entries[id]
-		if st.svid == nil || !now.Before(st.svid.Certificates[0].NotAfter) || len(st.entry.GetSelectors()) == 0 {
+		if st.svid == nil || now.After(st.svid.Certificates[0].NotAfter) || len(st.entry.GetSelectors()) == 0 {
 			continue
 		}
 		match := true
 		for _, s := range st.entry.GetSelectors() {
-			if !have[Selector{s.GetType(), s.GetValue()}] {
+			if !have[Selector{Type: s.GetType(), Value: s.GetValue()}] {
 				match = false
 				break
 			}
@@ -230,7 +225,7 @@ func (c *Cache) X509SVIDs(sel []Selector) []Identity {
 		if !match {
 			continue
 		}
-		ident := Identity{SVID: st.svid}
+		ident := workloadapi.Identity{SVID: st.svid}
 		for _, name := range st.entry.GetFederatesWith() {
 			if td, err := spiffeid.TrustDomainFromString(name); err == nil {
 				ident.FederatesWith = append(ident.FederatesWith, td)
@@ -272,3 +267,6 @@ func sameStrings(a, b []string) bool {
 	}
 	return true
 }
+
+// The cache is what the Workload API serves from.
+var _ workloadapi.Source = (*Cache)(nil)

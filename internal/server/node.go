@@ -160,6 +160,8 @@ func (n *nodeService) Watch(_ *pb.WatchRequest, stream pb.Node_WatchServer) erro
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-s.stopping:
+			return status.Error(codes.Unavailable, "server: shutting down; reconnect")
 		case <-wake:
 		}
 	}

@@ -77,6 +77,7 @@ type Server struct {
 	metricsServer                        *http.Server
 
 	closeOnce sync.Once
+	stopping  chan struct{} // closed when Run begins to stop; ends Watch streams
 }
 
 // New checks cfg, opens the store (applying migrations), loads or makes the
@@ -99,7 +100,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Server, error) {
 	if err := os.MkdirAll(set.dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: data_dir: %w", err)
 	}
-	s := &Server{set: set, clock: opts.Clock, poll: opts.PollInterval, changes: newBroadcaster()}
+	s := &Server{set: set, clock: opts.Clock, poll: opts.PollInterval, changes: newBroadcaster(), stopping: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {
@@ -270,8 +271,9 @@ func (s *Server) Run(ctx context.Context) error {
 		"admin_socket", s.set.adminSocket, "ca_mode", string(s.set.caMode), "datastore", s.store.Backend())
 
 	<-ctx.Done()
-	s.grpcServer.GracefulStop()
-	s.adminServer.GracefulStop()
+	close(s.stopping)
+	stopGracefully(s.grpcServer, 5*time.Second)
+	stopGracefully(s.adminServer, 5*time.Second)
 	if s.metricsServer != nil {
 		shutdownCtx, c := context.WithTimeout(context.Background(), 5*time.Second)
 		s.metricsServer.Shutdown(shutdownCtx)
@@ -284,6 +286,21 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	default:
 		return nil
+	}
+}
+
+// stopGracefully lets calls in flight finish, for at most d.
+func stopGracefully(g *grpc.Server, d time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		g.GracefulStop()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(d):
+		g.Stop()
+		<-done
 	}
 }
 

@@ -1,0 +1,23 @@
+// Package workloadapi serves the SPIFFE Workload API (the X.509-SVID
+// profile) on the agent's unix socket, with go-spiffe's generated stubs, to
+// the workloads of this host.
+//
+// The socket is reachable by every local user: its file is 0777 in a
+// directory created 0755, because workloads run under many uids. Reaching it
+// proves nothing. Every call must carry the spec's security header
+// (workload.spiffe.io: true, else InvalidArgument), and the caller is then
+// identified by the kernel (SO_PEERCRED and /proc, package attest), never by
+// anything it sends; it receives only the SVIDs of the registration entries
+// whose selectors it has all of, and PermissionDenied when there are none.
+//
+// What a caller gets: each of its current SVIDs with its private key and the
+// bundle of the SVID's trust domain, and the bundles of exactly the foreign
+// trust domains its entries federate with. A stream is resent when the
+// Source says something changed (and the response did change) and when one
+// of the SVIDs sent reaches its expiry, so an expired SVID is never sent and
+// is withdrawn from open streams. JWT-SVIDs are not served yet: those methods
+// answer Unimplemented.
+//
+// The package never sends a private key anywhere but to the workload it
+// belongs to over this socket, and never logs one.
+package workloadapi

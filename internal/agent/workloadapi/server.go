@@ -1,0 +1,195 @@
+package workloadapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/meshfed/meshfed/internal/agent/attest"
+	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+)
+
+// maxRequestBytes bounds each message a workload sends. X.509 requests are
+// empty; a JWT-SVID to validate or a list of audiences is a few KiB.
+const maxRequestBytes = 64 << 10
+
+// Identity is one SVID a workload is entitled to.
+type Identity struct {
+	// SVID is the certificate chain (leaf first) and its private key.
+	SVID *x509svid.SVID
+	// FederatesWith are the foreign trust domains whose bundles the
+	// workload receives with this SVID.
+	FederatesWith []spiffeid.TrustDomain
+}
+
+// Source is what the server needs from the agent core.
+type Source interface {
+	// X509SVIDs returns the current SVIDs, with their keys, of the
+	// registration entries whose selectors are all among sel, the default
+	// identity first. The server still drops any that expired.
+	X509SVIDs(sel []attest.Selector) []Identity
+	// Bundles returns this trust domain's bundle (nil until the agent has
+	// one) and the bundles of the federated trust domains it knows.
+	Bundles() (local *x509bundle.Bundle, federated []*x509bundle.Bundle)
+	// Changed returns a channel closed at the next change of SVIDs or
+	// bundles. The server calls it before reading X509SVIDs and Bundles, so
+	// a change between the two is not missed.
+	Changed() <-chan struct{}
+}
+
+// Attestor identifies callers; *attest.Attestor is one.
+type Attestor interface {
+	// TransportCredentials are the gRPC server credentials that record
+	// each connection's caller.
+	TransportCredentials() credentials.TransportCredentials
+	// AttestPeer returns the selectors of the caller of the request in ctx.
+	AttestPeer(ctx context.Context) ([]attest.Selector, error)
+}
+
+// Config configures a Server.
+type Config struct {
+	// SocketPath is the unix socket to serve on. Its directory is created
+	// 0755 if missing; a stale socket file is replaced, a live one refused.
+	SocketPath string
+	// Source provides SVIDs and bundles. Required.
+	Source Source
+	// Attestor identifies callers; attest.New with /proc if nil.
+	Attestor Attestor
+	// Clock decides which SVIDs have expired; time.Now if nil.
+	Clock pki.Clock
+	// Logger defaults to discarding.
+	Logger *slog.Logger
+}
+
+// Server serves the Workload API on one unix socket.
+type Server struct {
+	path     string
+	src      Source
+	attestor Attestor
+	clock    pki.Clock
+	log      *slog.Logger
+
+	ln        *net.UnixListener
+	grpc      *grpc.Server
+	closeOnce sync.Once
+}
+
+// New checks cfg and binds the socket. It starts no goroutine; Run serves.
+func New(cfg Config) (*Server, error) {
+	if cfg.SocketPath == "" {
+		return nil, errors.New("workloadapi: a socket path is required")
+	}
+	if cfg.Source == nil {
+		return nil, errors.New("workloadapi: a source of SVIDs is required")
+	}
+	if cfg.Attestor == nil {
+		a, err := attest.New(attest.Config{})
+		if err != nil {
+			return nil, fmt.Errorf("workloadapi: %w", err)
+		}
+		cfg.Attestor = a
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	path, err := filepath.Abs(cfg.SocketPath)
+	if err != nil {
+		return nil, fmt.Errorf("workloadapi: socket: %w", err)
+	}
+	s := &Server{
+		path:     path,
+		src:      cfg.Source,
+		attestor: cfg.Attestor,
+		clock:    cfg.Clock,
+		log:      cfg.Logger.With("socket", path),
+	}
+	if s.ln, err = listen(path); err != nil {
+		return nil, err
+	}
+	s.grpc = grpc.NewServer(
+		grpc.Creds(cfg.Attestor.TransportCredentials()),
+		grpc.MaxRecvMsgSize(maxRequestBytes),
+		grpc.ChainUnaryInterceptor(unaryHeaderCheck),
+		grpc.ChainStreamInterceptor(streamHeaderCheck),
+	)
+	workload.RegisterSpiffeWorkloadAPIServer(s.grpc, &handler{s: s})
+	return s, nil
+}
+
+// Run serves until ctx is done or serving fails, then closes every stream
+// (workloads reconnect) and removes the socket.
+func (s *Server) Run(ctx context.Context) error {
+	defer s.Close()
+	errc := make(chan error, 1)
+	go func() { errc <- s.grpc.Serve(s.ln) }()
+	s.log.Info("workload API serving")
+	select {
+	case <-ctx.Done():
+		s.grpc.Stop()
+		<-errc
+		return nil
+	case err := <-errc:
+		return fmt.Errorf("workloadapi: serving %s: %w", s.path, err)
+	}
+}
+
+// Close stops serving and removes the socket. Run calls it on its way out;
+// call it only if Run is never called.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() {
+		s.grpc.Stop()
+		s.ln.Close() // removes the socket file it created
+	})
+}
+
+// listen makes the socket: the directory is created 0755 if missing, a
+// socket file nobody answers on is removed, and the socket is made 0777.
+func listen(path string) (*net.UnixListener, error) {
+	dir := filepath.Dir(path)
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("workloadapi: socket directory: %w", err)
+		}
+		// MkdirAll's mode passes through the umask; workloads of every uid
+		// must be able to reach the socket.
+		if err := os.Chmod(dir, 0o755); err != nil {
+			return nil, fmt.Errorf("workloadapi: socket directory: %w", err)
+		}
+	}
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("workloadapi: %s exists and is not a socket; remove it or choose another socket path", path)
+		}
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("workloadapi: %s is in use by a running agent; stop it or choose another socket path", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("workloadapi: removing the stale socket: %w", err)
+		}
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("workloadapi: socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o777); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("workloadapi: socket: %w", err)
+	}
+	return ln, nil
+}

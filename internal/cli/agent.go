@@ -1,0 +1,115 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+
+	"github.com/meshfed/meshfed/internal/agent"
+	"github.com/meshfed/meshfed/internal/agent/attest"
+	"github.com/meshfed/meshfed/internal/agent/workloadapi"
+	"github.com/spf13/cobra"
+)
+
+func init() { register(newAgentCommand) }
+
+func newAgentCommand() *cobra.Command {
+	var (
+		cfg              agent.Config
+		socket           string
+		tokenFile        string
+		logLevel, logFmt string
+	)
+	c := &cobra.Command{
+		Use:   "agent --server ADDR --trust-bundle FILE --join-token TOKEN --data-dir DIR --socket PATH",
+		Short: "Run a node agent: workload keys, SVID rotation, the SPIFFE Workload API",
+		Long: `Run meshfed's node agent. On first start it attests to the server with a
+one-time join token (meshfed token create), verifying the server with
+--trust-bundle, and keeps its node SVID in --data-dir (mode 0600), so a restart
+needs no new token. It follows the server for the registration entries whose
+parent is this node and for trust bundle changes, keeps an X.509-SVID for each
+entry (renewed at about half life, with backoff while the server is away), and
+serves them on --socket over the SPIFFE Workload API to the workloads the
+kernel identifies as matching each entry's selectors (unix:uid, unix:gid,
+unix:path …). Workload keys never leave this process except to the workload
+that owns them.
+
+Any SPIFFE Workload API client works: go-spiffe, SPIRE's tools, Envoy via a
+SPIFFE-aware helper, or 'meshfed svid fetch'.`,
+		Example: `  meshfed agent --server 127.0.0.1:8443 --trust-bundle east/ca/ca.pem --join-token "$TOKEN" \
+    --data-dir /var/lib/meshfed/agent --socket /run/meshfed/agent.sock`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if socket == "" {
+				return usagef("--socket is required: the Workload API socket workloads connect to")
+			}
+			if tokenFile != "" {
+				data, err := os.ReadFile(tokenFile)
+				if err != nil {
+					return fmt.Errorf("--join-token-file: %w", err)
+				}
+				cfg.JoinToken = string(bytes.TrimSpace(data))
+			}
+			logger, err := newLogger(c, logLevel, logFmt)
+			if err != nil {
+				return err
+			}
+			cfg.Logger = logger
+			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			a, err := agent.New(cfg)
+			if err != nil {
+				return err
+			}
+			defer a.Close()
+			if err := a.Start(ctx); err != nil {
+				return err
+			}
+			att, err := attest.New(attest.Config{})
+			if err != nil {
+				return err
+			}
+			wl, err := workloadapi.New(workloadapi.Config{SocketPath: socket, Source: a.Cache, Attestor: att, Logger: logger})
+			if err != nil {
+				return err
+			}
+			progress(c, "meshfed agent %s: Workload API on %s", a.NodeID(), socket)
+			ctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			var wg sync.WaitGroup
+			errs := make(chan error, 2)
+			for _, run := range []func(context.Context) error{a.Run, wl.Run} {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					if err := run(ctx); err != nil {
+						errs <- err
+						cancel()
+					}
+				}()
+			}
+			wg.Wait()
+			select {
+			case err := <-errs:
+				return err
+			default:
+				return nil
+			}
+		},
+	}
+	f := c.Flags()
+	f.StringVar(&cfg.ServerAddr, "server", "", "the server's signing API, host:port")
+	f.StringVar(&cfg.TrustBundle, "trust-bundle", "", "the server's trust domain bundle (PEM or SPIFFE JSON), to verify the server on first start")
+	f.StringVar(&cfg.JoinToken, "join-token", "", "one-time join token (only needed until the node SVID is in --data-dir)")
+	f.StringVar(&tokenFile, "join-token-file", "", "read the join token from this file instead")
+	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for the node SVID (0600) and the last trust bundle")
+	f.StringVar(&socket, "socket", "", "the Workload API unix socket to serve")
+	f.StringVar(&logLevel, "log-level", "", "debug, info (default), warn or error")
+	f.StringVar(&logFmt, "log-format", "", "text (default) or json")
+	required(c, "server", "data-dir", "socket")
+	return c
+}
