@@ -412,7 +412,8 @@ func TestAgentServesWorkloadsThroughOutages(t *testing.T) {
 
 	wl := filepath.Join(dir, "agent", "workload.sock")
 	agentArgs := []string{"--server", srv.listen, "--trust-bundle", "east/ca/ca.pem", "--data-dir", "agent", "--socket", wl}
-	agent := startAgent(t, dir, append(agentArgs, "--join-token", token)...)
+	agent := startAgent(t, dir, append(agentArgs, "--join-token", token,
+		"--file-dir", "files", "--file-selector", fmt.Sprintf("unix:uid:%d", os.Getuid()), "--file-exec", "touch reloaded")...)
 
 	fetch := func() result {
 		var r result
@@ -439,6 +440,17 @@ func TestAgentServesWorkloadsThroughOutages(t *testing.T) {
 	}
 	if m := mode(t, filepath.Join(dir, "agent", "node-svid.key")); m != 0o600 {
 		t.Errorf("node key mode %o", m)
+	}
+	// File mode wrote the same identity and ran the reload command.
+	waitFor(t, 10*time.Second, "file mode to write and reload", func() bool {
+		_, err := os.Stat(filepath.Join(dir, "files", "reloaded"))
+		return err == nil
+	})
+	if got := strings.Join(listDir(t, filepath.Join(dir, "files")), ","); got != "bundle.pem,federated-west.example.pem,reloaded,svid.pem,svid_key.pem" {
+		t.Errorf("file mode wrote %s", got)
+	}
+	if out, code := openssl(t, dir, "verify", "-CAfile", "files/bundle.pem", "files/svid.pem"); code != 0 {
+		t.Errorf("openssl verify of the file-mode SVID: %s", out)
 	}
 
 	// The server goes away: the workload keeps getting its SVID.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/meshfed/meshfed/internal/agent"
 	"github.com/meshfed/meshfed/internal/agent/attest"
+	"github.com/meshfed/meshfed/internal/agent/files"
 	"github.com/meshfed/meshfed/internal/agent/workloadapi"
 	"github.com/spf13/cobra"
 )
@@ -19,10 +20,12 @@ func init() { register(newAgentCommand) }
 
 func newAgentCommand() *cobra.Command {
 	var (
-		cfg              agent.Config
-		socket           string
-		tokenFile        string
-		logLevel, logFmt string
+		cfg               agent.Config
+		socket            string
+		tokenFile         string
+		logLevel, logFmt  string
+		fileDir, fileExec string
+		fileSelectors     []string
 	)
 	c := &cobra.Command{
 		Use:   "agent --server ADDR --trust-bundle FILE --join-token TOKEN --data-dir DIR --socket PATH",
@@ -41,7 +44,9 @@ that owns them.
 Any SPIFFE Workload API client works: go-spiffe, SPIRE's tools, Envoy via a
 SPIFFE-aware helper, or 'meshfed svid fetch'.`,
 		Example: `  meshfed agent --server 127.0.0.1:8443 --trust-bundle east/ca/ca.pem --join-token "$TOKEN" \
-    --data-dir /var/lib/meshfed/agent --socket /run/meshfed/agent.sock`,
+    --data-dir /var/lib/meshfed/agent --socket /run/meshfed/agent.sock
+  # also keep files for a workload that reads them, reloading it on change
+  meshfed agent ... --file-dir /etc/nginx/certs --file-selector unix:uid:101 --file-exec 'nginx -s reload'`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
 			if socket == "" {
@@ -77,12 +82,28 @@ SPIFFE-aware helper, or 'meshfed svid fetch'.`,
 			if err != nil {
 				return err
 			}
+			runs := []func(context.Context) error{a.Run, wl.Run}
+			if fileDir != "" {
+				var sel []attest.Selector
+				for _, s := range fileSelectors {
+					parsed, err := attest.ParseSelector(s)
+					if err != nil {
+						return usagef("--file-selector %q: %v", s, err)
+					}
+					sel = append(sel, parsed)
+				}
+				fw, err := files.New(files.Config{Dir: fileDir, Selectors: sel, Command: fileExec, Source: a.Cache, Logger: logger})
+				if err != nil {
+					return err
+				}
+				runs = append(runs, fw.Run)
+			}
 			progress(c, "meshfed agent %s: Workload API on %s", a.NodeID(), socket)
 			ctx, cancel := context.WithCancel(ctx)
 			defer cancel()
 			var wg sync.WaitGroup
-			errs := make(chan error, 2)
-			for _, run := range []func(context.Context) error{a.Run, wl.Run} {
+			errs := make(chan error, len(runs))
+			for _, run := range runs {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
@@ -108,6 +129,9 @@ SPIFFE-aware helper, or 'meshfed svid fetch'.`,
 	f.StringVar(&tokenFile, "join-token-file", "", "read the join token from this file instead")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for the node SVID (0600) and the last trust bundle")
 	f.StringVar(&socket, "socket", "", "the Workload API unix socket to serve")
+	f.StringVar(&fileDir, "file-dir", "", "file mode: also write svid.pem, svid_key.pem (0600), bundle.pem here")
+	f.StringSliceVar(&fileSelectors, "file-selector", nil, "file mode: selectors of the workload the files are for, e.g. unix:uid:1000 (repeatable)")
+	f.StringVar(&fileExec, "file-exec", "", "file mode: command run with /bin/sh -c after each write, e.g. 'nginx -s reload'")
 	f.StringVar(&logLevel, "log-level", "", "debug, info (default), warn or error")
 	f.StringVar(&logFmt, "log-format", "", "text (default) or json")
 	required(c, "server", "data-dir", "socket")
