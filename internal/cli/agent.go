@@ -13,6 +13,7 @@ import (
 	"github.com/meshfed/meshfed/internal/agent/attest"
 	"github.com/meshfed/meshfed/internal/agent/files"
 	"github.com/meshfed/meshfed/internal/agent/workloadapi"
+	"github.com/meshfed/meshfed/internal/duration"
 	"github.com/spf13/cobra"
 )
 
@@ -26,6 +27,7 @@ func newAgentCommand() *cobra.Command {
 		logLevel, logFmt  string
 		fileDir, fileExec string
 		fileSelectors     []string
+		configPath        string
 	)
 	c := &cobra.Command{
 		Use:   "agent --server ADDR --trust-bundle FILE --join-token TOKEN --data-dir DIR --socket PATH",
@@ -49,6 +51,40 @@ SPIFFE-aware helper, or 'meshfed svid fetch'.`,
   meshfed agent ... --file-dir /etc/nginx/certs --file-selector unix:uid:101 --file-exec 'nginx -s reload'`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
+			if configPath != "" {
+				fc, err := agent.LoadConfig(configPath)
+				if err != nil {
+					return err
+				}
+				fs := c.Flags()
+				fill := func(name string, dst *string, v string) {
+					if !fs.Changed(name) && v != "" {
+						*dst = v
+					}
+				}
+				fill("server", &cfg.ServerAddr, fc.Server)
+				fill("trust-bundle", &cfg.TrustBundle, fc.TrustBundle)
+				fill("join-token-file", &tokenFile, fc.JoinTokenFile)
+				fill("data-dir", &cfg.DataDir, fc.DataDir)
+				fill("socket", &socket, fc.Socket)
+				fill("log-level", &logLevel, fc.LogLevel)
+				fill("log-format", &logFmt, fc.LogFormat)
+				fill("file-dir", &fileDir, fc.Files.Dir)
+				fill("file-exec", &fileExec, fc.Files.Exec)
+				if !fs.Changed("file-selector") && len(fc.Files.Selectors) > 0 {
+					fileSelectors = fc.Files.Selectors
+				}
+				if fc.Rotation.MaxBackoff != "" {
+					d, err := duration.Parse(fc.Rotation.MaxBackoff)
+					if err != nil {
+						return fmt.Errorf("agent: config %s: rotation.max_backoff: %w", configPath, err)
+					}
+					cfg.MaxBackoff = d
+				}
+			}
+			if cfg.ServerAddr == "" || cfg.DataDir == "" {
+				return usagef("--server and --data-dir are required (as flags or in --config)")
+			}
 			if socket == "" {
 				return usagef("--socket is required: the Workload API socket workloads connect to")
 			}
@@ -123,6 +159,7 @@ SPIFFE-aware helper, or 'meshfed svid fetch'.`,
 		},
 	}
 	f := c.Flags()
+	f.StringVar(&configPath, "config", "", "YAML configuration file (flags override it; see docs/configuration.md)")
 	f.StringVar(&cfg.ServerAddr, "server", "", "the server's signing API, host:port")
 	f.StringVar(&cfg.TrustBundle, "trust-bundle", "", "the server's trust domain bundle (PEM or SPIFFE JSON), to verify the server on first start")
 	f.StringVar(&cfg.JoinToken, "join-token", "", "one-time join token (only needed until the node SVID is in --data-dir)")
@@ -134,6 +171,6 @@ SPIFFE-aware helper, or 'meshfed svid fetch'.`,
 	f.StringVar(&fileExec, "file-exec", "", "file mode: command run with /bin/sh -c after each write, e.g. 'nginx -s reload'")
 	f.StringVar(&logLevel, "log-level", "", "debug, info (default), warn or error")
 	f.StringVar(&logFmt, "log-format", "", "text (default) or json")
-	required(c, "server", "data-dir", "socket")
+
 	return c
 }
