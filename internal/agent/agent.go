@@ -5,6 +5,8 @@
 // X.509-SVID for every entry, renewing each at about half its life with
 // jitter and backing off on failure. While the server is unreachable it keeps
 // what it has until it expires, and it never hands out an expired SVID.
+// JWT-SVIDs are signed by the server on demand, validated with the trust
+// domain's JWT keys, and kept per entry and audience until half their life.
 //
 // Workload keys are made here and never leave the agent except to the
 // workload that owns them, over the agent's local socket. The agent never
@@ -31,8 +33,9 @@ import (
 	"github.com/meshfed/meshfed/internal/pemfile"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/internal/tlspolicy"
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -94,6 +97,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: data dir: %w", err)
 	}
 	a := &Agent{cfg: cfg, clock: cfg.Clock, log: cfg.Logger, Cache: newCache(cfg.Clock)}
+	a.Cache.fetchJWT = a.JWTSVID
 	return a, nil
 }
 
@@ -349,11 +353,10 @@ func (a *Agent) applyLocalBundle(m *pb.Bundle) error {
 	if err != nil {
 		return fmt.Errorf("agent: bundle from the server: %w", err)
 	}
-	roots := b.X509Authorities()
-	if err := pemfile.WriteFile(filepath.Join(a.cfg.DataDir, bundleFile), pemfile.EncodeCertificates(roots...), pemfile.ModePublic); err != nil {
+	if err := pemfile.WriteFile(filepath.Join(a.cfg.DataDir, bundleFile), pemfile.EncodeCertificates(b.X509Authorities()...), pemfile.ModePublic); err != nil {
 		return err
 	}
-	a.Cache.setTrustDomain(td, roots)
+	a.Cache.setLocalBundle(b)
 	return nil
 }
 
@@ -425,7 +428,7 @@ func (a *Agent) Apply(snap *pb.WatchResponse) error {
 			return err
 		}
 	}
-	fed := map[spiffeid.TrustDomain]*x509bundle.Bundle{}
+	fed := map[spiffeid.TrustDomain]*spiffebundle.Bundle{}
 	for _, m := range snap.GetFederated() {
 		td, err := spiffeid.TrustDomainFromString(m.GetTrustDomain())
 		if err != nil {
@@ -436,7 +439,7 @@ func (a *Agent) Apply(snap *pb.WatchResponse) error {
 			a.log.Error("ignoring a federated bundle that does not parse", "federated_trust_domain", td.Name(), "error", err)
 			continue
 		}
-		fed[td] = x509bundle.FromX509Authorities(td, b.X509Authorities())
+		fed[td] = b
 	}
 	a.Cache.setFederated(fed)
 	a.Cache.setEntries(snap.GetEntries())
@@ -545,6 +548,46 @@ func (a *Agent) renewEntries(ctx context.Context, ids []string) {
 		a.Cache.setSVID(m.GetEntryId(), svid, renewAt(svid.Certificates[0], jitter()))
 		a.log.Info("workload SVID issued", "entry", m.GetEntryId(), "spiffe_id", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter.UTC().Format(time.RFC3339))
 	}
+}
+
+// JWTSVID returns a JWT-SVID of the entry for audience: the one kept for
+// that entry and audience while it is less than half through its life, else
+// one the server signs now, which is validated with this trust domain's JWT
+// keys before it is kept and returned. It never returns an expired one.
+func (a *Agent) JWTSVID(ctx context.Context, entryID string, audience []string) (*jwtsvid.SVID, error) {
+	if svid := a.Cache.cachedJWTSVID(entryID, audience, a.clock()); svid != nil {
+		return svid, nil
+	}
+	want, ok := a.Cache.entrySPIFFEID(entryID)
+	if !ok {
+		return nil, fmt.Errorf("agent: no entry %q", entryID)
+	}
+	if a.client == nil {
+		return nil, errors.New("agent: not connected to a server yet")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := a.client.SignJWTSVID(ctx, &pb.SignJWTSVIDRequest{EntryId: entryID, Audience: audience})
+	if err != nil {
+		return nil, fmt.Errorf("agent: the server signed no JWT-SVID for entry %s: %w", entryID, err)
+	}
+	keys := a.Cache.localJWTBundle()
+	if keys == nil {
+		return nil, errors.New("agent: no JWT keys of this trust domain yet to check a JWT-SVID with")
+	}
+	svid, err := jwtsvid.ParseAndValidate(resp.GetToken(), keys, audience)
+	if err != nil {
+		return nil, fmt.Errorf("agent: the JWT-SVID the server sent for entry %s does not validate: %w", entryID, err)
+	}
+	if svid.ID.String() != want {
+		return nil, fmt.Errorf("agent: the server sent a JWT-SVID for %s, not for entry %s's %s", svid.ID, entryID, want)
+	}
+	now := a.clock()
+	if !now.Before(svid.Expiry) {
+		return nil, fmt.Errorf("agent: the JWT-SVID the server sent for entry %s expired at %s", entryID, svid.Expiry.Format(time.RFC3339))
+	}
+	a.Cache.keepJWTSVID(entryID, audience, svid, now)
+	return svid, nil
 }
 
 // renewAt is when to renew a certificate: at half its lifetime, moved by

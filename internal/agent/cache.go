@@ -1,7 +1,10 @@
 package agent
 
 import (
+	"context"
 	"crypto/x509"
+	"errors"
+	"fmt"
 	"sort"
 	"sync"
 	"time"
@@ -9,25 +12,49 @@ import (
 	"github.com/meshfed/meshfed/internal/agent/attest"
 	"github.com/meshfed/meshfed/internal/agent/workloadapi"
 	pb "github.com/meshfed/meshfed/internal/api/serverv1"
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
-// Cache holds what the agent serves: its trust domain's roots, the federated
-// bundles, the entries it was given and an SVID for each. It is safe for
-// concurrent use.
+// maxCachedJWTSVIDs bounds the JWT-SVIDs kept: workloads choose audiences
+// freely, and each (entry, audience) is kept until half its life.
+const maxCachedJWTSVIDs = 4096
+
+// Cache holds what the agent serves: its trust domain's roots and JWT keys,
+// the federated bundles, the entries it was given, an X.509-SVID for each,
+// and the JWT-SVIDs signed for them recently. It is safe for concurrent use.
 type Cache struct {
 	clock func() time.Time
+	// fetchJWT gets a JWT-SVID for an entry (Agent.JWTSVID); set by New.
+	fetchJWT func(ctx context.Context, entryID string, audience []string) (*jwtsvid.SVID, error)
 
-	mu        sync.Mutex
-	td        spiffeid.TrustDomain
-	roots     []*x509.Certificate
-	bootstrap []*x509.Certificate
-	federated map[spiffeid.TrustDomain]*x509bundle.Bundle
-	entries   map[string]*entryState
-	changed   chan struct{} // closed at the next change
-	wake      chan struct{} // tells Run that entries changed
+	mu           sync.Mutex
+	td           spiffeid.TrustDomain
+	roots        []*x509.Certificate
+	localJWT     *jwtbundle.Bundle // nil until the server sent a bundle
+	bootstrap    []*x509.Certificate
+	federated    map[spiffeid.TrustDomain]*x509bundle.Bundle
+	federatedJWT map[spiffeid.TrustDomain]*jwtbundle.Bundle
+	entries      map[string]*entryState
+	jwts         map[jwtKey]cachedJWT
+	changed      chan struct{} // closed at the next change
+	wake         chan struct{} // tells Run that entries changed
+}
+
+// jwtKey names a cached JWT-SVID: an entry and the audience, in order.
+type jwtKey struct{ entry, audience string }
+
+type cachedJWT struct {
+	svid    *jwtsvid.SVID
+	refresh time.Time // half its life: a newer one is fetched from then on
+}
+
+func newJWTKey(entryID string, audience []string) jwtKey {
+	return jwtKey{entryID, fmt.Sprintf("%q", audience)}
 }
 
 type entryState struct {
@@ -39,11 +66,13 @@ type entryState struct {
 
 func newCache(clock func() time.Time) *Cache {
 	return &Cache{
-		clock:     clock,
-		federated: map[spiffeid.TrustDomain]*x509bundle.Bundle{},
-		entries:   map[string]*entryState{},
-		changed:   make(chan struct{}),
-		wake:      make(chan struct{}, 1),
+		clock:        clock,
+		federated:    map[spiffeid.TrustDomain]*x509bundle.Bundle{},
+		federatedJWT: map[spiffeid.TrustDomain]*jwtbundle.Bundle{},
+		entries:      map[string]*entryState{},
+		jwts:         map[jwtKey]cachedJWT{},
+		changed:      make(chan struct{}),
+		wake:         make(chan struct{}, 1),
 	}
 }
 
@@ -75,10 +104,24 @@ func (c *Cache) setTrustDomain(td spiffeid.TrustDomain, roots []*x509.Certificat
 	c.notify()
 }
 
-func (c *Cache) setFederated(fed map[spiffeid.TrustDomain]*x509bundle.Bundle) {
+// setLocalBundle installs the bundle of this trust domain the server sent:
+// its roots and its JWT keys.
+func (c *Cache) setLocalBundle(b *spiffebundle.Bundle) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.federated = fed
+	c.td, c.roots, c.localJWT = b.TrustDomain(), b.X509Authorities(), b.JWTBundle()
+	c.notify()
+}
+
+func (c *Cache) setFederated(fed map[spiffeid.TrustDomain]*spiffebundle.Bundle) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.federated = make(map[spiffeid.TrustDomain]*x509bundle.Bundle, len(fed))
+	c.federatedJWT = make(map[spiffeid.TrustDomain]*jwtbundle.Bundle, len(fed))
+	for td, b := range fed {
+		c.federated[td] = b.X509Bundle()
+		c.federatedJWT[td] = b.JWTBundle()
+	}
 	c.notify()
 }
 
@@ -124,6 +167,11 @@ func (c *Cache) setEntries(entries []*pb.Entry) {
 	for id := range c.entries {
 		if !seen[id] {
 			delete(c.entries, id)
+		}
+	}
+	for k, j := range c.jwts {
+		if st, ok := c.entries[k.entry]; !ok || st.entry.GetSpiffeId() != j.svid.ID.String() {
+			delete(c.jwts, k)
 		}
 	}
 	c.notify()
@@ -194,35 +242,44 @@ func backoff(failures int, max time.Duration) time.Duration {
 // Selector is a property of a workload, e.g. unix:uid:1000.
 type Selector = attest.Selector
 
-// X509SVIDs returns the unexpired SVIDs of the entries whose selectors are
-// all among sel. An expired SVID is never returned.
-func (c *Cache) X509SVIDs(sel []Selector) []workloadapi.Identity {
+// matching returns the entries whose selectors (at least one) are all among
+// sel, ordered by entry ID; call with mu held.
+func (c *Cache) matching(sel []Selector) []*entryState {
 	have := map[Selector]bool{}
 	for _, s := range sel {
 		have[s] = true
 	}
-	now := c.clock()
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	ids := make([]string, 0, len(c.entries))
 	for id := range c.entries {
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
-	var out []workloadapi.Identity
+	var out []*entryState
 	for _, id := range ids {
 		st := c.entries[id]
-		if st.svid == nil || now.After(st.svid.Certificates[0].NotAfter) || len(st.entry.GetSelectors()) == 0 {
-			continue
-		}
-		match := true
+		match := len(st.entry.GetSelectors()) > 0
 		for _, s := range st.entry.GetSelectors() {
 			if !have[Selector{Type: s.GetType(), Value: s.GetValue()}] {
 				match = false
 				break
 			}
 		}
-		if !match {
+		if match {
+			out = append(out, st)
+		}
+	}
+	return out
+}
+
+// X509SVIDs returns the unexpired SVIDs of the entries whose selectors are
+// all among sel. An expired SVID is never returned.
+func (c *Cache) X509SVIDs(sel []Selector) []workloadapi.Identity {
+	now := c.clock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []workloadapi.Identity
+	for _, st := range c.matching(sel) {
+		if st.svid == nil || now.After(st.svid.Certificates[0].NotAfter) {
 			continue
 		}
 		ident := workloadapi.Identity{SVID: st.svid}
@@ -254,6 +311,104 @@ func (c *Cache) Bundles() (*x509bundle.Bundle, []*x509bundle.Bundle) {
 		fed = append(fed, c.federated[td])
 	}
 	return local, fed
+}
+
+// JWTBundles returns this trust domain's JWT keys (nil until the server sent
+// its bundle) and those of the federated trust domains.
+func (c *Cache) JWTBundles() (*jwtbundle.Bundle, []*jwtbundle.Bundle) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	tds := make([]spiffeid.TrustDomain, 0, len(c.federatedJWT))
+	for td := range c.federatedJWT {
+		tds = append(tds, td)
+	}
+	sort.Slice(tds, func(i, j int) bool { return tds[i].Name() < tds[j].Name() })
+	fed := make([]*jwtbundle.Bundle, 0, len(tds))
+	for _, td := range tds {
+		fed = append(fed, c.federatedJWT[td])
+	}
+	return c.localJWT, fed
+}
+
+// localJWTBundle is this trust domain's JWT keys, nil before the server sent
+// them.
+func (c *Cache) localJWTBundle() *jwtbundle.Bundle {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.localJWT
+}
+
+// JWTSVIDs returns a JWT-SVID for audience for each entry whose selectors
+// are all among sel (only those for id, unless id is zero), in the order of
+// X509SVIDs. They come from the agent (Agent.JWTSVID): cached, or signed by
+// the server now. An entry that cannot get one fails the call.
+func (c *Cache) JWTSVIDs(ctx context.Context, sel []Selector, id spiffeid.ID, audience []string) ([]*jwtsvid.SVID, error) {
+	c.mu.Lock()
+	var ids []string
+	for _, st := range c.matching(sel) {
+		if id.IsZero() || st.entry.GetSpiffeId() == id.String() {
+			ids = append(ids, st.entry.GetId())
+		}
+	}
+	fetch := c.fetchJWT
+	c.mu.Unlock()
+	if len(ids) > 0 && fetch == nil {
+		return nil, errors.New("agent: this cache has no server to sign JWT-SVIDs")
+	}
+	var out []*jwtsvid.SVID
+	for _, e := range ids {
+		svid, err := fetch(ctx, e, audience)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, svid)
+	}
+	return out, nil
+}
+
+// entrySPIFFEID is the SPIFFE ID of an entry the agent serves.
+func (c *Cache) entrySPIFFEID(entryID string) (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	st, ok := c.entries[entryID]
+	if !ok {
+		return "", false
+	}
+	return st.entry.GetSpiffeId(), true
+}
+
+// cachedJWTSVID returns the JWT-SVID kept for the entry and audience if it
+// is not yet half through its life.
+func (c *Cache) cachedJWTSVID(entryID string, audience []string, now time.Time) *jwtsvid.SVID {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	j, ok := c.jwts[newJWTKey(entryID, audience)]
+	if !ok || !now.Before(j.refresh) || !now.Before(j.svid.Expiry) {
+		return nil
+	}
+	return j.svid
+}
+
+// keepJWTSVID keeps a JWT-SVID fetched at now until half its remaining life,
+// unless its entry is gone or changed meanwhile, or the cache is full of
+// unexpired ones.
+func (c *Cache) keepJWTSVID(entryID string, audience []string, svid *jwtsvid.SVID, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st, ok := c.entries[entryID]; !ok || st.entry.GetSpiffeId() != svid.ID.String() {
+		return
+	}
+	if len(c.jwts) >= maxCachedJWTSVIDs {
+		for k, j := range c.jwts {
+			if !now.Before(j.refresh) {
+				delete(c.jwts, k)
+			}
+		}
+		if len(c.jwts) >= maxCachedJWTSVIDs {
+			return
+		}
+	}
+	c.jwts[newJWTKey(entryID, audience)] = cachedJWT{svid: svid, refresh: now.Add(svid.Expiry.Sub(now) / 2)}
 }
 
 func sameStrings(a, b []string) bool {

@@ -86,28 +86,12 @@ func (n *nodeService) SignX509SVID(ctx context.Context, req *pb.SignX509SVIDRequ
 			return nil, err
 		}
 		ttl := time.Duration(r.GetTtlSeconds()) * time.Second
-		var ident credential.Identity
+		ident, e, err := s.entryIdentity(ctx, callerID, r.GetEntryId())
+		if err != nil {
+			return nil, err
+		}
 		var dns []string
-		if r.GetEntryId() == "" {
-			// Renewal of the caller's own identity, proven by its SVID.
-			id, _, err := s.svidCredential(ctx)
-			if err != nil {
-				return nil, err
-			}
-			ident = id
-		} else {
-			e, err := s.store.GetEntry(ctx, r.GetEntryId())
-			if errors.Is(err, store.ErrNotFound) {
-				return nil, status.Errorf(codes.NotFound, "server: no entry %q", r.GetEntryId())
-			}
-			if err != nil {
-				return nil, status.Error(codes.Unavailable, "server: the store is unavailable; retry")
-			}
-			if e.ParentID != callerID {
-				s.log.Warn("node asked for an entry it is not the parent of; refused", "node", callerID.String(), "entry", e.ID, "parent", e.ParentID.String())
-				return nil, status.Errorf(codes.PermissionDenied, "server: entry %q belongs to %s, not to %s", e.ID, e.ParentID, callerID)
-			}
-			ident = credential.Identity{ID: e.SPIFFEID, Kind: credential.KindSVID, Caller: "node " + callerID.String() + " entry " + e.ID}
+		if e != nil {
 			if ttl <= 0 {
 				ttl = e.X509TTL
 			}
@@ -120,6 +104,28 @@ func (n *nodeService) SignX509SVID(ctx context.Context, req *pb.SignX509SVIDRequ
 		resp.Svids = append(resp.Svids, svidMessage(out, r.GetEntryId()))
 	}
 	return resp, nil
+}
+
+// entryIdentity is what the caller, a node, may have signed: the identity
+// of entryID if the node is its parent, or with an empty entryID the node's
+// own, proven by its SVID (e is then nil). The error is a gRPC status.
+func (s *Server) entryIdentity(ctx context.Context, callerID spiffeid.ID, entryID string) (ident credential.Identity, e *store.Entry, err error) {
+	if entryID == "" {
+		ident, _, err = s.svidCredential(ctx)
+		return ident, nil, err
+	}
+	got, err := s.store.GetEntry(ctx, entryID)
+	if errors.Is(err, store.ErrNotFound) {
+		return ident, nil, status.Errorf(codes.NotFound, "server: no entry %q", entryID)
+	}
+	if err != nil {
+		return ident, nil, status.Error(codes.Unavailable, "server: the store is unavailable; retry")
+	}
+	if got.ParentID != callerID {
+		s.log.Warn("node asked for an entry it is not the parent of; refused", "node", callerID.String(), "entry", got.ID, "parent", got.ParentID.String())
+		return ident, nil, status.Errorf(codes.PermissionDenied, "server: entry %q belongs to %s, not to %s", got.ID, got.ParentID, callerID)
+	}
+	return credential.Identity{ID: got.SPIFFEID, Kind: credential.KindSVID, Caller: "node " + callerID.String() + " entry " + got.ID}, &got, nil
 }
 
 func (n *nodeService) FetchBundles(ctx context.Context, _ *pb.FetchBundlesRequest) (*pb.FetchBundlesResponse, error) {

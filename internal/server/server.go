@@ -3,14 +3,16 @@
 // one-time join token, or an SVID of this trust domain), derives the identity
 // from that credential, and only then signs the caller's CSR; the names in a
 // CSR are never trusted. It serves Istio's IstioCertificateService and
-// meshfed's own Node API over TLS with its own SVID, an Admin API on a unix
-// socket restricted by the caller's uid, the SPIFFE bundle endpoint, and
-// Prometheus metrics with health checks.
+// meshfed's own Node API over TLS with its own SVID (agents get X.509- and
+// JWT-SVIDs for their workloads there), an Admin API on a unix socket
+// restricted by the caller's uid, the SPIFFE bundle endpoint, and Prometheus
+// metrics with health checks.
 //
 // All durable state is in the store; several servers of one trust domain
-// share a Postgres database, each with its own CA, and publish the union of
-// their roots. The server never logs or returns a private key, a token or a
-// JWT.
+// share a Postgres database, each with its own CA and JWT key, and publish
+// the union of their roots and JWT keys. The server never logs a private
+// key, a token or a JWT, and returns a JWT only as the JWT-SVID it signed for
+// its caller.
 package server
 
 import (
@@ -64,6 +66,7 @@ type Server struct {
 	auth     *authority.Authority
 	jwt      *credential.JWTVerifier
 	tokens   *credential.JoinTokenVerifier
+	jwtKey   *jwtSigningKey
 	metrics  *metrics
 	identity *servingIdentity
 
@@ -138,6 +141,9 @@ func New(ctx context.Context, cfg Config, opts Options) (*Server, error) {
 	s.metrics = newMetrics(func() float64 { return float64(s.auth.CA().NotAfter().Unix()) })
 	s.identity = &servingIdentity{s: s}
 	if err := s.publishAuthorities(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.loadJWTKey(ctx); err != nil {
 		return nil, err
 	}
 	if err := s.refresh(ctx); err != nil {
@@ -395,8 +401,9 @@ func (s *Server) changed(ctx context.Context) {
 	}
 }
 
-// buildBundle makes this trust domain's bundle: every unexpired X.509
-// authority any server of the domain published, plus the CA in use's roots.
+// buildBundle makes this trust domain's bundle: every unexpired X.509 and
+// JWT authority any server of the domain published, plus the CA in use's
+// roots.
 func (s *Server) buildBundle(ctx context.Context) (*spiffebundle.Bundle, error) {
 	start := time.Now()
 	auths, err := s.store.LocalAuthorities(ctx)
@@ -419,6 +426,18 @@ func (s *Server) buildBundle(ctx context.Context) (*spiffebundle.Bundle, error) 
 	}
 	for _, r := range s.auth.CA().Roots() {
 		b.AddX509Authority(r)
+	}
+	for _, a := range auths.JWT {
+		if now.After(a.NotAfter) {
+			continue
+		}
+		key, err := x509.ParsePKIXPublicKey(a.PublicKeyDER)
+		if err == nil {
+			err = b.AddJWTAuthority(a.KeyID, key)
+		}
+		if err != nil {
+			s.log.Error("skipping an unusable JWT authority in the store", "server_id", a.ServerID, "kid", a.KeyID, "error", err)
+		}
 	}
 	b.SetSequenceNumber(auths.Sequence)
 	b.SetRefreshHint(s.set.refreshHint)

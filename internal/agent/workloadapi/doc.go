@@ -1,6 +1,6 @@
-// Package workloadapi serves the SPIFFE Workload API (the X.509-SVID
-// profile) on the agent's unix socket, with go-spiffe's generated stubs, to
-// the workloads of this host.
+// Package workloadapi serves the SPIFFE Workload API (the X.509-SVID and
+// JWT-SVID profiles) on the agent's unix socket, with go-spiffe's generated
+// stubs, to the workloads of this host.
 //
 // The socket is reachable by every local user: its file is 0777 in a
 // directory created 0755, because workloads run under many uids. Reaching it
@@ -15,8 +15,15 @@
 // trust domains its entries federate with. A stream is resent when the
 // Source says something changed (and the response did change) and when one
 // of the SVIDs sent reaches its expiry, so an expired SVID is never sent and
-// is withdrawn from open streams. JWT-SVIDs are not served yet: those methods
-// answer Unimplemented.
+// is withdrawn from open streams.
+//
+// JWT-SVIDs: FetchJWTSVID returns one for the requested audience (1 to 16
+// values, else InvalidArgument) per entry of the caller, or only for the
+// entry of the spiffe_id asked for, and PermissionDenied when there is none.
+// FetchJWTBundles streams the JWK Sets of this trust domain and of the
+// domains the caller's entries federate with. ValidateJWTSVID validates a
+// token with those same bundles (go-spiffe's jwtsvid) and answers its SPIFFE
+// ID and claims, or InvalidArgument with the reason.
 //
 // The package never sends a private key anywhere but to the workload it
 // belongs to over this socket, and never logs one.

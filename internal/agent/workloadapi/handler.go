@@ -2,18 +2,24 @@ package workloadapi
 
 import (
 	"context"
+	"encoding/json"
 	"slices"
+	"strings"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
 	"github.com/meshfed/meshfed/internal/agent/attest"
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // The spec's security header: every call carries it, so that a Workload API
@@ -27,7 +33,6 @@ var (
 	errHeader     = status.Error(codes.InvalidArgument, "security header missing")
 	errNoIdentity = status.Error(codes.PermissionDenied, "no identity issued")
 	errNoBundle   = status.Error(codes.Unavailable, "the agent has no trust bundle yet; retry")
-	errNoJWT      = status.Error(codes.Unimplemented, "JWT-SVIDs are not served by this agent yet (the server has no JWT signing key); use the X.509-SVID profile")
 )
 
 func checkHeader(ctx context.Context) error {
@@ -79,16 +84,89 @@ func (h *handler) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.S
 	}, stream.Send)
 }
 
-func (h *handler) FetchJWTSVID(context.Context, *workload.JWTSVIDRequest) (*workload.JWTSVIDResponse, error) {
-	return nil, errNoJWT
+func (h *handler) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) (*workload.JWTSVIDResponse, error) {
+	aud := req.GetAudience()
+	if len(aud) == 0 || len(aud) > maxAudiences {
+		return nil, status.Errorf(codes.InvalidArgument, "audience: give 1 to %d values, not %d", maxAudiences, len(aud))
+	}
+	for i, a := range aud {
+		if a == "" || len(a) > maxAudienceBytes {
+			return nil, status.Errorf(codes.InvalidArgument, "audience %d is empty or longer than %d bytes", i+1, maxAudienceBytes)
+		}
+	}
+	var id spiffeid.ID
+	if req.GetSpiffeId() != "" {
+		var err error
+		if id, err = spiffeid.FromString(req.GetSpiffeId()); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "spiffe_id: %v", err)
+		}
+	}
+	sel, err := h.s.attest(ctx, "FetchJWTSVID")
+	if err != nil {
+		return nil, err
+	}
+	svids, err := h.s.src.JWTSVIDs(ctx, sel, id, aud)
+	if err != nil {
+		h.s.log.Warn("could not get a JWT-SVID for a workload", "error", err)
+		return nil, status.Errorf(codes.Unavailable, "could not get a JWT-SVID: %v; retry", err)
+	}
+	now := h.s.clock()
+	resp := &workload.JWTSVIDResponse{}
+	hints := map[string]bool{}
+	for _, svid := range svids {
+		if svid == nil || !now.Before(svid.Expiry) || (svid.Hint != "" && hints[svid.Hint]) {
+			continue
+		}
+		hints[svid.Hint] = true
+		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: svid.ID.String(), Svid: svid.Marshal(), Hint: svid.Hint})
+	}
+	if len(resp.Svids) == 0 {
+		return nil, errNoIdentity
+	}
+	return resp, nil
 }
 
-func (h *handler) FetchJWTBundles(*workload.JWTBundlesRequest, grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {
-	return errNoJWT
+func (h *handler) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {
+	sel, err := h.s.attest(stream.Context(), "FetchJWTBundles")
+	if err != nil {
+		return err
+	}
+	return watch(stream.Context(), h.s, func() (*workload.JWTBundlesResponse, time.Time, error) {
+		return h.s.jwtBundlesResponse(sel)
+	}, stream.Send)
 }
 
-func (h *handler) ValidateJWTSVID(context.Context, *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
-	return nil, errNoJWT
+// ValidateJWTSVID validates with go-spiffe's jwtsvid.ParseAndValidate, which
+// checks exp and iat against the system clock (not Config.Clock), using the
+// JWT bundles the caller would get from FetchJWTBundles (this trust domain's
+// even if it has no identity).
+func (h *handler) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
+	if req.GetAudience() == "" || req.GetSvid() == "" {
+		return nil, status.Error(codes.InvalidArgument, "audience and svid are required")
+	}
+	sel, err := h.s.attest(ctx, "ValidateJWTSVID")
+	if err != nil {
+		return nil, err
+	}
+	ids, _ := h.s.current(sel)
+	local, federated := h.s.src.JWTBundles()
+	if local == nil {
+		return nil, errNoBundle
+	}
+	set := jwtbundle.NewSet(local)
+	for _, b := range trusted(local.TrustDomain(), federations(ids), federated) {
+		set.Add(b)
+	}
+	svid, err := jwtsvid.ParseAndValidate(req.GetSvid(), set, []string{req.GetAudience()})
+	if err != nil {
+		// The reason names claims, keys and trust domains, never the token.
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	claims, err := structpb.NewStruct(svid.Claims)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "jwtsvid: claims: %v", err)
+	}
+	return &workload.ValidateJWTSVIDResponse{SpiffeId: svid.ID.String(), Claims: claims}, nil
 }
 
 // attest identifies the caller of a request.
@@ -213,16 +291,67 @@ func (s *Server) x509BundlesResponse(sel []attest.Selector) (*workload.X509Bundl
 	if local == nil || local.Empty() {
 		return nil, time.Time{}, errNoBundle
 	}
-	var federates []spiffeid.TrustDomain
-	for _, id := range ids {
-		federates = append(federates, id.FederatesWith...)
-	}
-	bundles := federatedBundles(local.TrustDomain(), federates, federated)
+	bundles := federatedBundles(local.TrustDomain(), federations(ids), federated)
 	if bundles == nil {
 		bundles = map[string][]byte{}
 	}
 	bundles[local.TrustDomain().IDString()] = rawBundle(local)
 	return &workload.X509BundlesResponse{Bundles: bundles}, expiry, nil
+}
+
+// jwtBundlesResponse is this trust domain's JWT bundle, even if it has no
+// key yet, and those of the trust domains the caller's entries federate
+// with, as JWK Sets keyed by trust domain ID.
+func (s *Server) jwtBundlesResponse(sel []attest.Selector) (*workload.JWTBundlesResponse, time.Time, error) {
+	ids, expiry := s.current(sel)
+	if len(ids) == 0 {
+		return nil, time.Time{}, errNoIdentity
+	}
+	local, federated := s.src.JWTBundles()
+	if local == nil {
+		return nil, time.Time{}, errNoBundle
+	}
+	resp := &workload.JWTBundlesResponse{Bundles: map[string][]byte{}}
+	for _, b := range append([]*jwtbundle.Bundle{local}, trusted(local.TrustDomain(), federations(ids), federated)...) {
+		doc, err := jwks(b)
+		if err != nil {
+			return nil, time.Time{}, status.Errorf(codes.Internal, "the JWT bundle of %s does not encode: %v", b.TrustDomain(), err)
+		}
+		resp.Bundles[b.TrustDomain().IDString()] = doc
+	}
+	return resp, expiry, nil
+}
+
+// federations are the trust domains the identities federate with.
+func federations(ids []Identity) []spiffeid.TrustDomain {
+	var tds []spiffeid.TrustDomain
+	for _, id := range ids {
+		tds = append(tds, id.FederatesWith...)
+	}
+	return tds
+}
+
+// trusted returns the JWT bundles, with keys, of the trust domains in tds
+// other than local.
+func trusted(local spiffeid.TrustDomain, tds []spiffeid.TrustDomain, federated []*jwtbundle.Bundle) []*jwtbundle.Bundle {
+	var out []*jwtbundle.Bundle
+	for _, b := range federated {
+		if td := b.TrustDomain(); td != local && slices.Contains(tds, td) && !b.Empty() {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// jwks encodes a JWT bundle as a JWK Set, keys ordered by key ID so that an
+// unchanged bundle encodes the same and is not resent.
+func jwks(b *jwtbundle.Bundle) ([]byte, error) {
+	set := jose.JSONWebKeySet{Keys: []jose.JSONWebKey{}}
+	for kid, key := range b.JWTAuthorities() {
+		set.Keys = append(set.Keys, jose.JSONWebKey{Key: key, KeyID: kid})
+	}
+	slices.SortFunc(set.Keys, func(a, b jose.JSONWebKey) int { return strings.Compare(a.KeyID, b.KeyID) })
+	return json.Marshal(set)
 }
 
 // federatedBundles returns the bundles of the trust domains in tds other

@@ -13,17 +13,27 @@ import (
 
 	"github.com/meshfed/meshfed/internal/agent/attest"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 )
 
-// maxRequestBytes bounds each message a workload sends. X.509 requests are
-// empty; a JWT-SVID to validate or a list of audiences is a few KiB.
-const maxRequestBytes = 64 << 10
+// Bounds on what a workload sends.
+const (
+	// maxRequestBytes bounds each message. X.509 requests are empty; a
+	// JWT-SVID to validate or a list of audiences is a few KiB.
+	maxRequestBytes = 64 << 10
+	// maxAudiences and maxAudienceBytes are the server's bounds on the aud
+	// claim (server.MaxJWTAudiences, MaxJWTAudienceBytes), checked here so
+	// that a workload learns of a bad request from its agent.
+	maxAudiences     = 16
+	maxAudienceBytes = 2048
+)
 
 // Identity is one SVID a workload is entitled to.
 type Identity struct {
@@ -47,6 +57,14 @@ type Source interface {
 	// bundles. The server calls it before reading X509SVIDs and Bundles, so
 	// a change between the two is not missed.
 	Changed() <-chan struct{}
+	// JWTSVIDs returns a JWT-SVID for audience for each registration entry
+	// whose selectors are all among sel (only those whose SPIFFE ID is id,
+	// unless id is zero), the default identity first; none if there is no
+	// such entry. The server still drops any that expired.
+	JWTSVIDs(ctx context.Context, sel []attest.Selector, id spiffeid.ID, audience []string) ([]*jwtsvid.SVID, error)
+	// JWTBundles returns this trust domain's JWT bundle (nil until the agent
+	// has one) and those of the federated trust domains it knows.
+	JWTBundles() (local *jwtbundle.Bundle, federated []*jwtbundle.Bundle)
 }
 
 // Attestor identifies callers; *attest.Attestor is one.

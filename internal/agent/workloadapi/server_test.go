@@ -18,6 +18,7 @@ import (
 	"github.com/meshfed/meshfed/internal/agent/attest"
 	"github.com/meshfed/meshfed/internal/agent/workloadapi"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -42,11 +43,13 @@ var (
 )
 
 // domain is a test trust domain: a root, and an intermediate constrained to
-// the domain that signs its SVIDs.
+// the domain that signs its SVIDs; and a JWT key.
 type domain struct {
-	td   spiffeid.TrustDomain
-	root *x509.Certificate
-	ca   *pki.CA
+	td     spiffeid.TrustDomain
+	root   *x509.Certificate
+	ca     *pki.CA
+	jwtKey crypto.Signer
+	kid    string
 }
 
 func genKey(t *testing.T) crypto.Signer {
@@ -78,7 +81,7 @@ func newDomain(t *testing.T, td spiffeid.TrustDomain) *domain {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &domain{td: td, root: root, ca: ca}
+	return &domain{td: td, root: root, ca: ca, jwtKey: genKey(t), kid: td.Name() + "-jwt"}
 }
 
 func (d *domain) bundle() *x509bundle.Bundle {
@@ -98,13 +101,16 @@ func (d *domain) svid(t *testing.T, path string, ttl time.Duration) *x509svid.SV
 }
 
 // fakeSource is the agent core as the server sees it: entries that match
-// selectors, and bundles.
+// selectors, bundles, and JWT-SVIDs made by signJWT.
 type fakeSource struct {
-	mu        sync.Mutex
-	entries   []entry
-	local     *x509bundle.Bundle
-	federated []*x509bundle.Bundle
-	changed   chan struct{}
+	mu           sync.Mutex
+	entries      []entry
+	local        *x509bundle.Bundle
+	federated    []*x509bundle.Bundle
+	jwtLocal     *jwtbundle.Bundle
+	jwtFederated []*jwtbundle.Bundle
+	signJWT      func(id spiffeid.ID, audience []string) (*jwtsvid.SVID, error)
+	changed      chan struct{}
 }
 
 type entry struct {
@@ -136,6 +142,31 @@ func (f *fakeSource) Bundles() (*x509bundle.Bundle, []*x509bundle.Bundle) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.local, slices.Clone(f.federated)
+}
+
+// JWTSVIDs signs a JWT-SVID for each identity X509SVIDs would return.
+func (f *fakeSource) JWTSVIDs(_ context.Context, sel []attest.Selector, id spiffeid.ID, audience []string) ([]*jwtsvid.SVID, error) {
+	var out []*jwtsvid.SVID
+	for _, ident := range f.X509SVIDs(sel) {
+		if !id.IsZero() && ident.SVID.ID != id {
+			continue
+		}
+		f.mu.Lock()
+		sign := f.signJWT
+		f.mu.Unlock()
+		svid, err := sign(ident.SVID.ID, audience)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, svid)
+	}
+	return out, nil
+}
+
+func (f *fakeSource) JWTBundles() (*jwtbundle.Bundle, []*jwtbundle.Bundle) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.jwtLocal, slices.Clone(f.jwtFederated)
 }
 
 func (f *fakeSource) Changed() <-chan struct{} {
@@ -262,6 +293,11 @@ func newWorld(t *testing.T) *world {
 	w.byPath = w.east.svid(t, "/by-path", time.Hour)
 	w.other = w.east.svid(t, "/other", time.Hour)
 	w.src = newSource(w.east.bundle(), w.west.bundle(), w.north.bundle())
+	w.src.jwtLocal = w.east.jwtBundle()
+	w.src.jwtFederated = []*jwtbundle.Bundle{w.west.jwtBundle(), w.north.jwtBundle()}
+	w.src.signJWT = func(id spiffeid.ID, aud []string) (*jwtsvid.SVID, error) {
+		return w.east.jwtSVID(t, id, aud, time.Now().Add(5*time.Minute)), nil
+	}
 	w.src.entries = []entry{
 		{selectors: []string{myUID}, id: workloadapi.Identity{SVID: w.workload, FederatesWith: []spiffeid.TrustDomain{west}}},
 		{selectors: []string{otherUID}, id: workloadapi.Identity{SVID: w.other, FederatesWith: []spiffeid.TrustDomain{north}}},
@@ -577,22 +613,15 @@ func TestSecurityHeader(t *testing.T) {
 			wantStatus(t, err, codes.InvalidArgument, "security header missing")
 			_, err = rc.FetchJWTSVID(ctx, &workload.JWTSVIDRequest{Audience: []string{"a"}})
 			wantStatus(t, err, codes.InvalidArgument, "security header missing")
+			j, err := rc.FetchJWTBundles(ctx, &workload.JWTBundlesRequest{})
+			if err == nil {
+				_, err = j.Recv()
+			}
+			wantStatus(t, err, codes.InvalidArgument, "security header missing")
 			_, err = rc.ValidateJWTSVID(ctx, &workload.ValidateJWTSVIDRequest{Audience: "a", Svid: "x"})
 			wantStatus(t, err, codes.InvalidArgument, "security header missing")
 		})
 	}
-}
-
-func TestJWTIsUnimplemented(t *testing.T) {
-	w := newWorld(t)
-	c := newClient(t, serve(t, workloadapi.Config{Source: w.src}))
-	const msg = "JWT-SVIDs are not served by this agent yet (the server has no JWT signing key); use the X.509-SVID profile"
-	_, err := c.FetchJWTSVID(t.Context(), jwtsvid.Params{Audience: "spiffe://west.example/api"})
-	wantStatus(t, err, codes.Unimplemented, msg)
-	_, err = c.FetchJWTBundles(t.Context())
-	wantStatus(t, err, codes.Unimplemented, msg)
-	_, err = c.ValidateJWTSVID(t.Context(), "a.b.c", "spiffe://west.example/api")
-	wantStatus(t, err, codes.Unimplemented, msg)
 }
 
 func TestSocket(t *testing.T) {

@@ -627,6 +627,132 @@ func (x *SignX509SVIDResponse) GetSvids() []*X509SVID {
 	return nil
 }
 
+type SignJWTSVIDRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty for the caller's own identity.
+	EntryId string `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
+	// The aud claim: 1 to 16 non-empty values.
+	Audience []string `protobuf:"bytes,2,rep,name=audience,proto3" json:"audience,omitempty"`
+	// Requested lifetime in seconds; 0 for the default (5 minutes). Clipped
+	// to svid.max_ttl.
+	TtlSeconds    int64 `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignJWTSVIDRequest) Reset() {
+	*x = SignJWTSVIDRequest{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignJWTSVIDRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignJWTSVIDRequest) ProtoMessage() {}
+
+func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignJWTSVIDRequest.ProtoReflect.Descriptor instead.
+func (*SignJWTSVIDRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *SignJWTSVIDRequest) GetEntryId() string {
+	if x != nil {
+		return x.EntryId
+	}
+	return ""
+}
+
+func (x *SignJWTSVIDRequest) GetAudience() []string {
+	if x != nil {
+		return x.Audience
+	}
+	return nil
+}
+
+func (x *SignJWTSVIDRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+type JWTSVID struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// JWS compact serialization.
+	Token string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	// Unix seconds: the exp claim.
+	ExpiresAt     int64 `protobuf:"varint,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWTSVID) Reset() {
+	*x = JWTSVID{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTSVID) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTSVID) ProtoMessage() {}
+
+func (x *JWTSVID) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTSVID.ProtoReflect.Descriptor instead.
+func (*JWTSVID) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *JWTSVID) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *JWTSVID) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *JWTSVID) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
 type FetchBundlesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -635,7 +761,7 @@ type FetchBundlesRequest struct {
 
 func (x *FetchBundlesRequest) Reset() {
 	*x = FetchBundlesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[9]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -647,7 +773,7 @@ func (x *FetchBundlesRequest) String() string {
 func (*FetchBundlesRequest) ProtoMessage() {}
 
 func (x *FetchBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[9]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -660,7 +786,7 @@ func (x *FetchBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchBundlesRequest.ProtoReflect.Descriptor instead.
 func (*FetchBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{9}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{11}
 }
 
 type FetchBundlesResponse struct {
@@ -673,7 +799,7 @@ type FetchBundlesResponse struct {
 
 func (x *FetchBundlesResponse) Reset() {
 	*x = FetchBundlesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[10]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +811,7 @@ func (x *FetchBundlesResponse) String() string {
 func (*FetchBundlesResponse) ProtoMessage() {}
 
 func (x *FetchBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[10]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +824,7 @@ func (x *FetchBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchBundlesResponse.ProtoReflect.Descriptor instead.
 func (*FetchBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{10}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *FetchBundlesResponse) GetBundle() *Bundle {
@@ -723,7 +849,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[11]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -735,7 +861,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[11]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -748,7 +874,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{11}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{13}
 }
 
 type WatchResponse struct {
@@ -765,7 +891,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[12]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -777,7 +903,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[12]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -790,7 +916,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{12}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WatchResponse) GetBundle() *Bundle {
@@ -831,7 +957,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[13]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +969,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[13]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,7 +982,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{13}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CreateJoinTokenRequest) GetSpiffeId() string {
@@ -884,7 +1010,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[14]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -896,7 +1022,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[14]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -909,7 +1035,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{14}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -935,7 +1061,7 @@ type CreateEntryRequest struct {
 
 func (x *CreateEntryRequest) Reset() {
 	*x = CreateEntryRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[15]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -947,7 +1073,7 @@ func (x *CreateEntryRequest) String() string {
 func (*CreateEntryRequest) ProtoMessage() {}
 
 func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[15]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -960,7 +1086,7 @@ func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEntryRequest.ProtoReflect.Descriptor instead.
 func (*CreateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{15}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CreateEntryRequest) GetEntry() *Entry {
@@ -979,7 +1105,7 @@ type GetEntryRequest struct {
 
 func (x *GetEntryRequest) Reset() {
 	*x = GetEntryRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[16]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -991,7 +1117,7 @@ func (x *GetEntryRequest) String() string {
 func (*GetEntryRequest) ProtoMessage() {}
 
 func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[16]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1004,7 +1130,7 @@ func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
 func (*GetEntryRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{16}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetEntryRequest) GetId() string {
@@ -1024,7 +1150,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[17]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1036,7 +1162,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[17]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1049,7 +1175,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{17}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListEntriesRequest) GetParentId() string {
@@ -1075,7 +1201,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[18]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1087,7 +1213,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[18]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1100,7 +1226,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{18}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -1119,7 +1245,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[19]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1131,7 +1257,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[19]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1144,7 +1270,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{19}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -1162,7 +1288,7 @@ type DeleteEntryResponse struct {
 
 func (x *DeleteEntryResponse) Reset() {
 	*x = DeleteEntryResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[20]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1174,7 +1300,7 @@ func (x *DeleteEntryResponse) String() string {
 func (*DeleteEntryResponse) ProtoMessage() {}
 
 func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[20]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1187,7 +1313,7 @@ func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{20}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{22}
 }
 
 type GetBundleRequest struct {
@@ -1198,7 +1324,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[21]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1210,7 +1336,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[21]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1223,7 +1349,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{21}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{23}
 }
 
 type ListFederatedBundlesRequest struct {
@@ -1234,7 +1360,7 @@ type ListFederatedBundlesRequest struct {
 
 func (x *ListFederatedBundlesRequest) Reset() {
 	*x = ListFederatedBundlesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[22]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1246,7 +1372,7 @@ func (x *ListFederatedBundlesRequest) String() string {
 func (*ListFederatedBundlesRequest) ProtoMessage() {}
 
 func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[22]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1259,7 +1385,7 @@ func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederatedBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListFederatedBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{22}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{24}
 }
 
 type ListFederatedBundlesResponse struct {
@@ -1271,7 +1397,7 @@ type ListFederatedBundlesResponse struct {
 
 func (x *ListFederatedBundlesResponse) Reset() {
 	*x = ListFederatedBundlesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[23]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1283,7 +1409,7 @@ func (x *ListFederatedBundlesResponse) String() string {
 func (*ListFederatedBundlesResponse) ProtoMessage() {}
 
 func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[23]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1296,7 +1422,7 @@ func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederatedBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListFederatedBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{23}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListFederatedBundlesResponse) GetBundles() []*Bundle {
@@ -1315,7 +1441,7 @@ type DeleteFederatedBundleRequest struct {
 
 func (x *DeleteFederatedBundleRequest) Reset() {
 	*x = DeleteFederatedBundleRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[24]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1327,7 +1453,7 @@ func (x *DeleteFederatedBundleRequest) String() string {
 func (*DeleteFederatedBundleRequest) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[24]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1340,7 +1466,7 @@ func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{24}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DeleteFederatedBundleRequest) GetTrustDomain() string {
@@ -1358,7 +1484,7 @@ type DeleteFederatedBundleResponse struct {
 
 func (x *DeleteFederatedBundleResponse) Reset() {
 	*x = DeleteFederatedBundleResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[25]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1370,7 +1496,7 @@ func (x *DeleteFederatedBundleResponse) String() string {
 func (*DeleteFederatedBundleResponse) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[25]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1383,7 +1509,7 @@ func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{25}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{27}
 }
 
 type Issued struct {
@@ -1401,7 +1527,7 @@ type Issued struct {
 
 func (x *Issued) Reset() {
 	*x = Issued{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[26]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1413,7 +1539,7 @@ func (x *Issued) String() string {
 func (*Issued) ProtoMessage() {}
 
 func (x *Issued) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[26]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1426,7 +1552,7 @@ func (x *Issued) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Issued.ProtoReflect.Descriptor instead.
 func (*Issued) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{26}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Issued) GetSerial() string {
@@ -1489,7 +1615,7 @@ type ListIssuedRequest struct {
 
 func (x *ListIssuedRequest) Reset() {
 	*x = ListIssuedRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[27]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1501,7 +1627,7 @@ func (x *ListIssuedRequest) String() string {
 func (*ListIssuedRequest) ProtoMessage() {}
 
 func (x *ListIssuedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[27]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1514,7 +1640,7 @@ func (x *ListIssuedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIssuedRequest.ProtoReflect.Descriptor instead.
 func (*ListIssuedRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{27}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListIssuedRequest) GetSpiffeId() string {
@@ -1547,7 +1673,7 @@ type ListIssuedResponse struct {
 
 func (x *ListIssuedResponse) Reset() {
 	*x = ListIssuedResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[28]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1559,7 +1685,7 @@ func (x *ListIssuedResponse) String() string {
 func (*ListIssuedResponse) ProtoMessage() {}
 
 func (x *ListIssuedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[28]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1572,7 +1698,7 @@ func (x *ListIssuedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIssuedResponse.ProtoReflect.Descriptor instead.
 func (*ListIssuedResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{28}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListIssuedResponse) GetIssued() []*Issued {
@@ -1595,7 +1721,7 @@ type AttestedNode struct {
 
 func (x *AttestedNode) Reset() {
 	*x = AttestedNode{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[29]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1607,7 +1733,7 @@ func (x *AttestedNode) String() string {
 func (*AttestedNode) ProtoMessage() {}
 
 func (x *AttestedNode) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[29]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1620,7 +1746,7 @@ func (x *AttestedNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestedNode.ProtoReflect.Descriptor instead.
 func (*AttestedNode) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{29}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *AttestedNode) GetSpiffeId() string {
@@ -1666,7 +1792,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[30]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1678,7 +1804,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[30]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1691,7 +1817,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{30}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{32}
 }
 
 type ListNodesResponse struct {
@@ -1703,7 +1829,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[31]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1715,7 +1841,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[31]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1728,7 +1854,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{31}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListNodesResponse) GetNodes() []*AttestedNode {
@@ -1790,7 +1916,17 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\x13SignX509SVIDRequest\x12:\n" +
 	"\brequests\x18\x01 \x03(\v2\x1e.meshfed.server.v1.SVIDRequestR\brequests\"I\n" +
 	"\x14SignX509SVIDResponse\x121\n" +
-	"\x05svids\x18\x01 \x03(\v2\x1b.meshfed.server.v1.X509SVIDR\x05svids\"\x15\n" +
+	"\x05svids\x18\x01 \x03(\v2\x1b.meshfed.server.v1.X509SVIDR\x05svids\"l\n" +
+	"\x12SignJWTSVIDRequest\x12\x19\n" +
+	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x1a\n" +
+	"\baudience\x18\x02 \x03(\tR\baudience\x12\x1f\n" +
+	"\vttl_seconds\x18\x03 \x01(\x03R\n" +
+	"ttlSeconds\"[\n" +
+	"\aJWTSVID\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x03 \x01(\x03R\texpiresAt\"\x15\n" +
 	"\x13FetchBundlesRequest\"\x82\x01\n" +
 	"\x14FetchBundlesResponse\x121\n" +
 	"\x06bundle\x18\x01 \x01(\v2\x19.meshfed.server.v1.BundleR\x06bundle\x127\n" +
@@ -1852,11 +1988,12 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"expires_at\x18\x05 \x01(\x03R\texpiresAt\"\x12\n" +
 	"\x10ListNodesRequest\"J\n" +
 	"\x11ListNodesResponse\x125\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x1f.meshfed.server.v1.AttestedNodeR\x05nodes2\xf1\x02\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x1f.meshfed.server.v1.AttestedNodeR\x05nodes2\xc3\x03\n" +
 	"\x04Node\x12Y\n" +
 	"\n" +
 	"AttestNode\x12$.meshfed.server.v1.AttestNodeRequest\x1a%.meshfed.server.v1.AttestNodeResponse\x12_\n" +
-	"\fSignX509SVID\x12&.meshfed.server.v1.SignX509SVIDRequest\x1a'.meshfed.server.v1.SignX509SVIDResponse\x12_\n" +
+	"\fSignX509SVID\x12&.meshfed.server.v1.SignX509SVIDRequest\x1a'.meshfed.server.v1.SignX509SVIDResponse\x12P\n" +
+	"\vSignJWTSVID\x12%.meshfed.server.v1.SignJWTSVIDRequest\x1a\x1a.meshfed.server.v1.JWTSVID\x12_\n" +
 	"\fFetchBundles\x12&.meshfed.server.v1.FetchBundlesRequest\x1a'.meshfed.server.v1.FetchBundlesResponse\x12L\n" +
 	"\x05Watch\x12\x1f.meshfed.server.v1.WatchRequest\x1a .meshfed.server.v1.WatchResponse0\x012\x88\b\n" +
 	"\x05Admin\x12h\n" +
@@ -1885,7 +2022,7 @@ func file_meshfed_server_v1_server_proto_rawDescGZIP() []byte {
 	return file_meshfed_server_v1_server_proto_rawDescData
 }
 
-var file_meshfed_server_v1_server_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_meshfed_server_v1_server_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_meshfed_server_v1_server_proto_goTypes = []any{
 	(*X509SVID)(nil),                      // 0: meshfed.server.v1.X509SVID
 	(*Bundle)(nil),                        // 1: meshfed.server.v1.Bundle
@@ -1896,29 +2033,31 @@ var file_meshfed_server_v1_server_proto_goTypes = []any{
 	(*SVIDRequest)(nil),                   // 6: meshfed.server.v1.SVIDRequest
 	(*SignX509SVIDRequest)(nil),           // 7: meshfed.server.v1.SignX509SVIDRequest
 	(*SignX509SVIDResponse)(nil),          // 8: meshfed.server.v1.SignX509SVIDResponse
-	(*FetchBundlesRequest)(nil),           // 9: meshfed.server.v1.FetchBundlesRequest
-	(*FetchBundlesResponse)(nil),          // 10: meshfed.server.v1.FetchBundlesResponse
-	(*WatchRequest)(nil),                  // 11: meshfed.server.v1.WatchRequest
-	(*WatchResponse)(nil),                 // 12: meshfed.server.v1.WatchResponse
-	(*CreateJoinTokenRequest)(nil),        // 13: meshfed.server.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),       // 14: meshfed.server.v1.CreateJoinTokenResponse
-	(*CreateEntryRequest)(nil),            // 15: meshfed.server.v1.CreateEntryRequest
-	(*GetEntryRequest)(nil),               // 16: meshfed.server.v1.GetEntryRequest
-	(*ListEntriesRequest)(nil),            // 17: meshfed.server.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),           // 18: meshfed.server.v1.ListEntriesResponse
-	(*DeleteEntryRequest)(nil),            // 19: meshfed.server.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),           // 20: meshfed.server.v1.DeleteEntryResponse
-	(*GetBundleRequest)(nil),              // 21: meshfed.server.v1.GetBundleRequest
-	(*ListFederatedBundlesRequest)(nil),   // 22: meshfed.server.v1.ListFederatedBundlesRequest
-	(*ListFederatedBundlesResponse)(nil),  // 23: meshfed.server.v1.ListFederatedBundlesResponse
-	(*DeleteFederatedBundleRequest)(nil),  // 24: meshfed.server.v1.DeleteFederatedBundleRequest
-	(*DeleteFederatedBundleResponse)(nil), // 25: meshfed.server.v1.DeleteFederatedBundleResponse
-	(*Issued)(nil),                        // 26: meshfed.server.v1.Issued
-	(*ListIssuedRequest)(nil),             // 27: meshfed.server.v1.ListIssuedRequest
-	(*ListIssuedResponse)(nil),            // 28: meshfed.server.v1.ListIssuedResponse
-	(*AttestedNode)(nil),                  // 29: meshfed.server.v1.AttestedNode
-	(*ListNodesRequest)(nil),              // 30: meshfed.server.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),             // 31: meshfed.server.v1.ListNodesResponse
+	(*SignJWTSVIDRequest)(nil),            // 9: meshfed.server.v1.SignJWTSVIDRequest
+	(*JWTSVID)(nil),                       // 10: meshfed.server.v1.JWTSVID
+	(*FetchBundlesRequest)(nil),           // 11: meshfed.server.v1.FetchBundlesRequest
+	(*FetchBundlesResponse)(nil),          // 12: meshfed.server.v1.FetchBundlesResponse
+	(*WatchRequest)(nil),                  // 13: meshfed.server.v1.WatchRequest
+	(*WatchResponse)(nil),                 // 14: meshfed.server.v1.WatchResponse
+	(*CreateJoinTokenRequest)(nil),        // 15: meshfed.server.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),       // 16: meshfed.server.v1.CreateJoinTokenResponse
+	(*CreateEntryRequest)(nil),            // 17: meshfed.server.v1.CreateEntryRequest
+	(*GetEntryRequest)(nil),               // 18: meshfed.server.v1.GetEntryRequest
+	(*ListEntriesRequest)(nil),            // 19: meshfed.server.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),           // 20: meshfed.server.v1.ListEntriesResponse
+	(*DeleteEntryRequest)(nil),            // 21: meshfed.server.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),           // 22: meshfed.server.v1.DeleteEntryResponse
+	(*GetBundleRequest)(nil),              // 23: meshfed.server.v1.GetBundleRequest
+	(*ListFederatedBundlesRequest)(nil),   // 24: meshfed.server.v1.ListFederatedBundlesRequest
+	(*ListFederatedBundlesResponse)(nil),  // 25: meshfed.server.v1.ListFederatedBundlesResponse
+	(*DeleteFederatedBundleRequest)(nil),  // 26: meshfed.server.v1.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil), // 27: meshfed.server.v1.DeleteFederatedBundleResponse
+	(*Issued)(nil),                        // 28: meshfed.server.v1.Issued
+	(*ListIssuedRequest)(nil),             // 29: meshfed.server.v1.ListIssuedRequest
+	(*ListIssuedResponse)(nil),            // 30: meshfed.server.v1.ListIssuedResponse
+	(*AttestedNode)(nil),                  // 31: meshfed.server.v1.AttestedNode
+	(*ListNodesRequest)(nil),              // 32: meshfed.server.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),             // 33: meshfed.server.v1.ListNodesResponse
 }
 var file_meshfed_server_v1_server_proto_depIdxs = []int32{
 	2,  // 0: meshfed.server.v1.Entry.selectors:type_name -> meshfed.server.v1.Selector
@@ -1934,40 +2073,42 @@ var file_meshfed_server_v1_server_proto_depIdxs = []int32{
 	3,  // 10: meshfed.server.v1.CreateEntryRequest.entry:type_name -> meshfed.server.v1.Entry
 	3,  // 11: meshfed.server.v1.ListEntriesResponse.entries:type_name -> meshfed.server.v1.Entry
 	1,  // 12: meshfed.server.v1.ListFederatedBundlesResponse.bundles:type_name -> meshfed.server.v1.Bundle
-	26, // 13: meshfed.server.v1.ListIssuedResponse.issued:type_name -> meshfed.server.v1.Issued
-	29, // 14: meshfed.server.v1.ListNodesResponse.nodes:type_name -> meshfed.server.v1.AttestedNode
+	28, // 13: meshfed.server.v1.ListIssuedResponse.issued:type_name -> meshfed.server.v1.Issued
+	31, // 14: meshfed.server.v1.ListNodesResponse.nodes:type_name -> meshfed.server.v1.AttestedNode
 	4,  // 15: meshfed.server.v1.Node.AttestNode:input_type -> meshfed.server.v1.AttestNodeRequest
 	7,  // 16: meshfed.server.v1.Node.SignX509SVID:input_type -> meshfed.server.v1.SignX509SVIDRequest
-	9,  // 17: meshfed.server.v1.Node.FetchBundles:input_type -> meshfed.server.v1.FetchBundlesRequest
-	11, // 18: meshfed.server.v1.Node.Watch:input_type -> meshfed.server.v1.WatchRequest
-	13, // 19: meshfed.server.v1.Admin.CreateJoinToken:input_type -> meshfed.server.v1.CreateJoinTokenRequest
-	15, // 20: meshfed.server.v1.Admin.CreateEntry:input_type -> meshfed.server.v1.CreateEntryRequest
-	16, // 21: meshfed.server.v1.Admin.GetEntry:input_type -> meshfed.server.v1.GetEntryRequest
-	17, // 22: meshfed.server.v1.Admin.ListEntries:input_type -> meshfed.server.v1.ListEntriesRequest
-	19, // 23: meshfed.server.v1.Admin.DeleteEntry:input_type -> meshfed.server.v1.DeleteEntryRequest
-	21, // 24: meshfed.server.v1.Admin.GetBundle:input_type -> meshfed.server.v1.GetBundleRequest
-	22, // 25: meshfed.server.v1.Admin.ListFederatedBundles:input_type -> meshfed.server.v1.ListFederatedBundlesRequest
-	1,  // 26: meshfed.server.v1.Admin.SetFederatedBundle:input_type -> meshfed.server.v1.Bundle
-	24, // 27: meshfed.server.v1.Admin.DeleteFederatedBundle:input_type -> meshfed.server.v1.DeleteFederatedBundleRequest
-	27, // 28: meshfed.server.v1.Admin.ListIssued:input_type -> meshfed.server.v1.ListIssuedRequest
-	30, // 29: meshfed.server.v1.Admin.ListNodes:input_type -> meshfed.server.v1.ListNodesRequest
-	5,  // 30: meshfed.server.v1.Node.AttestNode:output_type -> meshfed.server.v1.AttestNodeResponse
-	8,  // 31: meshfed.server.v1.Node.SignX509SVID:output_type -> meshfed.server.v1.SignX509SVIDResponse
-	10, // 32: meshfed.server.v1.Node.FetchBundles:output_type -> meshfed.server.v1.FetchBundlesResponse
-	12, // 33: meshfed.server.v1.Node.Watch:output_type -> meshfed.server.v1.WatchResponse
-	14, // 34: meshfed.server.v1.Admin.CreateJoinToken:output_type -> meshfed.server.v1.CreateJoinTokenResponse
-	3,  // 35: meshfed.server.v1.Admin.CreateEntry:output_type -> meshfed.server.v1.Entry
-	3,  // 36: meshfed.server.v1.Admin.GetEntry:output_type -> meshfed.server.v1.Entry
-	18, // 37: meshfed.server.v1.Admin.ListEntries:output_type -> meshfed.server.v1.ListEntriesResponse
-	20, // 38: meshfed.server.v1.Admin.DeleteEntry:output_type -> meshfed.server.v1.DeleteEntryResponse
-	1,  // 39: meshfed.server.v1.Admin.GetBundle:output_type -> meshfed.server.v1.Bundle
-	23, // 40: meshfed.server.v1.Admin.ListFederatedBundles:output_type -> meshfed.server.v1.ListFederatedBundlesResponse
-	1,  // 41: meshfed.server.v1.Admin.SetFederatedBundle:output_type -> meshfed.server.v1.Bundle
-	25, // 42: meshfed.server.v1.Admin.DeleteFederatedBundle:output_type -> meshfed.server.v1.DeleteFederatedBundleResponse
-	28, // 43: meshfed.server.v1.Admin.ListIssued:output_type -> meshfed.server.v1.ListIssuedResponse
-	31, // 44: meshfed.server.v1.Admin.ListNodes:output_type -> meshfed.server.v1.ListNodesResponse
-	30, // [30:45] is the sub-list for method output_type
-	15, // [15:30] is the sub-list for method input_type
+	9,  // 17: meshfed.server.v1.Node.SignJWTSVID:input_type -> meshfed.server.v1.SignJWTSVIDRequest
+	11, // 18: meshfed.server.v1.Node.FetchBundles:input_type -> meshfed.server.v1.FetchBundlesRequest
+	13, // 19: meshfed.server.v1.Node.Watch:input_type -> meshfed.server.v1.WatchRequest
+	15, // 20: meshfed.server.v1.Admin.CreateJoinToken:input_type -> meshfed.server.v1.CreateJoinTokenRequest
+	17, // 21: meshfed.server.v1.Admin.CreateEntry:input_type -> meshfed.server.v1.CreateEntryRequest
+	18, // 22: meshfed.server.v1.Admin.GetEntry:input_type -> meshfed.server.v1.GetEntryRequest
+	19, // 23: meshfed.server.v1.Admin.ListEntries:input_type -> meshfed.server.v1.ListEntriesRequest
+	21, // 24: meshfed.server.v1.Admin.DeleteEntry:input_type -> meshfed.server.v1.DeleteEntryRequest
+	23, // 25: meshfed.server.v1.Admin.GetBundle:input_type -> meshfed.server.v1.GetBundleRequest
+	24, // 26: meshfed.server.v1.Admin.ListFederatedBundles:input_type -> meshfed.server.v1.ListFederatedBundlesRequest
+	1,  // 27: meshfed.server.v1.Admin.SetFederatedBundle:input_type -> meshfed.server.v1.Bundle
+	26, // 28: meshfed.server.v1.Admin.DeleteFederatedBundle:input_type -> meshfed.server.v1.DeleteFederatedBundleRequest
+	29, // 29: meshfed.server.v1.Admin.ListIssued:input_type -> meshfed.server.v1.ListIssuedRequest
+	32, // 30: meshfed.server.v1.Admin.ListNodes:input_type -> meshfed.server.v1.ListNodesRequest
+	5,  // 31: meshfed.server.v1.Node.AttestNode:output_type -> meshfed.server.v1.AttestNodeResponse
+	8,  // 32: meshfed.server.v1.Node.SignX509SVID:output_type -> meshfed.server.v1.SignX509SVIDResponse
+	10, // 33: meshfed.server.v1.Node.SignJWTSVID:output_type -> meshfed.server.v1.JWTSVID
+	12, // 34: meshfed.server.v1.Node.FetchBundles:output_type -> meshfed.server.v1.FetchBundlesResponse
+	14, // 35: meshfed.server.v1.Node.Watch:output_type -> meshfed.server.v1.WatchResponse
+	16, // 36: meshfed.server.v1.Admin.CreateJoinToken:output_type -> meshfed.server.v1.CreateJoinTokenResponse
+	3,  // 37: meshfed.server.v1.Admin.CreateEntry:output_type -> meshfed.server.v1.Entry
+	3,  // 38: meshfed.server.v1.Admin.GetEntry:output_type -> meshfed.server.v1.Entry
+	20, // 39: meshfed.server.v1.Admin.ListEntries:output_type -> meshfed.server.v1.ListEntriesResponse
+	22, // 40: meshfed.server.v1.Admin.DeleteEntry:output_type -> meshfed.server.v1.DeleteEntryResponse
+	1,  // 41: meshfed.server.v1.Admin.GetBundle:output_type -> meshfed.server.v1.Bundle
+	25, // 42: meshfed.server.v1.Admin.ListFederatedBundles:output_type -> meshfed.server.v1.ListFederatedBundlesResponse
+	1,  // 43: meshfed.server.v1.Admin.SetFederatedBundle:output_type -> meshfed.server.v1.Bundle
+	27, // 44: meshfed.server.v1.Admin.DeleteFederatedBundle:output_type -> meshfed.server.v1.DeleteFederatedBundleResponse
+	30, // 45: meshfed.server.v1.Admin.ListIssued:output_type -> meshfed.server.v1.ListIssuedResponse
+	33, // 46: meshfed.server.v1.Admin.ListNodes:output_type -> meshfed.server.v1.ListNodesResponse
+	31, // [31:47] is the sub-list for method output_type
+	15, // [15:31] is the sub-list for method input_type
 	15, // [15:15] is the sub-list for extension type_name
 	15, // [15:15] is the sub-list for extension extendee
 	0,  // [0:15] is the sub-list for field type_name
@@ -1988,7 +2129,7 @@ func file_meshfed_server_v1_server_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_server_v1_server_proto_rawDesc), len(file_meshfed_server_v1_server_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -25,6 +25,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	Node_AttestNode_FullMethodName   = "/meshfed.server.v1.Node/AttestNode"
 	Node_SignX509SVID_FullMethodName = "/meshfed.server.v1.Node/SignX509SVID"
+	Node_SignJWTSVID_FullMethodName  = "/meshfed.server.v1.Node/SignJWTSVID"
 	Node_FetchBundles_FullMethodName = "/meshfed.server.v1.Node/FetchBundles"
 	Node_Watch_FullMethodName        = "/meshfed.server.v1.Node/Watch"
 )
@@ -44,6 +45,10 @@ type NodeClient interface {
 	// SignX509SVID signs workload SVIDs for entries whose parent is the
 	// caller, or, with an empty entry_id, renews the caller's own SVID.
 	SignX509SVID(ctx context.Context, in *SignX509SVIDRequest, opts ...grpc.CallOption) (*SignX509SVIDResponse, error)
+	// SignJWTSVID signs a JWT-SVID, with this server's JWT key (published in
+	// the bundle), for an entry whose parent is the caller or, with an empty
+	// entry_id, for the caller itself.
+	SignJWTSVID(ctx context.Context, in *SignJWTSVIDRequest, opts ...grpc.CallOption) (*JWTSVID, error)
 	// FetchBundles returns this trust domain's bundle and the federated ones.
 	FetchBundles(ctx context.Context, in *FetchBundlesRequest, opts ...grpc.CallOption) (*FetchBundlesResponse, error)
 	// Watch sends a full snapshot (bundles and the caller's entries) at once
@@ -73,6 +78,16 @@ func (c *nodeClient) SignX509SVID(ctx context.Context, in *SignX509SVIDRequest, 
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(SignX509SVIDResponse)
 	err := c.cc.Invoke(ctx, Node_SignX509SVID_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeClient) SignJWTSVID(ctx context.Context, in *SignJWTSVIDRequest, opts ...grpc.CallOption) (*JWTSVID, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(JWTSVID)
+	err := c.cc.Invoke(ctx, Node_SignJWTSVID_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -123,6 +138,10 @@ type NodeServer interface {
 	// SignX509SVID signs workload SVIDs for entries whose parent is the
 	// caller, or, with an empty entry_id, renews the caller's own SVID.
 	SignX509SVID(context.Context, *SignX509SVIDRequest) (*SignX509SVIDResponse, error)
+	// SignJWTSVID signs a JWT-SVID, with this server's JWT key (published in
+	// the bundle), for an entry whose parent is the caller or, with an empty
+	// entry_id, for the caller itself.
+	SignJWTSVID(context.Context, *SignJWTSVIDRequest) (*JWTSVID, error)
 	// FetchBundles returns this trust domain's bundle and the federated ones.
 	FetchBundles(context.Context, *FetchBundlesRequest) (*FetchBundlesResponse, error)
 	// Watch sends a full snapshot (bundles and the caller's entries) at once
@@ -143,6 +162,9 @@ func (UnimplementedNodeServer) AttestNode(context.Context, *AttestNodeRequest) (
 }
 func (UnimplementedNodeServer) SignX509SVID(context.Context, *SignX509SVIDRequest) (*SignX509SVIDResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SignX509SVID not implemented")
+}
+func (UnimplementedNodeServer) SignJWTSVID(context.Context, *SignJWTSVIDRequest) (*JWTSVID, error) {
+	return nil, status.Error(codes.Unimplemented, "method SignJWTSVID not implemented")
 }
 func (UnimplementedNodeServer) FetchBundles(context.Context, *FetchBundlesRequest) (*FetchBundlesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method FetchBundles not implemented")
@@ -207,6 +229,24 @@ func _Node_SignX509SVID_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Node_SignJWTSVID_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SignJWTSVIDRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServer).SignJWTSVID(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Node_SignJWTSVID_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServer).SignJWTSVID(ctx, req.(*SignJWTSVIDRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Node_FetchBundles_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(FetchBundlesRequest)
 	if err := dec(in); err != nil {
@@ -250,6 +290,10 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SignX509SVID",
 			Handler:    _Node_SignX509SVID_Handler,
+		},
+		{
+			MethodName: "SignJWTSVID",
+			Handler:    _Node_SignJWTSVID_Handler,
 		},
 		{
 			MethodName: "FetchBundles",
