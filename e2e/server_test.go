@@ -7,7 +7,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/meshfed/meshfed/internal/testpg"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"io"
 	"os"
@@ -412,7 +417,8 @@ func TestAgentServesWorkloadsThroughOutages(t *testing.T) {
 
 	wl := filepath.Join(dir, "agent", "workload.sock")
 	agentArgs := []string{"--server", srv.listen, "--trust-bundle", "east/ca/ca.pem", "--data-dir", "agent", "--socket", wl}
-	agent := startAgent(t, dir, append(agentArgs, "--join-token", token,
+	sdsSock := filepath.Join(dir, "agent", "sds.sock")
+	agent := startAgent(t, dir, append(agentArgs, "--join-token", token, "--sds-socket", sdsSock,
 		"--file-dir", "files", "--file-selector", fmt.Sprintf("unix:uid:%d", os.Getuid()), "--file-exec", "touch reloaded")...)
 
 	fetch := func() result {
@@ -451,6 +457,46 @@ func TestAgentServesWorkloadsThroughOutages(t *testing.T) {
 	}
 	if out, code := openssl(t, dir, "verify", "-CAfile", "files/bundle.pem", "files/svid.pem"); code != 0 {
 		t.Errorf("openssl verify of the file-mode SVID: %s", out)
+	}
+
+	// Envoy's view over SDS: the same identity, and the SPIFFE validator with
+	// one bundle per trust domain.
+	sdsConn, err := grpc.NewClient("unix://"+sdsSock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sdsConn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := secretv3.NewSecretDiscoveryServiceClient(sdsConn).FetchSecrets(ctx, &discoveryv3.DiscoveryRequest{
+		Node: &corev3.Node{Id: "sidecar~127.0.0.1~reviews~default"}, TypeUrl: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+		ResourceNames: []string{"default", "ALL"},
+	})
+	if err != nil {
+		t.Fatalf("SDS FetchSecrets: %v", err)
+	}
+	names := map[string]*tlsv3.Secret{}
+	for _, a := range resp.GetResources() {
+		sec := &tlsv3.Secret{}
+		if err := a.UnmarshalTo(sec); err != nil {
+			t.Fatal(err)
+		}
+		names[sec.GetName()] = sec
+	}
+	chain, err := pemfile.ParseCertificates(names["default"].GetTlsCertificate().GetCertificateChain().GetInlineBytes())
+	if err != nil || chain[0].URIs[0].String() != "spiffe://east.example/ns/default/sa/reviews" {
+		t.Fatalf("SDS default secret: %v", err)
+	}
+	validator := &tlsv3.SPIFFECertValidatorConfig{}
+	if err := names["ALL"].GetValidationContext().GetCustomValidatorConfig().GetTypedConfig().UnmarshalTo(validator); err != nil {
+		t.Fatalf("SDS ALL secret: %v", err)
+	}
+	var tds []string
+	for _, d := range validator.GetTrustDomains() {
+		tds = append(tds, d.GetName())
+	}
+	if strings.Join(tds, ",") != "east.example,west.example" {
+		t.Errorf("SPIFFE validator trust domains %v", tds)
 	}
 
 	// The server goes away: the workload keeps getting its SVID.

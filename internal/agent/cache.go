@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/internal/agent/attest"
+	"github.com/meshfed/meshfed/internal/agent/sds"
 	"github.com/meshfed/meshfed/internal/agent/workloadapi"
 	pb "github.com/meshfed/meshfed/internal/api/serverv1"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
@@ -425,3 +426,6 @@ func sameStrings(a, b []string) bool {
 
 // The cache is what the Workload API serves from.
 var _ workloadapi.Source = (*Cache)(nil)
+
+// And what Envoy's SDS serves from.
+var _ sds.Source = (*Cache)(nil)

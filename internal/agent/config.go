@@ -19,6 +19,7 @@ type FileConfig struct {
 	JoinTokenFile string         `json:"join_token_file"`
 	DataDir       string         `json:"data_dir"`
 	Socket        string         `json:"socket"`
+	SDSSocket     string         `json:"sds_socket"`
 	MetricsListen string         `json:"metrics_listen"`
 	LogLevel      string         `json:"log_level"`
 	LogFormat     string         `json:"log_format"`

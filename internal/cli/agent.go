@@ -12,6 +12,7 @@ import (
 	"github.com/meshfed/meshfed/internal/agent"
 	"github.com/meshfed/meshfed/internal/agent/attest"
 	"github.com/meshfed/meshfed/internal/agent/files"
+	"github.com/meshfed/meshfed/internal/agent/sds"
 	"github.com/meshfed/meshfed/internal/agent/workloadapi"
 	"github.com/meshfed/meshfed/internal/duration"
 	"github.com/spf13/cobra"
@@ -28,6 +29,7 @@ func newAgentCommand() *cobra.Command {
 		fileDir, fileExec string
 		fileSelectors     []string
 		configPath        string
+		sdsSocket         string
 	)
 	c := &cobra.Command{
 		Use:   "agent --server ADDR --trust-bundle FILE --join-token TOKEN --data-dir DIR --socket PATH",
@@ -38,9 +40,10 @@ one-time join token (meshfed token create), verifying the server with
 needs no new token. It follows the server for the registration entries whose
 parent is this node and for trust bundle changes, keeps an X.509-SVID for each
 entry (renewed at about half life, with backoff while the server is away), and
-serves them on --socket over the SPIFFE Workload API to the workloads the
-kernel identifies as matching each entry's selectors (unix:uid, unix:gid,
-unix:path …). Workload keys never leave this process except to the workload
+serves them on --socket over the SPIFFE Workload API (and, with --sds-socket,
+over Envoy SDS: "default", "ROOTCA", and "ALL" with one bundle per trust
+domain for Envoy's SPIFFE validator) to the workloads the kernel identifies as
+matching each entry's selectors (unix:uid, unix:gid, unix:path …). Workload keys never leave this process except to the workload
 that owns them.
 
 Any SPIFFE Workload API client works: go-spiffe, SPIRE's tools, Envoy via a
@@ -67,6 +70,7 @@ SPIFFE-aware helper, or 'meshfed svid fetch'.`,
 				fill("join-token-file", &tokenFile, fc.JoinTokenFile)
 				fill("data-dir", &cfg.DataDir, fc.DataDir)
 				fill("socket", &socket, fc.Socket)
+				fill("sds-socket", &sdsSocket, fc.SDSSocket)
 				fill("log-level", &logLevel, fc.LogLevel)
 				fill("log-format", &logFmt, fc.LogFormat)
 				fill("file-dir", &fileDir, fc.Files.Dir)
@@ -119,6 +123,13 @@ SPIFFE-aware helper, or 'meshfed svid fetch'.`,
 				return err
 			}
 			runs := []func(context.Context) error{a.Run, wl.Run}
+			if sdsSocket != "" {
+				srv, err := sds.New(sds.Config{SocketPath: sdsSocket, Source: a.Cache, Attestor: att, Logger: logger})
+				if err != nil {
+					return err
+				}
+				runs = append(runs, srv.Run)
+			}
 			if fileDir != "" {
 				var sel []attest.Selector
 				for _, s := range fileSelectors {
@@ -166,6 +177,7 @@ SPIFFE-aware helper, or 'meshfed svid fetch'.`,
 	f.StringVar(&tokenFile, "join-token-file", "", "read the join token from this file instead")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for the node SVID (0600) and the last trust bundle")
 	f.StringVar(&socket, "socket", "", "the Workload API unix socket to serve")
+	f.StringVar(&sdsSocket, "sds-socket", "", "also serve Envoy SDS (default, ROOTCA, ALL) on this unix socket")
 	f.StringVar(&fileDir, "file-dir", "", "file mode: also write svid.pem, svid_key.pem (0600), bundle.pem here")
 	f.StringSliceVar(&fileSelectors, "file-selector", nil, "file mode: selectors of the workload the files are for, e.g. unix:uid:1000 (repeatable)")
 	f.StringVar(&fileExec, "file-exec", "", "file mode: command run with /bin/sh -c after each write, e.g. 'nginx -s reload'")
