@@ -71,6 +71,8 @@ type Agent struct {
 	log   *slog.Logger
 	Cache *Cache
 
+	metrics *metrics
+
 	mu       sync.Mutex
 	td       spiffeid.TrustDomain
 	node     *x509svid.SVID
@@ -97,6 +99,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("agent: data dir: %w", err)
 	}
 	a := &Agent{cfg: cfg, clock: cfg.Clock, log: cfg.Logger, Cache: newCache(cfg.Clock)}
+	a.metrics = newMetrics(a)
 	a.Cache.fetchJWT = a.JWTSVID
 	return a, nil
 }
@@ -457,7 +460,9 @@ func (a *Agent) Sync(ctx context.Context) time.Time {
 	nodeNext := a.nodeNext
 	a.mu.Unlock()
 	if nodeDue {
-		if err := a.renewNode(ctx); err != nil {
+		err := a.renewNode(ctx)
+		a.metrics.renewal("node", err)
+		if err != nil {
 			a.log.Warn("renewing the node SVID failed; will retry", "error", err)
 			a.mu.Lock()
 			a.nodeNext = now.Add(a.cfg.MaxBackoff)
@@ -529,6 +534,7 @@ func (a *Agent) renewEntries(ctx context.Context, ids []string) {
 	resp, err := a.client.SignX509SVID(ctx, req)
 	now := a.clock()
 	if err != nil {
+		a.metrics.renewals.WithLabelValues("workload", "error").Add(float64(len(ids)))
 		for _, id := range ids {
 			a.Cache.failed(id, now, a.cfg.MaxBackoff, err)
 		}
@@ -541,6 +547,7 @@ func (a *Agent) renewEntries(ctx context.Context, ids []string) {
 			continue
 		}
 		svid, err := a.svidFrom(m, key)
+		a.metrics.renewal("workload", err)
 		if err != nil {
 			a.Cache.failed(m.GetEntryId(), now, a.cfg.MaxBackoff, err)
 			continue

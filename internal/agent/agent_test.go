@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -192,6 +193,25 @@ func TestAttestPersistAndServeEntries(t *testing.T) {
 	clock.Set(leaf.NotAfter.Add(time.Second))
 	if got := a.Cache.X509SVIDs([]Selector{{Type: "unix", Value: "uid:1000"}}); len(got) != 0 {
 		t.Fatal("served an expired SVID")
+	}
+
+	// The metrics tell the same story: two good signings, six failed tries,
+	// no SVID held now.
+	rec := httptest.NewRecorder()
+	a.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{
+		`meshfed_agent_renewals_total{kind="workload",result="ok"} 2`,
+		`meshfed_agent_renewals_total{kind="workload",result="error"} 6`,
+		"meshfed_agent_svids 0",
+	} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	rec = httptest.NewRecorder()
+	a.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	if rec.Code != 200 {
+		t.Errorf("/readyz %d: %s", rec.Code, rec.Body.String())
 	}
 }
 

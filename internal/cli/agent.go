@@ -3,11 +3,15 @@ package cli
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/meshfed/meshfed/internal/agent"
 	"github.com/meshfed/meshfed/internal/agent/attest"
@@ -30,6 +34,7 @@ func newAgentCommand() *cobra.Command {
 		fileSelectors     []string
 		configPath        string
 		sdsSocket         string
+		metricsListen     string
 	)
 	c := &cobra.Command{
 		Use:   "agent --server ADDR --trust-bundle FILE --join-token TOKEN --data-dir DIR --socket PATH",
@@ -71,6 +76,7 @@ SPIFFE-aware helper, or 'meshfed svid fetch'.`,
 				fill("data-dir", &cfg.DataDir, fc.DataDir)
 				fill("socket", &socket, fc.Socket)
 				fill("sds-socket", &sdsSocket, fc.SDSSocket)
+				fill("metrics-listen", &metricsListen, fc.MetricsListen)
 				fill("log-level", &logLevel, fc.LogLevel)
 				fill("log-format", &logFmt, fc.LogFormat)
 				fill("file-dir", &fileDir, fc.Files.Dir)
@@ -145,6 +151,23 @@ SPIFFE-aware helper, or 'meshfed svid fetch'.`,
 				}
 				runs = append(runs, fw.Run)
 			}
+			if metricsListen != "" {
+				ln, err := net.Listen("tcp", metricsListen)
+				if err != nil {
+					return fmt.Errorf("--metrics-listen: %w", err)
+				}
+				hs := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
+				runs = append(runs, func(ctx context.Context) error {
+					go func() {
+						<-ctx.Done()
+						hs.Close()
+					}()
+					if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+						return err
+					}
+					return nil
+				})
+			}
 			progress(c, "meshfed agent %s: Workload API on %s", a.NodeID(), socket)
 			ctx, cancel := context.WithCancel(ctx)
 			defer cancel()
@@ -181,6 +204,7 @@ SPIFFE-aware helper, or 'meshfed svid fetch'.`,
 	f.StringVar(&fileDir, "file-dir", "", "file mode: also write svid.pem, svid_key.pem (0600), bundle.pem here")
 	f.StringSliceVar(&fileSelectors, "file-selector", nil, "file mode: selectors of the workload the files are for, e.g. unix:uid:1000 (repeatable)")
 	f.StringVar(&fileExec, "file-exec", "", "file mode: command run with /bin/sh -c after each write, e.g. 'nginx -s reload'")
+	f.StringVar(&metricsListen, "metrics-listen", "", "serve /metrics, /healthz and /readyz on this address (off by default)")
 	f.StringVar(&logLevel, "log-level", "", "debug, info (default), warn or error")
 	f.StringVar(&logFmt, "log-format", "", "text (default) or json")
 
