@@ -25,6 +25,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -57,9 +58,14 @@ type Config struct {
 	ServerAddr  string // host:port of the server's signing API
 	TrustBundle string // bootstrap: the server's trust domain's bundle (PEM or SPIFFE JSON)
 	JoinToken   string // one-time; needed only when the data dir holds no valid node SVID
-	DataDir     string
-	Clock       pki.Clock
-	Logger      *slog.Logger
+	// TokenFile selects sidecar mode: one agent per workload, whose identity
+	// the server derives from the service-account token in this file. The
+	// file is read again for every attestation (tokens rotate), and the
+	// agent serves its own SVID to every local caller.
+	TokenFile string
+	DataDir   string
+	Clock     pki.Clock
+	Logger    *slog.Logger
 	// MaxBackoff caps the wait between failed renewals (default 30s).
 	MaxBackoff time.Duration
 }
@@ -121,6 +127,13 @@ func (a *Agent) Start(ctx context.Context) error {
 	node, err := a.loadNodeSVID()
 	if err != nil {
 		a.log.Info("no usable node SVID in the data dir; attesting", "reason", err.Error())
+	}
+	if a.cfg.TokenFile != "" {
+		// Sidecar mode always proves itself with the current token.
+		if err := a.attest(ctx); err != nil {
+			return err
+		}
+		return a.connect()
 	}
 	if node == nil {
 		if a.cfg.JoinToken == "" {
@@ -207,17 +220,26 @@ func (a *Agent) attest(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	req := &pb.AttestNodeRequest{Credential: &pb.AttestNodeRequest_JoinToken{JoinToken: a.cfg.JoinToken}, Csr: csr}
+	if a.cfg.TokenFile != "" {
+		token, err := a.readToken()
+		if err != nil {
+			return err
+		}
+		req.Credential = &pb.AttestNodeRequest_Jwt{Jwt: token}
+	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := pb.NewNodeClient(conn).AttestNode(ctx, &pb.AttestNodeRequest{
-		Credential: &pb.AttestNodeRequest_JoinToken{JoinToken: a.cfg.JoinToken}, Csr: csr,
-	})
+	resp, err := pb.NewNodeClient(conn).AttestNode(ctx, req)
 	if err != nil {
 		return fmt.Errorf("agent: attestation refused by %s: %w", a.cfg.ServerAddr, err)
 	}
 	svid, err := a.svidFrom(resp.GetSvid(), key)
 	if err != nil {
 		return err
+	}
+	if prev := a.NodeID(); !prev.IsZero() && a.cfg.TokenFile != "" && svid.ID != prev {
+		return fmt.Errorf("agent: the token in %s now grants %s, but this sidecar serves %s; restart it to change identity", a.cfg.TokenFile, svid.ID, prev)
 	}
 	if err := a.persistNode(svid); err != nil {
 		return err
@@ -228,8 +250,27 @@ func (a *Agent) attest(ctx context.Context) error {
 			return err
 		}
 	}
+	if a.cfg.TokenFile != "" {
+		a.Cache.setSidecar(svid)
+	}
 	a.log.Info("attested", "node", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter.UTC().Format(time.RFC3339))
 	return nil
+}
+
+// MaxTokenFileBytes bounds the service-account token file.
+const MaxTokenFileBytes = 16 << 10
+
+// readToken reads the service-account token file afresh.
+func (a *Agent) readToken() (string, error) {
+	data, err := pemfile.ReadFile(a.cfg.TokenFile, MaxTokenFileBytes)
+	if err != nil {
+		return "", fmt.Errorf("agent: token file: %w", err)
+	}
+	token := strings.TrimSpace(string(data))
+	if token == "" {
+		return "", fmt.Errorf("agent: token file %s is empty", a.cfg.TokenFile)
+	}
+	return token, nil
 }
 
 // svidFrom checks a signed SVID against the current bundle and pairs it with
@@ -488,6 +529,9 @@ func (a *Agent) Sync(ctx context.Context) time.Time {
 }
 
 func (a *Agent) renewNode(ctx context.Context) error {
+	if a.cfg.TokenFile != "" {
+		return a.attest(ctx)
+	}
 	key, csr, err := newCSR()
 	if err != nil {
 		return err

@@ -41,6 +41,7 @@ type Cache struct {
 	federated    map[spiffeid.TrustDomain]*x509bundle.Bundle
 	federatedJWT map[spiffeid.TrustDomain]*jwtbundle.Bundle
 	entries      map[string]*entryState
+	sidecar      *x509svid.SVID // sidecar mode: the one identity, served to every caller
 	jwts         map[jwtKey]cachedJWT
 	changed      chan struct{} // closed at the next change
 	wake         chan struct{} // tells Run that entries changed
@@ -272,13 +273,34 @@ func (c *Cache) matching(sel []Selector) []*entryState {
 	return out
 }
 
+// setSidecar installs the sidecar's own SVID, which every local caller gets
+// (sidecar mode has no entries: the pod is the workload).
+func (c *Cache) setSidecar(svid *x509svid.SVID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sidecar = svid
+	c.notify()
+}
+
 // X509SVIDs returns the unexpired SVIDs of the entries whose selectors are
-// all among sel. An expired SVID is never returned.
+// all among sel (in sidecar mode, the sidecar's own SVID, with every
+// federated trust domain). An expired SVID is never returned.
 func (c *Cache) X509SVIDs(sel []Selector) []workloadapi.Identity {
 	now := c.clock()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []workloadapi.Identity
+	if c.sidecar != nil {
+		if now.After(c.sidecar.Certificates[0].NotAfter) {
+			return nil
+		}
+		ident := workloadapi.Identity{SVID: c.sidecar}
+		for td := range c.federated {
+			ident.FederatesWith = append(ident.FederatesWith, td)
+		}
+		sort.Slice(ident.FederatesWith, func(i, j int) bool { return ident.FederatesWith[i].Name() < ident.FederatesWith[j].Name() })
+		return []workloadapi.Identity{ident}
+	}
 	for _, st := range c.matching(sel) {
 		if st.svid == nil || now.After(st.svid.Certificates[0].NotAfter) {
 			continue

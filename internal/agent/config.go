@@ -17,6 +17,7 @@ type FileConfig struct {
 	Server        string         `json:"server"`
 	TrustBundle   string         `json:"trust_bundle"`
 	JoinTokenFile string         `json:"join_token_file"`
+	TokenFile     string         `json:"token_file"`
 	DataDir       string         `json:"data_dir"`
 	Socket        string         `json:"socket"`
 	SDSSocket     string         `json:"sds_socket"`

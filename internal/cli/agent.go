@@ -51,6 +51,11 @@ domain for Envoy's SPIFFE validator) to the workloads the kernel identifies as
 matching each entry's selectors (unix:uid, unix:gid, unix:path …). Workload keys never leave this process except to the workload
 that owns them.
 
+Sidecar mode (--token-file): one agent per workload, which proves itself with
+the workload's service-account token (re-read for every attestation, since
+tokens rotate); the server derives the identity from the token, and every
+local caller gets that one SVID.
+
 Any SPIFFE Workload API client works: go-spiffe, SPIRE's tools, Envoy via a
 SPIFFE-aware helper, or 'meshfed svid fetch'.`,
 		Example: `  meshfed agent --server 127.0.0.1:8443 --trust-bundle east/ca/ca.pem --join-token "$TOKEN" \
@@ -73,6 +78,7 @@ SPIFFE-aware helper, or 'meshfed svid fetch'.`,
 				fill("server", &cfg.ServerAddr, fc.Server)
 				fill("trust-bundle", &cfg.TrustBundle, fc.TrustBundle)
 				fill("join-token-file", &tokenFile, fc.JoinTokenFile)
+				fill("token-file", &cfg.TokenFile, fc.TokenFile)
 				fill("data-dir", &cfg.DataDir, fc.DataDir)
 				fill("socket", &socket, fc.Socket)
 				fill("sds-socket", &sdsSocket, fc.SDSSocket)
@@ -198,6 +204,7 @@ SPIFFE-aware helper, or 'meshfed svid fetch'.`,
 	f.StringVar(&cfg.TrustBundle, "trust-bundle", "", "the server's trust domain bundle (PEM or SPIFFE JSON), to verify the server on first start")
 	f.StringVar(&cfg.JoinToken, "join-token", "", "one-time join token (only needed until the node SVID is in --data-dir)")
 	f.StringVar(&tokenFile, "join-token-file", "", "read the join token from this file instead")
+	f.StringVar(&cfg.TokenFile, "token-file", "", "sidecar mode: the workload's service-account token file, re-read for every attestation; the server derives the identity from it")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for the node SVID (0600) and the last trust bundle")
 	f.StringVar(&socket, "socket", "", "the Workload API unix socket to serve")
 	f.StringVar(&sdsSocket, "sds-socket", "", "also serve Envoy SDS (default, ROOTCA, ALL) on this unix socket")

@@ -1,0 +1,115 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"encoding/json"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/internal/server"
+)
+
+// saToken signs a service-account token as a Kubernetes API server would.
+func saToken(t *testing.T, key crypto.Signer, ns, sa string, exp time.Time) string {
+	t.Helper()
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key}, (&jose.SignerOptions{}).WithHeader("kid", "k1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := jwt.Signed(s).Claims(map[string]any{
+		"iss": "https://kubernetes.default.svc", "aud": []string{"istio-ca"}, "exp": exp.Unix(), "iat": time.Now().Add(-time.Minute).Unix(),
+		"sub":           "system:serviceaccount:" + ns + ":" + sa,
+		"kubernetes.io": map[string]any{"namespace": ns, "serviceaccount": map[string]any{"name": sa, "uid": "u"}},
+	}).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func TestSidecarModeReReadsTheTokenFile(t *testing.T) {
+	dir := t.TempDir()
+	key, _ := pki.GenerateKey(pki.ECP256)
+	raw, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: key.Public(), KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
+	jwks := filepath.Join(dir, "jwks.json")
+	os.WriteFile(jwks, raw, 0o644)
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := server.New(ctx, server.Config{
+		TrustDomain: "east.example", DataDir: filepath.Join(dir, "server"),
+		Listen: "127.0.0.1:0", BundleListen: "127.0.0.1:0", MetricsListen: "off", AdminSocket: filepath.Join(dir, "admin.sock"),
+		Credentials: server.CredentialsConfig{KubernetesJWT: []server.JWTIssuerConfig{{Issuer: "https://kubernetes.default.svc", JWKSFile: jwks, Audiences: []string{"istio-ca"}}}},
+	}, server.Options{})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { cancel(); <-done }) })
+
+	tokenFile := filepath.Join(dir, "token")
+	write := func(tok string) {
+		if err := os.WriteFile(tokenFile, []byte(tok+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(saToken(t, key, "default", "reviews", time.Now().Add(time.Hour)))
+	clock := &fakeClock{now: time.Now()}
+	a, err := New(Config{ServerAddr: srv.Addrs().Listen.String(), TrustBundle: filepath.Join(dir, "server", "ca", "ca.pem"),
+		TokenFile: tokenFile, DataDir: filepath.Join(dir, "agent"), Clock: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if err := a.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want := "spiffe://east.example/ns/default/sa/reviews"
+	if a.NodeID().String() != want {
+		t.Fatalf("sidecar identity %s, want %s (derived by the server from the token)", a.NodeID(), want)
+	}
+	got := a.Cache.X509SVIDs([]Selector{{Type: "unix", Value: "uid:4242"}})
+	if len(got) != 1 || got[0].SVID.ID.String() != want {
+		t.Fatalf("a local caller gets %+v", got)
+	}
+	first := got[0].SVID.Certificates[0]
+	half := first.NotBefore.Add(first.NotAfter.Sub(first.NotBefore) * 61 / 100)
+
+	// The token rotated to an expired one: the renewal reads it and fails.
+	write(saToken(t, key, "default", "reviews", time.Now().Add(-time.Minute)))
+	clock.Set(half)
+	a.Sync(context.Background())
+	if now := a.Cache.X509SVIDs(nil)[0].SVID.Certificates[0]; !now.Equal(first) {
+		t.Fatal("renewed with an expired token")
+	}
+	// A fresh token: the next attempt succeeds.
+	write(saToken(t, key, "default", "reviews", time.Now().Add(time.Hour)))
+	clock.Set(half.Add(a.cfg.MaxBackoff))
+	a.Sync(context.Background())
+	if now := a.Cache.X509SVIDs(nil)[0].SVID.Certificates[0]; now.Equal(first) {
+		t.Fatal("not renewed with the fresh token")
+	}
+	rec := httptest.NewRecorder()
+	a.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, m := range []string{`meshfed_agent_renewals_total{kind="node",result="error"} 1`, `meshfed_agent_renewals_total{kind="node",result="ok"} 1`} {
+		if !strings.Contains(rec.Body.String(), m) {
+			t.Errorf("/metrics lacks %q", m)
+		}
+	}
+	// A token for another service account is refused: a sidecar's identity
+	// does not change under it.
+	write(saToken(t, key, "default", "ratings", time.Now().Add(time.Hour)))
+	if err := a.attest(context.Background()); err == nil || !strings.Contains(err.Error(), "restart it to change identity") {
+		t.Fatalf("identity change: %v", err)
+	}
+}
