@@ -499,6 +499,17 @@ func TestAgentServesWorkloadsThroughOutages(t *testing.T) {
 		t.Errorf("SPIFFE validator trust domains %v", tds)
 	}
 
+	// West rotates its root: the new bundle, set at the server, reaches the
+	// workload through the agent.
+	meshfed(t, dir, "ca", "create-root", "--out", "west2", "--trust-domain", "west.example")
+	meshfed(t, dir, "bundle", "set", "--admin-socket", sock, "--trust-domain", "west.example", "--in", "west2/ca.pem")
+	newWest, _ := os.ReadFile(filepath.Join(dir, "west2", "ca.pem"))
+	waitFor(t, 10*time.Second, "west's new root to reach the workload", func() bool {
+		run(t, dir, meshfedBin, "svid", "fetch", "--socket", wl, "--out", "certs2", "--timeout", "5s")
+		got, _ := os.ReadFile(filepath.Join(dir, "certs2", "federated-west.example.pem"))
+		return bytes.Equal(got, newWest)
+	})
+
 	// The server goes away: the workload keeps getting its SVID.
 	srv.stop(t)
 	r = fetch()
