@@ -177,6 +177,16 @@ func (s *Server) bind() error {
 	if s.adminLn, err = listenUnix(s.set.adminSocket); err != nil {
 		return err
 	}
+	// The socket is 0600 unless other uids are allowed; then the file opens
+	// to all and SO_PEERCRED is the gate (adminOverSocket).
+	for _, uid := range s.set.allowedUIDs {
+		if uid != 0 && uid != os.Getuid() {
+			if err := os.Chmod(s.set.adminSocket, 0o666); err != nil {
+				return fmt.Errorf("server: admin socket: %w", err)
+			}
+			break
+		}
+	}
 	return nil
 }
 

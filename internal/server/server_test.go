@@ -361,8 +361,17 @@ func TestWatchPushesChanges(t *testing.T) {
 
 func TestAdminIsNeverOpen(t *testing.T) {
 	h := start(t, func(c *Config) { c.Admin.AllowedUIDs = []int{54321} })
+	// Another uid is allowed, so the file is open to all: the kernel's
+	// credentials are the gate, and this caller's uid is not in the list.
+	if st, err := os.Stat(h.srv.set.adminSocket); err != nil || st.Mode().Perm() != 0o666 {
+		t.Fatalf("admin socket: %v, mode %v", err, st.Mode().Perm())
+	}
 	_, err := h.admin(t).ListEntries(context.Background(), &pb.ListEntriesRequest{})
 	wantStatus(t, err, codes.PermissionDenied, "may not use the admin socket")
+	def := start(t, nil)
+	if st, err := os.Stat(def.srv.set.adminSocket); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("default admin socket: %v, mode %v", err, st.Mode().Perm())
+	}
 	// Over TLS without an admin SVID.
 	_, err = pb.NewAdminClient(h.dial(t, nil)).ListEntries(context.Background(), &pb.ListEntriesRequest{})
 	wantStatus(t, err, codes.PermissionDenied, "needs an admin SVID")
