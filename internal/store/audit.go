@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Issued is one row of the audit log: a certificate a server signed.
@@ -32,7 +33,13 @@ type AuditFilter struct {
 	Limit int
 }
 
-// RecordIssued appends one row to the audit log.
+// RecordIssued appends one row to the audit log and returns once the row is
+// committed. Rows that concurrent callers record while a commit is in
+// flight are committed together in the next one (see groupCommit), so a
+// failed commit fails every caller whose row was in it, each with an error
+// naming its own serial. If ctx ends first, RecordIssued returns its error
+// and the row may still be committed: a certificate that was signed but
+// never handed out may be in the audit log, but never the reverse.
 func (s *Store) RecordIssued(ctx context.Context, r Issued) error {
 	serial, err := normalizeSerial("issued certificate serial", r.Serial)
 	if err != nil {
@@ -50,18 +57,47 @@ func (s *Store) RecordIssued(ctx context.Context, r Issued) error {
 	if err := checkText("issued certificate server ID", r.ServerID, MaxNameBytes, false); err != nil {
 		return err
 	}
+	for _, f := range []struct{ what, v string }{
+		{"SPIFFE ID or DNS name", r.SPIFFEID}, {"credential kind", r.CredentialKind}, {"caller", r.Caller}, {"server ID", r.ServerID},
+	} {
+		// Postgres refuses both in text; refused at the database, the row
+		// would fail every other row committed with it.
+		if !utf8.ValidString(f.v) || strings.ContainsRune(f.v, 0) {
+			return invalidf("issued certificate %s %q is not UTF-8 text without NUL", f.what, f.v)
+		}
+	}
 	if r.NotAfter.IsZero() {
 		return invalidf("issued certificate %s has no expiry", serial)
 	}
 	if r.IssuedAt.IsZero() {
 		r.IssuedAt = s.now()
 	}
-	_, err = s.w.ExecContext(ctx,
-		`INSERT INTO issued (serial, spiffe_id, credential_kind, caller, server_id, issued_at, not_after)
-		 VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-		serial, r.SPIFFEID, r.CredentialKind, r.Caller, r.ServerID, millis(r.IssuedAt), millis(r.NotAfter))
-	if err != nil {
+	r.Serial = serial
+	if err := s.audit.do(ctx, r); err != nil {
 		return fmt.Errorf("store: recording issued certificate %s: %w", serial, err)
+	}
+	return nil
+}
+
+// insertIssued writes audit rows, already checked, in one statement: all
+// of them or none.
+func (s *Store) insertIssued(ctx context.Context, rows []Issued) error {
+	var q strings.Builder
+	q.WriteString(`INSERT INTO issued (serial, spiffe_id, credential_kind, caller, server_id, issued_at, not_after) VALUES `)
+	args := make([]any, 0, 7*len(rows))
+	for i, r := range rows {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		n := len(args)
+		fmt.Fprintf(&q, "($%d, $%d, $%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7)
+		args = append(args, r.Serial, r.SPIFFEID, r.CredentialKind, r.Caller, r.ServerID, millis(r.IssuedAt), millis(r.NotAfter))
+	}
+	if _, err := s.w.ExecContext(ctx, q.String(), args...); err != nil {
+		if len(rows) > 1 {
+			return fmt.Errorf("committing it with %d other audit rows: %w", len(rows)-1, err)
+		}
+		return err
 	}
 	return nil
 }

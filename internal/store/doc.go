@@ -15,6 +15,9 @@
 // UPDATE, so of any number of servers racing for it exactly one wins; changes
 // to entries, authorities and federated bundles bump a revision counter in the
 // same transaction, so a poller that sees a new revision also sees the change.
+// Audit rows recorded at the same time are committed together, one commit
+// for many issuances; each caller still returns only once its own row is
+// committed.
 //
 // Every input has a documented bound (the Max constants) and is refused with
 // an error wrapping ErrInvalid when it is over it. The store never logs or

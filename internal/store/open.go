@@ -88,6 +88,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s.clock, s.log = cfg.Clock, cfg.Logger
+	s.audit = newGroupCommit(maxAuditBatch, s.insertIssued)
 	if err := s.migrate(ctx); err != nil {
 		_ = s.Close()
 		return nil, err

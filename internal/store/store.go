@@ -72,6 +72,7 @@ type Store struct {
 	clock    func() time.Time
 	log      *slog.Logger
 	location string // the database, for messages: a path, or host:port/db
+	audit    *groupCommit[Issued]
 }
 
 // Backend names the database kind: "sqlite" or "postgres".

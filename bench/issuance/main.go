@@ -1,0 +1,397 @@
+// Command issuance is the load process of bench/run: it calls a running
+// `meshfed server` over loopback from many concurrent gRPC clients and
+// reports issuances per second, latency and the CPU the server spent per
+// issuance; and it measures, in its own process, the ceiling those figures
+// are compared with: the server's own CA signing the same CSR.
+//
+//	issuance jwks    -key FILE -jwks FILE
+//	issuance ceiling -ca-dir DATA_DIR/ca [-workers N] [-duration D] [-warmup D]
+//	issuance load    -addr HOST:PORT -bundle FILE -api node -join-token TOKEN [flags]
+//	issuance load    -addr HOST:PORT -bundle FILE -api istio -jwt-key FILE [flags]
+//
+// Each prints one line of key=value pairs on stdout, for bench/run to read.
+// It is a benchmark tool, not part of meshfed: it never runs in tests.
+package main
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	pb "github.com/meshfed/meshfed/internal/api/serverv1"
+	"github.com/meshfed/meshfed/internal/cadir"
+	"github.com/meshfed/meshfed/internal/pemfile"
+	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	istioca "istio.io/api/security/v1alpha1"
+)
+
+// The service-account token the istio load presents, and the issuer and
+// audience bench/run configures the server with.
+const (
+	jwtIssuer   = "https://kubernetes.default.svc"
+	jwtAudience = "istio-ca"
+	jwtKeyID    = "bench"
+	// callTimeout bounds one call, so that a stuck server fails the run
+	// instead of hanging it.
+	callTimeout = 30 * time.Second
+)
+
+// nodeID is the node that attests with the join token and then renews.
+var nodeID = spiffeid.RequireFromString("spiffe://east.example/node/bench")
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: issuance jwks|ceiling|load [flags]")
+		os.Exit(2)
+	}
+	var err error
+	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
+	case "jwks":
+		err = jwksCmd(args)
+	case "ceiling":
+		err = ceilingCmd(args)
+	case "load":
+		err = loadCmd(args)
+	default:
+		err = fmt.Errorf("unknown command %q: use jwks, ceiling or load", cmd)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "issuance:", err)
+		os.Exit(1)
+	}
+}
+
+// jwksCmd makes the key that signs the load's service-account token and
+// the JWKS file the server trusts it from.
+func jwksCmd(args []string) error {
+	fs := flag.NewFlagSet("jwks", flag.ExitOnError)
+	keyPath := fs.String("key", "", "where to write the signing key (PEM)")
+	jwksPath := fs.String("jwks", "", "where to write the JWKS the server reads")
+	fs.Parse(args)
+	if *keyPath == "" || *jwksPath == "" {
+		return errors.New("jwks: give -key and -jwks")
+	}
+	key, err := pki.GenerateKey(pki.ECP256)
+	if err != nil {
+		return err
+	}
+	keyPEM, err := pemfile.EncodePrivateKey(key)
+	if err != nil {
+		return err
+	}
+	set, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: key.Public(), KeyID: jwtKeyID, Algorithm: "ES256", Use: "sig"}}})
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(*keyPath, keyPEM, 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(*jwksPath, set, 0o644)
+}
+
+// result is what one measured window saw: the calls that completed in it
+// and their latencies (sorted), its length, and the CPU time this process
+// and the peer process spent during it.
+type result struct {
+	ops              int
+	elapsed          time.Duration
+	latencies        []time.Duration
+	selfCPU, peerCPU time.Duration
+}
+
+// window runs work on n goroutines, first for warmup and then for the
+// measured d, and stops at the first error. pid is the peer process whose
+// CPU time is measured (-1: none).
+func window(n int, warmup, d time.Duration, pid int, work func(worker int) error) (result, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var (
+		measuring atomic.Bool
+		wg        sync.WaitGroup
+		firstErr  error
+		errOnce   sync.Once
+	)
+	lats := make([][]time.Duration, n)
+	for w := range n {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				start := time.Now()
+				if err := work(w); err != nil {
+					errOnce.Do(func() { firstErr = err })
+					cancel()
+					return
+				}
+				if measuring.Load() {
+					lats[w] = append(lats[w], time.Since(start))
+				}
+			}
+		})
+	}
+	sleep(ctx, warmup)
+	var r result
+	self0, peer0 := processCPU(0), processCPU(pid)
+	t0 := time.Now()
+	measuring.Store(true)
+	sleep(ctx, d)
+	measuring.Store(false)
+	r.elapsed = time.Since(t0)
+	r.selfCPU, r.peerCPU = processCPU(0)-self0, processCPU(pid)-peer0
+	cancel()
+	wg.Wait()
+	if firstErr != nil {
+		return r, firstErr
+	}
+	for _, l := range lats {
+		r.latencies = append(r.latencies, l...)
+	}
+	r.ops = len(r.latencies)
+	slices.Sort(r.latencies)
+	return r, nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// processCPU is the user+system CPU time of process pid (0: this one),
+// from /proc/PID/stat, or 0 if pid < 0.
+func processCPU(pid int) time.Duration {
+	if pid < 0 {
+		return 0
+	}
+	if pid == 0 {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+			return 0
+		}
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command name, in parentheses, may hold spaces: count fields
+	// after its closing parenthesis. utime and stime are fields 14 and 15,
+	// in clock ticks (USER_HZ, 100 on Linux).
+	s := string(data)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	utime, _ := strconv.ParseInt(fields[11], 10, 64)
+	stime, _ := strconv.ParseInt(fields[12], 10, 64)
+	return time.Duration(utime+stime) * (time.Second / 100)
+}
+
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[min(len(sorted)-1, int(p*float64(len(sorted))))]
+}
+
+// ceilingCmd signs a fixed CSR with the server's own CA, in this process,
+// from as many goroutines as the load has clients: what issuance would
+// cost with no API, credential, network or store around it.
+func ceilingCmd(args []string) error {
+	fs := flag.NewFlagSet("ceiling", flag.ExitOnError)
+	caDir := fs.String("ca-dir", "", "the server's CA directory (DATA_DIR/ca)")
+	workers := fs.Int("workers", 16*runtime.GOMAXPROCS(0), "concurrent signers")
+	d := fs.Duration("duration", 10*time.Second, "how long to measure")
+	warmup := fs.Duration("warmup", 2*time.Second, "how long to run before measuring")
+	fs.Parse(args)
+	ca, err := cadir.Load(*caDir, time.Now)
+	if err != nil {
+		return err
+	}
+	_, csr, err := newCSR()
+	if err != nil {
+		return err
+	}
+	r, err := window(*workers, *warmup, *d, -1, func(int) error {
+		_, err := ca.SignX509SVIDFromCSR(csr, pki.SVIDRequest{ID: nodeID})
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("ceiling workers=%d ops=%d seconds=%.3f rate=%.1f cpu_per_op_us=%.1f\n",
+		*workers, r.ops, r.elapsed.Seconds(), float64(r.ops)/r.elapsed.Seconds(), perOp(r.selfCPU, r.ops))
+	return nil
+}
+
+func perOp(d time.Duration, ops int) float64 {
+	if ops == 0 {
+		return 0
+	}
+	return float64(d.Microseconds()) / float64(ops)
+}
+
+func newCSR() (crypto.Signer, *x509.CertificateRequest, error) {
+	key, err := pki.GenerateKey(pki.ECP256)
+	if err != nil {
+		return nil, nil, err
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	return key, csr, err
+}
+
+// loadCmd calls the server's signing API from -clients goroutines, each on
+// a connection of its own (many agents, each with its connection), one CSR
+// per call; the CSR is made once, before the clock starts.
+func loadCmd(args []string) error {
+	fs := flag.NewFlagSet("load", flag.ExitOnError)
+	addr := fs.String("addr", "", "the server's signing API (its --listen)")
+	bundlePath := fs.String("bundle", "", "PEM roots of the trust domain (meshfed bundle show --format pem)")
+	api := fs.String("api", "node", "node: Node.SignX509SVID renewing a node SVID over mTLS; istio: CreateCertificate with a service-account JWT")
+	joinToken := fs.String("join-token", "", "node: the join token the node attests with first")
+	jwtKeyPath := fs.String("jwt-key", "", "istio: the key from `issuance jwks`")
+	clients := fs.Int("clients", 16*runtime.GOMAXPROCS(0), "concurrent calls, each on its own connection")
+	d := fs.Duration("duration", 10*time.Second, "how long to measure")
+	warmup := fs.Duration("warmup", 2*time.Second, "how long to run before measuring")
+	pid := fs.Int("server-pid", -1, "the server's process ID, to measure its CPU time")
+	fs.Parse(args)
+
+	roots, err := pemfile.ReadCertificates(*bundlePath)
+	if err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	dial := func(client *tls.Certificate) (*grpc.ClientConn, error) {
+		conf := &tls.Config{RootCAs: pool, ServerName: strings.Split(*addr, ":")[0], MinVersion: tls.VersionTLS12}
+		if client != nil {
+			conf.Certificates = []tls.Certificate{*client}
+		}
+		return grpc.NewClient(*addr, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	}
+	_, csr, err := newCSR()
+	if err != nil {
+		return err
+	}
+
+	var call func(conn *grpc.ClientConn) error
+	var clientCert *tls.Certificate
+	switch *api {
+	case "node":
+		if clientCert, err = attest(dial, *joinToken); err != nil {
+			return err
+		}
+		req := &pb.SignX509SVIDRequest{Requests: []*pb.SVIDRequest{{Csr: csr.Raw}}}
+		call = func(conn *grpc.ClientConn) error {
+			ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+			defer cancel()
+			resp, err := pb.NewNodeClient(conn).SignX509SVID(ctx, req)
+			if err == nil && len(resp.GetSvids()) != 1 {
+				err = fmt.Errorf("%d SVIDs back, want 1", len(resp.GetSvids()))
+			}
+			return err
+		}
+	case "istio":
+		key, err := pemfile.ReadPrivateKey(*jwtKeyPath)
+		if err != nil {
+			return err
+		}
+		token, err := serviceAccountToken(key)
+		if err != nil {
+			return err
+		}
+		authed := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+token)
+		req := &istioca.IstioCertificateRequest{Csr: string(pemfile.EncodeCSR(csr.Raw)), ValidityDuration: 3600}
+		call = func(conn *grpc.ClientConn) error {
+			ctx, cancel := context.WithTimeout(authed, callTimeout)
+			defer cancel()
+			resp, err := istioca.NewIstioCertificateServiceClient(conn).CreateCertificate(ctx, req)
+			if err == nil && len(resp.GetCertChain()) < 2 {
+				err = fmt.Errorf("chain of %d back, want leaf and root", len(resp.GetCertChain()))
+			}
+			return err
+		}
+	default:
+		return fmt.Errorf("-api %q: use node or istio", *api)
+	}
+
+	conns := make([]*grpc.ClientConn, *clients)
+	for i := range conns {
+		if conns[i], err = dial(clientCert); err != nil {
+			return err
+		}
+		defer conns[i].Close()
+	}
+	r, err := window(*clients, *warmup, *d, *pid, func(w int) error { return call(conns[w]) })
+	if err != nil {
+		return fmt.Errorf("%s call failed: %w", *api, err)
+	}
+	fmt.Printf("load api=%s clients=%d ops=%d seconds=%.3f rate=%.1f p50_us=%d p99_us=%d server_cpu_per_op_us=%.1f load_cpu_per_op_us=%.1f\n",
+		*api, *clients, r.ops, r.elapsed.Seconds(), float64(r.ops)/r.elapsed.Seconds(),
+		percentile(r.latencies, 0.50).Microseconds(), percentile(r.latencies, 0.99).Microseconds(),
+		perOp(r.peerCPU, r.ops), perOp(r.selfCPU, r.ops))
+	return nil
+}
+
+// attest trades the join token for a node SVID, as an agent does.
+func attest(dial func(*tls.Certificate) (*grpc.ClientConn, error), token string) (*tls.Certificate, error) {
+	if token == "" {
+		return nil, errors.New("-api node needs -join-token")
+	}
+	conn, err := dial(nil)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	key, csr, err := newCSR()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := pb.NewNodeClient(conn).AttestNode(context.Background(), &pb.AttestNodeRequest{
+		Credential: &pb.AttestNodeRequest_JoinToken{JoinToken: token}, Csr: csr.Raw,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("attesting with the join token: %w", err)
+	}
+	return &tls.Certificate{Certificate: resp.GetSvid().GetCertChain(), PrivateKey: key}, nil
+}
+
+// serviceAccountToken is a Kubernetes-style token for ns/default/sa/bench.
+func serviceAccountToken(key crypto.Signer) (string, error) {
+	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key}, (&jose.SignerOptions{}).WithHeader("kid", jwtKeyID))
+	if err != nil {
+		return "", err
+	}
+	now := time.Now()
+	return jwt.Signed(sig).Claims(map[string]any{
+		"iss": jwtIssuer, "aud": []string{jwtAudience},
+		"sub": "system:serviceaccount:default:bench",
+		"exp": now.Add(time.Hour).Unix(), "iat": now.Add(-time.Minute).Unix(),
+		"kubernetes.io": map[string]any{"namespace": "default", "serviceaccount": map[string]any{"name": "bench", "uid": "bench-uid"}},
+	}).Serialize()
+}

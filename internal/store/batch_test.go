@@ -1,0 +1,185 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+)
+
+// batchRig is a groupCommit over ints whose writes the test controls: each
+// write reports its batch on writes and then waits for the test to send
+// that batch's outcome on results. Nothing sleeps; the test knows a caller
+// has queued its row when queued says so.
+type batchRig struct {
+	g       *groupCommit[int]
+	writes  chan []int
+	results chan error
+	queued  chan struct{}
+}
+
+func newBatchRig(max int) *batchRig {
+	r := &batchRig{writes: make(chan []int), results: make(chan error), queued: make(chan struct{}, 1024)}
+	r.g = newGroupCommit(max, func(_ context.Context, batch []int) error {
+		r.writes <- slices.Clone(batch)
+		return <-r.results
+	})
+	r.g.queued = func() { r.queued <- struct{}{} }
+	return r
+}
+
+// record calls do for row in a goroutine, waits until the row is queued,
+// and returns the channel do's result will arrive on.
+func (r *batchRig) record(ctx context.Context, row int) <-chan error {
+	done := make(chan error, 1)
+	go func() { done <- r.g.do(ctx, row) }()
+	<-r.queued
+	return done
+}
+
+// blockWriter has row 0 written alone and held: until the test sends the
+// outcome on results, every row recorded queues behind it.
+func (r *batchRig) blockWriter(t *testing.T) <-chan error {
+	t.Helper()
+	first := r.record(context.Background(), 0)
+	if got := <-r.writes; !slices.Equal(got, []int{0}) {
+		t.Fatalf("first batch %v, want [0]", got)
+	}
+	return first
+}
+
+// TestGroupCommitBatches: rows recorded while a write is in flight go into
+// the next write together, and each caller gets its own batch's outcome: a
+// failed batch fails every caller in it and no other.
+func TestGroupCommitBatches(t *testing.T) {
+	errDisk := errors.New("disk I/O error")
+	for _, tt := range []struct {
+		name        string
+		first, next error
+	}{
+		{"both committed", nil, nil},
+		{"second batch fails", nil, errDisk},
+		{"first batch fails", errDisk, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newBatchRig(maxAuditBatch)
+			first := r.blockWriter(t)
+			var waiting []<-chan error
+			for row := 1; row <= 5; row++ {
+				waiting = append(waiting, r.record(context.Background(), row))
+			}
+			r.results <- tt.first
+			if err := <-first; err != tt.first {
+				t.Errorf("row 0: %v, want %v", err, tt.first)
+			}
+			// One caller writes all five queued rows, in the order queued.
+			if got := <-r.writes; !slices.Equal(got, []int{1, 2, 3, 4, 5}) {
+				t.Fatalf("second batch %v, want [1 2 3 4 5]", got)
+			}
+			r.results <- tt.next
+			for i, w := range waiting {
+				if err := <-w; err != tt.next {
+					t.Errorf("row %d: %v, want %v", i+1, err, tt.next)
+				}
+			}
+		})
+	}
+}
+
+// TestGroupCommitMax: a batch holds at most max rows; what is left over is
+// written next, in order, and no row is written twice or lost.
+func TestGroupCommitMax(t *testing.T) {
+	r := newBatchRig(3)
+	first := r.blockWriter(t)
+	var waiting []<-chan error
+	for row := 1; row <= 7; row++ {
+		waiting = append(waiting, r.record(context.Background(), row))
+	}
+	r.results <- nil
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range [][]int{{1, 2, 3}, {4, 5, 6}, {7}} {
+		if got := <-r.writes; !slices.Equal(got, want) {
+			t.Fatalf("batch %v, want %v", got, want)
+		}
+		r.results <- nil
+	}
+	for i, w := range waiting {
+		if err := <-w; err != nil {
+			t.Errorf("row %d: %v", i+1, err)
+		}
+	}
+}
+
+// TestGroupCommitCallerGivesUp: a caller whose context ends while its row
+// waits returns the context's error at once; its row is still written with
+// the next batch (an audit row for a certificate never handed out is
+// harmless), and the other rows of that batch are not affected.
+func TestGroupCommitCallerGivesUp(t *testing.T) {
+	r := newBatchRig(maxAuditBatch)
+	first := r.blockWriter(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	gaveUp := r.record(ctx, 1)
+	stays := r.record(context.Background(), 2)
+	cancel()
+	if err := <-gaveUp; !errors.Is(err, context.Canceled) {
+		t.Fatalf("row 1: %v, want context.Canceled", err)
+	}
+	r.results <- nil
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if got := <-r.writes; !slices.Equal(got, []int{1, 2}) {
+		t.Fatalf("second batch %v, want [1 2]", got)
+	}
+	r.results <- nil
+	if err := <-stays; err != nil {
+		t.Errorf("row 2: %v", err)
+	}
+}
+
+// TestGroupCommitConcurrent: many callers at once, some of whose batches
+// fail: every caller returns, and a caller is told nil exactly when its row
+// was in a batch that was committed. Run with -race.
+func TestGroupCommitConcurrent(t *testing.T) {
+	const callers = 200
+	var (
+		mu        sync.Mutex
+		committed = map[int]int{} // row -> times written in a committed batch
+		writes    int
+	)
+	g := newGroupCommit(7, func(_ context.Context, batch []int) error {
+		mu.Lock()
+		defer mu.Unlock()
+		writes++
+		if writes%3 == 0 {
+			return fmt.Errorf("write %d failed", writes)
+		}
+		for _, row := range batch {
+			committed[row]++
+		}
+		return nil
+	})
+	errs := make([]error, callers)
+	var wg sync.WaitGroup
+	for i := range callers {
+		wg.Go(func() { errs[i] = g.do(context.Background(), i) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		switch n := committed[i]; {
+		case n > 1:
+			t.Errorf("row %d committed %d times", i, n)
+		case n == 1 && err != nil:
+			t.Errorf("row %d was committed but its caller got %v", i, err)
+		case n == 0 && err == nil:
+			t.Errorf("row %d was not committed but its caller got nil", i)
+		}
+	}
+	if len(g.queue) != 0 {
+		t.Errorf("%d rows left in the queue", len(g.queue))
+	}
+}
