@@ -2,7 +2,10 @@ package server
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/x509"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/meshfed/meshfed/internal/credential"
@@ -84,10 +87,65 @@ func (s *Server) svidCredential(ctx context.Context) (credential.Identity, bool,
 	if !ok {
 		return credential.Identity{}, false, nil
 	}
+	rev := s.revision.Load()
+	if ident, ok := s.svids.get(chain, rev, s.clock()); ok {
+		return ident, true, nil
+	}
 	v := credential.SVIDVerifier{TrustDomain: s.set.td, Bundle: s.localBundleSource(), Clock: s.clock}
 	ident, err := v.Verify(chain)
 	if err != nil {
 		return credential.Identity{}, true, s.credentialError(credential.KindSVID, err)
 	}
+	s.svids.put(chain, rev, ident)
 	return ident, true, nil
+}
+
+// svidMemo remembers SVID chains that verified, so that a connection making
+// many calls pays for the chain's signatures once. An entry counts only for
+// the store revision it was verified at (a bundle change re-verifies) and
+// only while the leaf is within its validity period.
+type svidMemo struct {
+	mu sync.Mutex
+	m  map[[sha256.Size]byte]memoEntry
+}
+
+type memoEntry struct {
+	rev       int64
+	ident     credential.Identity
+	notBefore time.Time
+	notAfter  time.Time
+}
+
+// maxMemo bounds the memo; past it the memo starts again empty.
+const maxMemo = 10000
+
+func chainKey(chain []*x509.Certificate) [sha256.Size]byte {
+	h := sha256.New()
+	for _, c := range chain {
+		h.Write(c.Raw)
+	}
+	var k [sha256.Size]byte
+	copy(k[:], h.Sum(nil))
+	return k
+}
+
+func (m *svidMemo) get(chain []*x509.Certificate, rev int64, now time.Time) (credential.Identity, bool) {
+	k := chainKey(chain)
+	m.mu.Lock()
+	e, ok := m.m[k]
+	m.mu.Unlock()
+	if !ok || e.rev != rev || now.Before(e.notBefore) || now.After(e.notAfter) {
+		return credential.Identity{}, false
+	}
+	return e.ident, true
+}
+
+func (m *svidMemo) put(chain []*x509.Certificate, rev int64, ident credential.Identity) {
+	k := chainKey(chain)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.m == nil || len(m.m) >= maxMemo {
+		m.m = make(map[[sha256.Size]byte]memoEntry)
+	}
+	m.m[k] = memoEntry{rev: rev, ident: ident, notBefore: chain[0].NotBefore, notAfter: chain[0].NotAfter}
 }

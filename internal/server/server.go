@@ -73,6 +73,7 @@ type Server struct {
 	bundle   atomic.Pointer[spiffebundle.Bundle] // this domain's, as published
 	revision atomic.Int64
 	changes  *broadcaster
+	svids    svidMemo // SVID credentials verified, per chain and revision
 
 	grpcLn, adminLn, bundleLn, metricsLn net.Listener
 	grpcServer, adminServer              *grpc.Server
