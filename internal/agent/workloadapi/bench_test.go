@@ -1,0 +1,726 @@
+package workloadapi_test
+
+import (
+	"bufio"
+	"context"
+	"crypto"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/meshfed/meshfed/internal/agent/attest"
+	"github.com/meshfed/meshfed/internal/agent/workloadapi"
+	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+)
+
+// The Workload API benchmarks run a real Server (New and Run on a unix
+// socket in a temporary directory) with the real attestor, the test
+// process being the workload: each connection pays for SO_PEERCRED and a
+// /proc read when it is accepted (before the clock starts: workloads keep
+// their connection), and each call for the /proc reads and user and group
+// lookups of attest.AttestPeer. The Source is the tests' fakeSource with
+// one SVID for the process's uid, federating with west, and the JWT bundles
+// of east and west. The clients are in the same process, each with its own
+// connection, as workloads are separate processes; they share the CPUs
+// with the server.
+//
+// Beside each call, in the same run, the ceiling is a bare gRPC round trip
+// of the same shape on the same kind of socket with the same transport
+// credentials and the same metadata: grpc.health.v1.Health/Watch (a new
+// server stream, its first response, close) for FetchX509SVID, and
+// Health/Check (unary) for ValidateJWTSVID. The "+attest" ceilings add the
+// one thing every Workload API call must do that another package does:
+// attest.AttestPeer per call. What remains is the Workload API's own work.
+// docs/performance.md records the figures.
+
+// benchClients are the numbers of concurrent clients measured.
+var benchClients = []int{1, 100, 1000}
+
+// benchAudience is the audience of the JWT-SVID ValidateJWTSVID checks.
+const benchAudience = "spiffe://east.example/reports"
+
+// benchEnv is a running Workload API server, the two ceiling servers, and
+// what their clients send.
+type benchEnv struct {
+	wl, bare, attested string // socket paths
+	token              string // a JWT-SVID for benchAudience
+	want               spiffeid.ID
+}
+
+func newBenchEnv(b *testing.B) *benchEnv {
+	b.Helper()
+	eastD, westD := benchDomain(b, east), benchDomain(b, west)
+	svid := benchSVID(b, eastD, "/ns/default/sa/reviews")
+	src := newSource(eastD.bundle(), westD.bundle())
+	src.jwtLocal = eastD.jwtBundle()
+	src.jwtFederated = []*jwtbundle.Bundle{westD.jwtBundle()}
+	src.entries = []entry{
+		{selectors: []string{myUID}, id: workloadapi.Identity{SVID: svid, FederatesWith: []spiffeid.TrustDomain{west}}},
+		{selectors: []string{otherUID}, id: workloadapi.Identity{SVID: benchSVID(b, eastD, "/other")}},
+	}
+
+	a, err := attest.New(attest.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	dir := b.TempDir()
+	e := &benchEnv{
+		wl:       filepath.Join(dir, "agent.sock"),
+		bare:     filepath.Join(dir, "bare.sock"),
+		attested: filepath.Join(dir, "attested.sock"),
+		token:    benchToken(b, eastD, svid.ID),
+		want:     svid.ID,
+	}
+	// Logging as the agent does by default: text at info, here discarded.
+	logger := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	srv, err := workloadapi.New(workloadapi.Config{SocketPath: e.wl, Source: src, Attestor: a, Logger: logger})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	b.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			b.Errorf("Run: %v", err)
+		}
+	})
+
+	serveHealth(b, e.bare, grpc.Creds(a.TransportCredentials()))
+	attestUnary := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if _, err := a.AttestPeer(ctx); err != nil {
+			return nil, err
+		}
+		return h(ctx, req)
+	}
+	attestStream := func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if _, err := a.AttestPeer(ss.Context()); err != nil {
+			return err
+		}
+		return h(srv, ss)
+	}
+	serveHealth(b, e.attested, grpc.Creds(a.TransportCredentials()),
+		grpc.UnaryInterceptor(attestUnary), grpc.StreamInterceptor(attestStream))
+	return e
+}
+
+// serveHealth serves the gRPC health service, reporting SERVING, on a unix
+// socket at path until the benchmark ends.
+func serveHealth(b *testing.B, path string, opts ...grpc.ServerOption) {
+	b.Helper()
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := grpc.NewServer(opts...)
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	go srv.Serve(ln)
+	b.Cleanup(srv.Stop)
+}
+
+// benchDomain is newDomain for a benchmark.
+func benchDomain(b *testing.B, td spiffeid.TrustDomain) *domain {
+	b.Helper()
+	key := func() crypto.Signer {
+		k, err := pki.GenerateKey(pki.ECP256)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return k
+	}
+	rootKey, intKey := key(), key()
+	root, err := pki.CreateRoot(pki.RootRequest{Signer: rootKey, Now: t0, TTL: 24 * time.Hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	clock := func() time.Time { return t0 }
+	rootCA, err := pki.NewCA(pki.CAConfig{Signer: rootKey, Chain: []*x509.Certificate{root}, Clock: clock})
+	if err != nil {
+		b.Fatal(err)
+	}
+	chain, err := rootCA.SignIntermediate(pki.IntermediateRequest{PublicKey: intKey.Public(), TrustDomain: td, TTL: 12 * time.Hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ca, err := pki.NewCA(pki.CAConfig{Signer: intKey, Chain: chain, Clock: clock})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return &domain{td: td, root: root, ca: ca, jwtKey: key(), kid: td.Name() + "-jwt"}
+}
+
+// benchSVID is domain.svid for a benchmark: an SVID for path, valid for an
+// hour from t0.
+func benchSVID(b *testing.B, d *domain, path string) *x509svid.SVID {
+	b.Helper()
+	key, err := pki.GenerateKey(pki.ECP256)
+	if err != nil {
+		b.Fatal(err)
+	}
+	id := spiffeid.RequireFromPath(d.td, path)
+	chain, err := d.ca.SignX509SVID(pki.SVIDRequest{ID: id, PublicKey: key.Public(), TTL: time.Hour})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return &x509svid.SVID{ID: id, Certificates: chain, PrivateKey: key}
+}
+
+// benchToken is domain.jwtToken for a benchmark: a JWT-SVID for id and
+// benchAudience, valid for an hour.
+func benchToken(b *testing.B, d *domain, id spiffeid.ID) string {
+	b.Helper()
+	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: d.jwtKey, KeyID: d.kid}}, (&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	tok, err := jwt.Signed(sig).Claims(jwt.Claims{
+		Subject: id.String(), Audience: []string{benchAudience},
+		Expiry: jwt.NewNumericDate(time.Now().Add(time.Hour)), IssuedAt: jwt.NewNumericDate(time.Now()),
+	}).Serialize()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return tok
+}
+
+// benchCtx carries the security header; the ceilings get it too, so that
+// every call puts the same bytes on the wire.
+var benchCtx = metadata.AppendToOutgoingContext(context.Background(), "workload.spiffe.io", "true")
+
+// A benchCall is one operation a client makes on its connection.
+type benchCall func(*grpc.ClientConn) error
+
+func (e *benchEnv) fetchX509SVID(conn *grpc.ClientConn) error {
+	ctx, cancel := context.WithCancel(benchCtx)
+	defer cancel() // closes the stream
+	stream, err := workload.NewSpiffeWorkloadAPIClient(conn).FetchX509SVID(ctx, &workload.X509SVIDRequest{})
+	if err != nil {
+		return err
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	if len(resp.GetSvids()) != 1 || resp.Svids[0].GetSpiffeId() != e.want.String() || len(resp.GetFederatedBundles()) != 1 {
+		return fmt.Errorf("FetchX509SVID: %d SVIDs, %d federated bundles; want %s and west's bundle", len(resp.GetSvids()), len(resp.GetFederatedBundles()), e.want)
+	}
+	return nil
+}
+
+func (e *benchEnv) validateJWTSVID(conn *grpc.ClientConn) error {
+	resp, err := workload.NewSpiffeWorkloadAPIClient(conn).ValidateJWTSVID(benchCtx, &workload.ValidateJWTSVIDRequest{Audience: benchAudience, Svid: e.token})
+	if err != nil {
+		return err
+	}
+	if resp.GetSpiffeId() != e.want.String() {
+		return fmt.Errorf("ValidateJWTSVID: %q, want %s", resp.GetSpiffeId(), e.want)
+	}
+	return nil
+}
+
+// healthWatch is the ceiling of FetchX509SVID: a new server stream, its
+// first response, close.
+func healthWatch(conn *grpc.ClientConn) error {
+	ctx, cancel := context.WithCancel(benchCtx)
+	defer cancel()
+	stream, err := healthpb.NewHealthClient(conn).Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return err
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("Health/Watch: %s", resp.GetStatus())
+	}
+	return nil
+}
+
+// healthCheck is the ceiling of ValidateJWTSVID: a unary round trip.
+func healthCheck(conn *grpc.ClientConn) error {
+	resp, err := healthpb.NewHealthClient(conn).Check(benchCtx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return err
+	}
+	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("Health/Check: %s", resp.GetStatus())
+	}
+	return nil
+}
+
+// dialClients opens n connections to the socket at path, each made ready
+// by one call of warm, and closes them when the benchmark ends.
+func dialClients(b *testing.B, path string, n int, warm benchCall) []*grpc.ClientConn {
+	b.Helper()
+	conns := make([]*grpc.ClientConn, n)
+	for i := range conns {
+		conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { conn.Close() })
+		conns[i] = conn
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	sem := make(chan struct{}, 32)
+	for _, conn := range conns {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if err := warm(conn); err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		b.Fatal(err)
+	}
+	return conns
+}
+
+// runClients makes b.N calls from one goroutine per connection, each
+// calling again as soon as its last call returns (a closed loop), and
+// reports, besides ns/op, the throughput (ops/s), the CPU time of the whole
+// process per call (cpu-ns/op: server and clients, as they share the CPUs),
+// and the median and 99th percentile of the calls' latencies (p50-µs,
+// p99-µs).
+func runClients(b *testing.B, conns []*grpc.ClientConn, call benchCall) {
+	b.Helper()
+	lat := make([]time.Duration, b.N)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for _, conn := range conns {
+		wg.Go(func() {
+			<-start
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(b.N) {
+					return
+				}
+				t := time.Now()
+				if err := call(conn); err != nil {
+					b.Error(err)
+					return
+				}
+				lat[i] = time.Since(t)
+			}
+		})
+	}
+	b.ReportAllocs()
+	cpu := processCPU(b)
+	b.ResetTimer()
+	began := time.Now()
+	close(start)
+	wg.Wait()
+	elapsed := time.Since(began)
+	b.StopTimer()
+	cpu = processCPU(b) - cpu
+
+	reportLatencies(b, lat, elapsed, cpu)
+}
+
+// reportLatencies reports the throughput of b.N calls in elapsed, the CPU
+// time per call and the median and 99th percentile of their latencies.
+func reportLatencies(b *testing.B, lat []time.Duration, elapsed, cpu time.Duration) {
+	slices.Sort(lat)
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
+	b.ReportMetric(float64(cpu.Nanoseconds())/float64(b.N), "cpu-ns/op")
+	b.ReportMetric(float64(percentile(lat, 50))/1e3, "p50-µs")
+	b.ReportMetric(float64(percentile(lat, 99))/1e3, "p99-µs")
+}
+
+// percentile returns the p-th percentile of sorted (nearest rank).
+func percentile(sorted []time.Duration, p int) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	rank := (len(sorted)*p + 99) / 100 // ceil(len·p/100), 1-based
+	return sorted[max(rank, 1)-1]
+}
+
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// requireFiles fails the benchmark unless the process may open need files.
+// (Go raises the soft RLIMIT_NOFILE to the hard limit at start; this only
+// raises it again in case something lowered it.)
+func requireFiles(b *testing.B, need uint64) {
+	b.Helper()
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		b.Fatal(err)
+	}
+	if rl.Cur >= need {
+		return
+	}
+	if rl.Max < need {
+		b.Fatalf("the benchmark needs %d open files and the hard limit is %d; raise it (ulimit -Hn %d, as root)", need, rl.Max, need)
+	}
+	rl.Cur = need
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		b.Fatalf("raising the open files limit to %d: %v", need, err)
+	}
+}
+
+// BenchmarkWorkloadAPI measures, with 1, 100 and 1000 clients each on its
+// own connection calling in a closed loop:
+//
+//   - fetch-x509svid: FetchX509SVID, from opening the stream to its first
+//     response (the SVID, its key, the bundle and west's), then closed;
+//   - ceiling-stream: Health/Watch the same way on the bare server;
+//   - ceiling-stream+attest: the same with attest.AttestPeer per stream;
+//   - validate-jwtsvid: ValidateJWTSVID of an ES256 JWT-SVID of east;
+//   - ceiling-unary: Health/Check on the bare server;
+//   - ceiling-unary+attest: the same with attest.AttestPeer per call.
+func BenchmarkWorkloadAPI(b *testing.B) {
+	// Three sets of connections, each with a descriptor at both ends.
+	requireFiles(b, uint64(6*slices.Max(benchClients)+256))
+	e := newBenchEnv(b)
+	for _, n := range benchClients {
+		b.Run("clients="+strconv.Itoa(n), func(b *testing.B) {
+			wl := dialClients(b, e.wl, n, e.fetchX509SVID)
+			bare := dialClients(b, e.bare, n, healthCheck)
+			attested := dialClients(b, e.attested, n, healthCheck)
+			for _, bc := range []struct {
+				name  string
+				conns []*grpc.ClientConn
+				call  benchCall
+			}{
+				{"fetch-x509svid", wl, e.fetchX509SVID},
+				{"ceiling-stream", bare, healthWatch},
+				{"ceiling-stream+attest", attested, healthWatch},
+				{"validate-jwtsvid", wl, e.validateJWTSVID},
+				{"ceiling-unary", bare, healthCheck},
+				{"ceiling-unary+attest", attested, healthCheck},
+			} {
+				b.Run(bc.name, func(b *testing.B) { runClients(b, bc.conns, bc.call) })
+			}
+		})
+	}
+}
+
+// benchRate is the pace of BenchmarkWorkloadAPIPaced: calls per second
+// from all its clients together.
+const benchRate = 1000
+
+// BenchmarkWorkloadAPIPaced makes the calls of BenchmarkWorkloadAPI from
+// 100 clients at benchRate calls per second in all (10 per client), each
+// call on its schedule whether or not earlier ones have returned (an open
+// loop), so that its latencies are those of a server under a known load
+// rather than of one kept saturated. ns/op is the pace, not a figure; the
+// CPU time per call and the latencies are.
+func BenchmarkWorkloadAPIPaced(b *testing.B) {
+	const n = 100
+	requireFiles(b, 6*n+256)
+	e := newBenchEnv(b)
+	wl := dialClients(b, e.wl, n, e.fetchX509SVID)
+	bare := dialClients(b, e.bare, n, healthCheck)
+	attested := dialClients(b, e.attested, n, healthCheck)
+	name := fmt.Sprintf("clients=%d/rate=%d", n, benchRate)
+	for _, bc := range []struct {
+		name  string
+		conns []*grpc.ClientConn
+		call  benchCall
+	}{
+		{"fetch-x509svid", wl, e.fetchX509SVID},
+		{"ceiling-stream", bare, healthWatch},
+		{"ceiling-stream+attest", attested, healthWatch},
+		{"validate-jwtsvid", wl, e.validateJWTSVID},
+		{"ceiling-unary", bare, healthCheck},
+		{"ceiling-unary+attest", attested, healthCheck},
+	} {
+		b.Run(name+"/"+bc.name, func(b *testing.B) { runPaced(b, bc.conns, bc.call, benchRate) })
+	}
+}
+
+// runPaced makes b.N calls, call i on conns[i mod len(conns)] at i/rate
+// seconds from the start, each in a goroutine of its own, and reports as
+// runClients does; a call's latency runs from the moment it is made.
+func runPaced(b *testing.B, conns []*grpc.ClientConn, call benchCall, rate int) {
+	b.Helper()
+	lat := make([]time.Duration, b.N)
+	interval := time.Second / time.Duration(rate)
+	var wg sync.WaitGroup
+	b.ReportAllocs()
+	cpu := processCPU(b)
+	b.ResetTimer()
+	began := time.Now()
+	for i := range b.N {
+		if d := time.Until(began.Add(time.Duration(i) * interval)); d > 0 {
+			time.Sleep(d)
+		}
+		wg.Go(func() {
+			t := time.Now()
+			if err := call(conns[i%len(conns)]); err != nil {
+				b.Error(err)
+				return
+			}
+			lat[i] = time.Since(t)
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(began)
+	b.StopTimer()
+	cpu = processCPU(b) - cpu
+	reportLatencies(b, lat, elapsed, cpu)
+}
+
+// benchHolders is how many workloads BenchmarkConnectedWorkloads connects.
+const benchHolders = 1000
+
+// BenchmarkConnectedWorkloads measures the memory a connected workload
+// costs the server: another process (this test binary, running
+// TestBenchHoldStreams) opens benchHolders connections with one stream each
+// and keeps them open once each has had its first response; the growth of
+// this process's live heap and goroutine stacks (after a GC), divided by
+// benchHolders, is reported as heap-B/stream, stack-B/stream and
+// bytes/stream (their sum), with goroutines/stream. The clients being in
+// another process, none of it is theirs.
+//
+//   - fetch-x509svid: FetchX509SVID streams to the Workload API;
+//   - ceiling-stream: Health/Watch streams to the bare server (what a
+//     gRPC connection with one open stream costs at the least).
+//
+// One op is a whole cycle (start the process, connect, measure, stop); its
+// ns/op is not a figure. connect-ms is the time the other process took
+// from its first dial to the last first response.
+func BenchmarkConnectedWorkloads(b *testing.B) {
+	requireFiles(b, 2*benchHolders+256)
+	e := newBenchEnv(b)
+	for _, bc := range []struct{ name, path, call string }{
+		{"fetch-x509svid", e.wl, "fetch-x509svid"},
+		{"ceiling-stream", e.bare, "health-watch"},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			var heap, stack, goroutines, connect float64
+			for range b.N {
+				b.StopTimer()
+				before := settled(b, 0)
+				b.StartTimer()
+				h := startHolder(b, bc.path, bc.call, benchHolders)
+				b.StopTimer()
+				after := settled(b, 0)
+				h.stop(b)
+				settled(b, before.goroutines) // the server let them all go
+				b.StartTimer()
+
+				heap += float64(after.heap) - float64(before.heap)
+				stack += float64(after.stack) - float64(before.stack)
+				goroutines += float64(after.goroutines - before.goroutines)
+				connect += float64(h.connect.Milliseconds())
+			}
+			per := float64(b.N * benchHolders)
+			b.ReportMetric(heap/per, "heap-B/stream")
+			b.ReportMetric(stack/per, "stack-B/stream")
+			b.ReportMetric((heap+stack)/per, "bytes/stream")
+			b.ReportMetric(goroutines/per, "goroutines/stream")
+			b.ReportMetric(connect/float64(b.N), "connect-ms")
+		})
+	}
+}
+
+// memory is what this process holds after a GC.
+type memory struct {
+	heap, stack uint64
+	goroutines  int
+}
+
+// settled collects garbage until the goroutines are at most want (if
+// nonzero; closed connections take a moment to wind down) and returns what
+// is held.
+func settled(b *testing.B, want int) memory {
+	b.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for want > 0 && runtime.NumGoroutine() > want {
+		if time.Now().After(deadline) {
+			b.Fatalf("%d goroutines are still running 10s after the workloads left, %d before they came", runtime.NumGoroutine(), want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Two cycles: the first leaves sync.Pool's victim caches to the second.
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return memory{heap: ms.HeapAlloc, stack: ms.StackInuse, goroutines: runtime.NumGoroutine()}
+}
+
+// holder is a process holding streams open: see TestBenchHoldStreams.
+type holder struct {
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	connect time.Duration
+}
+
+// startHolder starts a process that opens n streams of call to the socket
+// at path and returns once all have had their first response.
+func startHolder(b *testing.B, path, call string, n int) *holder {
+	b.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^TestBenchHoldStreams$")
+	cmd.Env = append(os.Environ(), "MESHFED_BENCH_HOLD="+call+","+strconv.Itoa(n)+","+path)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	h := &holder{cmd: cmd, stdin: stdin}
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	ns, ok := strings.CutPrefix(strings.TrimSpace(line), "ready ")
+	d, convErr := strconv.ParseInt(ns, 10, 64)
+	if err != nil || !ok || convErr != nil {
+		h.stop(b)
+		b.Fatalf("the holder process said %q (%v) instead of ready", line, err)
+	}
+	go io.Copy(io.Discard, stdout) // the test framework's PASS
+	h.connect = time.Duration(d)
+	return h
+}
+
+// stop lets the holder process go and waits for it.
+func (h *holder) stop(b *testing.B) {
+	b.Helper()
+	h.stdin.Close()
+	if err := h.cmd.Wait(); err != nil {
+		b.Fatalf("the holder process: %v", err)
+	}
+}
+
+// TestBenchHoldStreams is not a test: BenchmarkConnectedWorkloads runs the
+// test binary with MESHFED_BENCH_HOLD=call,n,socket to be its workloads. It
+// opens n connections to the socket, one stream of call on each
+// (fetch-x509svid or health-watch), writes "ready <ns>" to stdout once each
+// has had its first response, and holds them until stdin closes.
+func TestBenchHoldStreams(t *testing.T) {
+	spec := os.Getenv("MESHFED_BENCH_HOLD")
+	if spec == "" {
+		t.Skip("run by BenchmarkConnectedWorkloads")
+	}
+	parts := strings.SplitN(spec, ",", 3)
+	if len(parts) != 3 {
+		t.Fatalf("MESHFED_BENCH_HOLD=%q: want call,n,socket", spec)
+	}
+	n, err := strconv.Atoi(parts[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	call, path := parts[0], parts[2]
+	ctx, cancel := context.WithCancel(benchCtx)
+	defer cancel()
+	open := func(conn *grpc.ClientConn) (func() error, error) {
+		switch call {
+		case "fetch-x509svid":
+			s, err := workload.NewSpiffeWorkloadAPIClient(conn).FetchX509SVID(ctx, &workload.X509SVIDRequest{})
+			if err != nil {
+				return nil, err
+			}
+			return func() error { _, err := s.Recv(); return err }, nil
+		case "health-watch":
+			s, err := healthpb.NewHealthClient(conn).Watch(ctx, &healthpb.HealthCheckRequest{})
+			if err != nil {
+				return nil, err
+			}
+			return func() error { _, err := s.Recv(); return err }, nil
+		}
+		return nil, fmt.Errorf("unknown call %q", call)
+	}
+
+	began := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	sem := make(chan struct{}, 32)
+	for range n {
+		conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			recv, err := open(conn)
+			if err == nil {
+				err = recv()
+			}
+			if err != nil {
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("ready %d\n", time.Since(began).Nanoseconds())
+	io.Copy(io.Discard, os.Stdin)
+}
+
+// BenchmarkMachineStalls measures the floor under every tail latency of
+// this file: one goroutine reads the clock in a loop (an op is one read),
+// and a gap of over 1 ms between two reads is time the machine (the
+// hypervisor of a VM, the kernel) took the CPU away. It reports such gaps
+// per second (stalls/s) and the longest (max-stall-µs). A call caught in a
+// stall takes at least as long, whatever the server does.
+func BenchmarkMachineStalls(b *testing.B) {
+	var stalls int
+	var longest time.Duration
+	began := time.Now()
+	last := began
+	for range b.N {
+		now := time.Now()
+		if d := now.Sub(last); d > time.Millisecond {
+			stalls++
+			longest = max(longest, d)
+		}
+		last = now
+	}
+	b.ReportMetric(float64(stalls)/time.Since(began).Seconds(), "stalls/s")
+	b.ReportMetric(float64(longest.Microseconds()), "max-stall-µs")
+}
