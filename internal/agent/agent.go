@@ -85,6 +85,9 @@ type Agent struct {
 	nodeNext time.Time // when to renew the node SVID next
 	conn     *grpc.ClientConn
 	client   pb.NodeClient
+	// connGen counts connections, so that a Watch stream ended by a
+	// reconnect is reopened at once rather than after a backoff.
+	connGen int
 }
 
 // New prepares an agent; Run attests (if needed) and serves.
@@ -195,7 +198,7 @@ func (a *Agent) setNode(svid *x509svid.SVID) {
 	defer a.mu.Unlock()
 	a.node = svid
 	a.td = svid.ID.TrustDomain()
-	a.nodeNext = renewAt(svid.Certificates[0], jitter())
+	a.nodeNext = renewAt(svid.Certificates[0], a.clock(), jitter())
 }
 
 // NodeID is the node's SPIFFE ID (zero before attestation).
@@ -362,20 +365,42 @@ func (a *Agent) verifyServer(chain []*x509.Certificate) error {
 	return nil
 }
 
+// connect opens a new connection to the server, which presents the node
+// SVID held now, and closes the previous one. A TLS connection keeps the
+// certificate of its handshake for its whole life, so after renewing the node
+// SVID the agent reconnects: else the server would go on seeing the old SVID
+// on the old connection until it expired, and refuse it.
 func (a *Agent) connect() error {
 	conn, err := grpc.NewClient(a.cfg.ServerAddr, grpc.WithTransportCredentials(credentials.NewTLS(a.tlsConfig(true))))
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	a.conn = conn
-	a.client = pb.NewNodeClient(conn)
+	a.mu.Lock()
+	old := a.conn
+	a.conn, a.client = conn, pb.NewNodeClient(conn)
+	a.connGen++
+	a.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
 	return nil
+}
+
+// nodeClient returns the client of the current connection, and its number.
+func (a *Agent) nodeClient() (pb.NodeClient, int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.client, a.connGen
 }
 
 // Close releases the connection to the server.
 func (a *Agent) Close() error {
-	if a.conn != nil {
-		return a.conn.Close()
+	a.mu.Lock()
+	conn := a.conn
+	a.conn = nil
+	a.mu.Unlock()
+	if conn != nil {
+		return conn.Close()
 	}
 	return nil
 }
@@ -435,9 +460,14 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) watch(ctx context.Context) {
 	backoff := time.Second
 	for ctx.Err() == nil {
+		_, gen := a.nodeClient()
 		err := a.watchOnce(ctx)
 		if ctx.Err() != nil {
 			return
+		}
+		if _, now := a.nodeClient(); now != gen {
+			backoff = time.Second
+			continue // the agent reconnected with a renewed node SVID
 		}
 		a.log.Warn("watch stream ended; reconnecting", "error", err, "in", backoff.String())
 		select {
@@ -450,7 +480,8 @@ func (a *Agent) watch(ctx context.Context) {
 }
 
 func (a *Agent) watchOnce(ctx context.Context) error {
-	stream, err := a.client.Watch(ctx, &pb.WatchRequest{})
+	client, _ := a.nodeClient()
+	stream, err := client.Watch(ctx, &pb.WatchRequest{})
 	if err != nil {
 		return err
 	}
@@ -473,6 +504,7 @@ func (a *Agent) Apply(snap *pb.WatchResponse) error {
 		}
 	}
 	fed := map[spiffeid.TrustDomain]*spiffebundle.Bundle{}
+	var meshWide []spiffeid.TrustDomain
 	for _, m := range snap.GetFederated() {
 		td, err := spiffeid.TrustDomainFromString(m.GetTrustDomain())
 		if err != nil {
@@ -484,8 +516,11 @@ func (a *Agent) Apply(snap *pb.WatchResponse) error {
 			continue
 		}
 		fed[td] = b
+		if m.GetAllWorkloads() {
+			meshWide = append(meshWide, td)
+		}
 	}
-	a.Cache.setFederated(fed)
+	a.Cache.setFederated(fed, meshWide)
 	a.Cache.setEntries(snap.GetEntries())
 	return nil
 }
@@ -530,7 +565,10 @@ func (a *Agent) Sync(ctx context.Context) time.Time {
 
 func (a *Agent) renewNode(ctx context.Context) error {
 	if a.cfg.TokenFile != "" {
-		return a.attest(ctx)
+		if err := a.attest(ctx); err != nil {
+			return err
+		}
+		return a.connect()
 	}
 	key, csr, err := newCSR()
 	if err != nil {
@@ -538,7 +576,8 @@ func (a *Agent) renewNode(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := a.client.SignX509SVID(ctx, &pb.SignX509SVIDRequest{Requests: []*pb.SVIDRequest{{Csr: csr}}})
+	client, _ := a.nodeClient()
+	resp, err := client.SignX509SVID(ctx, &pb.SignX509SVIDRequest{Requests: []*pb.SVIDRequest{{Csr: csr}}})
 	if err != nil {
 		return err
 	}
@@ -557,7 +596,7 @@ func (a *Agent) renewNode(ctx context.Context) error {
 	}
 	a.setNode(svid)
 	a.log.Info("node SVID renewed", "node", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter.UTC().Format(time.RFC3339))
-	return nil
+	return a.connect()
 }
 
 // renewEntries signs new SVIDs for the due entries in one call.
@@ -575,7 +614,8 @@ func (a *Agent) renewEntries(ctx context.Context, ids []string) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := a.client.SignX509SVID(ctx, req)
+	client, _ := a.nodeClient()
+	resp, err := client.SignX509SVID(ctx, req)
 	now := a.clock()
 	if err != nil {
 		a.metrics.renewals.WithLabelValues("workload", "error").Add(float64(len(ids)))
@@ -596,7 +636,7 @@ func (a *Agent) renewEntries(ctx context.Context, ids []string) {
 			a.Cache.failed(m.GetEntryId(), now, a.cfg.MaxBackoff, err)
 			continue
 		}
-		a.Cache.setSVID(m.GetEntryId(), svid, renewAt(svid.Certificates[0], jitter()))
+		a.Cache.setSVID(m.GetEntryId(), svid, renewAt(svid.Certificates[0], now, jitter()))
 		a.log.Info("workload SVID issued", "entry", m.GetEntryId(), "spiffe_id", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter.UTC().Format(time.RFC3339))
 	}
 }
@@ -613,12 +653,13 @@ func (a *Agent) JWTSVID(ctx context.Context, entryID string, audience []string) 
 	if !ok {
 		return nil, fmt.Errorf("agent: no entry %q", entryID)
 	}
-	if a.client == nil {
+	client, _ := a.nodeClient()
+	if client == nil {
 		return nil, errors.New("agent: not connected to a server yet")
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := a.client.SignJWTSVID(ctx, &pb.SignJWTSVIDRequest{EntryId: entryID, Audience: audience})
+	resp, err := client.SignJWTSVID(ctx, &pb.SignJWTSVIDRequest{EntryId: entryID, Audience: audience})
 	if err != nil {
 		return nil, fmt.Errorf("agent: the server signed no JWT-SVID for entry %s: %w", entryID, err)
 	}
@@ -641,11 +682,18 @@ func (a *Agent) JWTSVID(ctx context.Context, entryID string, audience []string) 
 	return svid, nil
 }
 
-// renewAt is when to renew a certificate: at half its lifetime, moved by
-// frac (within ±10% of the lifetime) so a fleet does not renew in step.
-func renewAt(c *x509.Certificate, frac float64) time.Time {
-	life := c.NotAfter.Sub(c.NotBefore)
-	return c.NotBefore.Add(time.Duration(float64(life) * (0.5 + frac)))
+// renewAt is when to renew a certificate received at now: at half its
+// lifetime, moved by frac (within ±10% of the lifetime) so a fleet does not
+// renew in step. The lifetime counts from now when the CA backdated
+// NotBefore (for clock skew), so a short-lived SVID is not already half
+// spent when it arrives, which would renew it again at once, forever.
+func renewAt(c *x509.Certificate, now time.Time, frac float64) time.Time {
+	start := c.NotBefore
+	if now.After(start) && now.Before(c.NotAfter) {
+		start = now
+	}
+	life := c.NotAfter.Sub(start)
+	return start.Add(time.Duration(float64(life) * (0.5 + frac)))
 }
 
 // jitter is a random fraction in [-0.1, 0.1).

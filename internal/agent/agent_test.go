@@ -2,9 +2,11 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -168,7 +170,10 @@ func TestAttestPersistAndServeEntries(t *testing.T) {
 	// expired SVID.
 	ts.stop()
 	leaf := second.Certificates[0]
-	at := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) * 61 / 100)
+	// Past half of the life it had when it arrived (renewAt counts from
+	// then, not from the backdated NotBefore).
+	received := clock.Now()
+	at := received.Add(leaf.NotAfter.Sub(received) * 61 / 100)
 	clock.Set(at)
 	var waits []time.Duration
 	for range 5 {
@@ -262,5 +267,67 @@ func TestStartErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Start(%+v) = %v, want %q", tc.cfg, err, tc.want)
 		}
+	}
+}
+
+// A federated bundle marked all_workloads (another member of this domain's
+// VirtualMesh) reaches every workload; any other only those whose entries
+// federate with its trust domain.
+func TestMeshWideFederatedBundles(t *testing.T) {
+	_, a, _, _ := setup(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := a.client.Watch(ctx, &pb.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := snap.GetBundle().GetSpiffeBundle()
+	snap.Federated = append(snap.Federated,
+		&pb.Bundle{TrustDomain: "west.example", SpiffeBundle: roots},
+		&pb.Bundle{TrustDomain: "mesh.example", SpiffeBundle: roots, AllWorkloads: true},
+		&pb.Bundle{TrustDomain: "other.example", SpiffeBundle: roots})
+	if err := a.Apply(snap); err != nil {
+		t.Fatal(err)
+	}
+	a.Sync(context.Background())
+	got := a.Cache.X509SVIDs([]Selector{{Type: "unix", Value: "uid:1000"}})
+	if len(got) != 1 {
+		t.Fatalf("%d SVIDs", len(got))
+	}
+	var names []string
+	for _, td := range got[0].FederatesWith {
+		names = append(names, td.Name())
+	}
+	if want := []string{"mesh.example", "west.example"}; !slices.Equal(names, want) {
+		t.Errorf("federates with %v, want %v", names, want)
+	}
+}
+
+// A short-lived SVID whose NotBefore the CA backdated for clock skew is
+// renewed at half the life it has left when it arrives, not at once (which
+// would renew it again and again).
+func TestRenewAtShortLivedBackdated(t *testing.T) {
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	c := &x509.Certificate{NotBefore: now.Add(-30 * time.Second), NotAfter: now.Add(20 * time.Second)}
+	for _, tc := range []struct {
+		frac float64
+		want time.Time
+	}{
+		{0, now.Add(10 * time.Second)},
+		{0.1, now.Add(12 * time.Second)},
+		{-0.1, now.Add(8 * time.Second)},
+	} {
+		if got := renewAt(c, now, tc.frac); !got.Equal(tc.want) {
+			t.Errorf("renewAt(frac %v) = %s after arrival, want %s", tc.frac, got.Sub(now), tc.want.Sub(now))
+		}
+	}
+	// Received before its NotBefore (a clock behind the CA's): counted from
+	// NotBefore.
+	if got := renewAt(c, now.Add(-time.Minute), 0); !got.Equal(now.Add(-5 * time.Second)) {
+		t.Errorf("received early: %s", got)
 	}
 }

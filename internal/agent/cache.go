@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -40,11 +41,14 @@ type Cache struct {
 	bootstrap    []*x509.Certificate
 	federated    map[spiffeid.TrustDomain]*x509bundle.Bundle
 	federatedJWT map[spiffeid.TrustDomain]*jwtbundle.Bundle
-	entries      map[string]*entryState
-	sidecar      *x509svid.SVID // sidecar mode: the one identity, served to every caller
-	jwts         map[jwtKey]cachedJWT
-	changed      chan struct{} // closed at the next change
-	wake         chan struct{} // tells Run that entries changed
+	// meshWide are the federated trust domains every workload gets (the
+	// other members of this domain's VirtualMesh), entries or not.
+	meshWide []spiffeid.TrustDomain
+	entries  map[string]*entryState
+	sidecar  *x509svid.SVID // sidecar mode: the one identity, served to every caller
+	jwts     map[jwtKey]cachedJWT
+	changed  chan struct{} // closed at the next change
+	wake     chan struct{} // tells Run that entries changed
 }
 
 // jwtKey names a cached JWT-SVID: an entry and the audience, in order.
@@ -115,7 +119,9 @@ func (c *Cache) setLocalBundle(b *spiffebundle.Bundle) {
 	c.notify()
 }
 
-func (c *Cache) setFederated(fed map[spiffeid.TrustDomain]*spiffebundle.Bundle) {
+// setFederated installs the federated bundles; those of meshWide go to
+// every workload.
+func (c *Cache) setFederated(fed map[spiffeid.TrustDomain]*spiffebundle.Bundle, meshWide []spiffeid.TrustDomain) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.federated = make(map[spiffeid.TrustDomain]*x509bundle.Bundle, len(fed))
@@ -124,6 +130,7 @@ func (c *Cache) setFederated(fed map[spiffeid.TrustDomain]*spiffebundle.Bundle) 
 		c.federated[td] = b.X509Bundle()
 		c.federatedJWT[td] = b.JWTBundle()
 	}
+	c.meshWide = meshWide
 	c.notify()
 }
 
@@ -305,9 +312,9 @@ func (c *Cache) X509SVIDs(sel []Selector) []workloadapi.Identity {
 		if st.svid == nil || now.After(st.svid.Certificates[0].NotAfter) {
 			continue
 		}
-		ident := workloadapi.Identity{SVID: st.svid}
+		ident := workloadapi.Identity{SVID: st.svid, FederatesWith: slices.Clone(c.meshWide)}
 		for _, name := range st.entry.GetFederatesWith() {
-			if td, err := spiffeid.TrustDomainFromString(name); err == nil {
+			if td, err := spiffeid.TrustDomainFromString(name); err == nil && !slices.Contains(ident.FederatesWith, td) {
 				ident.FederatesWith = append(ident.FederatesWith, td)
 			}
 		}

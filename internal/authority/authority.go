@@ -4,6 +4,7 @@
 //   - self-signed: a root for the trust domain is generated on first start
 //     and kept in the data directory (ca.pem, ca.key 0600); later starts load
 //     it;
+//
 //   - cacerts: Istio's plug-in layout (ca-cert.pem, ca-key.pem,
 //     cert-chain.pem, root-cert.pem) is read from a directory and re-read
 //     whenever its content changes, without a restart. A replacement that
@@ -11,15 +12,17 @@
 //     not verify, an expired CA, another trust domain) is refused with a log
 //     line, and the CA in use keeps signing.
 //
-// The cacerts directory is also the seam for a federation: a VirtualMesh
-// member writes the intermediate its federation root signed into the
-// directory, and the server picks it up like any other replacement.
+//   - virtualmesh: self-signed (as above) until a VirtualMesh member has
+//     written an intermediate of the shared root into the cacerts
+//     directory, then cacerts from there, reloaded the same way. This is how
+//     a running server moves onto a federation's root without a restart.
 //
 // The CA's key stays behind a crypto.Signer; this package never logs it.
 package authority
 
 import (
 	"context"
+	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
 	"errors"
@@ -41,8 +44,9 @@ type Mode string
 
 // Modes.
 const (
-	ModeSelfSigned Mode = "self-signed"
-	ModeCACerts    Mode = "cacerts"
+	ModeSelfSigned  Mode = "self-signed"
+	ModeCACerts     Mode = "cacerts"
+	ModeVirtualMesh Mode = "virtualmesh"
 )
 
 // Config configures an Authority.
@@ -51,7 +55,8 @@ type Config struct {
 	Mode        Mode // ModeSelfSigned if empty
 	// DataDir holds the self-signed root in DataDir/ca.
 	DataDir string
-	// CACertsDir is the Istio plug-in directory for ModeCACerts.
+	// CACertsDir is the Istio plug-in directory for ModeCACerts, and where
+	// the VirtualMesh intermediate appears for ModeVirtualMesh.
 	CACertsDir string
 	// KeyType and RootTTL apply to a generated root.
 	KeyType pki.KeyType
@@ -67,6 +72,9 @@ type Config struct {
 type Authority struct {
 	cfg     Config
 	current atomic.Pointer[pki.CA]
+	// fromCACerts is set while the CA in use came from the cacerts
+	// directory rather than the self-signed root.
+	fromCACerts atomic.Bool
 	// digest of the cacerts files last seen, good or bad, so a bad
 	// replacement is reported once rather than at every poll.
 	mu       sync.Mutex
@@ -111,15 +119,28 @@ func New(cfg Config) (*Authority, error) {
 			a.seen = digest
 			ca, err = a.loadCACerts()
 		}
+	case ModeVirtualMesh:
+		if cfg.DataDir == "" || cfg.CACertsDir == "" {
+			return nil, errors.New("authority: virtualmesh mode needs a data directory and the intermediate's directory")
+		}
+		ca, err = a.loadVirtualMesh()
 	default:
-		return nil, fmt.Errorf("authority: unknown CA mode %q; use %s or %s", cfg.Mode, ModeSelfSigned, ModeCACerts)
+		return nil, fmt.Errorf("authority: unknown CA mode %q; use %s, %s or %s", cfg.Mode, ModeSelfSigned, ModeCACerts, ModeVirtualMesh)
 	}
 	if err != nil {
 		return nil, err
 	}
 	a.current.Store(ca)
+	if cfg.Mode == ModeCACerts {
+		a.fromCACerts.Store(true)
+	}
 	return a, nil
 }
+
+// FromCACerts reports whether the CA in use was loaded from the cacerts
+// directory (in ModeVirtualMesh: whether the VirtualMesh intermediate
+// signs).
+func (a *Authority) FromCACerts() bool { return a.fromCACerts.Load() }
 
 // CA returns the CA in use. Callers take it once per signing so that a
 // reload never changes the CA under a signature in progress.
@@ -138,7 +159,7 @@ func (a *Authority) Changed() <-chan struct{} {
 // Run watches the cacerts directory until ctx is done. In self-signed mode it
 // only waits.
 func (a *Authority) Run(ctx context.Context) error {
-	if a.cfg.Mode != ModeCACerts {
+	if a.cfg.Mode == ModeSelfSigned {
 		<-ctx.Done()
 		return nil
 	}
@@ -158,8 +179,11 @@ func (a *Authority) Run(ctx context.Context) error {
 // last read. It reports whether the CA was replaced; a refused replacement is
 // logged, returned as the error, and leaves the CA in use unchanged.
 func (a *Authority) Reload() (bool, error) {
-	if a.cfg.Mode != ModeCACerts {
+	if a.cfg.Mode == ModeSelfSigned {
 		return false, nil
+	}
+	if a.cfg.Mode == ModeVirtualMesh && !a.haveCACerts() {
+		return false, nil // not joined yet: the self-signed root keeps signing
 	}
 	digest, err := a.digest()
 	if err != nil {
@@ -179,6 +203,7 @@ func (a *Authority) Reload() (bool, error) {
 		return false, err
 	}
 	old := a.current.Swap(ca)
+	a.fromCACerts.Store(true)
 	a.cfg.Logger.Info("CA reloaded from cacerts", "dir", a.cfg.CACertsDir,
 		"serial", fmt.Sprintf("%x", ca.Certificate().SerialNumber),
 		"previous_serial", fmt.Sprintf("%x", old.Certificate().SerialNumber),
@@ -235,9 +260,38 @@ func (a *Authority) checkTrustDomain(ca *pki.CA) error {
 	return nil
 }
 
+// haveCACerts reports whether the cacerts directory holds a CA certificate.
+func (a *Authority) haveCACerts() bool {
+	_, ok := exists(a.cfg.CACertsDir, cadir.IstioCertFile)
+	return ok
+}
+
+// loadVirtualMesh loads the VirtualMesh intermediate when there is one, and
+// the self-signed root otherwise (first start, or not joined yet). A bad
+// intermediate at start is logged and the self-signed root signs: the member
+// replaces it at its next renewal.
+func (a *Authority) loadVirtualMesh() (*pki.CA, error) {
+	if a.haveCACerts() {
+		digest, err := a.digest()
+		if err == nil {
+			a.seen = digest
+			var ca *pki.CA
+			if ca, err = a.loadCACerts(); err == nil {
+				a.fromCACerts.Store(true)
+				return ca, nil
+			}
+		}
+		a.cfg.Logger.Error("the VirtualMesh intermediate does not load; signing with the self-signed root until it is replaced", "dir", a.cfg.CACertsDir, "error", err)
+	}
+	return a.loadOrCreateRoot()
+}
+
 func (a *Authority) rootDir() string { return filepath.Join(a.cfg.DataDir, "ca") }
 
 func (a *Authority) loadOrCreateRoot() (*pki.CA, error) {
+	if err := a.finishActivation(); err != nil {
+		return nil, err
+	}
 	dir := a.rootDir()
 	if _, ok := exists(dir, cadir.CertFile); ok {
 		ca, err := cadir.Load(dir, a.cfg.Clock)
@@ -249,29 +303,39 @@ func (a *Authority) loadOrCreateRoot() (*pki.CA, error) {
 		}
 		return ca, nil
 	}
+	root, key, err := a.makeRoot(dir, 1)
+	if err != nil {
+		return nil, err
+	}
+	a.cfg.Logger.Info("generated a self-signed root for the trust domain", "dir", dir, "serial", fmt.Sprintf("%x", root.SerialNumber), "not_after", root.NotAfter.UTC().Format(time.RFC3339))
+	return pki.NewCA(pki.CAConfig{Signer: key, Chain: []*x509.Certificate{root}, Clock: a.cfg.Clock})
+}
+
+// makeRoot generates generation g of the trust domain's root with a new key
+// and writes both into dir (the key 0600).
+func (a *Authority) makeRoot(dir string, g int) (*x509.Certificate, crypto.Signer, error) {
 	key, err := pki.GenerateKey(a.cfg.KeyType)
 	if err != nil {
-		return nil, fmt.Errorf("authority: %w", err)
+		return nil, nil, fmt.Errorf("authority: %w", err)
 	}
 	root, err := pki.CreateRoot(pki.RootRequest{
 		Signer:      key,
-		CommonName:  a.cfg.TrustDomain.Name() + " root CA",
+		CommonName:  rootName(a.cfg.TrustDomain.Name(), g),
 		TrustDomain: a.cfg.TrustDomain,
 		TTL:         a.cfg.RootTTL,
 		Now:         a.cfg.Clock(),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("authority: %w", err)
+		return nil, nil, fmt.Errorf("authority: %w", err)
 	}
 	files, err := cadir.Files([]*x509.Certificate{root}, key)
 	if err != nil {
-		return nil, fmt.Errorf("authority: %w", err)
+		return nil, nil, fmt.Errorf("authority: %w", err)
 	}
 	if err := cadir.Write(dir, false, files...); err != nil {
-		return nil, fmt.Errorf("authority: %w", err)
+		return nil, nil, fmt.Errorf("authority: %w", err)
 	}
-	a.cfg.Logger.Info("generated a self-signed root for the trust domain", "dir", dir, "serial", fmt.Sprintf("%x", root.SerialNumber), "not_after", root.NotAfter.UTC().Format(time.RFC3339))
-	return pki.NewCA(pki.CAConfig{Signer: key, Chain: []*x509.Certificate{root}, Clock: a.cfg.Clock})
+	return root, key, nil
 }
 
 func exists(dir, name string) (string, bool) {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/x509"
-	"github.com/meshfed/meshfed/internal/pemfile"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/internal/cadir"
+	"github.com/meshfed/meshfed/internal/pemfile"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -201,4 +201,58 @@ func TestConfigErrors(t *testing.T) {
 
 func pemEncodeKey(k interface{ Public() crypto.PublicKey }) ([]byte, error) {
 	return pemfile.EncodePrivateKey(k.(crypto.Signer))
+}
+
+// ModeVirtualMesh signs with the self-signed root until an intermediate of the
+// shared root appears, then switches to it without a restart, and a restart
+// keeps it.
+func TestVirtualMeshMode(t *testing.T) {
+	dataDir, vmDir := t.TempDir(), filepath.Join(t.TempDir(), "cacerts")
+	cfg := Config{TrustDomain: east, Mode: ModeVirtualMesh, DataDir: dataDir, CACertsDir: vmDir, Clock: clockAt(t0)}
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	selfSigned := a.CA().Roots()[0]
+	if a.CA().Certificate() != selfSigned || a.FromCACerts() {
+		t.Fatal("not signing with the self-signed root before joining")
+	}
+	if changed, err := a.Reload(); changed || err != nil {
+		t.Fatalf("Reload before joining: %v, %v", changed, err)
+	}
+	shared := root(t)
+	changes := a.Changed()
+	inter := writeCACerts(t, shared, east, 24*time.Hour, vmDir)
+	if changed, err := a.Reload(); !changed || err != nil {
+		t.Fatalf("Reload after the intermediate arrived: %v, %v", changed, err)
+	}
+	<-changes
+	if !a.CA().Certificate().Equal(inter) || !a.CA().Roots()[0].Equal(shared.Certificate()) || !a.FromCACerts() {
+		t.Fatal("not signing with the VirtualMesh intermediate")
+	}
+
+	// A restart loads the intermediate, not the self-signed root.
+	b, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !b.CA().Certificate().Equal(inter) || !b.FromCACerts() {
+		t.Fatal("restart did not load the VirtualMesh intermediate")
+	}
+
+	// An intermediate for another trust domain at start: the self-signed
+	// root signs (the same one as before), and the error is logged.
+	writeCACerts(t, shared, west, 24*time.Hour, vmDir)
+	var logs bytes.Buffer
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.CA().Certificate().Equal(selfSigned) || c.FromCACerts() {
+		t.Fatal("a bad VirtualMesh intermediate was not replaced by the self-signed root")
+	}
+	if !strings.Contains(logs.String(), `is for trust domain \"west.example\"`) {
+		t.Errorf("log: %s", logs.String())
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -42,17 +43,32 @@ func (a *adminFlags) call(c *cobra.Command, f func(ctx context.Context, client p
 	if a.socket == "" {
 		return usagef("give --admin-socket PATH (the server's --admin-socket) or set MESHFED_ADMIN_SOCKET")
 	}
-	if _, err := os.Stat(a.socket); err != nil {
-		return fmt.Errorf("admin socket %s: %w; is the server running?", a.socket, err)
+	return callSocket(c, a.socket, "is the server running?", func(ctx context.Context, conn *grpc.ClientConn) error {
+		return f(ctx, pb.NewAdminClient(conn))
+	})
+}
+
+// callSocket dials a daemon's admin socket, runs f with a bounded context,
+// and turns a gRPC status into one line with the daemon's reason; hint says
+// what to check when the socket is not there.
+func callSocket(c *cobra.Command, socket, hint string, f func(ctx context.Context, conn *grpc.ClientConn) error) error {
+	if _, err := os.Stat(socket); err != nil {
+		return fmt.Errorf("admin socket %s: %w; %s", socket, err, hint)
 	}
-	conn, err := grpc.NewClient("unix://"+a.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// An absolute path: in "unix://dir/admin.sock" gRPC would read dir as
+	// the authority.
+	path, err := filepath.Abs(socket)
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(c.Context(), 30*time.Second)
 	defer cancel()
-	if err := f(ctx, pb.NewAdminClient(conn)); err != nil {
+	if err := f(ctx, conn); err != nil {
 		if st, ok := status.FromError(err); ok {
 			return fmt.Errorf("%s (%s)", st.Message(), st.Code())
 		}
@@ -313,13 +329,16 @@ the bundles of federated trust domains: 'bundle set' installs one out of band
   meshfed bundle list --admin-socket east/admin.sock`,
 	}
 	var admin adminFlags
-	var format string
+	var format, showTD string
 	show := &cobra.Command{
-		Use:     "show --admin-socket PATH",
-		Short:   "Print this trust domain's SPIFFE bundle JSON",
-		Long:    `Print the bundle the server publishes at its bundle endpoint: SPIFFE bundle JSON by default, or the X.509 authorities as PEM.`,
-		Example: `  meshfed bundle show --admin-socket east/admin.sock`,
-		Args:    exactArgs(0, "no arguments"),
+		Use:   "show --admin-socket PATH [--trust-domain TD]",
+		Short: "Print this trust domain's (or a federated one's) SPIFFE bundle",
+		Long: `Print the bundle the server publishes at its bundle endpoint, or with
+--trust-domain the bundle it holds for that federated trust domain: SPIFFE
+bundle JSON by default, or the X.509 authorities as PEM.`,
+		Example: `  meshfed bundle show --admin-socket east/admin.sock
+  meshfed bundle show --admin-socket east/admin.sock --trust-domain west.example --format pem`,
+		Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
 			f, err := bundle.ParseFormat(format)
 			if err != nil {
@@ -330,47 +349,50 @@ the bundles of federated trust domains: 'bundle set' installs one out of band
 				if err != nil {
 					return err
 				}
-				return writeBundle(c.OutOrStdout(), b, f)
+				if showTD == "" || showTD == b.GetTrustDomain() {
+					return writeBundle(c.OutOrStdout(), b, f)
+				}
+				fed, err := client.ListFederatedBundles(ctx, &pb.ListFederatedBundlesRequest{})
+				if err != nil {
+					return err
+				}
+				for _, b := range fed.GetBundles() {
+					if b.GetTrustDomain() == showTD {
+						return writeBundle(c.OutOrStdout(), b, f)
+					}
+				}
+				return fmt.Errorf("the server holds no bundle for %s; see 'meshfed bundle list'", showTD)
 			})
 		},
 	}
 	admin.add(show)
 	show.Flags().StringVar(&format, "format", "spiffe", "spiffe (JSON) or pem")
+	show.Flags().StringVar(&showTD, "trust-domain", "", "a federated trust domain (default: the server's own)")
 
 	var listAdmin adminFlags
 	var listOut string
 	list := &cobra.Command{
-		Use:     "list --admin-socket PATH",
-		Short:   "List the federated bundles the server holds",
-		Long:    `List the bundles of foreign trust domains the server holds and hands to agents.`,
-		Example: `  meshfed bundle list --admin-socket east/admin.sock`,
-		Args:    exactArgs(0, "no arguments"),
+		Use:   "list --admin-socket PATH",
+		Short: "List the federated bundles the server holds, and how fetching them goes",
+		Long: `List the bundles of foreign trust domains the server holds and hands to agents,
+and for each one configured in federation.federates_with, its bundle endpoint,
+the last fetch and its error, and when the next fetch is due.`,
+		Example: `  meshfed bundle list --admin-socket east/admin.sock
+  meshfed bundle list --admin-socket east/admin.sock -o json`,
+		Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
 			return listAdmin.call(c, func(ctx context.Context, client pb.AdminClient) error {
 				resp, err := client.ListFederatedBundles(ctx, &pb.ListFederatedBundlesRequest{})
 				if err != nil {
 					return err
 				}
-				type row struct {
-					TrustDomain string `json:"trust_domain"`
-					Sequence    uint64 `json:"sequence"`
-					Authorities int    `json:"x509_authorities"`
-				}
-				var rows []row
-				for _, b := range resp.GetBundles() {
-					n := 0
-					if td, err := spiffeid.TrustDomainFromString(b.GetTrustDomain()); err == nil {
-						if parsed, err := bundle.Parse(td, b.GetSpiffeBundle()); err == nil {
-							n = len(parsed.X509Authorities())
-						}
-					}
-					rows = append(rows, row{b.GetTrustDomain(), b.GetSequence(), n})
-				}
+				rows := bundleRows(resp)
 				return printData(c.OutOrStdout(), listOut, map[string]any{"bundles": rows}, func(w io.Writer) error {
 					tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(tw, "TRUST DOMAIN\tSEQUENCE\tX.509 AUTHORITIES")
+					fmt.Fprintln(tw, "TRUST DOMAIN\tSEQUENCE\tX.509 AUTHORITIES\tENDPOINT\tLAST FETCH\tNEXT FETCH\tERROR")
 					for _, r := range rows {
-						fmt.Fprintf(tw, "%s\t%d\t%d\n", r.TrustDomain, r.Sequence, r.Authorities)
+						fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\n", r.TrustDomain, r.Sequence, r.Authorities,
+							orDash(r.Endpoint), orDash(r.LastSuccess), orDash(r.NextRefresh), orDash(r.LastError))
 					}
 					return tw.Flush()
 				})
@@ -379,6 +401,29 @@ the bundles of federated trust domains: 'bundle set' installs one out of band
 	}
 	listAdmin.add(list)
 	outputFlag(list, &listOut)
+
+	var refreshAdmin adminFlags
+	refresh := &cobra.Command{
+		Use:   "refresh TRUST-DOMAIN --admin-socket PATH",
+		Short: "Fetch a federated trust domain's bundle from its endpoint now",
+		Long: `Fetch the bundle of a trust domain listed in federation.federates_with from its
+bundle endpoint now, instead of at the time its refresh hint gives. A failed
+fetch changes nothing: the last good bundle stays.`,
+		Example: `  meshfed bundle refresh west.example --admin-socket east/admin.sock`,
+		Args:    exactArgs(1, "one trust domain"),
+		RunE: func(c *cobra.Command, args []string) error {
+			return refreshAdmin.call(c, func(ctx context.Context, client pb.AdminClient) error {
+				p, err := client.RefreshFederatedBundle(ctx, &pb.RefreshFederatedBundleRequest{TrustDomain: args[0]})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(c.OutOrStdout(), "fetched the bundle of %s from %s (sequence %d, %d X.509 authorities)\n",
+					p.GetTrustDomain(), p.GetBundleEndpointUrl(), p.GetSequence(), p.GetX509Authorities())
+				return nil
+			})
+		},
+	}
+	refreshAdmin.add(refresh)
 
 	var setAdmin adminFlags
 	var setTD, setIn string
@@ -441,8 +486,59 @@ must come out of band.`,
 		},
 	}
 	delAdmin.add(del)
-	c.AddCommand(show, list, set, del)
+	c.AddCommand(show, list, set, del, refresh)
 	return c
+}
+
+// bundleRow is one line of 'bundle list'.
+type bundleRow struct {
+	TrustDomain string `json:"trust_domain"`
+	Sequence    uint64 `json:"sequence"`
+	Authorities int    `json:"x509_authorities"`
+	Source      string `json:"source"`
+	Endpoint    string `json:"bundle_endpoint_url,omitempty"`
+	Profile     string `json:"bundle_endpoint_profile,omitempty"`
+	LastSuccess string `json:"last_success,omitempty"`
+	NextRefresh string `json:"next_refresh,omitempty"`
+	LastError   string `json:"last_error,omitempty"`
+}
+
+// bundleRows joins the stored bundles with the fetcher's peers, so a peer
+// that never fetched (no bundle yet) is listed too.
+func bundleRows(resp *pb.ListFederatedBundlesResponse) []bundleRow {
+	byTD := map[string]int{}
+	var rows []bundleRow
+	for _, b := range resp.GetBundles() {
+		n := 0
+		if td, err := spiffeid.TrustDomainFromString(b.GetTrustDomain()); err == nil {
+			if parsed, err := bundle.Parse(td, b.GetSpiffeBundle()); err == nil {
+				n = len(parsed.X509Authorities())
+			}
+		}
+		source := "bundle set"
+		if b.GetAllWorkloads() {
+			source = "virtual_mesh"
+		}
+		byTD[b.GetTrustDomain()] = len(rows)
+		rows = append(rows, bundleRow{TrustDomain: b.GetTrustDomain(), Sequence: b.GetSequence(), Authorities: n, Source: source})
+	}
+	stamp := func(sec int64) string {
+		if sec == 0 {
+			return ""
+		}
+		return time.Unix(sec, 0).UTC().Format(time.RFC3339)
+	}
+	for _, p := range resp.GetPeers() {
+		i, ok := byTD[p.GetTrustDomain()]
+		if !ok {
+			i = len(rows)
+			rows = append(rows, bundleRow{TrustDomain: p.GetTrustDomain()})
+		}
+		r := &rows[i]
+		r.Source, r.Endpoint, r.Profile = p.GetSource(), p.GetBundleEndpointUrl(), p.GetBundleEndpointProfile()
+		r.LastSuccess, r.NextRefresh, r.LastError = stamp(p.GetLastSuccess()), stamp(p.GetNextRefresh()), p.GetLastError()
+	}
+	return rows
 }
 
 func writeBundle(w io.Writer, b *pb.Bundle, f bundle.Format) error {

@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
@@ -266,6 +267,17 @@ func (ca *CA) Certificate() *x509.Certificate { return ca.cert }
 // Chain returns the CA certificate and the intermediates above it, without
 // the root: what follows a leaf in the chain the leaf's owner presents.
 func (ca *CA) Chain() []*x509.Certificate { return append([]*x509.Certificate(nil), ca.chain...) }
+
+// RootKeyID returns the subject key ID of the root the CA's chain ends at:
+// the authority key ID of the chain's top certificate, or its own subject key
+// ID when the CA is the root. A rotation counts dependents by it.
+func (ca *CA) RootKeyID() []byte {
+	top := ca.chain[len(ca.chain)-1]
+	if len(top.AuthorityKeyId) == 0 || bytes.Equal(top.RawSubject, top.RawIssuer) && bytes.Equal(top.AuthorityKeyId, top.SubjectKeyId) {
+		return top.SubjectKeyId
+	}
+	return top.AuthorityKeyId
+}
 
 // Roots returns the trust anchors the CA verifies to.
 func (ca *CA) Roots() []*x509.Certificate { return append([]*x509.Certificate(nil), ca.roots...) }

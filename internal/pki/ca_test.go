@@ -542,6 +542,12 @@ func TestSubIntermediate(t *testing.T) {
 	if err != nil || len(chains[0]) != 4 {
 		t.Fatalf("VerifyX509SVID: %v", err)
 	}
+	// Every CA of the path names the same root.
+	for i, ca := range []*pki.CA{p.rootCA, ca1, ca2} {
+		if got := ca.RootKeyID(); len(got) == 0 || !bytes.Equal(got, p.root.SubjectKeyId) {
+			t.Errorf("CA %d: RootKeyID %x, want the root's %x", i, got, p.root.SubjectKeyId)
+		}
+	}
 	_, err = ca2.SignIntermediate(pki.IntermediateRequest{PublicKey: key(t, pki.ECP256, 4).Public(), TrustDomain: east})
 	wantErr(t, err, `pki: intermediate: "CN=east sub CA,O=meshfed" has path length 0`)
 }

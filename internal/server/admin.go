@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/meshfed/meshfed/internal/adminsock"
 	pb "github.com/meshfed/meshfed/internal/api/serverv1"
 	"github.com/meshfed/meshfed/internal/bundle"
 	"github.com/meshfed/meshfed/internal/credential"
@@ -22,8 +23,8 @@ const adminPrefix = "/" + "meshfed.server.v1.Admin/"
 
 // adminOverSocket lets only allowed uids call the admin socket.
 func (s *Server) adminOverSocket(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	uid, ok := callerUID(ctx)
-	if !ok || !uidAllowed(s.set.allowedUIDs, uid) {
+	uid, ok := adminsock.CallerUID(ctx)
+	if !ok || !adminsock.UIDAllowed(s.set.allowedUIDs, uid) {
 		s.log.Warn("admin call refused", "method", info.FullMethod, "uid", uid)
 		return nil, status.Errorf(codes.PermissionDenied, "server: uid %d may not use the admin socket (admin.allowed_uids)", uid)
 	}
@@ -169,7 +170,7 @@ func (a *adminService) ListFederatedBundles(ctx context.Context, _ *pb.ListFeder
 	if err != nil {
 		return nil, err
 	}
-	return &pb.ListFederatedBundlesResponse{Bundles: fed}, nil
+	return &pb.ListFederatedBundlesResponse{Bundles: fed, Peers: a.s.peerMessages()}, nil
 }
 
 func (a *adminService) SetFederatedBundle(ctx context.Context, req *pb.Bundle) (*pb.Bundle, error) {

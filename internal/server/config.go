@@ -40,6 +40,7 @@ type Config struct {
 	BundleEndpoint BundleEndpointConfig `json:"bundle_endpoint"`
 	Admin          AdminConfig          `json:"admin"`
 	Credentials    CredentialsConfig    `json:"credentials"`
+	Federation     FederationConfig     `json:"federation"`
 
 	LogLevel  string `json:"log_level"`
 	LogFormat string `json:"log_format"`
@@ -52,6 +53,11 @@ type CAConfig struct {
 	KeyType        string            `json:"key_type"`
 	RootTTL        duration.Duration `json:"root_ttl"`
 	ReloadInterval duration.Duration `json:"reload_interval"`
+	// AutoRotate (default true) starts a rotation of a self-signed root
+	// when it has less than RotateBefore left (default: a sixth of its
+	// lifetime) and advances each phase as soon as its condition holds.
+	AutoRotate   *bool             `json:"auto_rotate"`
+	RotateBefore duration.Duration `json:"rotate_before"`
 }
 
 // SVIDConfig bounds the lifetimes the server signs.
@@ -95,6 +101,37 @@ type JWTIssuerConfig struct {
 // JoinTokenConfig configures one-time join tokens.
 type JoinTokenConfig struct {
 	DefaultTTL duration.Duration `json:"default_ttl"`
+}
+
+// FederationConfig says which foreign trust domains this server trusts:
+// SPIFFE bundle federation (federates_with) and a VirtualMesh membership.
+type FederationConfig struct {
+	FederatesWith []FederatesWithConfig `json:"federates_with"`
+	// WebRootsFile verifies https_web bundle endpoints (PEM); default: the
+	// system's roots.
+	WebRootsFile string             `json:"https_web_roots_file"`
+	VirtualMesh  *VirtualMeshConfig `json:"virtual_mesh"`
+}
+
+// FederatesWithConfig is one foreign trust domain whose bundle is fetched
+// from its bundle endpoint; the keys are SPIRE's.
+type FederatesWithConfig struct {
+	TrustDomain           string `json:"trust_domain"`
+	BundleEndpointURL     string `json:"bundle_endpoint_url"`
+	BundleEndpointProfile string `json:"bundle_endpoint_profile"`
+	EndpointSPIFFEID      string `json:"endpoint_spiffe_id"`
+}
+
+// VirtualMeshConfig makes this server a member of a VirtualMesh: it joins
+// the controller with a one-time token, then signs with an intermediate of
+// the shared root, made from a key it keeps.
+type VirtualMeshConfig struct {
+	Controller       string `json:"controller"`
+	ControllerCAFile string `json:"controller_ca_file"`
+	JoinTokenFile    string `json:"join_token_file"`
+	// Dir holds the intermediate in Istio's cacerts layout; default
+	// <data_dir>/virtualmesh.
+	Dir string `json:"dir"`
 }
 
 // Defaults.
@@ -151,6 +188,8 @@ type settings struct {
 	keyType        pki.KeyType
 	rootTTL        time.Duration
 	reloadInterval time.Duration
+	autoRotate     bool
+	rotateBefore   time.Duration
 	defaultTTL     time.Duration
 	maxTTL         time.Duration
 	nodeTTL        time.Duration
@@ -162,6 +201,7 @@ type settings struct {
 	allowedUIDs    []int
 	adminIDs       []spiffeid.ID
 	jwtIssuers     []JWTIssuerConfig
+	federation     federationSettings
 }
 
 // validate fills in defaults and refuses contradictions, naming the key.
@@ -220,6 +260,11 @@ func (c Config) validate() (*settings, error) {
 	}
 	s.rootTTL = orDur(c.CA.RootTTL, pki.DefaultRootTTL)
 	s.reloadInterval = orDur(c.CA.ReloadInterval, DefaultReloadInterval)
+	s.autoRotate = c.CA.AutoRotate == nil || *c.CA.AutoRotate
+	s.rotateBefore = time.Duration(c.CA.RotateBefore)
+	if s.rotateBefore < 0 || s.rotateBefore >= s.rootTTL {
+		return nil, fmt.Errorf("server: ca.rotate_before %s must be positive and less than ca.root_ttl %s", s.rotateBefore, s.rootTTL)
+	}
 	s.defaultTTL = orDur(c.SVID.DefaultTTL, DefaultSVIDTTL)
 	s.maxTTL = orDur(c.SVID.MaxTTL, DefaultMaxSVIDTTL)
 	s.nodeTTL = orDur(c.SVID.NodeTTL, DefaultNodeSVIDTTL)
@@ -272,6 +317,15 @@ func (c Config) validate() (*settings, error) {
 		}
 	}
 	s.jwtIssuers = c.Credentials.KubernetesJWT
+	if s.federation, err = c.Federation.validate(s.td, s.dataDir); err != nil {
+		return nil, err
+	}
+	if s.federation.vm != nil {
+		if s.caMode != authority.ModeSelfSigned {
+			return nil, errors.New("server: federation.virtual_mesh needs ca.mode self-signed (the default): the server signs with its own root until the VirtualMesh intermediate arrives")
+		}
+		s.caMode, s.caCertsDir = authority.ModeVirtualMesh, s.federation.vmDir
+	}
 	return s, nil
 }
 

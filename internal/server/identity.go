@@ -6,11 +6,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"github.com/meshfed/meshfed/internal/tlspolicy"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/internal/tlspolicy"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -28,7 +29,8 @@ type servingIdentity struct {
 	s       *Server
 	current atomic.Pointer[x509svid.SVID]
 	cert    atomic.Pointer[tls.Certificate]
-	signer  *pki.CA // the CA that signed current
+	signer  atomic.Pointer[pki.CA] // the CA that signed current
+	mu      sync.Mutex             // one rotate at a time
 }
 
 func (si *servingIdentity) id() spiffeid.ID {
@@ -37,6 +39,8 @@ func (si *servingIdentity) id() spiffeid.ID {
 
 // rotate issues a new serving SVID from the CA in use.
 func (si *servingIdentity) rotate() error {
+	si.mu.Lock()
+	defer si.mu.Unlock()
 	ca := si.s.auth.CA()
 	key, err := pki.GenerateKey(pki.ECP256)
 	if err != nil {
@@ -60,7 +64,7 @@ func (si *servingIdentity) rotate() error {
 	}
 	si.current.Store(svid)
 	si.cert.Store(&tls.Certificate{Certificate: raw, PrivateKey: key, Leaf: chain[0]})
-	si.signer = ca
+	si.signer.Store(ca)
 	si.s.log.Info("server SVID issued", "spiffe_id", svid.ID.String(), "not_after", chain[0].NotAfter.UTC().Format(time.RFC3339))
 	return nil
 }
@@ -69,7 +73,7 @@ func (si *servingIdentity) rotate() error {
 // lifetime, or when the CA that signed it is no longer the CA in use.
 func (si *servingIdentity) due(now time.Time) bool {
 	svid := si.current.Load()
-	if svid == nil || si.signer != si.s.auth.CA() {
+	if svid == nil || si.signer.Load() != si.s.auth.CA() {
 		return true
 	}
 	leaf := svid.Certificates[0]

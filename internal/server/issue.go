@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -64,6 +65,7 @@ func (s *Server) signSVID(ctx context.Context, ident credential.Identity, csr *x
 		ServerID:       s.set.serverID,
 		IssuedAt:       s.clock(),
 		NotAfter:       leaf.NotAfter,
+		RootKeyID:      hex.EncodeToString(ca.RootKeyID()),
 	})
 	s.metrics.observeStore("record_issued", storeStart)
 	if err != nil {

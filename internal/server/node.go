@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	pb "github.com/meshfed/meshfed/internal/api/serverv1"
@@ -149,19 +150,22 @@ func (n *nodeService) Watch(_ *pb.WatchRequest, stream pb.Node_WatchServer) erro
 	}
 	s.metrics.watchers.Inc()
 	defer s.metrics.watchers.Dec()
+	id := s.watchers.add()
+	defer s.watchers.remove(id)
 	var last int64 = -1
 	for {
 		wake := s.changes.wait()
-		if rev := s.revision.Load(); rev != last {
+		if view := s.view.Load(); view != last {
 			snap, err := s.snapshot(ctx, callerID)
 			if err != nil {
 				return err
 			}
-			snap.Revision = rev
+			snap.Revision = s.revision.Load()
 			if err := stream.Send(snap); err != nil {
 				return err
 			}
-			last = rev
+			last = view
+			s.watchers.sent(id, view)
 		}
 		select {
 		case <-ctx.Done():
@@ -237,8 +241,14 @@ func (s *Server) bundles(ctx context.Context) (*pb.Bundle, []*pb.Bundle, error) 
 	if err != nil {
 		return nil, nil, status.Error(codes.Unavailable, "server: the store is unavailable; retry")
 	}
-	var out []*pb.Bundle
+	out, err := s.virtualMeshBundles()
+	if err != nil {
+		return nil, nil, status.Errorf(codes.Internal, "server: VirtualMesh bundles: %v", err)
+	}
 	for _, f := range fed {
+		if slices.ContainsFunc(out, func(b *pb.Bundle) bool { return b.GetTrustDomain() == f.TrustDomain.Name() }) {
+			continue // a VirtualMesh member: the shared roots are its bundle
+		}
 		msg := &pb.Bundle{TrustDomain: f.TrustDomain.Name(), SpiffeBundle: f.JSON}
 		if b, err := bundle.Parse(f.TrustDomain, f.JSON); err == nil {
 			msg.Sequence, _ = b.SequenceNumber()

@@ -24,16 +24,22 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/meshfed/meshfed/internal/adminsock"
+	"github.com/meshfed/meshfed/internal/api/federationv1"
 	"github.com/meshfed/meshfed/internal/api/serverv1"
 	"github.com/meshfed/meshfed/internal/authority"
 	"github.com/meshfed/meshfed/internal/bundleendpoint"
 	"github.com/meshfed/meshfed/internal/credential"
+	"github.com/meshfed/meshfed/internal/federation/fetcher"
+	"github.com/meshfed/meshfed/internal/federation/member"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/internal/store"
+	"github.com/meshfed/meshfed/internal/supervise"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -73,7 +79,18 @@ type Server struct {
 	bundle   atomic.Pointer[spiffebundle.Bundle] // this domain's, as published
 	revision atomic.Int64
 	changes  *broadcaster
-	svids    svidMemo // SVID credentials verified, per chain and revision
+	svids    svidMemo           // SVID credentials verified, per chain and revision
+	fetcher  *fetcher.Refresher // nil without federation.federates_with
+	member   *member.Member     // nil without federation.virtual_mesh
+	vmState  atomic.Pointer[member.State]
+	// localGen counts changes to the bundles that are not in the store (a
+	// VirtualMesh state); builtGen is the one the published bundle has.
+	localGen, builtGen atomic.Int64
+	// view counts the bundle and entry sets served: it moves whenever the
+	// store's revision or localGen does, and Watch streams send on a move.
+	view     atomic.Int64
+	watchers watcherSet
+	rotateMu sync.Mutex // one rotation step at a time
 
 	grpcLn, adminLn, bundleLn, metricsLn net.Listener
 	grpcServer, adminServer              *grpc.Server
@@ -153,6 +170,12 @@ func New(ctx context.Context, cfg Config, opts Options) (*Server, error) {
 	if err := s.identity.rotate(); err != nil {
 		return nil, err
 	}
+	if err := s.startFederation(); err != nil {
+		return nil, err
+	}
+	if err := s.startVirtualMesh(); err != nil {
+		return nil, err
+	}
 	if err := s.serve(); err != nil {
 		return nil, err
 	}
@@ -175,7 +198,7 @@ func (s *Server) bind() error {
 			return fmt.Errorf("server: metrics_listen: %w", err)
 		}
 	}
-	if s.adminLn, err = listenUnix(s.set.adminSocket); err != nil {
+	if s.adminLn, err = adminsock.Listen(s.set.adminSocket); err != nil {
 		return err
 	}
 	// The socket is 0600 unless other uids are allowed; then the file opens
@@ -204,11 +227,12 @@ func (s *Server) serve() error {
 	serverv1.RegisterAdminServer(s.grpcServer, &adminService{s: s})
 
 	s.adminServer = grpc.NewServer(
-		grpc.Creds(peerCreds{}),
+		grpc.Creds(adminsock.Credentials()),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 		grpc.ChainUnaryInterceptor(s.adminOverSocket),
 	)
 	serverv1.RegisterAdminServer(s.adminServer, &adminService{s: s})
+	federationv1.RegisterAdminServer(s.adminServer, &rotationAdmin{s: s})
 
 	beCfg := bundleendpoint.Config{
 		Listener:    s.bundleLn,
@@ -284,13 +308,19 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	run("CA reload", func() error { return s.auth.Run(ctx) })
 	run("maintenance", func() error { return s.maintain(ctx) })
+	if s.fetcher != nil {
+		run("bundle federation", func() error { return s.fetcher.Run(ctx) })
+	}
+	if s.member != nil {
+		run("virtual mesh", func() error { return s.runVirtualMesh(ctx) })
+	}
 	s.log.Info("server started", "listen", s.grpcLn.Addr().String(), "bundle_listen", s.bundleLn.Addr().String(),
 		"admin_socket", s.set.adminSocket, "ca_mode", string(s.set.caMode), "datastore", s.store.Backend())
 
 	<-ctx.Done()
 	close(s.stopping)
-	stopGracefully(s.grpcServer, 5*time.Second)
-	stopGracefully(s.adminServer, 5*time.Second)
+	supervise.StopGRPC(s.grpcServer, 5*time.Second)
+	supervise.StopGRPC(s.adminServer, 5*time.Second)
 	if s.metricsServer != nil {
 		shutdownCtx, c := context.WithTimeout(context.Background(), 5*time.Second)
 		s.metricsServer.Shutdown(shutdownCtx)
@@ -303,21 +333,6 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	default:
 		return nil
-	}
-}
-
-// stopGracefully lets calls in flight finish, for at most d.
-func stopGracefully(g *grpc.Server, d time.Duration) {
-	done := make(chan struct{})
-	go func() {
-		g.GracefulStop()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(d):
-		g.Stop()
-		<-done
 	}
 }
 
@@ -369,11 +384,18 @@ func (s *Server) tick(ctx context.Context) {
 	if err := s.refresh(ctx); err != nil {
 		s.log.Error("reading the store failed; will retry", "error", err)
 	}
+	s.autoRotate(ctx)
+	s.retireSelfSignedRoot(ctx)
 }
 
 // publishAuthorities records the roots of the CA in use in the shared store,
 // so every server of the domain publishes them.
 func (s *Server) publishAuthorities(ctx context.Context) error {
+	if s.set.caMode == authority.ModeVirtualMesh && s.auth.FromCACerts() {
+		// The shared roots come and go with the VirtualMesh state (a
+		// retired root must leave the bundle), not with the store.
+		return nil
+	}
 	defer s.metrics.observeStore("add_x509_authority", time.Now())
 	for _, r := range s.auth.CA().Roots() {
 		if err := s.store.AddX509Authority(ctx, store.X509Authority{DER: r.Raw, NotAfter: r.NotAfter, ServerID: s.set.serverID}); err != nil {
@@ -392,7 +414,8 @@ func (s *Server) refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if rev == s.revision.Load() && s.bundle.Load() != nil {
+	gen := s.localGen.Load()
+	if rev == s.revision.Load() && gen == s.builtGen.Load() && s.bundle.Load() != nil {
 		return nil
 	}
 	b, err := s.buildBundle(ctx)
@@ -401,6 +424,8 @@ func (s *Server) refresh(ctx context.Context) error {
 	}
 	s.bundle.Store(b)
 	s.revision.Store(rev)
+	s.builtGen.Store(gen)
+	s.view.Add(1)
 	s.changes.broadcast()
 	return nil
 }
@@ -435,7 +460,17 @@ func (s *Server) buildBundle(ctx context.Context) (*spiffebundle.Bundle, error) 
 		}
 		b.AddX509Authority(c)
 	}
-	for _, r := range s.auth.CA().Roots() {
+	roots := s.auth.CA().Roots()
+	if vm := s.vmState.Load(); vm != nil {
+		// A VirtualMesh member trusts the roots the controller says, and
+		// only those: a retired root leaves with the state that drops it,
+		// even if the cacerts files still carry it.
+		roots = vm.Roots
+		if !s.auth.FromCACerts() {
+			roots = slices.Concat(roots, s.auth.CA().Roots())
+		}
+	}
+	for _, r := range roots {
 		b.AddX509Authority(r)
 	}
 	for _, a := range auths.JWT {
@@ -524,4 +559,49 @@ func (b *broadcaster) broadcast() {
 	defer b.mu.Unlock()
 	close(b.ch)
 	b.ch = make(chan struct{})
+}
+
+// watcherSet tracks the Watch streams and the view each last received, so
+// a rotation can tell whether every agent has the current bundle.
+type watcherSet struct {
+	mu   sync.Mutex
+	next uint64
+	last map[uint64]int64
+}
+
+func (w *watcherSet) add() uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.last == nil {
+		w.last = map[uint64]int64{}
+	}
+	w.next++
+	w.last[w.next] = -1
+	return w.next
+}
+
+func (w *watcherSet) sent(id uint64, view int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.last[id] = view
+}
+
+func (w *watcherSet) remove(id uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.last, id)
+}
+
+// counts returns how many streams there are, and how many have been sent
+// view.
+func (w *watcherSet) counts(view int64) (all, current int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, v := range w.last {
+		all++
+		if v == view {
+			current++
+		}
+	}
+	return all, current
 }

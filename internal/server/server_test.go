@@ -45,6 +45,12 @@ type harness struct {
 
 func start(t *testing.T, mutate func(*Config)) *harness {
 	t.Helper()
+	return startWith(t, Options{}, mutate)
+}
+
+// startWith starts a server with opts (a test clock, say).
+func startWith(t *testing.T, opts Options, mutate func(*Config)) *harness {
+	t.Helper()
 	dir := t.TempDir()
 	jwtKey, _ := pki.GenerateKey(pki.ECP256)
 	jwks := jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: jwtKey.Public(), KeyID: "k1", Algorithm: "ES256", Use: "sig"}}}
@@ -68,7 +74,7 @@ func start(t *testing.T, mutate func(*Config)) *harness {
 		mutate(&cfg)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := New(ctx, cfg, Options{})
+	srv, err := New(ctx, cfg, opts)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -421,6 +427,13 @@ func TestConfigValidation(t *testing.T) {
 		{"trust_domain: east.example\ndata_dir: x\nsvid:\n  default_ttl: 48h\n", "svid.default_ttl 48h0m0s exceeds svid.max_ttl 24h0m0s"},
 		{"trust_domain: east.example\ndata_dir: x\ncredentials:\n  kubernetes_jwt:\n  - issuer: k8s\n    audiences: [istio-ca]\n", "give exactly one of jwks_file or jwks_url"},
 		{"trust_domain: east.example\ndata_dir: x\nadmin:\n  admin_ids: [spiffe://west.example/admin]\n", "is not in trust domain east.example"},
+		{"trust_domain: east.example\ndata_dir: x\nfederation:\n  federates_with:\n  - trust_domain: east.example\n", "federation.federates_with[0]: east.example is this server's own trust domain"},
+		{"trust_domain: east.example\ndata_dir: x\nfederation:\n  federates_with:\n  - trust_domain: west.example\n    bundle_endpoint_url: http://w:1\n", "is not an https URL"},
+		{"trust_domain: east.example\ndata_dir: x\nfederation:\n  federates_with:\n  - trust_domain: west.example\n    bundle_endpoint_url: https://w:1\n", "endpoint_spiffe_id"},
+		{"trust_domain: east.example\ndata_dir: x\nfederation:\n  federates_with:\n  - {trust_domain: w.example, bundle_endpoint_url: 'https://w:1', bundle_endpoint_profile: https_web}\n  - {trust_domain: w.example, bundle_endpoint_url: 'https://w:1', bundle_endpoint_profile: https_web}\n", "w.example is listed twice"},
+		{"trust_domain: east.example\ndata_dir: x\nfederation:\n  virtual_mesh:\n    controller_ca_file: r.pem\n", "federation.virtual_mesh.controller"},
+		{"trust_domain: east.example\ndata_dir: x\nfederation:\n  virtual_mesh:\n    controller: c:1\n", "controller_ca_file is required"},
+		{"trust_domain: east.example\ndata_dir: x\nca:\n  mode: cacerts\n  cacerts_dir: d\nfederation:\n  virtual_mesh:\n    controller: c:1\n    controller_ca_file: r.pem\n", "virtual_mesh needs ca.mode self-signed"},
 	}
 	for _, tc := range cases {
 		c, err := ParseConfig("test.yaml", []byte(tc.yaml))

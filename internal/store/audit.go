@@ -21,6 +21,9 @@ type Issued struct {
 	ServerID       string    // the server that signed
 	IssuedAt       time.Time // defaults to the store's clock
 	NotAfter       time.Time
+	// RootKeyID is the hex subject key ID of the root the certificate
+	// chains to ("" if unknown).
+	RootKeyID string
 }
 
 // AuditFilter selects audit rows; zero fields match every row.
@@ -57,8 +60,12 @@ func (s *Store) RecordIssued(ctx context.Context, r Issued) error {
 	if err := checkText("issued certificate server ID", r.ServerID, MaxNameBytes, false); err != nil {
 		return err
 	}
+	if err := checkText("issued certificate root key ID", r.RootKeyID, MaxNameBytes, false); err != nil {
+		return err
+	}
 	for _, f := range []struct{ what, v string }{
 		{"SPIFFE ID or DNS name", r.SPIFFEID}, {"credential kind", r.CredentialKind}, {"caller", r.Caller}, {"server ID", r.ServerID},
+		{"root key ID", r.RootKeyID},
 	} {
 		// Postgres refuses both in text; refused at the database, the row
 		// would fail every other row committed with it.
@@ -83,15 +90,15 @@ func (s *Store) RecordIssued(ctx context.Context, r Issued) error {
 // of them or none.
 func (s *Store) insertIssued(ctx context.Context, rows []Issued) error {
 	var q strings.Builder
-	q.WriteString(`INSERT INTO issued (serial, spiffe_id, credential_kind, caller, server_id, issued_at, not_after) VALUES `)
-	args := make([]any, 0, 7*len(rows))
+	q.WriteString(`INSERT INTO issued (serial, spiffe_id, credential_kind, caller, server_id, issued_at, not_after, root_key_id) VALUES `)
+	args := make([]any, 0, 8*len(rows))
 	for i, r := range rows {
 		if i > 0 {
 			q.WriteString(", ")
 		}
 		n := len(args)
-		fmt.Fprintf(&q, "($%d, $%d, $%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7)
-		args = append(args, r.Serial, r.SPIFFEID, r.CredentialKind, r.Caller, r.ServerID, millis(r.IssuedAt), millis(r.NotAfter))
+		fmt.Fprintf(&q, "($%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8)
+		args = append(args, r.Serial, r.SPIFFEID, r.CredentialKind, r.Caller, r.ServerID, millis(r.IssuedAt), millis(r.NotAfter), r.RootKeyID)
 	}
 	if _, err := s.w.ExecContext(ctx, q.String(), args...); err != nil {
 		if len(rows) > 1 {
@@ -133,7 +140,7 @@ func (s *Store) ListIssued(ctx context.Context, f AuditFilter) ([]Issued, error)
 	if !f.Since.IsZero() {
 		add("issued_at >= $%d", millis(f.Since))
 	}
-	q := `SELECT serial, spiffe_id, credential_kind, caller, server_id, issued_at, not_after FROM issued`
+	q := `SELECT serial, spiffe_id, credential_kind, caller, server_id, issued_at, not_after, root_key_id FROM issued`
 	if len(where) > 0 {
 		q += ` WHERE ` + strings.Join(where, " AND ")
 	}
@@ -150,7 +157,7 @@ func (s *Store) ListIssued(ctx context.Context, f AuditFilter) ([]Issued, error)
 			r                  Issued
 			issuedAt, notAfter int64
 		)
-		if err := rows.Scan(&r.Serial, &r.SPIFFEID, &r.CredentialKind, &r.Caller, &r.ServerID, &issuedAt, &notAfter); err != nil {
+		if err := rows.Scan(&r.Serial, &r.SPIFFEID, &r.CredentialKind, &r.Caller, &r.ServerID, &issuedAt, &notAfter, &r.RootKeyID); err != nil {
 			return nil, fmt.Errorf("store: reading the audit log: %w", err)
 		}
 		r.IssuedAt, r.NotAfter = fromMillis(issuedAt), fromMillis(notAfter)
@@ -184,4 +191,29 @@ func normalizeSerial(what, s string) (string, error) {
 		}
 	}
 	return h, nil
+}
+
+// LiveIssuedByRoot counts the certificates recorded in the audit log that
+// are unexpired at now, per RootKeyID: who still depends on which root.
+func (s *Store) LiveIssuedByRoot(ctx context.Context, now time.Time) (map[string]int64, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT root_key_id, COUNT(*) FROM issued WHERE not_after > $1 GROUP BY root_key_id`, millis(now))
+	if err != nil {
+		return nil, fmt.Errorf("store: counting live certificates: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]int64{}
+	for rows.Next() {
+		var (
+			id string
+			n  int64
+		)
+		if err := rows.Scan(&id, &n); err != nil {
+			return nil, fmt.Errorf("store: counting live certificates: %w", err)
+		}
+		out[id] = n
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: counting live certificates: %w", err)
+	}
+	return out, nil
 }

@@ -143,6 +143,30 @@ func (s *Store) RemoveExpiredAuthorities(ctx context.Context, now time.Time) (in
 	return int(removed), nil
 }
 
+// RemoveX509Authority removes a CA certificate (by its DER) from the trust
+// domain's bundle: a retired root. Removing one increases the sequence by
+// one; removing one that is not there is ErrNotFound.
+func (s *Store) RemoveX509Authority(ctx context.Context, der []byte) error {
+	if err := checkDER("X.509 authority", der); err != nil {
+		return err
+	}
+	sum := sha256.Sum256(der)
+	err := s.change(ctx, true, func(tx *sql.Tx, _ int64) (int64, error) {
+		n, err := rowsAffected(tx.ExecContext(ctx, `DELETE FROM x509_authorities WHERE sha256 = $1`, hex.EncodeToString(sum[:])))
+		if err == nil && n == 0 {
+			err = ErrNotFound
+		}
+		return n, err
+	})
+	if errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("store: X.509 authority %x: %w", sum[:8], ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("store: removing an X.509 authority: %w", err)
+	}
+	return nil
+}
+
 // LocalAuthorities returns this trust domain's authorities and their
 // sequence, read from one snapshot.
 func (s *Store) LocalAuthorities(ctx context.Context) (Authorities, error) {

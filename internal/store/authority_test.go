@@ -159,3 +159,31 @@ func TestAuthoritiesRefuse(t *testing.T) {
 		}
 	})
 }
+
+// TestRemoveX509Authority: a retired root leaves the bundle at once, moving
+// the sequence; removing it twice is ErrNotFound.
+func TestRemoveX509Authority(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, d *testDB) {
+		ctx := context.Background()
+		oldRoot, newRoot := caDER(t, "east root CA", t0.Add(48*time.Hour), true), caDER(t, "east root CA 2", t0.Add(96*time.Hour), true)
+		for _, der := range [][]byte{oldRoot, newRoot} {
+			if err := d.s.AddX509Authority(ctx, store.X509Authority{DER: der, ServerID: "east-1"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := d.s.RemoveX509Authority(ctx, oldRoot); err != nil {
+			t.Fatal(err)
+		}
+		got, err := d.s.LocalAuthorities(ctx)
+		if err != nil || len(got.X509) != 1 || !bytes.Equal(got.X509[0].DER, newRoot) || got.Sequence != 3 {
+			t.Fatalf("after removing the old root: %+v, %v", got, err)
+		}
+		if err := d.s.RemoveX509Authority(ctx, oldRoot); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("removing it again: %v", err)
+		}
+		if got, _ := d.s.LocalAuthorities(ctx); got.Sequence != 3 {
+			t.Errorf("a failed removal moved the sequence to %d", got.Sequence)
+		}
+	})
+}

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -173,6 +174,41 @@ func TestRecordIssuedRefuses(t *testing.T) {
 			if tt.want != "" && !errors.Is(err, store.ErrInvalid) {
 				t.Errorf("%s: %v is not ErrInvalid", tt.name, err)
 			}
+		}
+	})
+}
+
+// TestLiveIssuedByRoot counts unexpired audit rows per root: who still
+// depends on which root during a rotation.
+func TestLiveIssuedByRoot(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, d *testDB) {
+		ctx := context.Background()
+		for i, r := range []struct {
+			root    string
+			expires time.Duration
+		}{{"aa", time.Hour}, {"aa", 2 * time.Hour}, {"bb", time.Hour}, {"bb", -time.Minute}, {"", time.Hour}} {
+			if err := d.s.RecordIssued(ctx, store.Issued{Serial: fmt.Sprintf("%x", i+1), SPIFFEID: web.String(), CredentialKind: "svid",
+				IssuedAt: t0.Add(-2 * time.Hour), NotAfter: t0.Add(r.expires), RootKeyID: r.root}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, tt := range []struct {
+			at   time.Time
+			want map[string]int64
+		}{
+			{t0, map[string]int64{"aa": 2, "bb": 1, "": 1}},
+			{t0.Add(time.Hour), map[string]int64{"aa": 1}},
+			{t0.Add(2 * time.Hour), map[string]int64{}},
+		} {
+			got, err := d.s.LiveIssuedByRoot(ctx, tt.at)
+			if err != nil || !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("at %s: got %v, %v; want %v", tt.at, got, err, tt.want)
+			}
+		}
+		rows, err := d.s.ListIssued(ctx, store.AuditFilter{Serial: "1"})
+		if err != nil || len(rows) != 1 || rows[0].RootKeyID != "aa" {
+			t.Errorf("root key ID not kept: %+v, %v", rows, err)
 		}
 	})
 }

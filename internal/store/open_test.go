@@ -22,7 +22,7 @@ import (
 )
 
 // schemaVersion is the newest migration; bump it with each new one.
-const schemaVersion = 1
+const schemaVersion = 2
 
 // TestOpenRefusesBadConfig pins the errors for datastores that cannot work,
 // and that none of them shows a password.
@@ -221,7 +221,7 @@ func TestOpenRefusesNewerSchema(t *testing.T) {
 			t.Fatal("Open succeeded")
 		}
 		msg := err.Error()
-		if !strings.HasPrefix(msg, "store: the schema of ") || !strings.HasSuffix(msg, " is version 999, newer than this meshfed knows (1); upgrade meshfed") {
+		if !strings.HasPrefix(msg, "store: the schema of ") || !strings.HasSuffix(msg, " is version 999, newer than this meshfed knows (2); upgrade meshfed") {
 			t.Errorf("error = %q", msg)
 		}
 	})
@@ -365,7 +365,8 @@ func TestOpenLogs(t *testing.T) {
 	logs := buf.String()
 	for _, want := range []string{
 		`msg="store: applied migration" version=1 file=00001_initial.sql`,
-		`msg="store: opened" backend=postgres database=` + u.Host + u.Path + ` schema_version=1`,
+		`msg="store: applied migration" version=2 file=00002_issued_root.sql`,
+		`msg="store: opened" backend=postgres database=` + u.Host + u.Path + ` schema_version=2`,
 	} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("logs lack %q:\n%s", want, logs)

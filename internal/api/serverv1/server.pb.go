@@ -100,8 +100,12 @@ type Bundle struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	// SPIFFE bundle JSON.
-	SpiffeBundle  []byte `protobuf:"bytes,2,opt,name=spiffe_bundle,json=spiffeBundle,proto3" json:"spiffe_bundle,omitempty"`
-	Sequence      uint64 `protobuf:"varint,3,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	SpiffeBundle []byte `protobuf:"bytes,2,opt,name=spiffe_bundle,json=spiffeBundle,proto3" json:"spiffe_bundle,omitempty"`
+	Sequence     uint64 `protobuf:"varint,3,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// A federated bundle every workload of this trust domain receives, not
+	// only those whose entries federate with its trust domain: the other
+	// members of a VirtualMesh this domain belongs to.
+	AllWorkloads  bool `protobuf:"varint,4,opt,name=all_workloads,json=allWorkloads,proto3" json:"all_workloads,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -155,6 +159,13 @@ func (x *Bundle) GetSequence() uint64 {
 		return x.Sequence
 	}
 	return 0
+}
+
+func (x *Bundle) GetAllWorkloads() bool {
+	if x != nil {
+		return x.AllWorkloads
+	}
+	return false
 }
 
 type Selector struct {
@@ -1389,8 +1400,10 @@ func (*ListFederatedBundlesRequest) Descriptor() ([]byte, []int) {
 }
 
 type ListFederatedBundlesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Bundles       []*Bundle              `protobuf:"bytes,1,rep,name=bundles,proto3" json:"bundles,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Bundles []*Bundle              `protobuf:"bytes,1,rep,name=bundles,proto3" json:"bundles,omitempty"`
+	// The bundle endpoints this server fetches from (federation.federates_with).
+	Peers         []*FederationPeer `protobuf:"bytes,2,rep,name=peers,proto3" json:"peers,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1432,6 +1445,216 @@ func (x *ListFederatedBundlesResponse) GetBundles() []*Bundle {
 	return nil
 }
 
+func (x *ListFederatedBundlesResponse) GetPeers() []*FederationPeer {
+	if x != nil {
+		return x.Peers
+	}
+	return nil
+}
+
+// FederationPeer is a foreign trust domain fetched from its bundle endpoint,
+// and how the fetching goes. Times are unix seconds, 0 for never.
+type FederationPeer struct {
+	state                 protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain           string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	BundleEndpointUrl     string                 `protobuf:"bytes,2,opt,name=bundle_endpoint_url,json=bundleEndpointUrl,proto3" json:"bundle_endpoint_url,omitempty"`
+	BundleEndpointProfile string                 `protobuf:"bytes,3,opt,name=bundle_endpoint_profile,json=bundleEndpointProfile,proto3" json:"bundle_endpoint_profile,omitempty"`
+	EndpointSpiffeId      string                 `protobuf:"bytes,4,opt,name=endpoint_spiffe_id,json=endpointSpiffeId,proto3" json:"endpoint_spiffe_id,omitempty"`
+	LastAttempt           int64                  `protobuf:"varint,5,opt,name=last_attempt,json=lastAttempt,proto3" json:"last_attempt,omitempty"`
+	LastSuccess           int64                  `protobuf:"varint,6,opt,name=last_success,json=lastSuccess,proto3" json:"last_success,omitempty"`
+	LastError             string                 `protobuf:"bytes,7,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	Failures              int64                  `protobuf:"varint,8,opt,name=failures,proto3" json:"failures,omitempty"`
+	NextRefresh           int64                  `protobuf:"varint,9,opt,name=next_refresh,json=nextRefresh,proto3" json:"next_refresh,omitempty"`
+	Sequence              uint64                 `protobuf:"varint,10,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	RefreshHintSeconds    int64                  `protobuf:"varint,11,opt,name=refresh_hint_seconds,json=refreshHintSeconds,proto3" json:"refresh_hint_seconds,omitempty"`
+	X509Authorities       int64                  `protobuf:"varint,12,opt,name=x509_authorities,json=x509Authorities,proto3" json:"x509_authorities,omitempty"`
+	JwtAuthorities        int64                  `protobuf:"varint,13,opt,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
+	EarliestExpiry        int64                  `protobuf:"varint,14,opt,name=earliest_expiry,json=earliestExpiry,proto3" json:"earliest_expiry,omitempty"`
+	// Where the bundle came from: "federates_with" or "virtual_mesh".
+	Source        string `protobuf:"bytes,15,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FederationPeer) Reset() {
+	*x = FederationPeer{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FederationPeer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FederationPeer) ProtoMessage() {}
+
+func (x *FederationPeer) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FederationPeer.ProtoReflect.Descriptor instead.
+func (*FederationPeer) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *FederationPeer) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *FederationPeer) GetBundleEndpointUrl() string {
+	if x != nil {
+		return x.BundleEndpointUrl
+	}
+	return ""
+}
+
+func (x *FederationPeer) GetBundleEndpointProfile() string {
+	if x != nil {
+		return x.BundleEndpointProfile
+	}
+	return ""
+}
+
+func (x *FederationPeer) GetEndpointSpiffeId() string {
+	if x != nil {
+		return x.EndpointSpiffeId
+	}
+	return ""
+}
+
+func (x *FederationPeer) GetLastAttempt() int64 {
+	if x != nil {
+		return x.LastAttempt
+	}
+	return 0
+}
+
+func (x *FederationPeer) GetLastSuccess() int64 {
+	if x != nil {
+		return x.LastSuccess
+	}
+	return 0
+}
+
+func (x *FederationPeer) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *FederationPeer) GetFailures() int64 {
+	if x != nil {
+		return x.Failures
+	}
+	return 0
+}
+
+func (x *FederationPeer) GetNextRefresh() int64 {
+	if x != nil {
+		return x.NextRefresh
+	}
+	return 0
+}
+
+func (x *FederationPeer) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *FederationPeer) GetRefreshHintSeconds() int64 {
+	if x != nil {
+		return x.RefreshHintSeconds
+	}
+	return 0
+}
+
+func (x *FederationPeer) GetX509Authorities() int64 {
+	if x != nil {
+		return x.X509Authorities
+	}
+	return 0
+}
+
+func (x *FederationPeer) GetJwtAuthorities() int64 {
+	if x != nil {
+		return x.JwtAuthorities
+	}
+	return 0
+}
+
+func (x *FederationPeer) GetEarliestExpiry() int64 {
+	if x != nil {
+		return x.EarliestExpiry
+	}
+	return 0
+}
+
+func (x *FederationPeer) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+type RefreshFederatedBundleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefreshFederatedBundleRequest) Reset() {
+	*x = RefreshFederatedBundleRequest{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefreshFederatedBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefreshFederatedBundleRequest) ProtoMessage() {}
+
+func (x *RefreshFederatedBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefreshFederatedBundleRequest.ProtoReflect.Descriptor instead.
+func (*RefreshFederatedBundleRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RefreshFederatedBundleRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
 type DeleteFederatedBundleRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
@@ -1441,7 +1664,7 @@ type DeleteFederatedBundleRequest struct {
 
 func (x *DeleteFederatedBundleRequest) Reset() {
 	*x = DeleteFederatedBundleRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[26]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1453,7 +1676,7 @@ func (x *DeleteFederatedBundleRequest) String() string {
 func (*DeleteFederatedBundleRequest) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[26]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1466,7 +1689,7 @@ func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{26}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteFederatedBundleRequest) GetTrustDomain() string {
@@ -1484,7 +1707,7 @@ type DeleteFederatedBundleResponse struct {
 
 func (x *DeleteFederatedBundleResponse) Reset() {
 	*x = DeleteFederatedBundleResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[27]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1496,7 +1719,7 @@ func (x *DeleteFederatedBundleResponse) String() string {
 func (*DeleteFederatedBundleResponse) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[27]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1509,7 +1732,7 @@ func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{27}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{29}
 }
 
 type Issued struct {
@@ -1527,7 +1750,7 @@ type Issued struct {
 
 func (x *Issued) Reset() {
 	*x = Issued{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[28]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1539,7 +1762,7 @@ func (x *Issued) String() string {
 func (*Issued) ProtoMessage() {}
 
 func (x *Issued) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[28]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1552,7 +1775,7 @@ func (x *Issued) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Issued.ProtoReflect.Descriptor instead.
 func (*Issued) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{28}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Issued) GetSerial() string {
@@ -1615,7 +1838,7 @@ type ListIssuedRequest struct {
 
 func (x *ListIssuedRequest) Reset() {
 	*x = ListIssuedRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[29]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1627,7 +1850,7 @@ func (x *ListIssuedRequest) String() string {
 func (*ListIssuedRequest) ProtoMessage() {}
 
 func (x *ListIssuedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[29]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1640,7 +1863,7 @@ func (x *ListIssuedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIssuedRequest.ProtoReflect.Descriptor instead.
 func (*ListIssuedRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{29}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListIssuedRequest) GetSpiffeId() string {
@@ -1673,7 +1896,7 @@ type ListIssuedResponse struct {
 
 func (x *ListIssuedResponse) Reset() {
 	*x = ListIssuedResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[30]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1685,7 +1908,7 @@ func (x *ListIssuedResponse) String() string {
 func (*ListIssuedResponse) ProtoMessage() {}
 
 func (x *ListIssuedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[30]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1698,7 +1921,7 @@ func (x *ListIssuedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIssuedResponse.ProtoReflect.Descriptor instead.
 func (*ListIssuedResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{30}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListIssuedResponse) GetIssued() []*Issued {
@@ -1721,7 +1944,7 @@ type AttestedNode struct {
 
 func (x *AttestedNode) Reset() {
 	*x = AttestedNode{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[31]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1733,7 +1956,7 @@ func (x *AttestedNode) String() string {
 func (*AttestedNode) ProtoMessage() {}
 
 func (x *AttestedNode) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[31]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1746,7 +1969,7 @@ func (x *AttestedNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestedNode.ProtoReflect.Descriptor instead.
 func (*AttestedNode) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{31}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AttestedNode) GetSpiffeId() string {
@@ -1792,7 +2015,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[32]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1804,7 +2027,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[32]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1817,7 +2040,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{32}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{34}
 }
 
 type ListNodesResponse struct {
@@ -1829,7 +2052,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[33]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1841,7 +2064,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[33]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1854,7 +2077,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{33}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListNodesResponse) GetNodes() []*AttestedNode {
@@ -1875,11 +2098,12 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"cert_chain\x18\x02 \x03(\fR\tcertChain\x12\x1d\n" +
 	"\n" +
 	"expires_at\x18\x03 \x01(\x03R\texpiresAt\x12\x19\n" +
-	"\bentry_id\x18\x04 \x01(\tR\aentryId\"l\n" +
+	"\bentry_id\x18\x04 \x01(\tR\aentryId\"\x91\x01\n" +
 	"\x06Bundle\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12#\n" +
 	"\rspiffe_bundle\x18\x02 \x01(\fR\fspiffeBundle\x12\x1a\n" +
-	"\bsequence\x18\x03 \x01(\x04R\bsequence\"4\n" +
+	"\bsequence\x18\x03 \x01(\x04R\bsequence\x12#\n" +
+	"\rall_workloads\x18\x04 \x01(\bR\fallWorkloads\"4\n" +
 	"\bSelector\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\"\xd4\x02\n" +
@@ -1958,9 +2182,30 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
 	"\x13DeleteEntryResponse\"\x12\n" +
 	"\x10GetBundleRequest\"\x1d\n" +
-	"\x1bListFederatedBundlesRequest\"S\n" +
+	"\x1bListFederatedBundlesRequest\"\x8c\x01\n" +
 	"\x1cListFederatedBundlesResponse\x123\n" +
-	"\abundles\x18\x01 \x03(\v2\x19.meshfed.server.v1.BundleR\abundles\"A\n" +
+	"\abundles\x18\x01 \x03(\v2\x19.meshfed.server.v1.BundleR\abundles\x127\n" +
+	"\x05peers\x18\x02 \x03(\v2!.meshfed.server.v1.FederationPeerR\x05peers\"\xd0\x04\n" +
+	"\x0eFederationPeer\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12.\n" +
+	"\x13bundle_endpoint_url\x18\x02 \x01(\tR\x11bundleEndpointUrl\x126\n" +
+	"\x17bundle_endpoint_profile\x18\x03 \x01(\tR\x15bundleEndpointProfile\x12,\n" +
+	"\x12endpoint_spiffe_id\x18\x04 \x01(\tR\x10endpointSpiffeId\x12!\n" +
+	"\flast_attempt\x18\x05 \x01(\x03R\vlastAttempt\x12!\n" +
+	"\flast_success\x18\x06 \x01(\x03R\vlastSuccess\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\a \x01(\tR\tlastError\x12\x1a\n" +
+	"\bfailures\x18\b \x01(\x03R\bfailures\x12!\n" +
+	"\fnext_refresh\x18\t \x01(\x03R\vnextRefresh\x12\x1a\n" +
+	"\bsequence\x18\n" +
+	" \x01(\x04R\bsequence\x120\n" +
+	"\x14refresh_hint_seconds\x18\v \x01(\x03R\x12refreshHintSeconds\x12)\n" +
+	"\x10x509_authorities\x18\f \x01(\x03R\x0fx509Authorities\x12'\n" +
+	"\x0fjwt_authorities\x18\r \x01(\x03R\x0ejwtAuthorities\x12'\n" +
+	"\x0fearliest_expiry\x18\x0e \x01(\x03R\x0eearliestExpiry\x12\x16\n" +
+	"\x06source\x18\x0f \x01(\tR\x06source\"B\n" +
+	"\x1dRefreshFederatedBundleRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"A\n" +
 	"\x1cDeleteFederatedBundleRequest\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\x1f\n" +
 	"\x1dDeleteFederatedBundleResponse\"\xd5\x01\n" +
@@ -1995,7 +2240,7 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\fSignX509SVID\x12&.meshfed.server.v1.SignX509SVIDRequest\x1a'.meshfed.server.v1.SignX509SVIDResponse\x12P\n" +
 	"\vSignJWTSVID\x12%.meshfed.server.v1.SignJWTSVIDRequest\x1a\x1a.meshfed.server.v1.JWTSVID\x12_\n" +
 	"\fFetchBundles\x12&.meshfed.server.v1.FetchBundlesRequest\x1a'.meshfed.server.v1.FetchBundlesResponse\x12L\n" +
-	"\x05Watch\x12\x1f.meshfed.server.v1.WatchRequest\x1a .meshfed.server.v1.WatchResponse0\x012\x88\b\n" +
+	"\x05Watch\x12\x1f.meshfed.server.v1.WatchRequest\x1a .meshfed.server.v1.WatchResponse0\x012\xf7\b\n" +
 	"\x05Admin\x12h\n" +
 	"\x0fCreateJoinToken\x12).meshfed.server.v1.CreateJoinTokenRequest\x1a*.meshfed.server.v1.CreateJoinTokenResponse\x12N\n" +
 	"\vCreateEntry\x12%.meshfed.server.v1.CreateEntryRequest\x1a\x18.meshfed.server.v1.Entry\x12H\n" +
@@ -2005,7 +2250,8 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\tGetBundle\x12#.meshfed.server.v1.GetBundleRequest\x1a\x19.meshfed.server.v1.Bundle\x12w\n" +
 	"\x14ListFederatedBundles\x12..meshfed.server.v1.ListFederatedBundlesRequest\x1a/.meshfed.server.v1.ListFederatedBundlesResponse\x12J\n" +
 	"\x12SetFederatedBundle\x12\x19.meshfed.server.v1.Bundle\x1a\x19.meshfed.server.v1.Bundle\x12z\n" +
-	"\x15DeleteFederatedBundle\x12/.meshfed.server.v1.DeleteFederatedBundleRequest\x1a0.meshfed.server.v1.DeleteFederatedBundleResponse\x12Y\n" +
+	"\x15DeleteFederatedBundle\x12/.meshfed.server.v1.DeleteFederatedBundleRequest\x1a0.meshfed.server.v1.DeleteFederatedBundleResponse\x12m\n" +
+	"\x16RefreshFederatedBundle\x120.meshfed.server.v1.RefreshFederatedBundleRequest\x1a!.meshfed.server.v1.FederationPeer\x12Y\n" +
 	"\n" +
 	"ListIssued\x12$.meshfed.server.v1.ListIssuedRequest\x1a%.meshfed.server.v1.ListIssuedResponse\x12V\n" +
 	"\tListNodes\x12#.meshfed.server.v1.ListNodesRequest\x1a$.meshfed.server.v1.ListNodesResponseB;Z9github.com/meshfed/meshfed/internal/api/serverv1;serverv1b\x06proto3"
@@ -2022,7 +2268,7 @@ func file_meshfed_server_v1_server_proto_rawDescGZIP() []byte {
 	return file_meshfed_server_v1_server_proto_rawDescData
 }
 
-var file_meshfed_server_v1_server_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_meshfed_server_v1_server_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_meshfed_server_v1_server_proto_goTypes = []any{
 	(*X509SVID)(nil),                      // 0: meshfed.server.v1.X509SVID
 	(*Bundle)(nil),                        // 1: meshfed.server.v1.Bundle
@@ -2050,14 +2296,16 @@ var file_meshfed_server_v1_server_proto_goTypes = []any{
 	(*GetBundleRequest)(nil),              // 23: meshfed.server.v1.GetBundleRequest
 	(*ListFederatedBundlesRequest)(nil),   // 24: meshfed.server.v1.ListFederatedBundlesRequest
 	(*ListFederatedBundlesResponse)(nil),  // 25: meshfed.server.v1.ListFederatedBundlesResponse
-	(*DeleteFederatedBundleRequest)(nil),  // 26: meshfed.server.v1.DeleteFederatedBundleRequest
-	(*DeleteFederatedBundleResponse)(nil), // 27: meshfed.server.v1.DeleteFederatedBundleResponse
-	(*Issued)(nil),                        // 28: meshfed.server.v1.Issued
-	(*ListIssuedRequest)(nil),             // 29: meshfed.server.v1.ListIssuedRequest
-	(*ListIssuedResponse)(nil),            // 30: meshfed.server.v1.ListIssuedResponse
-	(*AttestedNode)(nil),                  // 31: meshfed.server.v1.AttestedNode
-	(*ListNodesRequest)(nil),              // 32: meshfed.server.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),             // 33: meshfed.server.v1.ListNodesResponse
+	(*FederationPeer)(nil),                // 26: meshfed.server.v1.FederationPeer
+	(*RefreshFederatedBundleRequest)(nil), // 27: meshfed.server.v1.RefreshFederatedBundleRequest
+	(*DeleteFederatedBundleRequest)(nil),  // 28: meshfed.server.v1.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil), // 29: meshfed.server.v1.DeleteFederatedBundleResponse
+	(*Issued)(nil),                        // 30: meshfed.server.v1.Issued
+	(*ListIssuedRequest)(nil),             // 31: meshfed.server.v1.ListIssuedRequest
+	(*ListIssuedResponse)(nil),            // 32: meshfed.server.v1.ListIssuedResponse
+	(*AttestedNode)(nil),                  // 33: meshfed.server.v1.AttestedNode
+	(*ListNodesRequest)(nil),              // 34: meshfed.server.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),             // 35: meshfed.server.v1.ListNodesResponse
 }
 var file_meshfed_server_v1_server_proto_depIdxs = []int32{
 	2,  // 0: meshfed.server.v1.Entry.selectors:type_name -> meshfed.server.v1.Selector
@@ -2073,45 +2321,48 @@ var file_meshfed_server_v1_server_proto_depIdxs = []int32{
 	3,  // 10: meshfed.server.v1.CreateEntryRequest.entry:type_name -> meshfed.server.v1.Entry
 	3,  // 11: meshfed.server.v1.ListEntriesResponse.entries:type_name -> meshfed.server.v1.Entry
 	1,  // 12: meshfed.server.v1.ListFederatedBundlesResponse.bundles:type_name -> meshfed.server.v1.Bundle
-	28, // 13: meshfed.server.v1.ListIssuedResponse.issued:type_name -> meshfed.server.v1.Issued
-	31, // 14: meshfed.server.v1.ListNodesResponse.nodes:type_name -> meshfed.server.v1.AttestedNode
-	4,  // 15: meshfed.server.v1.Node.AttestNode:input_type -> meshfed.server.v1.AttestNodeRequest
-	7,  // 16: meshfed.server.v1.Node.SignX509SVID:input_type -> meshfed.server.v1.SignX509SVIDRequest
-	9,  // 17: meshfed.server.v1.Node.SignJWTSVID:input_type -> meshfed.server.v1.SignJWTSVIDRequest
-	11, // 18: meshfed.server.v1.Node.FetchBundles:input_type -> meshfed.server.v1.FetchBundlesRequest
-	13, // 19: meshfed.server.v1.Node.Watch:input_type -> meshfed.server.v1.WatchRequest
-	15, // 20: meshfed.server.v1.Admin.CreateJoinToken:input_type -> meshfed.server.v1.CreateJoinTokenRequest
-	17, // 21: meshfed.server.v1.Admin.CreateEntry:input_type -> meshfed.server.v1.CreateEntryRequest
-	18, // 22: meshfed.server.v1.Admin.GetEntry:input_type -> meshfed.server.v1.GetEntryRequest
-	19, // 23: meshfed.server.v1.Admin.ListEntries:input_type -> meshfed.server.v1.ListEntriesRequest
-	21, // 24: meshfed.server.v1.Admin.DeleteEntry:input_type -> meshfed.server.v1.DeleteEntryRequest
-	23, // 25: meshfed.server.v1.Admin.GetBundle:input_type -> meshfed.server.v1.GetBundleRequest
-	24, // 26: meshfed.server.v1.Admin.ListFederatedBundles:input_type -> meshfed.server.v1.ListFederatedBundlesRequest
-	1,  // 27: meshfed.server.v1.Admin.SetFederatedBundle:input_type -> meshfed.server.v1.Bundle
-	26, // 28: meshfed.server.v1.Admin.DeleteFederatedBundle:input_type -> meshfed.server.v1.DeleteFederatedBundleRequest
-	29, // 29: meshfed.server.v1.Admin.ListIssued:input_type -> meshfed.server.v1.ListIssuedRequest
-	32, // 30: meshfed.server.v1.Admin.ListNodes:input_type -> meshfed.server.v1.ListNodesRequest
-	5,  // 31: meshfed.server.v1.Node.AttestNode:output_type -> meshfed.server.v1.AttestNodeResponse
-	8,  // 32: meshfed.server.v1.Node.SignX509SVID:output_type -> meshfed.server.v1.SignX509SVIDResponse
-	10, // 33: meshfed.server.v1.Node.SignJWTSVID:output_type -> meshfed.server.v1.JWTSVID
-	12, // 34: meshfed.server.v1.Node.FetchBundles:output_type -> meshfed.server.v1.FetchBundlesResponse
-	14, // 35: meshfed.server.v1.Node.Watch:output_type -> meshfed.server.v1.WatchResponse
-	16, // 36: meshfed.server.v1.Admin.CreateJoinToken:output_type -> meshfed.server.v1.CreateJoinTokenResponse
-	3,  // 37: meshfed.server.v1.Admin.CreateEntry:output_type -> meshfed.server.v1.Entry
-	3,  // 38: meshfed.server.v1.Admin.GetEntry:output_type -> meshfed.server.v1.Entry
-	20, // 39: meshfed.server.v1.Admin.ListEntries:output_type -> meshfed.server.v1.ListEntriesResponse
-	22, // 40: meshfed.server.v1.Admin.DeleteEntry:output_type -> meshfed.server.v1.DeleteEntryResponse
-	1,  // 41: meshfed.server.v1.Admin.GetBundle:output_type -> meshfed.server.v1.Bundle
-	25, // 42: meshfed.server.v1.Admin.ListFederatedBundles:output_type -> meshfed.server.v1.ListFederatedBundlesResponse
-	1,  // 43: meshfed.server.v1.Admin.SetFederatedBundle:output_type -> meshfed.server.v1.Bundle
-	27, // 44: meshfed.server.v1.Admin.DeleteFederatedBundle:output_type -> meshfed.server.v1.DeleteFederatedBundleResponse
-	30, // 45: meshfed.server.v1.Admin.ListIssued:output_type -> meshfed.server.v1.ListIssuedResponse
-	33, // 46: meshfed.server.v1.Admin.ListNodes:output_type -> meshfed.server.v1.ListNodesResponse
-	31, // [31:47] is the sub-list for method output_type
-	15, // [15:31] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	26, // 13: meshfed.server.v1.ListFederatedBundlesResponse.peers:type_name -> meshfed.server.v1.FederationPeer
+	30, // 14: meshfed.server.v1.ListIssuedResponse.issued:type_name -> meshfed.server.v1.Issued
+	33, // 15: meshfed.server.v1.ListNodesResponse.nodes:type_name -> meshfed.server.v1.AttestedNode
+	4,  // 16: meshfed.server.v1.Node.AttestNode:input_type -> meshfed.server.v1.AttestNodeRequest
+	7,  // 17: meshfed.server.v1.Node.SignX509SVID:input_type -> meshfed.server.v1.SignX509SVIDRequest
+	9,  // 18: meshfed.server.v1.Node.SignJWTSVID:input_type -> meshfed.server.v1.SignJWTSVIDRequest
+	11, // 19: meshfed.server.v1.Node.FetchBundles:input_type -> meshfed.server.v1.FetchBundlesRequest
+	13, // 20: meshfed.server.v1.Node.Watch:input_type -> meshfed.server.v1.WatchRequest
+	15, // 21: meshfed.server.v1.Admin.CreateJoinToken:input_type -> meshfed.server.v1.CreateJoinTokenRequest
+	17, // 22: meshfed.server.v1.Admin.CreateEntry:input_type -> meshfed.server.v1.CreateEntryRequest
+	18, // 23: meshfed.server.v1.Admin.GetEntry:input_type -> meshfed.server.v1.GetEntryRequest
+	19, // 24: meshfed.server.v1.Admin.ListEntries:input_type -> meshfed.server.v1.ListEntriesRequest
+	21, // 25: meshfed.server.v1.Admin.DeleteEntry:input_type -> meshfed.server.v1.DeleteEntryRequest
+	23, // 26: meshfed.server.v1.Admin.GetBundle:input_type -> meshfed.server.v1.GetBundleRequest
+	24, // 27: meshfed.server.v1.Admin.ListFederatedBundles:input_type -> meshfed.server.v1.ListFederatedBundlesRequest
+	1,  // 28: meshfed.server.v1.Admin.SetFederatedBundle:input_type -> meshfed.server.v1.Bundle
+	28, // 29: meshfed.server.v1.Admin.DeleteFederatedBundle:input_type -> meshfed.server.v1.DeleteFederatedBundleRequest
+	27, // 30: meshfed.server.v1.Admin.RefreshFederatedBundle:input_type -> meshfed.server.v1.RefreshFederatedBundleRequest
+	31, // 31: meshfed.server.v1.Admin.ListIssued:input_type -> meshfed.server.v1.ListIssuedRequest
+	34, // 32: meshfed.server.v1.Admin.ListNodes:input_type -> meshfed.server.v1.ListNodesRequest
+	5,  // 33: meshfed.server.v1.Node.AttestNode:output_type -> meshfed.server.v1.AttestNodeResponse
+	8,  // 34: meshfed.server.v1.Node.SignX509SVID:output_type -> meshfed.server.v1.SignX509SVIDResponse
+	10, // 35: meshfed.server.v1.Node.SignJWTSVID:output_type -> meshfed.server.v1.JWTSVID
+	12, // 36: meshfed.server.v1.Node.FetchBundles:output_type -> meshfed.server.v1.FetchBundlesResponse
+	14, // 37: meshfed.server.v1.Node.Watch:output_type -> meshfed.server.v1.WatchResponse
+	16, // 38: meshfed.server.v1.Admin.CreateJoinToken:output_type -> meshfed.server.v1.CreateJoinTokenResponse
+	3,  // 39: meshfed.server.v1.Admin.CreateEntry:output_type -> meshfed.server.v1.Entry
+	3,  // 40: meshfed.server.v1.Admin.GetEntry:output_type -> meshfed.server.v1.Entry
+	20, // 41: meshfed.server.v1.Admin.ListEntries:output_type -> meshfed.server.v1.ListEntriesResponse
+	22, // 42: meshfed.server.v1.Admin.DeleteEntry:output_type -> meshfed.server.v1.DeleteEntryResponse
+	1,  // 43: meshfed.server.v1.Admin.GetBundle:output_type -> meshfed.server.v1.Bundle
+	25, // 44: meshfed.server.v1.Admin.ListFederatedBundles:output_type -> meshfed.server.v1.ListFederatedBundlesResponse
+	1,  // 45: meshfed.server.v1.Admin.SetFederatedBundle:output_type -> meshfed.server.v1.Bundle
+	29, // 46: meshfed.server.v1.Admin.DeleteFederatedBundle:output_type -> meshfed.server.v1.DeleteFederatedBundleResponse
+	26, // 47: meshfed.server.v1.Admin.RefreshFederatedBundle:output_type -> meshfed.server.v1.FederationPeer
+	32, // 48: meshfed.server.v1.Admin.ListIssued:output_type -> meshfed.server.v1.ListIssuedResponse
+	35, // 49: meshfed.server.v1.Admin.ListNodes:output_type -> meshfed.server.v1.ListNodesResponse
+	33, // [33:50] is the sub-list for method output_type
+	16, // [16:33] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_server_v1_server_proto_init() }
@@ -2129,7 +2380,7 @@ func file_meshfed_server_v1_server_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_server_v1_server_proto_rawDesc), len(file_meshfed_server_v1_server_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

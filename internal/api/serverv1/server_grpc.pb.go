@@ -311,17 +311,18 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Admin_CreateJoinToken_FullMethodName       = "/meshfed.server.v1.Admin/CreateJoinToken"
-	Admin_CreateEntry_FullMethodName           = "/meshfed.server.v1.Admin/CreateEntry"
-	Admin_GetEntry_FullMethodName              = "/meshfed.server.v1.Admin/GetEntry"
-	Admin_ListEntries_FullMethodName           = "/meshfed.server.v1.Admin/ListEntries"
-	Admin_DeleteEntry_FullMethodName           = "/meshfed.server.v1.Admin/DeleteEntry"
-	Admin_GetBundle_FullMethodName             = "/meshfed.server.v1.Admin/GetBundle"
-	Admin_ListFederatedBundles_FullMethodName  = "/meshfed.server.v1.Admin/ListFederatedBundles"
-	Admin_SetFederatedBundle_FullMethodName    = "/meshfed.server.v1.Admin/SetFederatedBundle"
-	Admin_DeleteFederatedBundle_FullMethodName = "/meshfed.server.v1.Admin/DeleteFederatedBundle"
-	Admin_ListIssued_FullMethodName            = "/meshfed.server.v1.Admin/ListIssued"
-	Admin_ListNodes_FullMethodName             = "/meshfed.server.v1.Admin/ListNodes"
+	Admin_CreateJoinToken_FullMethodName        = "/meshfed.server.v1.Admin/CreateJoinToken"
+	Admin_CreateEntry_FullMethodName            = "/meshfed.server.v1.Admin/CreateEntry"
+	Admin_GetEntry_FullMethodName               = "/meshfed.server.v1.Admin/GetEntry"
+	Admin_ListEntries_FullMethodName            = "/meshfed.server.v1.Admin/ListEntries"
+	Admin_DeleteEntry_FullMethodName            = "/meshfed.server.v1.Admin/DeleteEntry"
+	Admin_GetBundle_FullMethodName              = "/meshfed.server.v1.Admin/GetBundle"
+	Admin_ListFederatedBundles_FullMethodName   = "/meshfed.server.v1.Admin/ListFederatedBundles"
+	Admin_SetFederatedBundle_FullMethodName     = "/meshfed.server.v1.Admin/SetFederatedBundle"
+	Admin_DeleteFederatedBundle_FullMethodName  = "/meshfed.server.v1.Admin/DeleteFederatedBundle"
+	Admin_RefreshFederatedBundle_FullMethodName = "/meshfed.server.v1.Admin/RefreshFederatedBundle"
+	Admin_ListIssued_FullMethodName             = "/meshfed.server.v1.Admin/ListIssued"
+	Admin_ListNodes_FullMethodName              = "/meshfed.server.v1.Admin/ListNodes"
 )
 
 // AdminClient is the client API for Admin service.
@@ -340,6 +341,8 @@ type AdminClient interface {
 	ListFederatedBundles(ctx context.Context, in *ListFederatedBundlesRequest, opts ...grpc.CallOption) (*ListFederatedBundlesResponse, error)
 	SetFederatedBundle(ctx context.Context, in *Bundle, opts ...grpc.CallOption) (*Bundle, error)
 	DeleteFederatedBundle(ctx context.Context, in *DeleteFederatedBundleRequest, opts ...grpc.CallOption) (*DeleteFederatedBundleResponse, error)
+	// RefreshFederatedBundle fetches a configured peer's bundle now.
+	RefreshFederatedBundle(ctx context.Context, in *RefreshFederatedBundleRequest, opts ...grpc.CallOption) (*FederationPeer, error)
 	ListIssued(ctx context.Context, in *ListIssuedRequest, opts ...grpc.CallOption) (*ListIssuedResponse, error)
 	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
 }
@@ -442,6 +445,16 @@ func (c *adminClient) DeleteFederatedBundle(ctx context.Context, in *DeleteFeder
 	return out, nil
 }
 
+func (c *adminClient) RefreshFederatedBundle(ctx context.Context, in *RefreshFederatedBundleRequest, opts ...grpc.CallOption) (*FederationPeer, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FederationPeer)
+	err := c.cc.Invoke(ctx, Admin_RefreshFederatedBundle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) ListIssued(ctx context.Context, in *ListIssuedRequest, opts ...grpc.CallOption) (*ListIssuedResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListIssuedResponse)
@@ -478,6 +491,8 @@ type AdminServer interface {
 	ListFederatedBundles(context.Context, *ListFederatedBundlesRequest) (*ListFederatedBundlesResponse, error)
 	SetFederatedBundle(context.Context, *Bundle) (*Bundle, error)
 	DeleteFederatedBundle(context.Context, *DeleteFederatedBundleRequest) (*DeleteFederatedBundleResponse, error)
+	// RefreshFederatedBundle fetches a configured peer's bundle now.
+	RefreshFederatedBundle(context.Context, *RefreshFederatedBundleRequest) (*FederationPeer, error)
 	ListIssued(context.Context, *ListIssuedRequest) (*ListIssuedResponse, error)
 	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
 	mustEmbedUnimplementedAdminServer()
@@ -516,6 +531,9 @@ func (UnimplementedAdminServer) SetFederatedBundle(context.Context, *Bundle) (*B
 }
 func (UnimplementedAdminServer) DeleteFederatedBundle(context.Context, *DeleteFederatedBundleRequest) (*DeleteFederatedBundleResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteFederatedBundle not implemented")
+}
+func (UnimplementedAdminServer) RefreshFederatedBundle(context.Context, *RefreshFederatedBundleRequest) (*FederationPeer, error) {
+	return nil, status.Error(codes.Unimplemented, "method RefreshFederatedBundle not implemented")
 }
 func (UnimplementedAdminServer) ListIssued(context.Context, *ListIssuedRequest) (*ListIssuedResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListIssued not implemented")
@@ -706,6 +724,24 @@ func _Admin_DeleteFederatedBundle_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_RefreshFederatedBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RefreshFederatedBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RefreshFederatedBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RefreshFederatedBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RefreshFederatedBundle(ctx, req.(*RefreshFederatedBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_ListIssued_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListIssuedRequest)
 	if err := dec(in); err != nil {
@@ -784,6 +820,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteFederatedBundle",
 			Handler:    _Admin_DeleteFederatedBundle_Handler,
+		},
+		{
+			MethodName: "RefreshFederatedBundle",
+			Handler:    _Admin_RefreshFederatedBundle_Handler,
 		},
 		{
 			MethodName: "ListIssued",

@@ -1,0 +1,185 @@
+package server
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	fedpb "github.com/meshfed/meshfed/internal/api/federationv1"
+	pb "github.com/meshfed/meshfed/internal/api/serverv1"
+	"github.com/meshfed/meshfed/internal/duration"
+	"github.com/meshfed/meshfed/internal/pemfile"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	istioca "istio.io/api/security/v1alpha1"
+)
+
+type testClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+func (c *testClock) Set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = t
+}
+
+// rotationAdminClient dials the federation Admin service on the server's
+// admin socket.
+func rotationAdminClient(t *testing.T, h *harness) fedpb.AdminClient {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+h.srv.set.adminSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return fedpb.NewAdminClient(conn)
+}
+
+func rootStates(st *fedpb.StatusResponse) string {
+	var out []string
+	for _, r := range st.GetRoots() {
+		out = append(out, r.GetState())
+	}
+	return strings.Join(out, ",")
+}
+
+// A rotation of the self-signed root, driven by the command: the next root
+// is published before it signs, activation waits for a refresh hint, and
+// the old root leaves the bundle only when nothing signed under it is alive.
+func TestRootRotationByCommand(t *testing.T) {
+	// Behind the real clock, so that what the server signs at a later test
+	// time is still valid for the TLS clients, which use the real one.
+	clock := &testClock{now: time.Now().Add(-5 * time.Minute)}
+	off := false
+	h := startWith(t, Options{Clock: clock.Now, PollInterval: time.Hour}, func(c *Config) {
+		c.CA.AutoRotate = &off
+		c.BundleEndpoint.RefreshHint = duration.Duration(time.Minute)
+	})
+	ctx := context.Background()
+	fed := rotationAdminClient(t, h)
+	oldRoot := h.srv.auth.CA().Certificate()
+
+	// An SVID under the old root.
+	client := istioca.NewIstioCertificateServiceClient(h.dial(t, nil))
+	_, csrDER := newCSR(t, "spiffe://east.example/ns/default/sa/reviews")
+	claims := saClaims("default", "reviews", "istio-ca", time.Now().Add(time.Hour))
+	claims["iat"] = clock.Now().Add(-time.Minute).Unix()
+	callCtx := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+h.jwt(t, claims))
+	if _, err := client.CreateCertificate(callCtx, &istioca.IstioCertificateRequest{Csr: string(pemfile.EncodeCSR(csrDER)), ValidityDuration: 3600}); err != nil {
+		t.Fatal(err)
+	}
+
+	st, err := fed.Status(ctx, &fedpb.StatusRequest{})
+	if err != nil || st.GetRotationPhase() != "stable" || rootStates(st) != "active" {
+		t.Fatalf("before: %v, %v", st, err)
+	}
+	seq0 := st.GetGeneration()
+
+	st, err = fed.RotateRoot(ctx, &fedpb.RotateRootRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.GetRotationPhase() != "publishing" || rootStates(st) != "active,published" || !strings.Contains(st.GetWaitingFor(), "refresh hint") || st.GetGeneration() <= seq0 {
+		t.Fatalf("after starting: %v", st)
+	}
+	if n := len(h.srv.bundle.Load().X509Authorities()); n != 2 {
+		t.Fatalf("published bundle has %d roots, want the old and the next", n)
+	}
+	if !h.srv.auth.CA().Certificate().Equal(oldRoot) {
+		t.Fatal("the next root signs before activation")
+	}
+	// Not yet: a refresh hint has not passed.
+	if st, err = fed.RotateRoot(ctx, &fedpb.RotateRootRequest{}); err != nil || st.GetRotationPhase() != "publishing" {
+		t.Fatalf("advanced early: %v, %v", st, err)
+	}
+
+	clock.Advance(2*time.Minute + time.Second)
+	st, err = fed.RotateRoot(ctx, &fedpb.RotateRootRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.GetRotationPhase() != "retiring" || rootStates(st) != "active,retiring" ||
+		!strings.Contains(st.GetWaitingFor(), `1 live certificates chain to the previous root "east.example root CA"`) {
+		t.Fatalf("after activating: %v", st)
+	}
+	newRoot := h.srv.auth.CA().Certificate()
+	if newRoot.Equal(oldRoot) || newRoot.Subject.CommonName != "east.example root CA 2" {
+		t.Fatalf("signing with %q", newRoot.Subject.CommonName)
+	}
+	if svid, _ := h.srv.identity.GetX509SVID(); svid == nil || string(svid.Certificates[0].AuthorityKeyId) != string(newRoot.SubjectKeyId) {
+		t.Error("the server's own SVID was not re-issued under the new root")
+	}
+	if n := len(h.srv.bundle.Load().X509Authorities()); n != 2 {
+		t.Fatalf("bundle has %d roots while retiring, want 2", n)
+	}
+
+	// After the last SVID under the old root expires, it is retired.
+	clock.Advance(time.Hour)
+	st, err = fed.RotateRoot(ctx, &fedpb.RotateRootRequest{})
+	if err != nil || st.GetRotationPhase() != "stable" || rootStates(st) != "active" {
+		t.Fatalf("after retiring: %v, %v", st, err)
+	}
+	roots := h.srv.bundle.Load().X509Authorities()
+	if len(roots) != 1 || !roots[0].Equal(newRoot) {
+		t.Fatalf("bundle after retiring has %d roots", len(roots))
+	}
+	if _, err := os.Stat(filepath.Join(h.srv.set.dataDir, "ca-previous")); !os.IsNotExist(err) {
+		t.Errorf("the previous root's key is still on disk: %v", err)
+	}
+	// The node API's bundle is the same.
+	b, err := h.admin(t).GetBundle(ctx, &pb.GetBundleRequest{})
+	if err != nil || b.GetSequence() <= st.GetGeneration()-1 {
+		t.Errorf("GetBundle: %v, %v", b, err)
+	}
+}
+
+// With ca.auto_rotate, a rotation starts when the root has less than
+// ca.rotate_before left and each phase advances when its condition holds.
+func TestRootRotationAutomatic(t *testing.T) {
+	clock := &testClock{now: time.Now()}
+	h := startWith(t, Options{Clock: clock.Now, PollInterval: time.Hour}, func(c *Config) {
+		c.CA.RootTTL = duration.Duration(100 * time.Hour)
+		c.CA.RotateBefore = duration.Duration(10 * time.Hour)
+		c.BundleEndpoint.RefreshHint = duration.Duration(time.Minute)
+	})
+	ctx := context.Background()
+	first := h.srv.auth.CA().Certificate()
+	for _, step := range []struct {
+		at    time.Time
+		phase string
+	}{
+		{first.NotAfter.Add(-10*time.Hour - time.Minute), "stable"},
+		{first.NotAfter.Add(-10 * time.Hour), "publishing"},
+		{first.NotAfter.Add(-10*time.Hour + 119*time.Second), "publishing"},
+		{first.NotAfter.Add(-10*time.Hour + 121*time.Second), "retiring"},
+		{first.NotAfter.Add(-10*time.Hour + 122*time.Second), "stable"}, // nothing was signed under the old root
+	} {
+		clock.Set(step.at)
+		h.srv.tick(ctx)
+		if got := h.srv.rotationPhase(); got != step.phase {
+			t.Fatalf("at %s before the root's end: phase %s, want %s", first.NotAfter.Sub(step.at), got, step.phase)
+		}
+	}
+	if c := h.srv.auth.CA().Certificate(); c.Equal(first) || c.Subject.CommonName != "east.example root CA 2" {
+		t.Errorf("signing with %q after the rotation", c.Subject.CommonName)
+	}
+}

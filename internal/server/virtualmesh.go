@@ -1,0 +1,163 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	pb "github.com/meshfed/meshfed/internal/api/serverv1"
+	"github.com/meshfed/meshfed/internal/bundle"
+	"github.com/meshfed/meshfed/internal/federation/member"
+	"github.com/meshfed/meshfed/internal/pemfile"
+	"github.com/meshfed/meshfed/internal/store"
+)
+
+// maxTokenFileBytes bounds a join token file: a token is under 100 bytes.
+const maxTokenFileBytes = 4 << 10
+
+// startVirtualMesh makes the VirtualMesh member when one is configured.
+// The member keeps the intermediate in the directory the authority watches
+// (authority.ModeVirtualMesh), so a new intermediate is picked up without a
+// restart.
+func (s *Server) startVirtualMesh() error {
+	vm := s.set.federation.vm
+	if vm == nil {
+		return nil
+	}
+	var token string
+	if vm.JoinTokenFile != "" {
+		data, err := pemfile.ReadFile(vm.JoinTokenFile, maxTokenFileBytes)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			// Needed only until the first join; the member says so if it is.
+		case err != nil:
+			return fmt.Errorf("server: federation.virtual_mesh.join_token_file: %w", err)
+		default:
+			token = strings.TrimSpace(string(data))
+		}
+	}
+	m, err := member.New(member.Config{
+		TrustDomain:      s.set.td,
+		Controller:       vm.Controller,
+		ControllerCAFile: vm.ControllerCAFile,
+		Token:            token,
+		Dir:              s.set.federation.vmDir,
+		KeyType:          s.set.keyType,
+		Address:          s.grpcLn.Addr().String(),
+		Clock:            s.clock,
+		Logger:           s.log.With("component", "virtual_mesh"),
+		Report:           s.virtualMeshReport,
+		OnState:          s.applyVirtualMesh,
+	})
+	if err != nil {
+		return err
+	}
+	s.member = m
+	return nil
+}
+
+// runVirtualMesh runs the member until ctx ends. A member that cannot start
+// (the controller unreachable for the first join, say) is retried with
+// backoff while the server goes on signing with the CA it has: a VirtualMesh
+// problem never takes the trust domain down.
+func (s *Server) runVirtualMesh(ctx context.Context) error {
+	wait := time.Second
+	for {
+		err := s.member.Run(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		s.log.Error("VirtualMesh membership stopped; signing with the CA in use and retrying", "error", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Minute)
+	}
+}
+
+// applyVirtualMesh installs a federation state: the intermediate the member
+// wrote (the authority reloads it), the shared roots in this domain's
+// bundle, and the other members' trust domains as federated bundles every
+// workload gets.
+func (s *Server) applyVirtualMesh(ctx context.Context, st member.State) error {
+	if _, err := s.auth.Reload(); err != nil {
+		return fmt.Errorf("server: the VirtualMesh intermediate does not load: %w", err)
+	}
+	s.vmState.Store(&st)
+	s.localGen.Add(1)
+	if err := s.refresh(ctx); err != nil {
+		return err
+	}
+	s.log.Info("VirtualMesh state applied", "virtual_mesh", st.Name, "generation", st.Generation,
+		"roots", len(st.Roots), "members", len(st.TrustDomains), "rotation_phase", st.Phase)
+	return nil
+}
+
+// virtualMeshReport tells the controller who depends on which root.
+func (s *Server) virtualMeshReport() member.Report {
+	r := member.Report{}
+	if live, err := s.store.LiveIssuedByRoot(context.Background(), s.clock()); err == nil {
+		r.LiveSVIDsByRoot = live
+	} else {
+		s.log.Error("counting live SVIDs for the VirtualMesh report failed", "error", err)
+	}
+	r.Agents, r.AgentsCurrent = s.watchers.counts(s.view.Load())
+	return r
+}
+
+// virtualMeshBundles are the federated bundles of the other members of this
+// domain's VirtualMesh: the shared roots, for every workload.
+func (s *Server) virtualMeshBundles() ([]*pb.Bundle, error) {
+	st := s.vmState.Load()
+	if st == nil {
+		return nil, nil
+	}
+	var out []*pb.Bundle
+	for _, td := range st.TrustDomains {
+		if td == s.set.td {
+			continue
+		}
+		b, err := bundle.FromCertificates(td, st.Roots)
+		if err != nil {
+			return nil, err
+		}
+		b.SetSequenceNumber(st.Generation)
+		data, err := b.Marshal()
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, &pb.Bundle{TrustDomain: td.Name(), SpiffeBundle: data, Sequence: st.Generation, AllWorkloads: true})
+	}
+	return out, nil
+}
+
+// retireSelfSignedRoot removes the self-signed root this server signed with
+// before it joined a VirtualMesh from the published bundle, once nothing
+// signed under it is alive. Its key stays in the data directory.
+func (s *Server) retireSelfSignedRoot(ctx context.Context) {
+	if s.member == nil || !s.auth.FromCACerts() {
+		return
+	}
+	root, err := s.auth.SelfSignedRoot()
+	if err != nil || root == nil {
+		return
+	}
+	if !slices.ContainsFunc(s.bundle.Load().X509Authorities(), root.Equal) {
+		return
+	}
+	if wait := s.retiringWait(ctx, root); wait != "" {
+		return
+	}
+	if err := s.store.RemoveX509Authority(ctx, root.Raw); err != nil && !errors.Is(err, store.ErrNotFound) {
+		s.log.Error("retiring the self-signed root from the bundle failed; will retry", "error", err)
+		return
+	}
+	s.log.Info("the self-signed root left the bundle: this domain signs under the VirtualMesh's shared root", "subject", root.Subject.CommonName)
+	s.changed(ctx)
+}
