@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"sort"
 	"time"
 
 	"github.com/meshfed/meshfed/internal/pemfile"
@@ -177,6 +178,9 @@ func Marshal(b *spiffebundle.Bundle, f Format) ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("bundle: %w", err)
 		}
+		if raw, err = stableKeys(raw); err != nil {
+			return nil, fmt.Errorf("bundle: %w", err)
+		}
 		var out bytes.Buffer
 		if err := json.Indent(&out, raw, "", "  "); err != nil {
 			return nil, fmt.Errorf("bundle: %w", err)
@@ -185,6 +189,49 @@ func Marshal(b *spiffebundle.Bundle, f Format) ([]byte, error) {
 		return out.Bytes(), nil
 	}
 	return nil, fmt.Errorf("bundle: unknown format %q", f)
+}
+
+// stableKeys orders the keys of a SPIFFE bundle document so that one bundle
+// always encodes to the same bytes: go-spiffe keeps JWT authorities in a map
+// and lists them in random order. X.509 authorities keep their order (the
+// bundle's) and come first; JWT authorities follow, by key ID. A bundle
+// endpoint's ETag relies on it.
+func stableKeys(raw []byte) ([]byte, error) {
+	var doc struct {
+		Keys        []json.RawMessage `json:"keys"`
+		Sequence    json.RawMessage   `json:"spiffe_sequence,omitempty"`
+		RefreshHint json.RawMessage   `json:"spiffe_refresh_hint,omitempty"`
+	}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		return nil, err
+	}
+	type sortKey struct {
+		Use string `json:"use"`
+		Kid string `json:"kid"`
+	}
+	keys := make([]sortKey, len(doc.Keys))
+	for i, k := range doc.Keys {
+		if err := json.Unmarshal(k, &keys[i]); err != nil {
+			return nil, err
+		}
+	}
+	idx := make([]int, len(doc.Keys))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.SliceStable(idx, func(a, b int) bool {
+		ka, kb := keys[idx[a]], keys[idx[b]]
+		if (ka.Use == "x509-svid") != (kb.Use == "x509-svid") {
+			return ka.Use == "x509-svid"
+		}
+		return ka.Use != "x509-svid" && ka.Kid < kb.Kid
+	})
+	sorted := make([]json.RawMessage, len(idx))
+	for i, j := range idx {
+		sorted[i] = doc.Keys[j]
+	}
+	doc.Keys = sorted
+	return json.Marshal(doc)
 }
 
 // Options set the bundle-level fields of the SPIFFE format.

@@ -408,3 +408,55 @@ func TestParseFormat(t *testing.T) {
 	_, err := bundle.Marshal(fullBundle(t), "der")
 	wantErr(t, err, `bundle: unknown format "der"`)
 }
+
+// A bundle always encodes to the same bytes (go-spiffe lists JWT keys in map
+// order): X.509 authorities first in the bundle's order, then JWT keys by
+// key ID. A bundle endpoint's ETag depends on it.
+func TestMarshalIsStable(t *testing.T) {
+	b := spiffebundle.New(td)
+	b.AddX509Authority(fx().ca2)
+	b.AddX509Authority(fx().ca1)
+	for _, kid := range []string{"k3", "k1", "k2", "k5", "k4"} {
+		if err := b.AddJWTAuthority(kid, fx().jwtKey); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.SetSequenceNumber(7)
+	b.SetRefreshHint(5 * time.Minute)
+	first, err := bundle.Marshal(b, bundle.FormatSPIFFE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		again, err := bundle.Marshal(b, bundle.FormatSPIFFE)
+		if err != nil || !bytes.Equal(again, first) {
+			t.Fatalf("two encodings of one bundle differ: %v", err)
+		}
+	}
+	var doc struct {
+		Keys []struct {
+			Use string `json:"use"`
+			Kid string `json:"kid"`
+			X5c []string
+		} `json:"keys"`
+		Sequence uint64 `json:"spiffe_sequence"`
+		Hint     int    `json:"spiffe_refresh_hint"`
+	}
+	if err := json.Unmarshal(first, &doc); err != nil {
+		t.Fatal(err)
+	}
+	var order []string
+	for _, k := range doc.Keys {
+		order = append(order, k.Use+":"+k.Kid)
+	}
+	if got := strings.Join(order, ","); got != "x509-svid:,x509-svid:,jwt-svid:k1,jwt-svid:k2,jwt-svid:k3,jwt-svid:k4,jwt-svid:k5" || doc.Sequence != 7 || doc.Hint != 300 {
+		t.Errorf("keys %s, sequence %d, hint %d", got, doc.Sequence, doc.Hint)
+	}
+	back, err := bundle.Parse(td, first)
+	if err != nil || !back.Equal(b) {
+		t.Errorf("does not round-trip: %v", err)
+	}
+	if c := back.X509Authorities(); !c[0].Equal(fx().ca2) {
+		t.Error("the X.509 authorities lost their order")
+	}
+}

@@ -16,10 +16,11 @@ package bundleendpoint
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/meshfed/meshfed/internal/tlspolicy"
 	"log"
 	"log/slog"
 	"maps"
@@ -32,6 +33,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/internal/bundle"
+	"github.com/meshfed/meshfed/internal/tlspolicy"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -65,6 +67,13 @@ const (
 	// shutdownTimeout bounds how long Run waits for requests in flight once
 	// its context is done; then it closes what is left.
 	shutdownTimeout = 5 * time.Second
+	// MaxWait bounds how long a conditional request that asks to wait
+	// (Prefer: wait=N) is held for a change of the bundle.
+	MaxWait = 60 * time.Second
+	// maxWaiters bounds the requests held at once; beyond it a request is
+	// answered at once, without waiting, so held connections cannot
+	// exhaust the server.
+	maxWaiters = 1024
 )
 
 // BundleSource gives the current bundle of a trust domain.
@@ -101,6 +110,11 @@ type Config struct {
 	// Clock defaults to time.Now. It decides when the https_web files are
 	// checked for changes and whether a certificate has expired.
 	Clock func() time.Time
+	// Changes, if set, returns a channel closed at the next change of the
+	// bundle. With it the endpoint holds a conditional request that asks to
+	// wait until the bundle changes, so a meshfed peer learns of a change at
+	// once instead of at its next refresh (see serveBundle).
+	Changes func() <-chan struct{}
 }
 
 // Server is a SPIFFE bundle endpoint. Make one with New and call Run once.
@@ -112,6 +126,9 @@ type Server struct {
 	ln      net.Listener
 	srv     *http.Server
 
+	changes        func() <-chan struct{}
+	stopping       chan struct{} // closed when Run begins to stop: held requests answer at once
+	waiters        atomic.Int64
 	ran            atomic.Bool
 	bundleFailing  atomic.Bool // the bundle source is failing; logged once
 	svidFailing    atomic.Bool // the SVID source is failing; logged once
@@ -135,6 +152,8 @@ func New(cfg Config) (*Server, error) {
 		bundles:        cfg.Bundles,
 		profile:        cfg.Profile,
 		log:            cfg.Logger,
+		changes:        cfg.Changes,
+		stopping:       make(chan struct{}),
 		requestsByCode: make(map[int]uint64),
 	}
 	if s.profile == "" {
@@ -240,6 +259,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("bundleendpoint: serve: %w", err)
 	case <-ctx.Done():
 	}
+	close(s.stopping)
 	stop, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
 	defer cancel()
 	if err := s.srv.Shutdown(stop); err != nil {
@@ -263,6 +283,15 @@ func (s *Server) Requests() map[int]uint64 {
 
 // serveBundle answers GET and HEAD for "/" with the bundle as SPIFFE JSON.
 //
+// Every answer carries an ETag (the SHA-256 of the JSON, which encodes one
+// bundle to the same bytes every time). A request whose If-None-Match names
+// the current ETag gets 304 Not Modified; if it also says Prefer: wait=N
+// (RFC 7240), the endpoint holds it until the bundle changes (then 200 with
+// the new bundle) or for N seconds, at most MaxWait (then 304), and says
+// Preference-Applied: wait=N. That is how a meshfed peer keeps one request
+// outstanding and hears of a rotation at once; a peer that sends neither
+// header (SPIRE) is answered as before.
+//
 // go-spiffe's federation.NewHandler is not used: it refuses HEAD, serves any
 // path, and answers a source failure with 500 and the trust domain name. The
 // JSON is the same (spiffebundle's Marshal), indented as `meshfed bundle
@@ -277,19 +306,35 @@ func (s *Server) serveBundle(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, http.StatusMethodNotAllowed, "method not allowed")
 		return
 	}
+	var changed <-chan struct{}
+	wait := s.preferredWait(r)
+	if wait > 0 {
+		changed = s.changes() // before reading, so no change is missed
+	}
 	data, err := s.bundleJSON()
 	if err != nil {
-		if s.bundleFailing.CompareAndSwap(false, true) {
-			s.log.Error("bundle endpoint: cannot get this trust domain's bundle; answering 503 until it can",
-				"trust_domain", s.td.Name(), "error", err)
-		}
-		s.fail(w, http.StatusServiceUnavailable, "bundle unavailable")
+		s.unavailable(w, err)
 		return
 	}
 	if s.bundleFailing.CompareAndSwap(true, false) {
 		s.log.Info("bundle endpoint: serving the bundle again", "trust_domain", s.td.Name())
 	}
+	tag := etag(data)
+	notModified := r.Header.Get("If-None-Match") == tag
+	if notModified && wait > 0 {
+		data, tag, notModified, err = s.waitForChange(w, r, tag, wait, changed)
+		if err != nil {
+			s.unavailable(w, err)
+			return
+		}
+	}
 	h := w.Header()
+	h.Set("ETag", tag)
+	if notModified {
+		w.WriteHeader(http.StatusNotModified)
+		s.count(http.StatusNotModified)
+		return
+	}
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(data)))
 	w.WriteHeader(http.StatusOK)
@@ -297,6 +342,81 @@ func (s *Server) serveBundle(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write(data)
 	}
 	s.count(http.StatusOK)
+}
+
+// preferredWait is the wait a conditional request asks for (Prefer:
+// wait=N), bounded by MaxWait, or 0: no wait asked, no If-None-Match, no
+// change notifications, or too many requests held already.
+func (s *Server) preferredWait(r *http.Request) time.Duration {
+	if s.changes == nil || r.Header.Get("If-None-Match") == "" {
+		return 0
+	}
+	for _, v := range r.Header.Values("Prefer") {
+		for pref := range strings.SplitSeq(v, ",") {
+			name, val, ok := strings.Cut(strings.TrimSpace(pref), "=")
+			if !ok || !strings.EqualFold(strings.TrimSpace(name), "wait") {
+				continue
+			}
+			n, err := strconv.Atoi(strings.Trim(strings.TrimSpace(val), `"`))
+			if err != nil || n <= 0 {
+				return 0
+			}
+			return min(time.Duration(n)*time.Second, MaxWait)
+		}
+	}
+	return 0
+}
+
+// waitForChange holds a request whose If-None-Match is the current tag
+// until the bundle changes or wait passes. It reports the bundle to send and
+// whether it is still unchanged.
+func (s *Server) waitForChange(w http.ResponseWriter, r *http.Request, tag string, wait time.Duration, changed <-chan struct{}) ([]byte, string, bool, error) {
+	if s.waiters.Add(1) > maxWaiters {
+		s.waiters.Add(-1)
+		return nil, tag, true, nil
+	}
+	defer s.waiters.Add(-1)
+	// The server's write timeout would cut a held request; this one may
+	// take the wait, plus the usual time to write.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(wait + writeTimeout))
+	w.Header().Set("Preference-Applied", "wait="+strconv.Itoa(int(wait/time.Second)))
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		select {
+		case <-timer.C:
+			return nil, tag, true, nil
+		case <-r.Context().Done():
+			return nil, tag, true, nil
+		case <-s.stopping:
+			return nil, tag, true, nil
+		case <-changed:
+		}
+		changed = s.changes()
+		data, err := s.bundleJSON()
+		if err != nil {
+			return nil, "", false, err
+		}
+		if now := etag(data); now != tag {
+			return data, now, false, nil
+		}
+	}
+}
+
+// unavailable answers 503, logging the cause once per failing spell.
+func (s *Server) unavailable(w http.ResponseWriter, err error) {
+	if s.bundleFailing.CompareAndSwap(false, true) {
+		s.log.Error("bundle endpoint: cannot get this trust domain's bundle; answering 503 until it can",
+			"trust_domain", s.td.Name(), "error", err)
+	}
+	s.fail(w, http.StatusServiceUnavailable, "bundle unavailable")
+}
+
+// etag is the entity tag of a bundle's JSON: a strong one (RFC 9110), since
+// bundle.Marshal encodes one bundle to the same bytes every time.
+func etag(data []byte) string {
+	sum := sha256.Sum256(data)
+	return `"` + hex.EncodeToString(sum[:]) + `"`
 }
 
 // bundleJSON asks the source for the bundle and encodes it.

@@ -243,6 +243,7 @@ func (s *Server) serve() error {
 		KeyFile:     s.set.webKey,
 		Logger:      s.log,
 		Clock:       s.clock,
+		Changes:     s.changes.wait,
 	}
 	if s.set.profile == ProfileHTTPSSPIFFE {
 		beCfg.SVIDSource = s.identity
