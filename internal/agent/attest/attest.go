@@ -8,6 +8,8 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -20,12 +22,72 @@ type Config struct {
 	// ProcRoot is the procfs mount to read callers from; DefaultProcRoot if
 	// empty. Tests point it at a fake tree.
 	ProcRoot string
+	// Clock decides when a remembered user or group name is looked up
+	// again (time.Now if nil).
+	Clock func() time.Time
+	// LookupUser and LookupGroup give the name of a uid or gid ("" for
+	// none); os/user's by default. Tests replace them.
+	LookupUser, LookupGroup func(id string) string
 }
+
+// nameTTL is how long a user or group name is remembered: looking one up
+// (cgo, or reading /etc/passwd) costs about as much as the rest of an
+// attestation, and names change rarely. maxNames bounds the memory.
+const (
+	nameTTL  = time.Minute
+	maxNames = 4096
+)
 
 // Attestor turns a unix-socket caller into selectors. It is safe for
 // concurrent use.
 type Attestor struct {
 	procRoot string
+	clock    func() time.Time
+	users    nameCache
+	groups   nameCache
+}
+
+// nameCache remembers the names of ids for nameTTL.
+type nameCache struct {
+	lookup func(id string) string
+	mu     sync.Mutex
+	names  map[string]cachedName
+}
+
+type cachedName struct {
+	name string
+	at   time.Time
+}
+
+func (c *nameCache) get(id string, now time.Time) string {
+	c.mu.Lock()
+	n, ok := c.names[id]
+	c.mu.Unlock()
+	if ok && now.Sub(n.at) < nameTTL && !now.Before(n.at) {
+		return n.name
+	}
+	name := c.lookup(id)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.names == nil || len(c.names) >= maxNames {
+		c.names = make(map[string]cachedName)
+	}
+	c.names[id] = cachedName{name, now}
+	return name
+}
+
+func lookupUser(id string) string {
+	if u, err := user.LookupId(id); err == nil {
+		return u.Username
+	}
+	return ""
+}
+
+func lookupGroup(id string) string {
+	if g, err := user.LookupGroupId(id); err == nil {
+		return g.Name
+	}
+	return ""
 }
 
 // New checks cfg and returns an Attestor.
@@ -41,7 +103,17 @@ func New(cfg Config) (*Attestor, error) {
 	if !st.IsDir() {
 		return nil, fmt.Errorf("attest: proc root %s is not a directory; point it at the procfs mount", root)
 	}
-	return &Attestor{procRoot: root}, nil
+	a := &Attestor{procRoot: root, clock: cfg.Clock, users: nameCache{lookup: cfg.LookupUser}, groups: nameCache{lookup: cfg.LookupGroup}}
+	if a.clock == nil {
+		a.clock = time.Now
+	}
+	if a.users.lookup == nil {
+		a.users.lookup = lookupUser
+	}
+	if a.groups.lookup == nil {
+		a.groups.lookup = lookupGroup
+	}
+	return a, nil
 }
 
 // AttestPeer attests the caller of a gRPC request that arrived on a
@@ -130,13 +202,14 @@ func (a *Attestor) attest(ctx context.Context, c Caller, atAccept *uint64) ([]Se
 	uid := strconv.FormatUint(uint64(c.UID), 10)
 	gid := strconv.FormatUint(uint64(c.GID), 10)
 	sel := make([]Selector, 0, 5+len(groups))
+	now := a.clock()
 	sel = append(sel, unixSelector("uid", uid))
-	if u, err := user.LookupId(uid); err == nil && u.Username != "" {
-		sel = append(sel, unixSelector("user", u.Username))
+	if name := a.users.get(uid, now); name != "" {
+		sel = append(sel, unixSelector("user", name))
 	}
 	sel = append(sel, unixSelector("gid", gid))
-	if g, err := user.LookupGroupId(gid); err == nil && g.Name != "" {
-		sel = append(sel, unixSelector("group", g.Name))
+	if name := a.groups.get(gid, now); name != "" {
+		sel = append(sel, unixSelector("group", name))
 	}
 	for _, g := range groups {
 		sel = append(sel, unixSelector("supplementary_gid", strconv.FormatUint(uint64(g), 10)))

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/meshfed/meshfed/internal/agent/attest"
 	"google.golang.org/grpc"
@@ -421,5 +422,49 @@ func TestAttestCanceled(t *testing.T) {
 	cancel()
 	if _, err := a.Attest(ctx, int32(os.Getpid()), uint32(os.Geteuid()), uint32(os.Getegid())); err != context.Canceled {
 		t.Fatalf("error = %v, want context.Canceled", err)
+	}
+}
+
+// User and group names are looked up once a minute per id, not on every
+// attestation; a renamed user shows within that minute.
+func TestNamesAreRememberedForAMinute(t *testing.T) {
+	root := t.TempDir()
+	pid, uid, gid := os.Getpid(), uint32(os.Getuid()), uint32(os.Getgid())
+	p := fakeProc{stat: statLine(pid, 1000), status: statusFile("Groups:\t\n"), exe: "/usr/bin/workload"}
+	p.write(t, root, pid)
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	var userLookups, groupLookups int
+	userName := "alice"
+	a, err := attest.New(attest.Config{ProcRoot: root, Clock: func() time.Time { return now },
+		LookupUser:  func(string) string { userLookups++; return userName },
+		LookupGroup: func(string) string { groupLookups++; return "" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	attestAs := func() string {
+		t.Helper()
+		sel, err := a.Attest(context.Background(), int32(pid), uid, gid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.Join(strs(sel), " ")
+	}
+	want := fmt.Sprintf("unix:uid:%d unix:user:alice unix:gid:%d unix:path:/usr/bin/workload", uid, gid)
+	for range 3 {
+		if got := attestAs(); got != want {
+			t.Fatalf("selectors %q, want %q", got, want)
+		}
+	}
+	if userLookups != 1 || groupLookups != 1 {
+		t.Errorf("%d user and %d group lookups for three attestations, want 1 and 1", userLookups, groupLookups)
+	}
+	userName = "bob"
+	now = now.Add(59 * time.Second)
+	if got := attestAs(); got != want {
+		t.Errorf("within the minute: %q", got)
+	}
+	now = now.Add(time.Second)
+	if got := attestAs(); !strings.Contains(got, "unix:user:bob") || userLookups != 2 {
+		t.Errorf("after the minute: %q (%d lookups)", got, userLookups)
 	}
 }

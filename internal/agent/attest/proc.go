@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"strconv"
 
 	"golang.org/x/sys/unix"
@@ -27,11 +25,28 @@ func readProcFile(dir int, pid int32, name string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attest: process %d: open %s: %w", pid, name, procErr(err))
 	}
-	f := os.NewFile(uintptr(fd), name)
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, MaxProcFileBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("attest: process %d: read %s: %w", pid, name, procErr(err))
+	defer unix.Close(fd)
+	// Straight read(2)s into one buffer: /proc files are generated at read
+	// time, and an os.File around the descriptor costs more than the read.
+	b := make([]byte, 0, 2048)
+	for {
+		if len(b) == cap(b) {
+			if len(b) > MaxProcFileBytes {
+				return nil, fmt.Errorf("attest: process %d: %s is larger than %d bytes", pid, name, MaxProcFileBytes)
+			}
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := unix.Read(fd, b[len(b):cap(b)])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("attest: process %d: read %s: %w", pid, name, procErr(err))
+		}
+		if n == 0 {
+			break
+		}
+		b = b[:len(b)+n]
 	}
 	if len(b) > MaxProcFileBytes {
 		return nil, fmt.Errorf("attest: process %d: %s is larger than %d bytes", pid, name, MaxProcFileBytes)
@@ -41,8 +56,15 @@ func readProcFile(dir int, pid int32, name string) ([]byte, error) {
 
 // readProcLink reads the target of the symlink name under dir.
 func readProcLink(dir int, pid int32, name string) (string, error) {
-	buf := make([]byte, maxLinkBytes+1)
+	// Most paths are short: a small buffer first, the largest one only if
+	// the target filled it.
+	var small [256]byte
+	buf := small[:]
 	n, err := unix.Readlinkat(dir, name, buf)
+	if err == nil && n == len(buf) {
+		buf = make([]byte, maxLinkBytes+1)
+		n, err = unix.Readlinkat(dir, name, buf)
+	}
 	if err != nil {
 		return "", fmt.Errorf("attest: process %d: readlink %s: %w", pid, name, procErr(err))
 	}
