@@ -522,7 +522,33 @@ func (a *Agent) Apply(snap *pb.WatchResponse) error {
 	}
 	a.Cache.setFederated(fed, meshWide)
 	a.Cache.setEntries(snap.GetEntries())
+	if root := snap.GetSigningRootKeyId(); len(root) > 0 {
+		a.renewOtherRoots(root)
+	}
 	return nil
+}
+
+// rootSwitchSpread spreads the renewals a change of signing root brings
+// forward, so that a fleet of agents does not ask for all its SVIDs in the
+// same instant.
+const rootSwitchSpread = 5 * time.Second
+
+// renewOtherRoots renews soon what chains to a root the server no longer
+// signs under: after a rotation, or once the server signs with a
+// VirtualMesh intermediate, an SVID under the old root keeps working here
+// but not for peers that trust only the new one.
+func (a *Agent) renewOtherRoots(root []byte) {
+	at := a.clock().Add(time.Duration(float64(rootSwitchSpread) * (jitter() + 0.1) * 5))
+	n := a.Cache.renewOtherRoots(root, at)
+	a.mu.Lock()
+	if a.node != nil && otherRoot(a.node.Certificates, root) && a.nodeNext.After(at) {
+		a.nodeNext = at
+		n++
+	}
+	a.mu.Unlock()
+	if n > 0 {
+		a.log.Info("the server signs under another root; renewing the SVIDs under the old one", "svids", n, "by", at.UTC().Format(time.RFC3339))
+	}
 }
 
 // Sync renews what is due (the node SVID, and each entry's SVID) and returns

@@ -331,3 +331,54 @@ func TestRenewAtShortLivedBackdated(t *testing.T) {
 		t.Errorf("received early: %s", got)
 	}
 }
+
+// When the server says it signs under another root, the SVIDs under the old
+// one are renewed within rootSwitchSpread rather than at half their life;
+// the same root moves nothing.
+func TestRenewOnSigningRootChange(t *testing.T) {
+	_, a, clock, _ := setup(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := a.client.Watch(ctx, &pb.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.GetSigningRootKeyId()) == 0 {
+		t.Fatal("the server sent no signing root")
+	}
+	if err := a.Apply(snap); err != nil {
+		t.Fatal(err)
+	}
+	a.Sync(context.Background())
+	first := a.Cache.X509SVIDs([]Selector{{Type: "unix", Value: "uid:1000"}})[0].SVID.Certificates[0]
+	halfLife := a.Cache.nextDue()
+	if err := a.Apply(snap); err != nil { // the same root again
+		t.Fatal(err)
+	}
+	if got := a.Cache.nextDue(); !got.Equal(halfLife) {
+		t.Fatalf("the same signing root moved the renewal from %s to %s", halfLife, got)
+	}
+	snap.SigningRootKeyId = []byte{1, 2, 3}
+	if err := a.Apply(snap); err != nil {
+		t.Fatal(err)
+	}
+	due := a.Cache.nextDue()
+	if due.Before(clock.Now()) || !due.Before(clock.Now().Add(rootSwitchSpread)) {
+		t.Fatalf("renewal at %s after the switch, want within %s", due.Sub(clock.Now()), rootSwitchSpread)
+	}
+	a.mu.Lock()
+	nodeNext := a.nodeNext
+	a.mu.Unlock()
+	if !nodeNext.Before(clock.Now().Add(rootSwitchSpread)) {
+		t.Errorf("node SVID renewal at %s after the switch", nodeNext.Sub(clock.Now()))
+	}
+	clock.Set(due)
+	a.Sync(context.Background())
+	if now := a.Cache.X509SVIDs([]Selector{{Type: "unix", Value: "uid:1000"}})[0].SVID.Certificates[0]; now.Equal(first) {
+		t.Error("not renewed after the signing root changed")
+	}
+}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -202,6 +203,36 @@ func (c *Cache) due(now time.Time) []string {
 	}
 	sort.Strings(ids)
 	return ids
+}
+
+// renewOtherRoots brings the renewal of every SVID that chains to a root
+// other than root (by subject key ID) forward to at, and wakes Run. It
+// returns how many it moved.
+func (c *Cache) renewOtherRoots(root []byte, at time.Time) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, st := range c.entries {
+		if st.svid != nil && otherRoot(st.svid.Certificates, root) && st.next.After(at) {
+			st.next = at
+			n++
+		}
+	}
+	if n > 0 {
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+	}
+	return n
+}
+
+// otherRoot reports whether an SVID chain (leaf first, root left out) ends
+// at a root other than the one with subject key ID root, by the top
+// certificate's authority key ID; a chain without one is never "other".
+func otherRoot(chain []*x509.Certificate, root []byte) bool {
+	id := chain[len(chain)-1].AuthorityKeyId
+	return len(id) > 0 && !bytes.Equal(id, root)
 }
 
 // nextDue is the earliest renewal or retry time (zero if none).

@@ -30,7 +30,8 @@ type servingIdentity struct {
 	current atomic.Pointer[x509svid.SVID]
 	cert    atomic.Pointer[tls.Certificate]
 	signer  atomic.Pointer[pki.CA] // the CA that signed current
-	mu      sync.Mutex             // one rotate at a time
+	renewAt atomic.Pointer[time.Time]
+	mu      sync.Mutex // one rotate at a time
 }
 
 func (si *servingIdentity) id() spiffeid.ID {
@@ -65,6 +66,11 @@ func (si *servingIdentity) rotate() error {
 	si.current.Store(svid)
 	si.cert.Store(&tls.Certificate{Certificate: raw, PrivateKey: key, Leaf: chain[0]})
 	si.signer.Store(ca)
+	// Half of the life it has from now: NotBefore is backdated for clock
+	// skew, and counting from it would make a short-lived SVID due at once.
+	now := si.s.clock()
+	at := now.Add(chain[0].NotAfter.Sub(now) / 2)
+	si.renewAt.Store(&at)
 	si.s.log.Info("server SVID issued", "spiffe_id", svid.ID.String(), "not_after", chain[0].NotAfter.UTC().Format(time.RFC3339))
 	return nil
 }
@@ -72,13 +78,11 @@ func (si *servingIdentity) rotate() error {
 // due reports whether the serving SVID should be re-issued: at half its
 // lifetime, or when the CA that signed it is no longer the CA in use.
 func (si *servingIdentity) due(now time.Time) bool {
-	svid := si.current.Load()
-	if svid == nil || si.signer.Load() != si.s.auth.CA() {
+	svid, at := si.current.Load(), si.renewAt.Load()
+	if svid == nil || at == nil || si.signer.Load() != si.s.auth.CA() {
 		return true
 	}
-	leaf := svid.Certificates[0]
-	half := leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
-	return !now.Before(half)
+	return !now.Before(*at)
 }
 
 // GetX509SVID makes servingIdentity an x509svid.Source.

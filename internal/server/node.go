@@ -187,7 +187,7 @@ func (s *Server) snapshot(ctx context.Context, node spiffeid.ID) (*pb.WatchRespo
 	if err != nil {
 		return nil, err
 	}
-	return &pb.WatchResponse{Bundle: local, Federated: fed, Entries: entries}, nil
+	return &pb.WatchResponse{Bundle: local, Federated: fed, Entries: entries, SigningRootKeyId: s.auth.CA().RootKeyID()}, nil
 }
 
 // entriesFor returns the entries whose parent is node, and those parented

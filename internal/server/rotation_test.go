@@ -183,3 +183,29 @@ func TestRootRotationAutomatic(t *testing.T) {
 		t.Errorf("signing with %q after the rotation", c.Subject.CommonName)
 	}
 }
+
+// A short-lived server SVID (NotBefore backdated for clock skew) is due at
+// half the life it had when issued, not at once, which re-issued it at every
+// maintenance tick.
+func TestServerSVIDRenewsAtHalfItsLifeFromIssuance(t *testing.T) {
+	clock := &testClock{now: time.Now()}
+	h := startWith(t, Options{Clock: clock.Now, PollInterval: time.Hour}, func(c *Config) {
+		c.SVID.NodeTTL = duration.Duration(20 * time.Second)
+		c.SVID.DefaultTTL = duration.Duration(10 * time.Second)
+	})
+	issued := clock.Now()
+	first, _ := h.srv.identity.GetX509SVID()
+	for _, tc := range []struct {
+		after time.Duration
+		due   bool
+	}{{0, false}, {9 * time.Second, false}, {10 * time.Second, true}} {
+		if got := h.srv.identity.due(issued.Add(tc.after)); got != tc.due {
+			t.Errorf("%s after issuance: due %v, want %v", tc.after, got, tc.due)
+		}
+	}
+	clock.Advance(5 * time.Second)
+	h.srv.tick(context.Background())
+	if now, _ := h.srv.identity.GetX509SVID(); now != first {
+		t.Error("re-issued before half its life")
+	}
+}

@@ -19,15 +19,27 @@ import (
 // maxTokenFileBytes bounds a join token file: a token is under 100 bytes.
 const maxTokenFileBytes = 4 << 10
 
-// startVirtualMesh makes the VirtualMesh member when one is configured.
-// The member keeps the intermediate in the directory the authority watches
-// (authority.ModeVirtualMesh), so a new intermediate is picked up without a
-// restart.
+// startVirtualMesh checks that a VirtualMesh member can be made when one is
+// configured. The member keeps the intermediate in the directory the
+// authority watches (authority.ModeVirtualMesh), so a new intermediate is
+// picked up without a restart.
 func (s *Server) startVirtualMesh() error {
-	vm := s.set.federation.vm
-	if vm == nil {
+	if s.set.federation.vm == nil {
 		return nil
 	}
+	m, err := s.newMember()
+	if err != nil {
+		return err
+	}
+	s.member = m
+	return nil
+}
+
+// newMember makes the member, reading the join token file as it is now: an
+// operator may write it after the server started, and the next attempt to
+// join uses it.
+func (s *Server) newMember() (*member.Member, error) {
+	vm := s.set.federation.vm
 	var token string
 	if vm.JoinTokenFile != "" {
 		data, err := pemfile.ReadFile(vm.JoinTokenFile, maxTokenFileBytes)
@@ -35,12 +47,12 @@ func (s *Server) startVirtualMesh() error {
 		case errors.Is(err, os.ErrNotExist):
 			// Needed only until the first join; the member says so if it is.
 		case err != nil:
-			return fmt.Errorf("server: federation.virtual_mesh.join_token_file: %w", err)
+			return nil, fmt.Errorf("server: federation.virtual_mesh.join_token_file: %w", err)
 		default:
 			token = strings.TrimSpace(string(data))
 		}
 	}
-	m, err := member.New(member.Config{
+	return member.New(member.Config{
 		TrustDomain:      s.set.td,
 		Controller:       vm.Controller,
 		ControllerCAFile: vm.ControllerCAFile,
@@ -52,22 +64,26 @@ func (s *Server) startVirtualMesh() error {
 		Logger:           s.log.With("component", "virtual_mesh"),
 		Report:           s.virtualMeshReport,
 		OnState:          s.applyVirtualMesh,
+		// Often enough that a rotation phase waiting on this member's
+		// live certificates or agents moves on within seconds.
+		ReportInterval: virtualMeshReportInterval,
 	})
-	if err != nil {
-		return err
-	}
-	s.member = m
-	return nil
 }
 
+// virtualMeshReportInterval is how often the member reports to the
+// controller besides after each change.
+const virtualMeshReportInterval = 5 * time.Second
+
 // runVirtualMesh runs the member until ctx ends. A member that cannot start
-// (the controller unreachable for the first join, say) is retried with
-// backoff while the server goes on signing with the CA it has: a VirtualMesh
-// problem never takes the trust domain down.
+// (the controller unreachable for the first join, no token yet) is made
+// again, with the token file read again, and retried with backoff while the
+// server goes on signing with the CA it has: a VirtualMesh problem never
+// takes the trust domain down.
 func (s *Server) runVirtualMesh(ctx context.Context) error {
+	m := s.member
 	wait := time.Second
 	for {
-		err := s.member.Run(ctx)
+		err := m.Run(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -78,6 +94,11 @@ func (s *Server) runVirtualMesh(ctx context.Context) error {
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, time.Minute)
+		if next, err := s.newMember(); err != nil {
+			s.log.Error("VirtualMesh member", "error", err)
+		} else {
+			m = next
+		}
 	}
 }
 
@@ -141,7 +162,7 @@ func (s *Server) virtualMeshBundles() ([]*pb.Bundle, error) {
 // before it joined a VirtualMesh from the published bundle, once nothing
 // signed under it is alive. Its key stays in the data directory.
 func (s *Server) retireSelfSignedRoot(ctx context.Context) {
-	if s.member == nil || !s.auth.FromCACerts() {
+	if s.set.federation.vm == nil || !s.auth.FromCACerts() {
 		return
 	}
 	root, err := s.auth.SelfSignedRoot()

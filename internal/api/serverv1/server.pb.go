@@ -894,10 +894,15 @@ type WatchResponse struct {
 	Federated []*Bundle              `protobuf:"bytes,2,rep,name=federated,proto3" json:"federated,omitempty"`
 	// The entries whose parent is the caller, and (recursively) entries
 	// parented by those, as SPIRE's agents receive them.
-	Entries       []*Entry `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
-	Revision      int64    `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Entries  []*Entry `protobuf:"bytes,3,rep,name=entries,proto3" json:"entries,omitempty"`
+	Revision int64    `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The subject key ID of the root the server signs under now. An agent
+	// renews, soon, the SVIDs it holds that chain to another root (a root
+	// rotation, or a server that joined a VirtualMesh), instead of waiting for
+	// their half life.
+	SigningRootKeyId []byte `protobuf:"bytes,5,opt,name=signing_root_key_id,json=signingRootKeyId,proto3" json:"signing_root_key_id,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *WatchResponse) Reset() {
@@ -956,6 +961,13 @@ func (x *WatchResponse) GetRevision() int64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *WatchResponse) GetSigningRootKeyId() []byte {
+	if x != nil {
+		return x.SigningRootKeyId
+	}
+	return nil
 }
 
 type CreateJoinTokenRequest struct {
@@ -2155,12 +2167,13 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\x14FetchBundlesResponse\x121\n" +
 	"\x06bundle\x18\x01 \x01(\v2\x19.meshfed.server.v1.BundleR\x06bundle\x127\n" +
 	"\tfederated\x18\x02 \x03(\v2\x19.meshfed.server.v1.BundleR\tfederated\"\x0e\n" +
-	"\fWatchRequest\"\xcb\x01\n" +
+	"\fWatchRequest\"\xfa\x01\n" +
 	"\rWatchResponse\x121\n" +
 	"\x06bundle\x18\x01 \x01(\v2\x19.meshfed.server.v1.BundleR\x06bundle\x127\n" +
 	"\tfederated\x18\x02 \x03(\v2\x19.meshfed.server.v1.BundleR\tfederated\x122\n" +
 	"\aentries\x18\x03 \x03(\v2\x18.meshfed.server.v1.EntryR\aentries\x12\x1a\n" +
-	"\brevision\x18\x04 \x01(\x03R\brevision\"V\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\x12-\n" +
+	"\x13signing_root_key_id\x18\x05 \x01(\fR\x10signingRootKeyId\"V\n" +
 	"\x16CreateJoinTokenRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
