@@ -389,10 +389,14 @@ the last fetch and its error, and when the next fetch is due.`,
 				rows := bundleRows(resp)
 				return printData(c.OutOrStdout(), listOut, map[string]any{"bundles": rows}, func(w io.Writer) error {
 					tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(tw, "TRUST DOMAIN\tSEQUENCE\tX.509 AUTHORITIES\tENDPOINT\tLAST FETCH\tNEXT FETCH\tERROR")
+					fmt.Fprintln(tw, "TRUST DOMAIN\tSEQUENCE\tX.509 AUTHORITIES\tENDPOINT\tLAST FETCH\tNEXT FETCH\tPUSH\tERROR")
 					for _, r := range rows {
-						fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\n", r.TrustDomain, r.Sequence, r.Authorities,
-							orDash(r.Endpoint), orDash(r.LastSuccess), orDash(r.NextRefresh), orDash(r.LastError))
+						push := "-"
+						if r.Push {
+							push = "yes"
+						}
+						fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", r.TrustDomain, r.Sequence, r.Authorities,
+							orDash(r.Endpoint), orDash(r.LastSuccess), orDash(r.NextRefresh), push, orDash(r.LastError))
 					}
 					return tw.Flush()
 				})
@@ -500,6 +504,7 @@ type bundleRow struct {
 	Profile     string `json:"bundle_endpoint_profile,omitempty"`
 	LastSuccess string `json:"last_success,omitempty"`
 	NextRefresh string `json:"next_refresh,omitempty"`
+	Push        bool   `json:"push"`
 	LastError   string `json:"last_error,omitempty"`
 }
 
@@ -537,6 +542,7 @@ func bundleRows(resp *pb.ListFederatedBundlesResponse) []bundleRow {
 		r := &rows[i]
 		r.Source, r.Endpoint, r.Profile = p.GetSource(), p.GetBundleEndpointUrl(), p.GetBundleEndpointProfile()
 		r.LastSuccess, r.NextRefresh, r.LastError = stamp(p.GetLastSuccess()), stamp(p.GetNextRefresh()), p.GetLastError()
+		r.Push = p.GetPush()
 	}
 	return rows
 }

@@ -155,6 +155,7 @@ func peerMessage(st fetcher.PeerStatus) *pb.FederationPeer {
 		Failures: int64(st.Failures), NextRefresh: unix(st.NextRefresh),
 		RefreshHintSeconds: int64(st.RefreshHint / time.Second), X509Authorities: int64(st.X509Authorities),
 		JwtAuthorities: int64(st.JWTAuthorities), EarliestExpiry: unix(st.EarliestExpiry), Source: "federates_with",
+		Push: st.Push,
 	}
 	if !st.EndpointID.IsZero() {
 		m.EndpointSpiffeId = st.EndpointID.String()

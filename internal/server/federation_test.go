@@ -3,6 +3,9 @@ package server
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -60,6 +63,26 @@ func TestFederatesWith(t *testing.T) {
 	want := west.srv.bundle.Load()
 	if !got.X509Bundle().Equal(want.X509Bundle()) || !got.JWTBundle().Equal(want.JWTBundle()) {
 		t.Error("the fetched bundle is not the one west publishes")
+	}
+
+	// The metrics say the same.
+	resp, err := http.Get("http://" + h.srv.Addrs().Metrics.String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`meshfed_server_federated_bundle_failures{trust_domain="west.example"} 0`,
+		`meshfed_server_root_rotation_phase{phase="stable"} 1`,
+		`meshfed_server_root_rotation_phase{phase="publishing"} 0`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	if !regexp.MustCompile(`meshfed_server_federated_bundle_last_success_timestamp_seconds\{trust_domain="west.example"\} [1-9]`).Match(body) {
+		t.Error("metrics show no successful fetch of west.example")
 	}
 
 	// A peer whose endpoint presents another identity is refused and the

@@ -57,3 +57,61 @@ func (m *metrics) observeIssue(kind, result string, start time.Time) {
 func (m *metrics) observeStore(op string, start time.Time) {
 	m.storeSeconds.WithLabelValues(op).Observe(time.Since(start).Seconds())
 }
+
+// federationCollector reports, at each scrape, how federation stands: each
+// federates_with peer's last good fetch and failures, the phase of this
+// server's root rotation, and whether it signs under a VirtualMesh.
+type federationCollector struct{ s *Server }
+
+var (
+	peerLastSuccess = prometheus.NewDesc("meshfed_server_federated_bundle_last_success_timestamp_seconds",
+		"When the bundle of a federates_with peer was last fetched (Unix seconds; 0 for never).", []string{"trust_domain"}, nil)
+	peerFailures = prometheus.NewDesc("meshfed_server_federated_bundle_failures",
+		"Failed fetches of a federates_with peer's bundle since its last good one.", []string{"trust_domain"}, nil)
+	peerExpiry = prometheus.NewDesc("meshfed_server_federated_bundle_expiry_timestamp_seconds",
+		"When the first X.509 authority of a peer's last good bundle expires (Unix seconds).", []string{"trust_domain"}, nil)
+	peerPush = prometheus.NewDesc("meshfed_server_federated_bundle_push",
+		"1 while a peer pushes its bundle changes (a conditional long poll is held), else 0.", []string{"trust_domain"}, nil)
+	rotationPhase = prometheus.NewDesc("meshfed_server_root_rotation_phase",
+		"1 for the phase this server's own root rotation is in (stable, publishing, retiring).", []string{"phase"}, nil)
+	virtualMeshJoined = prometheus.NewDesc("meshfed_server_virtual_mesh_joined",
+		"1 when the server signs with an intermediate of its VirtualMesh's shared root.", nil, nil)
+)
+
+func (c federationCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{peerLastSuccess, peerFailures, peerExpiry, peerPush, rotationPhase, virtualMeshJoined} {
+		ch <- d
+	}
+}
+
+func (c federationCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.s
+	if s.fetcher != nil {
+		for _, p := range s.fetcher.Status() {
+			td := p.TrustDomain.Name()
+			ch <- prometheus.MustNewConstMetric(peerLastSuccess, prometheus.GaugeValue, float64(unix(p.LastSuccess)), td)
+			ch <- prometheus.MustNewConstMetric(peerFailures, prometheus.GaugeValue, float64(p.Failures), td)
+			ch <- prometheus.MustNewConstMetric(peerExpiry, prometheus.GaugeValue, float64(unix(p.EarliestExpiry)), td)
+			push := 0.0
+			if p.Push {
+				push = 1
+			}
+			ch <- prometheus.MustNewConstMetric(peerPush, prometheus.GaugeValue, push, td)
+		}
+	}
+	current := s.rotationPhase()
+	for _, phase := range []string{phaseStable, phasePublishing, phaseRetiring} {
+		v := 0.0
+		if phase == current {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(rotationPhase, prometheus.GaugeValue, v, phase)
+	}
+	if s.set.federation.vm != nil {
+		joined := 0.0
+		if s.auth.FromCACerts() {
+			joined = 1
+		}
+		ch <- prometheus.MustNewConstMetric(virtualMeshJoined, prometheus.GaugeValue, joined)
+	}
+}

@@ -176,6 +176,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Server, error) {
 	if err := s.startVirtualMesh(); err != nil {
 		return nil, err
 	}
+	s.metrics.registry.MustRegister(federationCollector{s})
 	if err := s.serve(); err != nil {
 		return nil, err
 	}

@@ -1483,7 +1483,10 @@ type FederationPeer struct {
 	JwtAuthorities        int64                  `protobuf:"varint,13,opt,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
 	EarliestExpiry        int64                  `protobuf:"varint,14,opt,name=earliest_expiry,json=earliestExpiry,proto3" json:"earliest_expiry,omitempty"`
 	// Where the bundle came from: "federates_with" or "virtual_mesh".
-	Source        string `protobuf:"bytes,15,opt,name=source,proto3" json:"source,omitempty"`
+	Source string `protobuf:"bytes,15,opt,name=source,proto3" json:"source,omitempty"`
+	// The peer pushes changes: a conditional long poll is held open to its
+	// bundle endpoint, so a change arrives at once.
+	Push          bool `protobuf:"varint,16,opt,name=push,proto3" json:"push,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1621,6 +1624,13 @@ func (x *FederationPeer) GetSource() string {
 		return x.Source
 	}
 	return ""
+}
+
+func (x *FederationPeer) GetPush() bool {
+	if x != nil {
+		return x.Push
+	}
+	return false
 }
 
 type RefreshFederatedBundleRequest struct {
@@ -2198,7 +2208,7 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\x1bListFederatedBundlesRequest\"\x8c\x01\n" +
 	"\x1cListFederatedBundlesResponse\x123\n" +
 	"\abundles\x18\x01 \x03(\v2\x19.meshfed.server.v1.BundleR\abundles\x127\n" +
-	"\x05peers\x18\x02 \x03(\v2!.meshfed.server.v1.FederationPeerR\x05peers\"\xd0\x04\n" +
+	"\x05peers\x18\x02 \x03(\v2!.meshfed.server.v1.FederationPeerR\x05peers\"\xe4\x04\n" +
 	"\x0eFederationPeer\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12.\n" +
 	"\x13bundle_endpoint_url\x18\x02 \x01(\tR\x11bundleEndpointUrl\x126\n" +
@@ -2216,7 +2226,8 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\x10x509_authorities\x18\f \x01(\x03R\x0fx509Authorities\x12'\n" +
 	"\x0fjwt_authorities\x18\r \x01(\x03R\x0ejwtAuthorities\x12'\n" +
 	"\x0fearliest_expiry\x18\x0e \x01(\x03R\x0eearliestExpiry\x12\x16\n" +
-	"\x06source\x18\x0f \x01(\tR\x06source\"B\n" +
+	"\x06source\x18\x0f \x01(\tR\x06source\x12\x12\n" +
+	"\x04push\x18\x10 \x01(\bR\x04push\"B\n" +
 	"\x1dRefreshFederatedBundleRequest\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"A\n" +
 	"\x1cDeleteFederatedBundleRequest\x12!\n" +

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -62,16 +63,70 @@ type FetchOptions struct {
 // go-spiffe's federation.FetchBundle is not used: it does not check the
 // status and reads the body without a bound.
 func Fetch(ctx context.Context, peer Peer, opts FetchOptions) (*spiffebundle.Bundle, error) {
-	if err := peer.Validate(); err != nil {
+	a, err := FetchConditional(ctx, peer, opts, Conditions{})
+	if err != nil {
 		return nil, err
+	}
+	return a.Bundle, nil
+}
+
+// Conditions make a fetch conditional (RFC 9110 §13.1.2) and, with Wait, a
+// long poll: the protocol of meshfed's bundle endpoint, which other
+// endpoints (SPIRE's) ignore, answering 200 at once.
+type Conditions struct {
+	// ETag is the entity tag of the last good answer, exactly as the
+	// endpoint sent it. When set, the request carries If-None-Match with it,
+	// and the endpoint may answer 304 Not Modified: its bundle still is the
+	// one that answer carried.
+	ETag string
+	// Wait, with ETag, asks the endpoint to hold the request until its
+	// bundle changes or Wait passes (Prefer: wait=N, RFC 7240; N is Wait in
+	// whole seconds, rounded down). The fetch's timeout grows by it.
+	// Ignored without ETag, and when under a second.
+	Wait time.Duration
+}
+
+// Answer is what FetchConditional got.
+type Answer struct {
+	// Bundle is the bundle served with 200 OK; nil when NotModified.
+	Bundle *spiffebundle.Bundle
+	// NotModified says the endpoint answered 304 Not Modified: its bundle
+	// still is the one Conditions.ETag names.
+	NotModified bool
+	// ETag is the answer's entity tag, to send back as Conditions.ETag;
+	// empty when it carried none, or one that is not an RFC 9110 entity-tag
+	// of at most 256 bytes. After a 304 it is Conditions.ETag.
+	ETag string
+	// WaitApplied says the endpoint honoured Conditions.Wait
+	// (Preference-Applied: wait=M), and AppliedWait is M. Both are zero when
+	// no wait was asked for.
+	WaitApplied bool
+	AppliedWait time.Duration
+}
+
+// FetchConditional is Fetch with conditions. With cond.ETag it also accepts
+// 304 Not Modified (whose ETag, if it has one, must be cond.ETag), returned
+// as an Answer without a bundle; every other bound of Fetch holds, and the
+// endpoint is authenticated for a 304 as for a 200.
+func FetchConditional(ctx context.Context, peer Peer, opts FetchOptions, cond Conditions) (Answer, error) {
+	if err := peer.Validate(); err != nil {
+		return Answer{}, err
 	}
 	fail := func(err error) error {
 		return fmt.Errorf("fetcher: %s: GET %s: %w", peer.TrustDomain.Name(), peer.URL, err)
+	}
+	if cond.ETag != "" && !validETag(cond.ETag) {
+		return Answer{}, fmt.Errorf("fetcher: %s: the ETag to send, %s, is not an RFC 9110 entity-tag of at most %d bytes", peer.TrustDomain.Name(), showETag(cond.ETag), maxETagBytes)
+	}
+	var wait time.Duration // what Prefer asks for; zero: no Prefer
+	if cond.ETag != "" {
+		wait = max(cond.Wait, 0).Truncate(time.Second)
 	}
 	timeout := opts.Timeout
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
+	timeout += wait
 	clock := opts.Clock
 	if clock == nil {
 		clock = time.Now
@@ -93,7 +148,7 @@ func Fetch(ctx context.Context, peer Peer, opts FetchOptions) (*spiffebundle.Bun
 	case ProfileHTTPSSPIFFE:
 		trust, err := trustBundle(peer, opts.Bundles)
 		if err != nil {
-			return nil, err
+			return Answer{}, err
 		}
 		// The endpoint is named by its SPIFFE ID, not its host (§5.2.2.4),
 		// so crypto/tls's own check is replaced by the SVID check.
@@ -107,8 +162,8 @@ func Fetch(ctx context.Context, peer Peer, opts FetchOptions) (*spiffebundle.Bun
 		}
 	}
 
-	// The context bounds everything: dialing, the handshake, the headers and
-	// the body.
+	// The context bounds everything: dialing, the handshake, the wait, the
+	// headers and the body.
 	ctx, cancel := context.WithTimeoutCause(ctx, timeout, errTimedOut)
 	defer cancel()
 	transport := &http.Transport{
@@ -127,38 +182,61 @@ func Fetch(ctx context.Context, peer Peer, opts FetchOptions) (*spiffebundle.Bun
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, peer.URL, nil)
 	if err != nil {
-		return nil, fail(err)
+		return Answer{}, fail(err)
 	}
 	req.Header.Set("Accept", "application/json")
+	if cond.ETag != "" {
+		req.Header.Set("If-None-Match", cond.ETag)
+	}
+	if wait > 0 {
+		req.Header.Set("Prefer", "wait="+strconv.Itoa(int(wait/time.Second)))
+	}
 	resp, err := client.Do(req)
 	if err != nil {
 		if err := authErr.get(); err != nil {
-			return nil, fail(err)
+			return Answer{}, fail(err)
 		}
-		return nil, fail(transportError(ctx, err, timeout))
+		return Answer{}, fail(transportError(ctx, err, timeout))
 	}
 	defer resp.Body.Close()
 
-	// The status line and the Location header come from the endpoint: they
-	// are quoted and cut before they reach an error.
-	if loc := resp.Header.Get("Location"); resp.StatusCode >= 300 && resp.StatusCode < 400 && loc != "" {
-		return nil, fail(fmt.Errorf("redirected (%q) to %q; redirects are not followed, so configure the final URL as bundle_endpoint_url", clip(resp.Status), clip(loc)))
+	var a Answer
+	if wait > 0 {
+		a.AppliedWait, a.WaitApplied = appliedWait(resp.Header)
 	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fail(fmt.Errorf("the endpoint answered %q, not 200 OK", clip(resp.Status)))
+	// The status line and the Location and ETag headers come from the
+	// endpoint: they are quoted and cut before they reach an error.
+	switch loc := resp.Header.Get("Location"); {
+	case resp.StatusCode == http.StatusNotModified && cond.ETag != "":
+		// A 304 needs no body; whatever came with one is not read.
+		if tag := resp.Header.Get("ETag"); tag != "" && !sameETag(tag, cond.ETag) {
+			return Answer{}, fail(fmt.Errorf("the endpoint answered 304 Not Modified with the ETag %s, not %s, which it was asked about", showETag(tag), cond.ETag))
+		}
+		a.NotModified, a.ETag = true, cond.ETag
+		return a, nil
+	case resp.StatusCode >= 300 && resp.StatusCode < 400 && loc != "":
+		return Answer{}, fail(fmt.Errorf("redirected (%q) to %q; redirects are not followed, so configure the final URL as bundle_endpoint_url", clip(resp.Status), clip(loc)))
+	case resp.StatusCode != http.StatusOK && cond.ETag != "":
+		return Answer{}, fail(fmt.Errorf("the endpoint answered %q, not 200 OK or 304 Not Modified", clip(resp.Status)))
+	case resp.StatusCode != http.StatusOK:
+		return Answer{}, fail(fmt.Errorf("the endpoint answered %q, not 200 OK", clip(resp.Status)))
 	}
 	if resp.ContentLength > bundle.MaxBytes {
-		return nil, fail(errTooLarge)
+		return Answer{}, fail(errTooLarge)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, bundle.MaxBytes+1))
 	if err != nil {
-		return nil, fail(transportError(ctx, err, timeout))
+		return Answer{}, fail(transportError(ctx, err, timeout))
 	}
 	b, err := parseBody(peer.TrustDomain, body)
 	if err != nil {
-		return nil, fail(err)
+		return Answer{}, fail(err)
 	}
-	return b, nil
+	a.Bundle = b
+	if tag := resp.Header.Get("ETag"); validETag(tag) {
+		a.ETag = tag
+	}
+	return a, nil
 }
 
 var (

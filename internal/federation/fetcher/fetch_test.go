@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -341,4 +342,218 @@ func withKey(t testing.TB, bundleJSON []byte, jwk string) []byte {
 	}
 	i += len(`"keys": [`)
 	return slices.Concat(bundleJSON[:i], []byte(jwk+","), bundleJSON[i:])
+}
+
+// TestFetchConditional fetches with and without an ETag and a wait from
+// servers that answer one way each, and checks the request's conditional
+// headers and the exact answer.
+func TestFetchConditional(t *testing.T) {
+	webCA := newCA(t, east, caTTL)
+	good := newCA(t, west, caTTL).bundle(t, 7, time.Minute)
+	goodJSON := marshal(t, good)
+	const tag, other = `"abc"`, `"def"`
+	// answer sends status, with the headers given as name, value pairs,
+	// and the bundle with a 200.
+	answer := func(status int, headers ...string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			for i := 0; i < len(headers); i += 2 {
+				w.Header().Set(headers[i], headers[i+1])
+			}
+			w.WriteHeader(status)
+			if status == http.StatusOK {
+				_, _ = w.Write(goodJSON)
+			}
+		})
+	}
+	for _, tc := range []struct {
+		name       string
+		handler    http.Handler
+		cond       fetcher.Conditions
+		timeout    time.Duration
+		wantINM    string // If-None-Match sent
+		wantPrefer string // Prefer sent
+		notSent    bool   // refused before a request
+		want       fetcher.Answer
+		wantErr    string // %s: the URL
+	}{
+		{
+			name:    "unconditional: the ETag is returned",
+			handler: answer(http.StatusOK, "ETag", tag),
+			want:    fetcher.Answer{Bundle: good, ETag: tag},
+		},
+		{
+			name:    "unconditional, weak ETag",
+			handler: answer(http.StatusOK, "ETag", "W/"+tag),
+			want:    fetcher.Answer{Bundle: good, ETag: "W/" + tag},
+		},
+		{
+			name:    "If-None-Match answered 304",
+			handler: answer(http.StatusNotModified, "ETag", tag),
+			cond:    fetcher.Conditions{ETag: tag},
+			wantINM: tag,
+			want:    fetcher.Answer{NotModified: true, ETag: tag},
+		},
+		{
+			name:    "304 without an ETag",
+			handler: answer(http.StatusNotModified),
+			cond:    fetcher.Conditions{ETag: tag},
+			wantINM: tag,
+			want:    fetcher.Answer{NotModified: true, ETag: tag},
+		},
+		{
+			name:    "304 with the weak form of the ETag",
+			handler: answer(http.StatusNotModified, "ETag", "W/"+tag),
+			cond:    fetcher.Conditions{ETag: tag},
+			wantINM: tag,
+			want:    fetcher.Answer{NotModified: true, ETag: tag},
+		},
+		{
+			name:    "If-None-Match, bundle changed: 200 with the new ETag",
+			handler: answer(http.StatusOK, "ETag", other),
+			cond:    fetcher.Conditions{ETag: tag},
+			wantINM: tag,
+			want:    fetcher.Answer{Bundle: good, ETag: other},
+		},
+		{
+			name:       "long poll: Prefer sent, Preference-Applied read",
+			handler:    answer(http.StatusNotModified, "ETag", tag, "Preference-Applied", "wait=30"),
+			cond:       fetcher.Conditions{ETag: tag, Wait: 30 * time.Second},
+			wantINM:    tag,
+			wantPrefer: "wait=30",
+			want:       fetcher.Answer{NotModified: true, ETag: tag, WaitApplied: true, AppliedWait: 30 * time.Second},
+		},
+		{
+			name:       "long poll answered 200, among other preferences",
+			handler:    answer(http.StatusOK, "ETag", other, "Preference-Applied", `return=minimal, wait="15"`),
+			cond:       fetcher.Conditions{ETag: tag, Wait: 90*time.Second + 999*time.Millisecond},
+			wantINM:    tag,
+			wantPrefer: "wait=90",
+			want:       fetcher.Answer{Bundle: good, ETag: other, WaitApplied: true, AppliedWait: 15 * time.Second},
+		},
+		{
+			name:       "long poll not honoured",
+			handler:    answer(http.StatusNotModified, "ETag", tag),
+			cond:       fetcher.Conditions{ETag: tag, Wait: 30 * time.Second},
+			wantINM:    tag,
+			wantPrefer: "wait=30",
+			want:       fetcher.Answer{NotModified: true, ETag: tag},
+		},
+		{
+			name:    "a wait of under a second is not asked for",
+			handler: answer(http.StatusNotModified, "ETag", tag, "Preference-Applied", "wait=1"),
+			cond:    fetcher.Conditions{ETag: tag, Wait: 999 * time.Millisecond},
+			wantINM: tag,
+			want:    fetcher.Answer{NotModified: true, ETag: tag},
+		},
+		{
+			name:    "a wait without an ETag is not asked for",
+			handler: answer(http.StatusOK, "ETag", tag, "Preference-Applied", "wait=30"),
+			cond:    fetcher.Conditions{Wait: 30 * time.Second},
+			want:    fetcher.Answer{Bundle: good, ETag: tag},
+		},
+		{
+			name:    "an unquoted ETag is ignored",
+			handler: answer(http.StatusOK, "ETag", "abc"),
+			want:    fetcher.Answer{Bundle: good},
+		},
+		{
+			name:    "an ETag over 256 bytes is ignored",
+			handler: answer(http.StatusOK, "ETag", `"`+strings.Repeat("a", 255)+`"`),
+			want:    fetcher.Answer{Bundle: good},
+		},
+		{
+			name:    "an ETag of 256 bytes is kept",
+			handler: answer(http.StatusOK, "ETag", `"`+strings.Repeat("a", 254)+`"`),
+			want:    fetcher.Answer{Bundle: good, ETag: `"` + strings.Repeat("a", 254) + `"`},
+		},
+		{
+			name:    "304 for another ETag",
+			handler: answer(http.StatusNotModified, "ETag", other),
+			cond:    fetcher.Conditions{ETag: tag},
+			wantINM: tag,
+			wantErr: `fetcher: west.example: GET %s: the endpoint answered 304 Not Modified with the ETag "def", not "abc", which it was asked about`,
+		},
+		{
+			name:    "304 with a malformed ETag",
+			handler: answer(http.StatusNotModified, "ETag", "abc"),
+			cond:    fetcher.Conditions{ETag: tag},
+			wantINM: tag,
+			wantErr: `fetcher: west.example: GET %s: the endpoint answered 304 Not Modified with the ETag "abc", not "abc", which it was asked about`,
+		},
+		{
+			name:    "304 to an unconditional request",
+			handler: answer(http.StatusNotModified, "ETag", tag),
+			wantErr: `fetcher: west.example: GET %s: the endpoint answered "304 Not Modified", not 200 OK`,
+		},
+		{
+			name:    "conditional, status 503",
+			handler: answer(http.StatusServiceUnavailable),
+			cond:    fetcher.Conditions{ETag: tag},
+			wantINM: tag,
+			wantErr: `fetcher: west.example: GET %s: the endpoint answered "503 Service Unavailable", not 200 OK or 304 Not Modified`,
+		},
+		{
+			name:    "conditional, redirect",
+			handler: answer(http.StatusFound, "Location", "https://cdn.example/west.json"),
+			cond:    fetcher.Conditions{ETag: tag},
+			wantINM: tag,
+			wantErr: `fetcher: west.example: GET %s: redirected ("302 Found") to "https://cdn.example/west.json"; redirects are not followed, so configure the final URL as bundle_endpoint_url`,
+		},
+		{
+			name:    "an ETag to send that is not one",
+			handler: answer(http.StatusOK),
+			cond:    fetcher.Conditions{ETag: "abc"},
+			notSent: true,
+			wantErr: `fetcher: west.example: the ETag to send, "abc", is not an RFC 9110 entity-tag of at most 256 bytes`,
+		},
+		{
+			name: "a long poll's timeout is the wait plus Timeout",
+			handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				<-r.Context().Done()
+			}),
+			cond:       fetcher.Conditions{ETag: tag, Wait: time.Second},
+			timeout:    100 * time.Millisecond,
+			wantINM:    tag,
+			wantPrefer: "wait=1",
+			wantErr:    "fetcher: west.example: GET %s: no complete answer within 1.1s",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var gotINM, gotPrefer atomic.Pointer[string]
+			srv := webServer(t, webCA, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				inm, prefer := r.Header.Get("If-None-Match"), r.Header.Get("Prefer")
+				gotINM.Store(&inm)
+				gotPrefer.Store(&prefer)
+				tc.handler.ServeHTTP(w, r)
+			}))
+			peer := fetcher.Peer{TrustDomain: west, URL: srv.URL, Profile: fetcher.ProfileHTTPSWeb}
+			got, err := fetcher.FetchConditional(context.Background(), peer, fetcher.FetchOptions{
+				RootCAs: webCA.pool(),
+				Timeout: tc.timeout,
+				Clock:   func() time.Time { return t0 },
+			}, tc.cond)
+			if wantErr := strings.ReplaceAll(tc.wantErr, "%s", srv.URL); errText(err) != wantErr {
+				t.Fatalf("error:\n got %v\nwant %s", err, wantErr)
+			}
+			if !got.Bundle.Equal(tc.want.Bundle) {
+				t.Fatalf("bundle: got %v, want %v", got.Bundle, tc.want.Bundle)
+			}
+			got.Bundle, tc.want.Bundle = nil, nil
+			if got != tc.want {
+				t.Fatalf("answer: got %+v, want %+v", got, tc.want)
+			}
+			if tc.notSent {
+				if gotINM.Load() != nil {
+					t.Fatal("a request was sent")
+				}
+				return
+			}
+			if p := gotINM.Load(); p == nil || *p != tc.wantINM {
+				t.Fatalf("If-None-Match sent: %v, want %q", p, tc.wantINM)
+			}
+			if p := gotPrefer.Load(); *p != tc.wantPrefer {
+				t.Fatalf("Prefer sent: %q, want %q", *p, tc.wantPrefer)
+			}
+		})
+	}
 }

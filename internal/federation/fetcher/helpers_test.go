@@ -15,6 +15,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -172,21 +173,48 @@ func serve(status int, body []byte) http.Handler {
 	})
 }
 
-// source is a bundleendpoint.BundleSource whose bundle a test changes.
+// source is a bundleendpoint.BundleSource whose bundle a test changes, and
+// its Config.Changes.
 type source struct {
-	mu sync.Mutex
-	b  *spiffebundle.Bundle
+	mu      sync.Mutex
+	b       *spiffebundle.Bundle
+	changed chan struct{} // closed at the next set
+	armed   bool          // Changes was called: a request is about to wait
+	// waiting gets a value when a request that will wait has read the
+	// bundle: the endpoint calls Changes, then reads, then waits if the
+	// bundle is the one the request names.
+	waiting chan struct{}
+}
+
+func newSource(b *spiffebundle.Bundle) *source {
+	return &source{b: b, changed: make(chan struct{}), waiting: make(chan struct{}, 64)}
 }
 
 func (s *source) set(b *spiffebundle.Bundle) {
 	s.mu.Lock()
 	s.b = b
+	close(s.changed)
+	s.changed = make(chan struct{})
 	s.mu.Unlock()
+}
+
+func (s *source) changes() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.armed = true
+	return s.changed
 }
 
 func (s *source) GetBundleForTrustDomain(spiffeid.TrustDomain) (*spiffebundle.Bundle, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.armed {
+		s.armed = false
+		select {
+		case s.waiting <- struct{}{}:
+		default:
+		}
+	}
 	return s.b, nil
 }
 
@@ -195,7 +223,7 @@ type svidSource struct{ svid *x509svid.SVID }
 
 func (s svidSource) GetX509SVID() (*x509svid.SVID, error) { return s.svid, nil }
 
-// endpoint is a running meshfed bundle endpoint.
+// endpoint is a running meshfed bundle endpoint, which holds long polls.
 type endpoint struct {
 	srv    *bundleendpoint.Server
 	bundle *source
@@ -242,9 +270,10 @@ func webEndpoint(t testing.TB, td spiffeid.TrustDomain, ca *testCA, b *spiffebun
 
 func startEndpoint(t testing.TB, cfg bundleendpoint.Config, b *spiffebundle.Bundle) *endpoint {
 	t.Helper()
-	src := &source{b: b}
+	src := newSource(b)
 	cfg.Addr = "127.0.0.1:0"
 	cfg.Bundles = src
+	cfg.Changes = src.changes
 	srv, err := bundleendpoint.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -261,19 +290,26 @@ func startEndpoint(t testing.TB, cfg bundleendpoint.Config, b *spiffebundle.Bund
 	return &endpoint{srv: srv, bundle: src}
 }
 
-// requests is how many bundles the endpoint served.
-func (e *endpoint) requests() uint64 { return e.srv.Requests()[http.StatusOK] }
+// requests is how many requests the endpoint answered with its bundle or
+// with 304 Not Modified.
+func (e *endpoint) requests() uint64 {
+	n := e.srv.Requests()
+	return n[http.StatusOK] + n[http.StatusNotModified]
+}
 
-// memStore is a Store in memory that counts writes.
+// memStore is a Store in memory that counts writes, and writes of one
+// trust domain that overlapped.
 type memStore struct {
-	mu      sync.Mutex
-	bundles map[spiffeid.TrustDomain]*spiffebundle.Bundle
-	writes  int
-	readErr error
+	mu       sync.Mutex
+	bundles  map[spiffeid.TrustDomain]*spiffebundle.Bundle
+	writes   int
+	readErr  error
+	writing  map[spiffeid.TrustDomain]int
+	overlaps int
 }
 
 func newStore(bs ...*spiffebundle.Bundle) *memStore {
-	s := &memStore{bundles: make(map[spiffeid.TrustDomain]*spiffebundle.Bundle)}
+	s := &memStore{bundles: make(map[spiffeid.TrustDomain]*spiffebundle.Bundle), writing: make(map[spiffeid.TrustDomain]int)}
 	for _, b := range bs {
 		s.bundles[b.TrustDomain()] = b
 	}
@@ -290,11 +326,28 @@ func (s *memStore) FederatedBundle(_ context.Context, td spiffeid.TrustDomain) (
 }
 
 func (s *memStore) SetFederatedBundle(_ context.Context, b *spiffebundle.Bundle) error {
+	td := b.TrustDomain()
+	s.mu.Lock()
+	if s.writing[td] > 0 {
+		s.overlaps++
+	}
+	s.writing[td]++
+	s.mu.Unlock()
+	runtime.Gosched() // give a second write of td the chance to overlap
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.bundles[b.TrustDomain()] = b
+	s.writing[td]--
+	s.bundles[td] = b
 	s.writes++
 	return nil
+}
+
+// overlapCount is how many writes began while another write of the same
+// trust domain was under way.
+func (s *memStore) overlapCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.overlaps
 }
 
 func (s *memStore) get(td spiffeid.TrustDomain) *spiffebundle.Bundle {

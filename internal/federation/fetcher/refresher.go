@@ -8,10 +8,42 @@
 // SPIFFE ID's trust domain, and with nothing else; the first such bundle
 // comes from an operator (`meshfed bundle set`), later ones from fetches.
 //
+// # Push
+//
+// A fetch is conditional when it can be: it sends If-None-Match with the
+// ETag of the peer's last good answer, as long as the store still holds the
+// bundle that answer carried, and a 304 Not Modified counts as a success
+// that stores nothing (the last good bundle stays; no OnChange).
+//
+// While Run runs, a successful fetch whose answer carried an ETag starts a
+// long poll of that peer: If-None-Match plus Prefer: wait=30 (RFC 7240;
+// Config.LongPollWait), with a timeout of that wait plus Config.Timeout.
+// meshfed's bundle endpoint holds it until its bundle changes, then answers
+// with the new bundle at once, which is checked and stored exactly as a
+// scheduled fetch's is, and OnChange fires (the server pushes it to its
+// agents); or it answers 304 when the wait is over. Either way the next long
+// poll follows at once, but never sooner than a second after the previous
+// one began. So a change reaches this side within a round trip, whatever the
+// refresh hint. Long polling goes on while the endpoint's answers say
+// Preference-Applied: wait; it stops on an error (the schedule, with its
+// backoff, takes over, and the next successful fetch starts it again), and
+// for MaxRefresh when the endpoint answers 304 at once without
+// Preference-Applied, as an endpoint does that does not hold requests. An
+// endpoint that sends no ETag (SPIRE's) is never long-polled: it is fetched
+// on schedule only, as the specification describes.
+//
+// The schedule runs alongside: a long poll's answer counts as a fetch, so a
+// peer that pushes is rarely due. A scheduled fetch and a long poll of one
+// peer may be in flight together, but only one of them stores at a time,
+// and a long poll's answer that a newer answer overtook (a fetch recorded a
+// new bundle while the long poll waited) is dropped, not stored over it.
+// Run owns the long polls and waits for them all before it returns.
+//
 // The package never follows a redirect, never reads more than
 // bundle.MaxBytes of an answer, never reuses a connection across fetches,
-// never merges the bundles of two trust domains, and never logs a bundle's
-// body: only counts, sequence numbers and certificate fingerprints.
+// never holds more than one long poll per peer, never merges the bundles of
+// two trust domains, and never logs a bundle's body: only counts, sequence
+// numbers and certificate fingerprints.
 package fetcher
 
 import (
@@ -31,10 +63,11 @@ import (
 )
 
 // Store is where the Refresher reads the last good bundles and writes new
-// ones. The server's store adapts to it. When a read fails, only the fetches
-// that need the stored bundle as trust (https_spiffe) fail; any other fetch
-// stores what it got without comparing, so that a stored bundle that can no
-// longer be read is replaced instead of blocking every refresh.
+// ones. The server's store adapts to it; it must be safe for concurrent use.
+// When a read fails, only the fetches that need the stored bundle as trust
+// (https_spiffe) fail; any other fetch stores what it got without comparing,
+// so that a stored bundle that can no longer be read is replaced instead of
+// blocking every refresh.
 type Store interface {
 	// FederatedBundle returns the stored bundle of td, or (nil, nil) when
 	// none is stored.
@@ -65,12 +98,30 @@ type Config struct {
 	// DefaultRefreshHint applies to a bundle without spiffe_refresh_hint
 	// (DefaultRefreshHint).
 	DefaultRefreshHint time.Duration
+	// LongPollWait is how long a long poll asks the endpoint to hold it
+	// (Prefer: wait; DefaultLongPollWait), in whole seconds. Its timeout is
+	// LongPollWait + Timeout. meshfed's endpoint holds one for at most a
+	// minute.
+	LongPollWait time.Duration
 	// OnChange, if set, is called with a peer's trust domain after a bundle
 	// that differs from the stored one was stored, so that the caller can
-	// push it at once. It runs on the goroutine that fetched, while that
-	// peer is not fetched again, so it should return quickly.
+	// push it at once. It runs on the goroutine that fetched (a pass of
+	// RefreshDue, Refresh's caller, or the peer's long poll), while nothing
+	// else stores that peer's bundle, so it should return quickly.
 	OnChange func(spiffeid.TrustDomain)
 }
+
+// DefaultLongPollWait is the wait a long poll asks for when
+// Config.LongPollWait is zero.
+const DefaultLongPollWait = 30 * time.Second
+
+// longPollSpacing is the least time between the starts of two long polls of
+// a peer. An endpoint that answers at once while claiming to have waited, or
+// that changes its bundle every moment, so costs four requests a second, not
+// a loop; and a second change within it still arrives within it (a rotation
+// that publishes and retires in quick steps). It is on the real clock, as
+// Run's timer is.
+const longPollSpacing = 250 * time.Millisecond
 
 // maxParallelFetches bounds the fetches one pass runs at once, so that a
 // pass over many unreachable peers takes a bounded multiple of Timeout
@@ -88,24 +139,44 @@ type Refresher struct {
 	timeout  time.Duration
 	sched    schedule
 	onChange func(spiffeid.TrustDomain)
+	wait     time.Duration // Config.LongPollWait
+	spacing  time.Duration // longPollSpacing; tests shorten it
 
 	peers []*peerState // in configuration order
 	byTD  map[spiffeid.TrustDomain]*peerState
-	wake  chan struct{} // Refresh changed a schedule; Run looks again
+	wake  chan struct{} // a schedule changed outside a pass; Run looks again
 	ran   atomic.Bool
 
-	mu sync.Mutex // guards the fields of every peerState marked so
+	polls        sync.WaitGroup // the long polls; Run waits for them
+	pollsRunning atomic.Int64   // long-poll goroutines alive (for tests)
+	pollsStarted atomic.Int64   // long-poll goroutines ever started (for tests)
+
+	mu sync.Mutex // guards the fields of every peerState marked so, and:
+	// runCtx is Run's context while Run runs, nil otherwise: long polls
+	// start only then, and end with it.
+	runCtx  context.Context
+	pollers uint64 // the last long poll's id
 }
 
 type peerState struct {
 	peer Peer
-	busy sync.Mutex // held while the peer is fetched: one fetch at a time
+	// busy is held while an answer of the peer is checked and stored, so
+	// that one store happens at a time. A scheduled fetch (or Refresh)
+	// holds it from reading the store to recording the outcome; a long
+	// poll, which may wait a minute, takes it only once its answer came.
+	busy sync.Mutex
 
 	// Guarded by Refresher.mu.
 	st          state
 	lastSuccess time.Time
 	lastErr     error
 	checked     *spiffebundle.Bundle // the bundle whose CA lifetimes were last checked
+	etag        string               // ETag of the last good 200; empty if it had none
+	etagBundle  *spiffebundle.Bundle // the bundle that 200 carried
+	answers     uint64               // 200s recorded; a long poll that saw it change was overtaken
+	push        pushState
+	pushOffAt   time.Time // when push became pushOff
+	poller      uint64    // id of the running long poll; 0 when none runs
 }
 
 // New checks cfg and fills in the defaults. It fetches nothing.
@@ -120,6 +191,8 @@ func New(cfg Config) (*Refresher, error) {
 		log:      cfg.Logger,
 		timeout:  cfg.Timeout,
 		onChange: cfg.OnChange,
+		wait:     cfg.LongPollWait,
+		spacing:  longPollSpacing,
 		sched:    schedule{min: cfg.MinRefresh, max: cfg.MaxRefresh, defaultHint: cfg.DefaultRefreshHint},
 		byTD:     make(map[spiffeid.TrustDomain]*peerState, len(cfg.Peers)),
 		wake:     make(chan struct{}, 1),
@@ -139,6 +212,7 @@ func New(cfg Config) (*Refresher, error) {
 		{"MaxRefresh", &r.sched.max, DefaultMaxRefresh},
 		{"DefaultRefreshHint", &r.sched.defaultHint, DefaultRefreshHint},
 		{"Timeout", &r.timeout, DefaultTimeout},
+		{"LongPollWait", &r.wait, DefaultLongPollWait},
 	} {
 		if *d.v < 0 {
 			return nil, fmt.Errorf("fetcher: %s is negative (%s)", d.name, *d.v)
@@ -146,6 +220,9 @@ func New(cfg Config) (*Refresher, error) {
 		if *d.v == 0 {
 			*d.v = d.def
 		}
+	}
+	if r.wait%time.Second != 0 {
+		return nil, fmt.Errorf("fetcher: LongPollWait %s is not a whole number of seconds, which is what Prefer: wait counts", r.wait)
 	}
 	if r.sched.min > r.sched.max {
 		return nil, fmt.Errorf("fetcher: MinRefresh %s is longer than MaxRefresh %s", r.sched.min, r.sched.max)
@@ -165,12 +242,23 @@ func New(cfg Config) (*Refresher, error) {
 }
 
 // Run fetches every peer at once, then each again when it is due, waiting
-// on a real timer in between, until ctx is done; then it returns nil. It may
-// be called only once.
+// on a real timer in between, and long-polls the peers whose endpoints
+// allow it (see the package doc), until ctx is done; then it waits for the
+// long polls to end and returns nil. It may be called only once.
 func (r *Refresher) Run(ctx context.Context) error {
 	if !r.ran.CompareAndSwap(false, true) {
 		return errors.New("fetcher: Run called twice; make a new Refresher")
 	}
+	r.mu.Lock()
+	r.runCtx = ctx
+	r.mu.Unlock()
+	defer func() {
+		// No long poll starts after this, so Wait sees every one.
+		r.mu.Lock()
+		r.runCtx = nil
+		r.mu.Unlock()
+		r.polls.Wait()
+	}()
 	for {
 		next := r.RefreshDue(ctx)
 		if ctx.Err() != nil {
@@ -236,11 +324,16 @@ func (r *Refresher) Refresh(ctx context.Context, td spiffeid.TrustDomain) error 
 	ps.busy.Lock()
 	err := r.attempt(ctx, ps)
 	ps.busy.Unlock()
+	r.poke()
+	return err
+}
+
+// poke tells Run that a schedule changed outside its passes.
+func (r *Refresher) poke() {
 	select {
 	case r.wake <- struct{}{}:
 	default:
 	}
-	return err
 }
 
 // PeerStatus is what Status reports about one peer.
@@ -254,6 +347,10 @@ type PeerStatus struct {
 	LastError   string      // empty when the last attempt succeeded
 	Failures    int         // failed attempts since the last success
 	NextRefresh time.Time   // zero: on the next pass
+	// Push says that the peer's endpoint holds long polls (the last answer
+	// to one said Preference-Applied) and that one is outstanding: a change
+	// of its bundle arrives at once, whatever NextRefresh says.
+	Push bool
 
 	// The last good bundle, as stored; all zero when none is.
 	Sequence        *uint64       // spiffe_sequence, if the bundle has one
@@ -279,6 +376,7 @@ func (r *Refresher) Status() []PeerStatus {
 			LastSuccess: ps.lastSuccess,
 			Failures:    ps.st.failures,
 			NextRefresh: r.sched.dueAt(ps.st),
+			Push:        ps.push == pushOn && ps.poller != 0,
 		}
 		if ps.lastErr != nil {
 			s.LastError = ps.lastErr.Error()
@@ -316,17 +414,39 @@ func (r *Refresher) nextDue() time.Time {
 	return next
 }
 
-// attempt fetches one peer and records the outcome. The caller holds
-// ps.busy.
+// attempt fetches one peer, on schedule or for Refresh, and records the
+// outcome. The caller holds ps.busy, from reading the store to recording.
 func (r *Refresher) attempt(ctx context.Context, ps *peerState) error {
 	now := r.clock()
-	td := ps.peer.TrustDomain
-	res := r.fetch(ctx, ps.peer)
+	r.mu.Lock()
+	tag, tagged := ps.etag, ps.etagBundle
+	r.mu.Unlock()
+	req, err := r.prepare(ctx, ps.peer, tag, tagged, 0)
+	res := result{stored: req.stored, storeRead: req.storeRead, err: err}
+	if err == nil {
+		var a Answer
+		if a, err = FetchConditional(ctx, ps.peer, req.opts, req.cond); err != nil {
+			res.err = err
+		} else {
+			res = r.apply(ctx, ps.peer.TrustDomain, req.stored, req.storeRead, a)
+		}
+	}
 	if res.err != nil && ctx.Err() != nil {
 		// Shutting down (or the operator gave up): not the peer's fault.
 		return res.err
 	}
+	_, err = r.record(ps, now, res, 0)
+	return err
+}
 
+// record records the outcome of a fetch of ps at now, logs it, and calls
+// OnChange if a new bundle was stored. poller is the id of the long poll
+// that fetched, or 0 for a scheduled fetch or Refresh; after a long poll,
+// goOn says whether the next one follows (pushAfter), and after any other
+// successful fetch the long poll starts if it should (startLongPollLocked).
+// The caller holds ps.busy.
+func (r *Refresher) record(ps *peerState, now time.Time, res result, poller uint64) (goOn bool, err error) {
+	td := ps.peer.TrustDomain
 	r.mu.Lock()
 	wasFailing := ps.st.failures
 	ps.st.lastAttempt = now
@@ -340,7 +460,28 @@ func (r *Refresher) attempt(ctx context.Context, ps *peerState) error {
 		ps.st.failures = 0
 		ps.lastErr = nil
 		ps.lastSuccess = now
+		if !res.answer.NotModified {
+			// A 304 leaves the tag as it was: the answer it names still is
+			// the endpoint's.
+			ps.etag, ps.etagBundle = res.answer.ETag, res.answer.Bundle
+			ps.answers++
+		}
 	}
+	wasPush := ps.push
+	if poller != 0 {
+		ps.push, goOn = pushAfter(ps.push, res.answer, res.err)
+		if ps.push == pushOff {
+			ps.pushOffAt = now
+		}
+		if !goOn && ps.poller == poller {
+			ps.poller = 0
+		}
+	} else if res.err == nil {
+		// Before OnChange, so that whoever it tells sees the long poll
+		// decided.
+		r.startLongPollLocked(ps, now)
+	}
+	push := ps.push
 	st := ps.st
 	var shortLived []*x509.Certificate
 	if st.bundle != nil && !st.bundle.Equal(ps.checked) {
@@ -360,11 +501,23 @@ func (r *Refresher) attempt(ctx context.Context, ps *peerState) error {
 		r.log.Warn("fetcher: fetching a federated bundle failed; keeping the last good one",
 			"federated_trust_domain", td.Name(), "error", res.err.Error(),
 			"failures", st.failures, "next_attempt", next.UTC().Format(time.RFC3339))
-		return res.err
+		if wasPush == pushOn {
+			r.log.Info("fetcher: stopped long polling a federated bundle endpoint; fetching it on schedule until a fetch succeeds",
+				"federated_trust_domain", td.Name())
+		}
+		return goOn, res.err
 	}
 	if wasFailing > 0 {
 		r.log.Info("fetcher: fetching a federated bundle works again",
 			"federated_trust_domain", td.Name(), "failed_attempts", wasFailing)
+	}
+	switch {
+	case push == pushOn && wasPush != pushOn:
+		r.log.Info("fetcher: the federated bundle endpoint holds long polls; a change of its bundle arrives at once",
+			"federated_trust_domain", td.Name(), "wait", res.answer.AppliedWait.String())
+	case push == pushOff && wasPush != pushOff:
+		r.log.Info("fetcher: the federated bundle endpoint answers long polls at once; fetching it on schedule",
+			"federated_trust_domain", td.Name(), "long_poll_again", now.Add(r.sched.max).UTC().Format(time.RFC3339))
 	}
 	if res.changed {
 		b := st.bundle
@@ -379,7 +532,7 @@ func (r *Refresher) attempt(ctx context.Context, ps *peerState) error {
 			r.onChange(td)
 		}
 	}
-	return nil
+	return goOn, nil
 }
 
 // result is the outcome of one fetch of a peer.
@@ -387,28 +540,42 @@ type result struct {
 	stored    *spiffebundle.Bundle // the last good bundle after the attempt
 	storeRead bool                 // stored is what the store holds (nil: nothing)
 	changed   bool                 // stored was just written
+	answer    Answer               // what the endpoint said; zero after an error
 	err       error
 }
 
-// fetch reads the stored bundle, fetches the peer's, and stores it if it
-// differs.
-func (r *Refresher) fetch(ctx context.Context, peer Peer) result {
+// request is a fetch of a peer, ready to send.
+type request struct {
+	stored    *spiffebundle.Bundle // the stored bundle of the peer's trust domain
+	storeRead bool                 // stored is what the store holds (nil: nothing)
+	opts      FetchOptions
+	cond      Conditions
+}
+
+// prepare reads what a fetch of peer needs from the store: the stored
+// bundle, to compare the answer with, and the trust for an https_spiffe
+// endpoint. The fetch is conditional on tag, the ETag of the last good
+// answer, when the store still holds tagged, the bundle that answer carried;
+// and then it asks the endpoint to wait if wait is set.
+func (r *Refresher) prepare(ctx context.Context, peer Peer, tag string, tagged *spiffebundle.Bundle, wait time.Duration) (request, error) {
 	td := peer.TrustDomain
 	endpointTD := peer.EndpointID.TrustDomain() // zero for https_web
 	stored, readErr := r.stored(ctx, td)
 	if readErr != nil {
 		if endpointTD == td {
 			// Self-serving https_spiffe: the stored bundle is the trust.
-			return result{err: readErr}
+			return request{}, readErr
 		}
 		// The stored bundle is only compared with the fetched one: fetch
 		// and store anyway, so that a stored bundle the store can no longer
 		// read is replaced rather than blocking every refresh.
-		r.log.Warn("fetcher: cannot read the stored bundle; fetching and storing the peer's anyway",
-			"federated_trust_domain", td.Name(), "error", readErr.Error())
+		r.warnUnreadable(td, readErr)
 	}
-	res := result{stored: stored, storeRead: readErr == nil}
-	opts := FetchOptions{RootCAs: r.rootCAs, Timeout: r.timeout, Clock: r.clock}
+	req := request{
+		stored:    stored,
+		storeRead: readErr == nil,
+		opts:      FetchOptions{RootCAs: r.rootCAs, Timeout: r.timeout, Clock: r.clock},
+	}
 	if peer.Profile == ProfileHTTPSSPIFFE {
 		// Read now, not cached: an operator's `meshfed bundle set`, or a
 		// fetch of the endpoint's own trust domain, counts from the next
@@ -417,18 +584,37 @@ func (r *Refresher) fetch(ctx context.Context, peer Peer) result {
 		if endpointTD != td {
 			var err error
 			if trust, err = r.stored(ctx, endpointTD); err != nil {
-				res.err = err
-				return res
+				return req, err
 			}
 		}
-		opts.Bundles = storedSource{td: endpointTD, bundle: trust}
+		req.opts.Bundles = storedSource{td: endpointTD, bundle: trust}
 	}
-	fetched, err := Fetch(ctx, peer, opts)
-	if err != nil {
-		res.err = err
+	if tag != "" && tagged != nil && req.storeRead && stored.Equal(tagged) {
+		// A 304 keeps the stored bundle, so only the bundle the tag names
+		// may be kept that way. After `meshfed bundle set`, the next fetch
+		// asks for the endpoint's bundle in full, and stores it over the
+		// operator's (Federation §4.2).
+		req.cond = Conditions{ETag: tag, Wait: wait}
+	}
+	return req, nil
+}
+
+func (r *Refresher) warnUnreadable(td spiffeid.TrustDomain, err error) {
+	r.log.Warn("fetcher: cannot read the stored bundle; fetching and storing the peer's anyway",
+		"federated_trust_domain", td.Name(), "error", err.Error())
+}
+
+// apply stores the bundle of a 200 answer if it differs from stored, the
+// bundle the store held (when storeRead). A 304 stores nothing: the
+// endpoint's bundle is still the one its tag names, which the store held
+// when the request left (prepare).
+func (r *Refresher) apply(ctx context.Context, td spiffeid.TrustDomain, stored *spiffebundle.Bundle, storeRead bool, a Answer) result {
+	res := result{stored: stored, storeRead: storeRead, answer: a}
+	if a.NotModified {
 		return res
 	}
-	if res.storeRead && fetched.Equal(stored) {
+	fetched := a.Bundle
+	if storeRead && fetched.Equal(stored) {
 		// Same content: no write, no change for the server to push.
 		return res
 	}
@@ -447,8 +633,7 @@ func (r *Refresher) fetch(ctx context.Context, peer Peer) result {
 		}
 	}
 	if err := r.store.SetFederatedBundle(ctx, fetched); err != nil {
-		res.err = fmt.Errorf("fetcher: %s: storing the fetched bundle: %w", td.Name(), err)
-		return res
+		return result{stored: stored, storeRead: storeRead, err: fmt.Errorf("fetcher: %s: storing the fetched bundle: %w", td.Name(), err)}
 	}
 	res.stored, res.storeRead, res.changed = fetched, true, true
 	return res

@@ -120,14 +120,15 @@ func TestRefresherSPIFFE(t *testing.T) {
 	h.clock.advance(time.Minute)
 	h.pass(t, t0.Add(2*time.Minute))
 	if got := ep.requests(); got != 1 {
-		t.Fatalf("endpoint served %d bundles, want 1", got)
+		t.Fatalf("endpoint answered %d requests, want 1", got)
 	}
 
-	// Due: the same bundle again is fetched but not written.
+	// Due: asked with the ETag of v2, the endpoint answers 304 Not
+	// Modified; nothing is written.
 	h.clock.advance(time.Minute)
 	h.pass(t, t0.Add(4*time.Minute))
-	if got := ep.requests(); got != 2 {
-		t.Fatalf("endpoint served %d bundles, want 2", got)
+	if got := ep.srv.Requests(); got[http.StatusOK] != 1 || got[http.StatusNotModified] != 1 {
+		t.Fatalf("endpoint answered %v, want one 200 and one 304", got)
 	}
 	if got := h.store.writeCount(); got != 1 {
 		t.Fatalf("%d store writes, want 1", got)
