@@ -133,7 +133,11 @@ func (s *Server) virtualMeshReport() member.Report {
 }
 
 // virtualMeshBundles are the federated bundles of the other members of this
-// domain's VirtualMesh: the shared roots, for every workload.
+// domain's VirtualMesh: the shared roots, for every workload; or, with
+// enforceAccessControl, only for the workloads whose entries federate with
+// that member's trust domain. Without the bundle a workload cannot verify a
+// peer of that domain, so cross-mesh traffic is denied unless an entry
+// allows it.
 func (s *Server) virtualMeshBundles() ([]*pb.Bundle, error) {
 	st := s.vmState.Load()
 	if st == nil {
@@ -153,7 +157,7 @@ func (s *Server) virtualMeshBundles() ([]*pb.Bundle, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, &pb.Bundle{TrustDomain: td.Name(), SpiffeBundle: data, Sequence: st.Generation, AllWorkloads: true})
+		out = append(out, &pb.Bundle{TrustDomain: td.Name(), SpiffeBundle: data, Sequence: st.Generation, AllWorkloads: !st.EnforceAccessControl})
 	}
 	return out, nil
 }

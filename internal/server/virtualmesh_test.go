@@ -12,6 +12,7 @@ import (
 	pb "github.com/meshfed/meshfed/internal/api/serverv1"
 	"github.com/meshfed/meshfed/internal/bundle"
 	"github.com/meshfed/meshfed/internal/federation/controller"
+	"github.com/meshfed/meshfed/internal/federation/member"
 	"github.com/meshfed/meshfed/internal/federation/virtualmesh"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -156,5 +157,24 @@ func TestVirtualMeshMembers(t *testing.T) {
 	}
 	if _, err := east.admin(t).GetBundle(context.Background(), &pb.GetBundleRequest{}); err != nil {
 		t.Error(err)
+	}
+}
+
+// With enforceAccessControl the other members' bundles go only to the
+// workloads whose entries federate with them: cross-mesh traffic is denied
+// unless an entry allows it.
+func TestVirtualMeshEnforceAccessControl(t *testing.T) {
+	h := start(t, nil)
+	roots := h.srv.auth.CA().Roots()
+	for _, enforce := range []bool{false, true} {
+		h.srv.vmState.Store(&member.State{Name: "vm", Roots: roots, SigningRoot: roots[0], Generation: 3, EnforceAccessControl: enforce,
+			TrustDomains: []spiffeid.TrustDomain{spiffeid.RequireTrustDomainFromString("east.example"), spiffeid.RequireTrustDomainFromString("west.example")}})
+		got, err := h.srv.virtualMeshBundles()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 1 || got[0].GetTrustDomain() != "west.example" || got[0].GetAllWorkloads() == enforce || got[0].GetSequence() != 3 {
+			t.Errorf("enforceAccessControl %v: %v", enforce, got)
+		}
 	}
 }
