@@ -424,7 +424,8 @@ func TestAgentServesWorkloadsThroughOutages(t *testing.T) {
 	fetch := func() result {
 		var r result
 		waitFor(t, 30*time.Second, "the workload's SVID", func() bool {
-			r = run(t, dir, meshfedBin, "svid", "fetch", "--socket", wl, "--out", "certs", "--timeout", "5s")
+			r = run(t, dir, meshfedBin, "svid", "fetch", "--socket", "agent/workload.sock", // relative, as users type it
+				"--out", "certs", "--timeout", "5s")
 			return r.code == 0
 		})
 		return r

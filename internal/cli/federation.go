@@ -169,7 +169,7 @@ type federationAdmin struct{ socket string }
 
 func (a *federationAdmin) add(c *cobra.Command) {
 	c.Flags().StringVar(&a.socket, "admin-socket", os.Getenv("MESHFED_FEDERATION_ADMIN_SOCKET"),
-		"the controller's admin socket (default $MESHFED_FEDERATION_ADMIN_SOCKET)")
+		"the controller's admin socket, or a meshfed server's for its own root (default $MESHFED_FEDERATION_ADMIN_SOCKET)")
 }
 
 // call dials the admin socket, runs f with a bounded context, and turns a
@@ -233,7 +233,11 @@ trusted, not yet signing; retiring: trusted, no longer signing), the rotation
 phase, and per member trust domain: its address, its intermediate (serial,
 expiry, the root it chains to), last contact, the state generation it has
 applied, how many of its agents have the current roots, and its live SVIDs per
-root. "waiting for" names who still keeps the rotation from its next phase.`,
+root. "waiting for" names who still keeps the rotation from its next phase.
+
+Against a meshfed server's admin socket it shows that server's own roots
+(active, published, retiring), the phase of their rotation, its agents and its
+live SVIDs per root.`,
 		Example: `  meshfed federation status --admin-socket virtual-mesh/admin.sock
   meshfed federation status --admin-socket virtual-mesh/admin.sock -o json`,
 		Args: exactArgs(0, "no arguments"),
@@ -263,14 +267,20 @@ func newFederationRotateRoot() *cobra.Command {
 	)
 	c := &cobra.Command{
 		Use:   "rotate-root --admin-socket PATH",
-		Short: "Start a rotation of the shared root, or move the one in progress to its next phase",
+		Short: "Start a rotation of the shared root (or a server's own root), or move the one in progress on",
 		Long: `From stable, make a new root and publish it beside the active one (phase
 publishing). During a rotation, move to the next phase - reissuing, retiring,
 stable - when the current phase's condition holds; the controller does that by
 itself unless it runs with --manual-rotation. --force moves on even when
 members still depend on the old root; what it did not wait for is printed on
 stderr, and those members must renew or join again. Prints the resulting
-status.`,
+status.
+
+Against a meshfed server's admin socket it rotates that server's own
+self-signed root (bundle federation): publishing (the next root is in the
+bundle, not signing), retiring (it signs; the old one stays published until
+nothing signed under it is alive), stable. With ca.auto_rotate (the default)
+the server moves through the phases by itself once started.`,
 		Example: `  meshfed federation rotate-root --admin-socket virtual-mesh/admin.sock
   meshfed federation rotate-root --admin-socket virtual-mesh/admin.sock --force -o yaml`,
 		Args: exactArgs(0, "no arguments"),
@@ -290,7 +300,11 @@ status.`,
 				if err != nil {
 					return err
 				}
-				progress(c, "rotation of the shared root: %s -> %s (generation %d -> %d)", before.GetRotationPhase(), after.GetRotationPhase(), before.GetGeneration(), after.GetGeneration())
+				what := "the shared root"
+				if after.GetKind() == "trust_domain" {
+					what = "the root of " + after.GetName()
+				}
+				progress(c, "rotation of %s: %s -> %s (generation %d -> %d)", what, before.GetRotationPhase(), after.GetRotationPhase(), before.GetGeneration(), after.GetGeneration())
 				return printFederationStatus(c.OutOrStdout(), out, after)
 			})
 		},
@@ -309,7 +323,9 @@ func checkOutput(format string) error {
 
 // federationStatus is the JSON and YAML form of a status.
 type federationStatus struct {
-	Name          string                   `json:"name"`
+	Name string `json:"name"`
+	Kind string `json:"kind,omitempty"` // "trust_domain": a server's own root
+
 	Generation    uint64                   `json:"generation"`
 	RotationPhase string                   `json:"rotation_phase"`
 	WaitingFor    string                   `json:"waiting_for"`
@@ -347,7 +363,7 @@ func unixTime(s int64) string {
 }
 
 func federationStatusView(st *pb.StatusResponse) federationStatus {
-	v := federationStatus{Name: st.GetName(), Generation: st.GetGeneration(), RotationPhase: st.GetRotationPhase(), WaitingFor: st.GetWaitingFor(),
+	v := federationStatus{Name: st.GetName(), Kind: st.GetKind(), Generation: st.GetGeneration(), RotationPhase: st.GetRotationPhase(), WaitingFor: st.GetWaitingFor(),
 		Roots: []federationRootStatus{}, Members: []federationMemberStatus{}}
 	for _, r := range st.GetRoots() {
 		rv := federationRootStatus{SubjectKeyID: r.GetSubjectKeyId(), State: r.GetState(), ExpiresAt: unixTime(r.GetExpiresAt())}
@@ -372,7 +388,11 @@ func federationStatusView(st *pb.StatusResponse) federationStatus {
 func printFederationStatus(w io.Writer, format string, st *pb.StatusResponse) error {
 	v := federationStatusView(st)
 	return printData(w, format, v, func(w io.Writer) error {
-		fmt.Fprintf(w, "VirtualMesh %s, generation %d, rotation phase %s\n", v.Name, v.Generation, v.RotationPhase)
+		kind := "VirtualMesh"
+		if v.Kind == "trust_domain" {
+			kind = "Trust domain"
+		}
+		fmt.Fprintf(w, "%s %s, generation %d, rotation phase %s\n", kind, v.Name, v.Generation, v.RotationPhase)
 		fmt.Fprintf(w, "waiting for: %s\n\n", orDash(v.WaitingFor))
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ROOT (SUBJECT KEY ID)\tSTATE\tEXPIRES\tSUBJECT")

@@ -92,11 +92,14 @@ func (n *nodeService) SignX509SVID(ctx context.Context, req *pb.SignX509SVIDRequ
 			return nil, err
 		}
 		var dns []string
-		if e != nil {
+		switch {
+		case e != nil:
 			if ttl <= 0 {
 				ttl = e.X509TTL
 			}
 			dns = e.DNSNames
+		case ttl <= 0:
+			ttl = s.set.nodeTTL // a node renewing its own SVID
 		}
 		out, err := s.signSVID(ctx, ident, csr, ttl, dns)
 		if err != nil {

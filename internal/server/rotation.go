@@ -158,8 +158,14 @@ func (s *Server) retiringWait(ctx context.Context, prev *x509.Certificate) strin
 	if err != nil {
 		return "the store is unavailable"
 	}
-	if n := live[hex.EncodeToString(prev.SubjectKeyId)]; n > 0 {
-		return fmt.Sprintf("%d live certificates chain to the previous root %q; the last expires by its TTL", n, prev.Subject.CommonName)
+	// Rows written before the audit log recorded roots have none: they
+	// may chain to this root, so they count as if they did.
+	n := live[hex.EncodeToString(prev.SubjectKeyId)] + live[""]
+	switch {
+	case n == 1:
+		return fmt.Sprintf("1 live certificate may chain to the previous root %q; it expires by its TTL", prev.Subject.CommonName)
+	case n > 1:
+		return fmt.Sprintf("%d live certificates may chain to the previous root %q; the last expires by its TTL", n, prev.Subject.CommonName)
 	}
 	return ""
 }
@@ -221,7 +227,7 @@ func (r *rotationAdmin) RotateRoot(ctx context.Context, req *fedpb.RotateRootReq
 // the old root.
 func (s *Server) rotationStatus(ctx context.Context, wait string) (*fedpb.StatusResponse, error) {
 	phase := s.rotationPhase()
-	resp := &fedpb.StatusResponse{Name: s.set.td.Name(), RotationPhase: phase}
+	resp := &fedpb.StatusResponse{Name: s.set.td.Name(), RotationPhase: phase, Kind: "trust_domain"}
 	if b := s.bundle.Load(); b != nil {
 		resp.Generation, _ = b.SequenceNumber()
 	}

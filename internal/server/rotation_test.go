@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,8 +12,10 @@ import (
 
 	fedpb "github.com/meshfed/meshfed/internal/api/federationv1"
 	pb "github.com/meshfed/meshfed/internal/api/serverv1"
+	"github.com/meshfed/meshfed/internal/cadir"
 	"github.com/meshfed/meshfed/internal/duration"
 	"github.com/meshfed/meshfed/internal/pemfile"
+	"github.com/meshfed/meshfed/internal/pki"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
@@ -118,7 +121,7 @@ func TestRootRotationByCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	if st.GetRotationPhase() != "retiring" || rootStates(st) != "active,retiring" ||
-		!strings.Contains(st.GetWaitingFor(), `1 live certificates chain to the previous root "east.example root CA"`) {
+		!strings.Contains(st.GetWaitingFor(), `1 live certificate may chain to the previous root "east.example root CA"`) {
 		t.Fatalf("after activating: %v", st)
 	}
 	newRoot := h.srv.auth.CA().Certificate()
@@ -207,5 +210,68 @@ func TestServerSVIDRenewsAtHalfItsLifeFromIssuance(t *testing.T) {
 	h.srv.tick(context.Background())
 	if now, _ := h.srv.identity.GetX509SVID(); now != first {
 		t.Error("re-issued before half its life")
+	}
+}
+
+// In cacerts mode the operator rotates the root: root-cert.pem lists the old
+// and the new root while certificates under the old one live, then only
+// the new one; the server publishes what it lists, and the old root leaves
+// the bundle once it is no longer listed.
+func TestCACertsRootLeavesWithRootCertPEM(t *testing.T) {
+	now := time.Now()
+	mkRoot := func(cn string) *pki.CA {
+		key, _ := pki.GenerateKey(pki.ECP256)
+		cert, err := pki.CreateRoot(pki.RootRequest{Signer: key, CommonName: cn, Now: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ca, err := pki.NewCA(pki.CAConfig{Signer: key, Chain: []*x509.Certificate{cert}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ca
+	}
+	oldRoot, newRoot := mkRoot("corp root 1"), mkRoot("corp root 2")
+	dir := filepath.Join(t.TempDir(), "cacerts")
+	write := func(signer *pki.CA, roots ...*x509.Certificate) {
+		key, _ := pki.GenerateKey(pki.ECP256)
+		chain, err := signer.SignIntermediate(pki.IntermediateRequest{PublicKey: key.Public(), TrustDomain: east, TTL: 24 * time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		files, err := cadir.IstioFiles(chain, roots, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cadir.Write(dir, true, files...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(oldRoot, oldRoot.Certificate())
+	h := start(t, func(c *Config) { c.CA.Mode = "cacerts"; c.CA.CACertsDir = dir })
+	ctx := context.Background()
+	step := func(signer *pki.CA, roots ...*x509.Certificate) []string {
+		t.Helper()
+		write(signer, roots...)
+		if _, err := h.srv.auth.Reload(); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.srv.publishAuthorities(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.srv.refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, r := range h.srv.bundle.Load().X509Authorities() {
+			names = append(names, r.Subject.CommonName)
+		}
+		return names
+	}
+	if got := strings.Join(step(newRoot, newRoot.Certificate(), oldRoot.Certificate()), ","); got != "corp root 1,corp root 2" {
+		t.Fatalf("both roots listed: bundle %s", got)
+	}
+	if got := strings.Join(step(newRoot, newRoot.Certificate()), ","); got != "corp root 2" {
+		t.Fatalf("the old root no longer listed: bundle %s", got)
 	}
 }

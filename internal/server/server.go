@@ -399,10 +399,31 @@ func (s *Server) publishAuthorities(ctx context.Context) error {
 		return nil
 	}
 	defer s.metrics.observeStore("add_x509_authority", time.Now())
-	for _, r := range s.auth.CA().Roots() {
+	roots := s.auth.CA().Roots()
+	for _, r := range roots {
 		if err := s.store.AddX509Authority(ctx, store.X509Authority{DER: r.Raw, NotAfter: r.NotAfter, ServerID: s.set.serverID}); err != nil {
 			return err
 		}
+	}
+	if s.set.caMode != authority.ModeCACerts {
+		return nil
+	}
+	// In cacerts mode the operator's root-cert.pem says which roots to
+	// trust: one this server published that it no longer lists has been
+	// retired by the operator (who keeps both listed while certificates
+	// under the old one live). Other servers' roots are theirs to retire.
+	auths, err := s.store.LocalAuthorities(ctx)
+	if err != nil {
+		return err
+	}
+	for _, a := range auths.X509 {
+		if a.ServerID != s.set.serverID || slices.ContainsFunc(roots, func(r *x509.Certificate) bool { return string(r.Raw) == string(a.DER) }) {
+			continue
+		}
+		if err := s.store.RemoveX509Authority(ctx, a.DER); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		s.log.Info("a root no longer in the cacerts directory's root-cert.pem left the bundle", "dir", s.set.caCertsDir)
 	}
 	return nil
 }

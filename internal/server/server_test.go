@@ -304,6 +304,11 @@ func TestJoinTokenAttestEntriesAndRenewal(t *testing.T) {
 	if got := verify(t, h, renewed.GetSvids()[0].GetCertChain()); got.String() != nodeID {
 		t.Errorf("renewed %s, want %s", got, nodeID)
 	}
+	// A node's renewal lasts svid.node_ttl (24h by default), not the
+	// workloads' default_ttl.
+	if life := time.Until(time.Unix(renewed.GetSvids()[0].GetExpiresAt(), 0)); life < 23*time.Hour || life > 24*time.Hour+time.Minute {
+		t.Errorf("renewed node SVID lasts %s, want svid.node_ttl (24h)", life)
+	}
 	// Without an SVID, SignX509SVID is refused.
 	_, err = node.SignX509SVID(ctx, &pb.SignX509SVIDRequest{Requests: []*pb.SVIDRequest{{Csr: rcsr}}})
 	wantStatus(t, err, codes.Unauthenticated, "present this trust domain's SVID")

@@ -806,8 +806,11 @@ type StatusResponse struct {
 	RotationPhase string                 `protobuf:"bytes,4,opt,name=rotation_phase,json=rotationPhase,proto3" json:"rotation_phase,omitempty"`
 	// Why the phase cannot advance yet, naming who still depends on the old
 	// root; empty when it can.
-	WaitingFor    string `protobuf:"bytes,5,opt,name=waiting_for,json=waitingFor,proto3" json:"waiting_for,omitempty"`
-	Generation    uint64 `protobuf:"varint,6,opt,name=generation,proto3" json:"generation,omitempty"`
+	WaitingFor string `protobuf:"bytes,5,opt,name=waiting_for,json=waitingFor,proto3" json:"waiting_for,omitempty"`
+	Generation uint64 `protobuf:"varint,6,opt,name=generation,proto3" json:"generation,omitempty"`
+	// "trust_domain" when a meshfed server answers about its own root
+	// (bundle federation); empty from a VirtualMesh controller.
+	Kind          string `protobuf:"bytes,7,opt,name=kind,proto3" json:"kind,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -882,6 +885,13 @@ func (x *StatusResponse) GetGeneration() uint64 {
 		return x.Generation
 	}
 	return 0
+}
+
+func (x *StatusResponse) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
 }
 
 type RotateRootRequest struct {
@@ -997,7 +1007,7 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x0eagents_current\x18\v \x01(\x03R\ragentsCurrent\x1aB\n" +
 	"\x14LiveSvidsByRootEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\x84\x02\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\x98\x02\n" +
 	"\x0eStatusResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x127\n" +
 	"\x05roots\x18\x02 \x03(\v2!.meshfed.federation.v1.RootStatusR\x05roots\x12=\n" +
@@ -1007,7 +1017,8 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"waitingFor\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x06 \x01(\x04R\n" +
-	"generation\")\n" +
+	"generation\x12\x12\n" +
+	"\x04kind\x18\a \x01(\tR\x04kind\")\n" +
 	"\x11RotateRootRequest\x12\x14\n" +
 	"\x05force\x18\x01 \x01(\bR\x05force2\x86\x03\n" +
 	"\n" +

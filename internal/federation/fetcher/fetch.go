@@ -20,7 +20,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
 // DefaultTimeout bounds one fetch, from dialing to the last byte of the
@@ -330,7 +329,9 @@ func verifyEndpointSVID(certs []*x509.Certificate, trust *x509bundle.Bundle, wan
 	if len(certs) == 0 {
 		return errors.New("the endpoint presented no certificate")
 	}
-	id, _, err := x509svid.Verify(certs, trust, x509svid.WithTime(now))
+	// pki's verification: go-spiffe's, plus the X.509-SVID rules and RFC
+	// 5280's URI name constraints (Go admits subdomains under one).
+	id, _, err := pki.VerifyX509SVID(certs, trust, now)
 	if err != nil {
 		return fmt.Errorf("the endpoint's certificate is not an X.509-SVID the stored bundle of %s vouches for: %w", trust.TrustDomain().Name(), err)
 	}

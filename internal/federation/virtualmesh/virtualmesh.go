@@ -254,6 +254,14 @@ func (p *parser) meshes(vm *VirtualMesh, meshes []rawMesh) error {
 		if j, dup := tds[td]; dup {
 			return p.errorf(at("trustDomain"), "%q is also the trust domain of spec.meshes[%d]; each mesh needs its own", m.TrustDomain, j)
 		}
+		// Go's crypto/x509 (so go-spiffe, and every Go workload) lets a URI
+		// name constraint for east.example admit spiffe://x.east.example:
+		// one member's intermediate could then sign the other's IDs.
+		for other, j := range tds {
+			if strings.HasSuffix(td.Name(), "."+other.Name()) || strings.HasSuffix(other.Name(), "."+td.Name()) {
+				return p.errorf(at("trustDomain"), "%q and spec.meshes[%d]'s %q nest (one is a subdomain of the other); Go verifiers let the parent's name constraint admit the child's IDs, so give members trust domains that do not nest", m.TrustDomain, j, other.Name())
+			}
+		}
 		tds[td] = i
 		vm.Meshes = append(vm.Meshes, Mesh{Name: m.Name, Namespace: m.Namespace, TrustDomain: td, Address: m.Address})
 	}

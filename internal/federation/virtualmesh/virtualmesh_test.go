@@ -154,6 +154,8 @@ func TestParseRefusals(t *testing.T) {
 		{"duplicate mesh", edit("name: west", "name: east"), `virtualmesh: f.yaml:13: spec.meshes[1].name: "east" is also spec.meshes[0]`},
 		{"duplicate trust domain", edit("west.example", "east.example"),
 			`virtualmesh: f.yaml:14: spec.meshes[1].trustDomain: "east.example" is also the trust domain of spec.meshes[0]; each mesh needs its own`},
+		{"nested trust domains", edit("west.example", "x.east.example"),
+			`virtualmesh: f.yaml:14: spec.meshes[1].trustDomain: "x.east.example" and spec.meshes[0]'s "east.example" nest (one is a subdomain of the other); Go verifiers let the parent's name constraint admit the child's IDs, so give members trust domains that do not nest`},
 		{"trust domain as ID", edit("west.example", "spiffe://west.example"),
 			`virtualmesh: f.yaml:14: spec.meshes[1].trustDomain: "spiffe://west.example" is not a trust domain name: lower-case letters, digits, '.', '-' and '_', without spiffe://`},
 		{"generated and files", edit("generated: {}", "generated: {}\n        files: {rootCertFile: a, rootKeyFile: b}"),
