@@ -154,7 +154,12 @@ func (st *state) waitingFor(skids map[int]string, now time.Time) []string {
 				wait("%s has not reported since generation %d", td, st.PhaseGeneration)
 				continue
 			}
-			if n := r.LiveSVIDsByRoot[oldSKID]; n > 0 {
+			// Audit rows from before the member recorded roots ("") may
+			// chain to the old root: they count as if they did.
+			switch n := r.LiveSVIDsByRoot[oldSKID] + r.LiveSVIDsByRoot[""]; {
+			case n == 1:
+				wait("%s: 1 live SVID chains to the old root", td)
+			case n > 1:
 				wait("%s: %d live SVIDs chain to the old root", td, n)
 			}
 			if in := m.intermediate(r.IntermediateSerial); in != nil && in.Root == oldSKID && now.Before(in.NotAfter) {
