@@ -347,8 +347,11 @@ func TestTwoServersOnOnePostgres(t *testing.T) {
 	}
 	// The audit log, shared, names the server that signed each.
 	audit := meshfed(t, dir, "audit", "list", "--admin-socket", sockB, "-o", "json")
-	if n := strings.Count(audit.stdout, `"Credential": "join-token"`); n != 5 {
+	if n := strings.Count(audit.stdout, `"credential": "join-token"`); n != 5 {
 		t.Errorf("audit log holds %d join-token issuances, want 5:\n%s", n, audit.stdout)
+	}
+	if n := strings.Count(audit.stdout, `"root_key_id": "`); n != 5 {
+		t.Errorf("audit log names the root of %d issuances, want 5:\n%s", n, audit.stdout)
 	}
 }
 

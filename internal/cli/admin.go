@@ -596,12 +596,19 @@ when it expires.`,
 					return err
 				}
 				type row struct {
-					Serial, SPIFFEID, Credential, Caller, ServerID, IssuedAt, NotAfter string
+					Serial     string `json:"serial"`
+					SPIFFEID   string `json:"spiffe_id"`
+					Credential string `json:"credential"`
+					Caller     string `json:"caller"`
+					ServerID   string `json:"server_id"`
+					IssuedAt   string `json:"issued_at"`
+					NotAfter   string `json:"not_after"`
+					RootKeyID  string `json:"root_key_id,omitempty"`
 				}
 				var rows []row
 				for _, r := range resp.GetIssued() {
 					rows = append(rows, row{r.GetSerial(), r.GetSpiffeId(), r.GetCredentialKind(), r.GetCaller(), r.GetServerId(),
-						time.Unix(r.GetIssuedAt(), 0).UTC().Format(time.RFC3339), time.Unix(r.GetNotAfter(), 0).UTC().Format(time.RFC3339)})
+						time.Unix(r.GetIssuedAt(), 0).UTC().Format(time.RFC3339), time.Unix(r.GetNotAfter(), 0).UTC().Format(time.RFC3339), r.GetRootKeyId()})
 				}
 				return printData(c.OutOrStdout(), out, map[string]any{"issued": rows}, func(w io.Writer) error {
 					tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

@@ -227,7 +227,7 @@ func (a *adminService) ListIssued(ctx context.Context, req *pb.ListIssuedRequest
 	for _, r := range rows {
 		resp.Issued = append(resp.Issued, &pb.Issued{
 			Serial: r.Serial, SpiffeId: r.SPIFFEID, CredentialKind: r.CredentialKind, Caller: r.Caller,
-			ServerId: r.ServerID, IssuedAt: r.IssuedAt.Unix(), NotAfter: r.NotAfter.Unix(),
+			ServerId: r.ServerID, IssuedAt: r.IssuedAt.Unix(), NotAfter: r.NotAfter.Unix(), RootKeyId: r.RootKeyID,
 		})
 	}
 	return resp, nil

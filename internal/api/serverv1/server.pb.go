@@ -1766,8 +1766,11 @@ type Issued struct {
 	ServerId       string                 `protobuf:"bytes,5,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
 	IssuedAt       int64                  `protobuf:"varint,6,opt,name=issued_at,json=issuedAt,proto3" json:"issued_at,omitempty"`
 	NotAfter       int64                  `protobuf:"varint,7,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Subject key ID (hex) of the root the certificate chains to; empty for
+	// rows recorded before the audit log kept it.
+	RootKeyId     string `protobuf:"bytes,8,opt,name=root_key_id,json=rootKeyId,proto3" json:"root_key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Issued) Reset() {
@@ -1847,6 +1850,13 @@ func (x *Issued) GetNotAfter() int64 {
 		return x.NotAfter
 	}
 	return 0
+}
+
+func (x *Issued) GetRootKeyId() string {
+	if x != nil {
+		return x.RootKeyId
+	}
+	return ""
 }
 
 type ListIssuedRequest struct {
@@ -2232,7 +2242,7 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"A\n" +
 	"\x1cDeleteFederatedBundleRequest\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\x1f\n" +
-	"\x1dDeleteFederatedBundleResponse\"\xd5\x01\n" +
+	"\x1dDeleteFederatedBundleResponse\"\xf5\x01\n" +
 	"\x06Issued\x12\x16\n" +
 	"\x06serial\x18\x01 \x01(\tR\x06serial\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12'\n" +
@@ -2240,7 +2250,8 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\x06caller\x18\x04 \x01(\tR\x06caller\x12\x1b\n" +
 	"\tserver_id\x18\x05 \x01(\tR\bserverId\x12\x1b\n" +
 	"\tissued_at\x18\x06 \x01(\x03R\bissuedAt\x12\x1b\n" +
-	"\tnot_after\x18\a \x01(\x03R\bnotAfter\"\\\n" +
+	"\tnot_after\x18\a \x01(\x03R\bnotAfter\x12\x1e\n" +
+	"\vroot_key_id\x18\b \x01(\tR\trootKeyId\"\\\n" +
 	"\x11ListIssuedRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x14\n" +
 	"\x05since\x18\x02 \x01(\x03R\x05since\x12\x14\n" +
