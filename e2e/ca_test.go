@@ -466,27 +466,3 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
-
-func TestDemoTellsTheStory(t *testing.T) {
-	dir := t.TempDir()
-	r := meshfed(t, dir, "demo", "--dir", filepath.Join(dir, "pki"))
-	for _, want := range []string{
-		"ratings' certificate does NOT verify with east.example's root (different roots)",
-		"mTLS from reviews to ratings over 127.0.0.1 succeeds",
-		"is rejected",
-		"All 8 checks held.",
-	} {
-		if !strings.Contains(r.stdout, want) {
-			t.Errorf("demo output lacks %q:\n%s", want, r.stdout)
-		}
-	}
-	// What the demo says, OpenSSL confirms from the files it kept.
-	out, code := openssl(t, dir, "verify", "-CAfile", "pki/shared/root/ca.pem", "-untrusted", "pki/shared/east.example/ca/ca.pem", "pki/shared/east.example/reviews/cert.pem")
-	if code != 0 {
-		t.Fatalf("openssl verify of the demo's shared-root SVID: %s", out)
-	}
-	out, code = openssl(t, dir, "verify", "-CAfile", "pki/separate/west.example/root/ca.pem", "pki/separate/east.example/reviews/cert.pem")
-	if code == 0 {
-		t.Fatalf("openssl verified east's SVID with west's separate root: %s", out)
-	}
-}

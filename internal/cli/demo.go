@@ -1,10 +1,12 @@
 package cli
 
 import (
+	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/meshfed/meshfed/internal/demo"
-	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/spf13/cobra"
 )
 
@@ -12,47 +14,75 @@ func init() { register(newDemoCommand) }
 
 func newDemoCommand() *cobra.Command {
 	var (
-		dir, keyType string
-		keep         bool
+		dir           string
+		keep, verbose bool
 	)
 	c := &cobra.Command{
 		Use:   "demo",
-		Short: "Run the whole federation story on this machine",
-		Long: `Run meshfed's story on one machine, on built-in defaults: two meshes with their
-own roots (east.example and west.example) whose workloads cannot verify each
-other; a shared root with a name-constrained intermediate per trust domain,
-each signed from a CSR so its key never leaves its domain; then real mTLS
-handshakes over 127.0.0.1 that fail before and succeed after, and the proof
-that one domain's intermediate cannot vouch for the other.
+		Short: "Run the whole federation story on this machine, with real meshfed processes",
+		Long: `Run meshfed's story on one machine, on built-in defaults (a temporary
+directory, SQLite, free loopback ports), with real processes: this binary
+runs again as a server and an agent for east.example and west.example, and
+the demo plays their workloads through the SPIFFE Workload API (reviews in
+east, a small HTTPS ratings app in west).
 
-Every line marked ✓ is a check the demo just ran; if any check does not hold,
-the demo exits 1. The PKI is written to a temporary directory, removed at the
-end unless --keep or --dir is given.`,
+  1. each domain's workload certificate chains to its own root;
+  2. the cross-domain mTLS call fails, with the verifier's reason;
+  3. model A: a VirtualMesh controller (meshfed federation run) with a shared
+     root; the running servers join with tokens written to their token files,
+     get intermediates signed from their CSRs, and the call succeeds, with no
+     process restarted;
+  4. model B: a fresh pair, north.example and south.example, federates
+     through bundle endpoints (bundle set, bundle refresh); each side
+     verifies the other with the other domain's bundle;
+  6. the shared root rotates while reviews keeps calling ratings: every call
+     must succeed.
+
+(Step 5 of the story, policy, needs the proxy, which is not built yet.)
+
+Every line marked ✓ is a check the demo just ran; a step that does not turn
+out as told fails the demo (exit 1) and is named. At the end, or on Ctrl-C,
+the demo stops every process it started and removes its temporary
+directory.`,
 		Example: `  meshfed demo
-  meshfed demo --dir ./demo-pki     # keep the files to inspect them
-  meshfed demo --key-type rsa-4096  # as the Service Mesh Hub VirtualMesh does`,
+  meshfed demo --verbose          # with the processes' logs on stderr
+  meshfed demo --keep             # leave it running, print commands to look at it; Ctrl-C stops it
+  meshfed demo --dir ./demo-run   # work in ./demo-run and keep its files (the processes still stop)`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
-			kt, err := pki.ParseKeyType(keyType)
+			bin, err := os.Executable()
 			if err != nil {
-				return usagef("%v", err)
+				return fmt.Errorf("demo: finding this binary to run it: %w", err)
 			}
-			kept := true
+			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
 			if dir == "" {
 				if dir, err = os.MkdirTemp("", "meshfed-demo-"); err != nil {
 					return err
 				}
-				if !keep {
-					kept = false
-					defer os.RemoveAll(dir)
+				defer func() {
+					os.RemoveAll(dir)
+					fmt.Fprintf(c.OutOrStdout(), "removed %s\n", dir)
+				}()
+			} else {
+				if err := os.MkdirAll(dir, 0o700); err != nil {
+					return err
+				}
+				if entries, err := os.ReadDir(dir); err != nil {
+					return err
+				} else if len(entries) > 0 {
+					return usagef("--dir %s is not empty; give a new or empty directory", dir)
 				}
 			}
-			_, err = demo.Run(c.Context(), demo.Config{Out: c.OutOrStdout(), Dir: dir, KeyType: kt, Kept: kept})
-			return err
+			cfg := demo.Config{Out: c.OutOrStdout(), Binary: bin, Dir: dir, Keep: keep}
+			if verbose {
+				cfg.Logs = c.ErrOrStderr()
+			}
+			return demo.Run(ctx, cfg)
 		},
 	}
-	c.Flags().StringVar(&dir, "dir", "", "directory for the demo's PKI files (kept); default a temporary one")
-	c.Flags().BoolVar(&keep, "keep", false, "keep the temporary directory")
-	keyTypeFlag(c, &keyType)
+	c.Flags().StringVar(&dir, "dir", "", "work in this directory and keep its files afterwards (default: a temporary directory, removed)")
+	c.Flags().BoolVar(&keep, "keep", false, "leave every process running after the story and print commands to look at it; Ctrl-C stops them")
+	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "also print the processes' logs (stderr)")
 	return c
 }
