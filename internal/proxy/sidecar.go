@@ -1,0 +1,515 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/meshfed/meshfed/internal/duration"
+	"github.com/meshfed/meshfed/internal/policy"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// Defaults of LimitsConfig.
+const (
+	DefaultMaxConnections   = 1024
+	DefaultIdleTimeout      = 5 * time.Minute
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultDrainTimeout     = 30 * time.Second
+)
+
+// MTLSPolicy gives the mutual TLS mode of a workload's port; *policy.Set
+// satisfies it.
+type MTLSPolicy interface {
+	MTLS(ns string, labels map[string]string, port uint32) policy.Decision
+}
+
+// Config is what a Sidecar runs. Listeners are bound by New.
+type Config struct {
+	Source    Source
+	Namespace string
+	Labels    map[string]string
+	// Policy sets each inbound port's mode; nil means PERMISSIVE everywhere.
+	Policy   MTLSPolicy
+	Inbound  []InboundConfig
+	Outbound []OutboundConfig
+	Limits   LimitsConfig
+	Logger   *slog.Logger
+}
+
+// Sidecar is the TCP sidecar of `meshfed proxy`: inbound listeners that
+// terminate mTLS (or plaintext, per PeerAuthentication) and forward to the
+// local app, outbound listeners that take plaintext from the app and open
+// mTLS to an upstream that passes secure naming. It logs one access line per
+// connection and never logs key material.
+type Sidecar struct {
+	cfg       Config
+	listeners []*listener
+	metrics   *metrics
+	log       *slog.Logger
+}
+
+// listener is one bound inbound or outbound listener.
+type listener struct {
+	name     string
+	ln       net.Listener
+	inbound  *InboundConfig
+	port     uint32      // inbound: the policy port
+	tlsCfg   *tls.Config // inbound: server side; outbound: client side
+	outbound *OutboundConfig
+	active   atomic.Int64
+}
+
+// New checks cfg, fills in defaults and binds every listener.
+func New(cfg Config) (*Sidecar, error) {
+	if cfg.Source == nil {
+		return nil, errors.New("proxy: sidecar: no Source of SVIDs and bundles")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	l := &cfg.Limits
+	if l.MaxConnections == 0 {
+		l.MaxConnections = DefaultMaxConnections
+	}
+	if l.IdleTimeout == 0 {
+		l.IdleTimeout = durationOf(DefaultIdleTimeout)
+	}
+	if l.HandshakeTimeout == 0 {
+		l.HandshakeTimeout = durationOf(DefaultHandshakeTimeout)
+	}
+	if l.DrainTimeout == 0 {
+		l.DrainTimeout = durationOf(DefaultDrainTimeout)
+	}
+	s := &Sidecar{cfg: cfg, metrics: newMetrics(), log: cfg.Logger}
+	fail := func(err error) (*Sidecar, error) {
+		for _, x := range s.listeners {
+			x.ln.Close()
+		}
+		return nil, err
+	}
+	for i := range cfg.Inbound {
+		in := &cfg.Inbound[i]
+		port, err := inboundPort(*in)
+		if err != nil {
+			return fail(fmt.Errorf("proxy: inbound[%d]: %w", i, err))
+		}
+		authorize, err := allowList(in.AllowedIDs)
+		if err != nil {
+			return fail(fmt.Errorf("proxy: inbound[%d]: allowed_ids: %w", i, err))
+		}
+		name := in.Name
+		if name == "" {
+			name = fmt.Sprintf("inbound-%d", port)
+		}
+		ln, err := net.Listen("tcp", in.Listen)
+		if err != nil {
+			return fail(fmt.Errorf("proxy: inbound %s: %w", name, err))
+		}
+		s.listeners = append(s.listeners, &listener{name: name, ln: ln, inbound: in, port: port, tlsCfg: ServerTLS(cfg.Source, authorize)})
+	}
+	for i := range cfg.Outbound {
+		out := &cfg.Outbound[i]
+		naming, err := NewSecureNaming(map[string][]string{out.Service: out.AllowedIDs})
+		if err != nil {
+			return fail(fmt.Errorf("proxy: outbound[%d]: %w", i, err))
+		}
+		name := out.Name
+		if name == "" {
+			name = "outbound-" + out.Service
+		}
+		ln, err := net.Listen("tcp", out.Listen)
+		if err != nil {
+			return fail(fmt.Errorf("proxy: outbound %s: %w", name, err))
+		}
+		tc := ClientTLS(cfg.Source, naming.Authorizer(out.Service))
+		tc.ServerName = out.Service
+		s.listeners = append(s.listeners, &listener{name: name, ln: ln, outbound: out, tlsCfg: tc})
+	}
+	return s, nil
+}
+
+func durationOf(d time.Duration) duration.Duration { return duration.Duration(d) }
+
+// Listener describes a bound listener, for a progress line.
+type Listener struct {
+	Name, Addr, Target string
+	Inbound            bool
+	Mode               policy.Mode // inbound only, at start
+}
+
+// Listeners returns the bound listeners in configuration order, inbound
+// first.
+func (s *Sidecar) Listeners() []Listener {
+	var out []Listener
+	for _, l := range s.listeners {
+		d := Listener{Name: l.name, Addr: l.ln.Addr().String()}
+		if l.inbound != nil {
+			d.Inbound, d.Target, d.Mode = true, l.inbound.ForwardTo, s.mode(l.port)
+		} else {
+			d.Target = l.outbound.Upstream
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+// Handler serves /metrics and /healthz.
+func (s *Sidecar) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	return mux
+}
+
+func (s *Sidecar) mode(port uint32) policy.Mode {
+	if s.cfg.Policy == nil {
+		return policy.ModePermissive
+	}
+	return s.cfg.Policy.MTLS(s.cfg.Namespace, s.cfg.Labels, port).Mode
+}
+
+// Run serves every listener until ctx is done, then drains: it stops
+// accepting, lets open connections finish for up to the drain timeout and
+// closes what is left. It returns nil after a drain.
+func (s *Sidecar) Run(ctx context.Context) error {
+	var conns sync.WaitGroup
+	var mu sync.Mutex
+	open := map[net.Conn]struct{}{}
+	track := func(c net.Conn, add bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if add {
+			open[c] = struct{}{}
+		} else {
+			delete(open, c)
+		}
+	}
+	var accepters sync.WaitGroup
+	errs := make(chan error, len(s.listeners))
+	for _, l := range s.listeners {
+		accepters.Add(1)
+		go func() {
+			defer accepters.Done()
+			if err := s.accept(ctx, l, &conns, track); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	stop := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-stop:
+		}
+		for _, l := range s.listeners {
+			l.ln.Close()
+		}
+	}()
+	accepters.Wait()
+	close(stop)
+	var err error
+	select {
+	case err = <-errs:
+	default:
+	}
+	drained := make(chan struct{})
+	go func() { conns.Wait(); close(drained) }()
+	timer := time.NewTimer(time.Duration(s.cfg.Limits.DrainTimeout))
+	defer timer.Stop()
+	select {
+	case <-drained:
+	case <-timer.C:
+		mu.Lock()
+		s.log.Warn("proxy: drain timeout: closing open connections", "open", len(open))
+		for c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+		<-drained
+	}
+	return err
+}
+
+// accept serves l until it is closed, backing off on accept errors that
+// are not the listener's closing.
+func (s *Sidecar) accept(ctx context.Context, l *listener, conns *sync.WaitGroup, track func(net.Conn, bool)) error {
+	var backoff time.Duration
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			if backoff == 0 {
+				backoff = 5 * time.Millisecond
+			} else if backoff *= 2; backoff > time.Second {
+				backoff = time.Second
+			}
+			s.log.Warn("proxy: accept failed; retrying", "listener", l.name, "error", err, "backoff", backoff)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(backoff):
+			}
+			continue
+		}
+		backoff = 0
+		if l.active.Add(1) > int64(s.cfg.Limits.MaxConnections) {
+			l.active.Add(-1)
+			c.Close()
+			s.finish(l, c, "", 0, 0, time.Now(), "over_limit", nil)
+			continue
+		}
+		conns.Add(1)
+		track(c, true)
+		go func() {
+			defer conns.Done()
+			defer track(c, false)
+			defer l.active.Add(-1)
+			defer c.Close()
+			if l.inbound != nil {
+				s.serveInbound(l, c)
+			} else {
+				s.serveOutbound(l, c)
+			}
+		}()
+	}
+}
+
+// serveInbound terminates one inbound connection as the port's mode says
+// and forwards it to the app.
+func (s *Sidecar) serveInbound(l *listener, c net.Conn) {
+	start := time.Now()
+	lim := s.cfg.Limits
+	mode := s.mode(l.port)
+	isTLS, conn, err := Sniff(c, time.Duration(lim.HandshakeTimeout))
+	if err != nil {
+		s.finish(l, c, "", 0, 0, start, "closed", err)
+		return
+	}
+	peer := "plaintext"
+	switch {
+	case isTLS && mode == policy.ModeDisable:
+		s.finish(l, c, "", 0, 0, start, "tls_refused", fmt.Errorf("proxy: port %d is in DISABLE mode: TLS is refused", l.port))
+		return
+	case !isTLS && mode == policy.ModeStrict:
+		s.finish(l, c, peer, 0, 0, start, "plaintext_refused", fmt.Errorf("proxy: port %d is in STRICT mode: plaintext is refused", l.port))
+		return
+	case isTLS:
+		tc := tls.Server(conn, l.tlsCfg)
+		id, err := s.handshake(l, tc)
+		if err != nil {
+			s.finish(l, c, "", 0, 0, start, "handshake_failed", err)
+			return
+		}
+		conn, peer = tc, id.String()
+	}
+	up, err := net.DialTimeout("tcp", l.inbound.ForwardTo, time.Duration(lim.HandshakeTimeout))
+	if err != nil {
+		s.finish(l, c, peer, 0, 0, start, "upstream_failed", err)
+		return
+	}
+	defer up.Close()
+	rx, tx, result, err := s.pipe(l.name, conn, up)
+	s.finish(l, c, peer, rx, tx, start, result, err)
+}
+
+// serveOutbound opens mTLS to the upstream for one plaintext connection of
+// the app.
+func (s *Sidecar) serveOutbound(l *listener, c net.Conn) {
+	start := time.Now()
+	lim := s.cfg.Limits
+	raw, err := net.DialTimeout("tcp", l.outbound.Upstream, time.Duration(lim.HandshakeTimeout))
+	if err != nil {
+		s.finish(l, c, "", 0, 0, start, "upstream_failed", err)
+		return
+	}
+	defer raw.Close()
+	tc := tls.Client(raw, l.tlsCfg)
+	id, err := s.handshake(l, tc)
+	if err != nil {
+		s.finish(l, c, "", 0, 0, start, "handshake_failed", err)
+		return
+	}
+	rx, tx, result, err := s.pipe(l.name, c, tc)
+	s.finish(l, c, id.String(), rx, tx, start, result, err)
+}
+
+// handshake runs tc's handshake under the handshake timeout and returns the
+// peer's SPIFFE ID (already verified and authorized by the config).
+func (s *Sidecar) handshake(l *listener, tc *tls.Conn) (spiffeid.ID, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.cfg.Limits.HandshakeTimeout))
+	defer cancel()
+	err := tc.HandshakeContext(ctx)
+	var id spiffeid.ID
+	if err == nil {
+		id, err = x509svid.IDFromCert(tc.ConnectionState().PeerCertificates[0])
+	}
+	result := "ok"
+	if err != nil {
+		result = "failed"
+	}
+	s.metrics.handshakes.WithLabelValues(l.name, result).Inc()
+	return id, err
+}
+
+// pipe copies both ways between down (the accepted side) and up until both
+// directions end, an error, or neither direction moves for the idle timeout.
+// It returns the bytes received from down and sent to it.
+func (s *Sidecar) pipe(name string, down, up net.Conn) (rx, tx int64, result string, err error) {
+	idle := time.Duration(s.cfg.Limits.IdleTimeout)
+	var last atomic.Int64
+	last.Store(time.Now().UnixNano())
+	var nrx, ntx atomic.Int64
+	errc := make(chan error, 2)
+	cp := func(dst, src net.Conn, n *atomic.Int64) {
+		errc <- copyIdle(dst, src, n, &last, idle)
+	}
+	go cp(up, down, &nrx)
+	go cp(down, up, &ntx)
+	var first error
+	for range 2 {
+		if e := <-errc; e != nil && first == nil {
+			first = e
+			// Unblock the other direction.
+			down.Close()
+			up.Close()
+		}
+	}
+	rx, tx = nrx.Load(), ntx.Load()
+	s.metrics.bytes.WithLabelValues(name, "received").Add(float64(rx))
+	s.metrics.bytes.WithLabelValues(name, "sent").Add(float64(tx))
+	switch {
+	case first == nil:
+		return rx, tx, "ok", nil
+	case errors.Is(first, errIdle):
+		return rx, tx, "idle_timeout", nil
+	}
+	return rx, tx, "error", first
+}
+
+var errIdle = errors.New("proxy: idle timeout")
+
+// copyIdle copies src to dst, counting into n, until src ends; then it
+// half-closes dst. A read that times out ends the copy only if neither
+// direction has moved (last) for idle.
+func copyIdle(dst, src net.Conn, n, last *atomic.Int64, idle time.Duration) error {
+	buf := make([]byte, 32<<10)
+	for {
+		_ = src.SetReadDeadline(time.Now().Add(idle))
+		nr, err := src.Read(buf)
+		if nr > 0 {
+			last.Store(time.Now().UnixNano())
+			_ = dst.SetWriteDeadline(time.Now().Add(idle))
+			nw, werr := dst.Write(buf[:nr])
+			n.Add(int64(nw))
+			if werr != nil {
+				return werr
+			}
+		}
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if time.Since(time.Unix(0, last.Load())) < idle {
+					continue
+				}
+				return errIdle
+			}
+			if errors.Is(err, io.EOF) {
+				closeWrite(dst)
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+		return
+	}
+	if rc, ok := c.(*replayConn); ok {
+		closeWrite(rc.Conn)
+	}
+}
+
+// finish writes the access log line and counts the connection.
+func (s *Sidecar) finish(l *listener, c net.Conn, peer string, rx, tx int64, start time.Time, result string, err error) {
+	s.metrics.connections.WithLabelValues(l.name, result).Inc()
+	if peer == "" {
+		peer = "-"
+	}
+	attrs := []any{"listener", l.name, "remote", c.RemoteAddr().String(), "peer", peer,
+		"bytes_received", rx, "bytes_sent", tx, "duration", time.Since(start).Round(time.Microsecond), "result", result}
+	if err != nil {
+		attrs = append(attrs, "error", err.Error())
+	}
+	s.log.Info("connection", attrs...)
+}
+
+// allowList is the inbound authorizer: any verified peer when entries is
+// empty, otherwise only the listed IDs and trust domains ("spiffe://td/*").
+func allowList(entries []string) (Authorizer, error) {
+	if len(entries) == 0 {
+		return tlsconfig.AuthorizeAny(), nil
+	}
+	var pats []namePattern
+	for _, e := range entries {
+		p, err := parseNamePattern(e)
+		if err != nil {
+			return nil, err
+		}
+		pats = append(pats, p)
+	}
+	return func(id spiffeid.ID, _ [][]*x509.Certificate) error {
+		for _, p := range pats {
+			if p.matches(id) {
+				return nil
+			}
+		}
+		return fmt.Errorf("proxy: %s is not in the listener's allowed_ids", id)
+	}, nil
+}
+
+// metrics are the sidecar's Prometheus metrics, on its own registry.
+type metrics struct {
+	registry    *prometheus.Registry
+	connections *prometheus.CounterVec
+	handshakes  *prometheus.CounterVec
+	bytes       *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshfed_proxy_connections_total",
+			Help: "Connections ended, by listener and result (ok, over_limit, plaintext_refused, tls_refused, handshake_failed, upstream_failed, idle_timeout, error, closed).",
+		}, []string{"listener", "result"}),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshfed_proxy_handshakes_total",
+			Help: "mTLS handshakes, by listener and result (ok, failed).",
+		}, []string{"listener", "result"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshfed_proxy_bytes_total",
+			Help: "Bytes proxied, by listener and direction relative to the accepted connection (received, sent).",
+		}, []string{"listener", "direction"}),
+	}
+	m.registry.MustRegister(m.connections, m.handshakes, m.bytes)
+	return m
+}
