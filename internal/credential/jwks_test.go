@@ -376,8 +376,8 @@ func TestJWKSURLCallerGivesUp(t *testing.T) {
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if requests.Add(1) == 1 {
 			close(arrived)
-			<-r.Context().Done() // hang until the client gives up
-			return
+			<-r.Context().Done()        // hang until the client gives up
+			panic(http.ErrAbortHandler) // and never answer: an empty 200 could reach a client still reading
 		}
 		w.Write(jwks)
 	}))

@@ -135,6 +135,10 @@ func TestFetchWeb(t *testing.T) {
 			name: "timeout",
 			handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				<-r.Context().Done() // the client gives up and hangs up
+				// Never answer: returning would send an empty 200, which a
+				// client still reading (a loaded machine) takes for the
+				// answer instead of timing out.
+				panic(http.ErrAbortHandler)
 			}),
 			timeout: 100 * time.Millisecond,
 			wantErr: "fetcher: west.example: GET %s: no complete answer within 100ms",
@@ -510,6 +514,7 @@ func TestFetchConditional(t *testing.T) {
 			name: "a long poll's timeout is the wait plus Timeout",
 			handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				<-r.Context().Done()
+				panic(http.ErrAbortHandler) // never answer (see "timeout")
 			}),
 			cond:       fetcher.Conditions{ETag: tag, Wait: time.Second},
 			timeout:    100 * time.Millisecond,
