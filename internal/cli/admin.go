@@ -48,6 +48,16 @@ func (a *adminFlags) call(c *cobra.Command, f func(ctx context.Context, client p
 	})
 }
 
+// unixTarget is the gRPC target of a unix socket path, made absolute: in
+// "unix://dir/admin.sock" gRPC would read dir as the authority.
+func unixTarget(socket string) (string, error) {
+	path, err := filepath.Abs(socket)
+	if err != nil {
+		return "", err
+	}
+	return "unix://" + path, nil
+}
+
 // callSocket dials a daemon's admin socket, runs f with a bounded context,
 // and turns a gRPC status into one line with the daemon's reason; hint says
 // what to check when the socket is not there.
@@ -55,13 +65,11 @@ func callSocket(c *cobra.Command, socket, hint string, f func(ctx context.Contex
 	if _, err := os.Stat(socket); err != nil {
 		return fmt.Errorf("admin socket %s: %w; %s", socket, err, hint)
 	}
-	// An absolute path: in "unix://dir/admin.sock" gRPC would read dir as
-	// the authority.
-	path, err := filepath.Abs(socket)
+	target, err := unixTarget(socket)
 	if err != nil {
 		return err
 	}
-	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
 	}

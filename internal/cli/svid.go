@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -44,15 +43,13 @@ each federated trust domain. The key is never printed.`,
 			if socket == "" {
 				return usagef("give --socket PATH (the agent's Workload API socket)")
 			}
-			// An absolute path: in "unix://dir/agent.sock" gRPC would read
-			// dir as the authority.
-			path, err := filepath.Abs(socket)
+			target, err := unixTarget(socket)
 			if err != nil {
 				return err
 			}
 			ctx, cancel := context.WithTimeout(c.Context(), timeout)
 			defer cancel()
-			client, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+path))
+			client, err := workloadapi.New(ctx, workloadapi.WithAddr(target))
 			if err != nil {
 				return fmt.Errorf("workload API at %s: %w", socket, err)
 			}
