@@ -72,7 +72,7 @@ func TestDemoTellsTheStory(t *testing.T) {
 		t.Fatalf("meshfed demo: %v\nstdout:\n%s\nstderr:\n%s", err, out, stderr.String())
 	}
 	for _, want := range []string{
-		"\nStep 1. ", "\nStep 2. ", "\nStep 3. ", "\nStep 4. ", "\nStep 6. ",
+		"\nStep 1. ", "\nStep 2. ", "\nStep 3. ", "\nStep 4. ", "\nStep 5. ", "\nStep 6. ",
 		"✓ two different roots",
 		`✓ the call fails; reviews' verifier: x509svid: could not get X509 bundle: x509bundle: no X.509 bundle for trust domain "west.example"`,
 		"✓ no process restarted",
@@ -81,8 +81,16 @@ func TestDemoTellsTheStory(t *testing.T) {
 		"[root, no trust domain: shared]",
 		"✓ ratings verified reviews with the bundle of north.example",
 		"✓ reviews verified ratings with the bundle of south.example",
+		"✓ reviews (north) -> its sidecar -> mTLS -> ratings' sidecar -> ratings (south): 200 ",
+		"✓ ratings' sidecar logged source.principal=north.example/ns/default/sa/reviews, policy=default/ratings-viewer",
+		"✓ ratings got X-Forwarded-Client-Cert: By=spiffe://south.example/ns/default/sa/ratings;Hash=",
+		"✓ a plaintext call straight to ratings' port is turned away (STRICT): result=plaintext_refused",
+		"✓ a call as south.example/ns/default/sa/ratings (a valid SVID, another principal): 403 RBAC: access denied",
+		"    mTLS:           STRICT (set by default/default: namespace-wide policy)",
+		"    Authorization:  DENIED",
+		`      rule 0: no match: from: principals ["north.example/ns/default/sa/reviews"] does not match "south.example/ns/default/sa/ratings"`,
 		"The story held",
-		"stopped 9 meshfed processes",
+		"stopped 11 meshfed processes",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the story lacks %q", want)

@@ -7,6 +7,9 @@
 // what it has until it expires, and it never hands out an expired SVID.
 // JWT-SVIDs are signed by the server on demand, validated with the trust
 // domain's JWT keys, and kept per entry and audience until half their life.
+// The Istio security policy the server pushes in the same stream is served
+// to the host's proxies (workloadapi's PolicyDiscovery) and kept in the data
+// dir, so a restart serves the last known set until the server answers.
 //
 // Workload keys are made here and never leave the agent except to the
 // workload that owns them, over the agent's local socket. The agent never
@@ -116,6 +119,7 @@ func New(cfg Config) (*Agent, error) {
 // Start loads the trust bundle and the node SVID, attesting with the join
 // token when there is no usable node SVID, and connects to the server.
 func (a *Agent) Start(ctx context.Context) error {
+	a.loadPolicies()
 	roots, err := a.loadRoots()
 	if err != nil {
 		return err
@@ -496,7 +500,8 @@ func (a *Agent) watchOnce(ctx context.Context) error {
 	}
 }
 
-// Apply installs a snapshot from the server: bundles and entries.
+// Apply installs a snapshot from the server: bundles, entries and the
+// policies for the proxies.
 func (a *Agent) Apply(snap *pb.WatchResponse) error {
 	if b := snap.GetBundle(); b != nil {
 		if err := a.applyLocalBundle(b); err != nil {
@@ -522,6 +527,7 @@ func (a *Agent) Apply(snap *pb.WatchResponse) error {
 	}
 	a.Cache.setFederated(fed, meshWide)
 	a.Cache.setEntries(snap.GetEntries())
+	a.applyPolicies(snap)
 	if root := snap.GetSigningRootKeyId(); len(root) > 0 {
 		a.renewOtherRoots(root)
 	}

@@ -50,6 +50,7 @@ type Cache struct {
 	jwts     map[jwtKey]cachedJWT
 	changed  chan struct{} // closed at the next change
 	wake     chan struct{} // tells Run that entries changed
+	policies policyState   // for the proxies (policies.go)
 }
 
 // jwtKey names a cached JWT-SVID: an entry and the audience, in order.

@@ -19,22 +19,30 @@ func init() { register(newPolicyCommand) }
 func newPolicyCommand() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "policy",
-		Short: "Explain and lint Istio security policy offline",
-		Long: `Read a directory of Istio security policy - PeerAuthentication,
-RequestAuthentication and AuthorizationPolicy (security.istio.io/v1beta1 or
-v1), as you would 'kubectl apply -f' it - and evaluate it the way Istio does,
-without a cluster.
+		Short: "Istio security policy: apply it to the server, or explain and lint it offline",
+		Long: `Istio's security policy - PeerAuthentication, RequestAuthentication and
+AuthorizationPolicy (security.istio.io/v1beta1 or v1), the same YAML you
+would 'kubectl apply -f' - in two ways.
 
-Policies stored in the root namespace (--root-namespace, default
-istio-system) apply mesh-wide. Where Istio breaks ties by age, the order is
-metadata.creationTimestamp when given (a policy with one is older than any
-without), then file name, then position in the file. Other kinds, unknown
-fields, CUSTOM actions and targetRefs are refused with the file and line.`,
-		Example: `  meshfed policy explain --policies ./policies --namespace foo --labels app=httpbin --port 8000 \
+On the server: 'apply', 'list' and 'delete' keep the trust domain's policy
+on its server, as istiod keeps it, and every agent pushes each change to
+the proxies on its host at once, without a restart.
+
+Offline: 'explain' and 'lint' read a directory of policy and evaluate it
+the way Istio does, without a cluster. Policies stored in the root
+namespace (--root-namespace, default istio-system) apply mesh-wide. Where
+Istio breaks ties by age, the order is metadata.creationTimestamp when
+given (a policy with one is older than any without), then file name, then
+position in the file; policy from the server is as old as it was first
+applied there. Other kinds, unknown fields, CUSTOM actions and targetRefs
+are refused with the file and line.`,
+		Example: `  meshfed policy apply -f ./policies --admin-socket east/admin.sock
+  meshfed policy list --admin-socket east/admin.sock
+  meshfed policy explain --policies ./policies --namespace foo --labels app=httpbin --port 8000 \
       --principal cluster.local/ns/default/sa/sleep --method GET --path /info
   meshfed policy lint --policies ./policies`,
 	}
-	c.AddCommand(newPolicyExplain(), newPolicyLint())
+	c.AddCommand(newPolicyApply(), newPolicyList(), newPolicyDelete(), newPolicyExplain(), newPolicyLint())
 	return c
 }
 
@@ -69,6 +77,9 @@ type explanation struct {
 	JWT           *jwtVerdict           `json:"jwt,omitempty"`
 	Authorization *policy.AuthzDecision `json:"authorization,omitempty"`
 	NotAuthorized string                `json:"notAuthorized,omitempty"`
+	// Policies are the AuthorizationPolicies that apply, each rule with
+	// whether it matched and, if not, why.
+	Policies []policy.PolicyTrace `json:"policies,omitempty"`
 }
 
 type jwtRuleView struct {
@@ -204,11 +215,13 @@ exit code is 0 whatever the decision; it is 1 when the policy cannot be read.`,
 				}
 			}
 			if ex.NotAuthorized == "" {
-				d := set.Authorize(ns, lbls, policy.Request{
+				req := policy.Request{
 					TCP: tcp, Principal: principal, SourceIP: src, Port: port, SNI: sni,
 					Host: host, Method: method, Path: path, Headers: hdrs, Auth: auth,
-				})
+				}
+				d := set.Authorize(ns, lbls, req)
 				ex.Authorization = &d
+				ex.Policies = set.TraceAuthorization(ns, lbls, req)
 			}
 			return printData(c.OutOrStdout(), output, ex, func(w io.Writer) error { return printExplanation(w, ex) })
 		},
@@ -284,6 +297,23 @@ func printExplanation(w io.Writer, ex explanation) error {
 	}
 	if d.Audit {
 		fmt.Fprintf(w, "Audit:          marked for audit by %s\n", d.AuditPolicy)
+	}
+	for _, p := range ex.Policies {
+		dry := ""
+		if p.DryRun {
+			dry = ", dry-run: not enforced"
+		}
+		fmt.Fprintf(w, "  %s %s%s:\n", p.Action, p.Policy, dry)
+		if len(p.Rules) == 0 {
+			fmt.Fprintln(w, "    no rules: matches nothing")
+		}
+		for _, r := range p.Rules {
+			if r.Matched {
+				fmt.Fprintf(w, "    rule %d: matches\n", r.Index)
+			} else {
+				fmt.Fprintf(w, "    rule %d: no match: %s\n", r.Index, r.Why)
+			}
+		}
 	}
 	return nil
 }

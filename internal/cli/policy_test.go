@@ -30,11 +30,14 @@ func TestPolicyExplain(t *testing.T) {
 		want string
 	}{
 		{"allowed", []string{"--namespace", "foo", "--labels", "app=httpbin", "--port", "8000", "--principal", "cluster.local/ns/default/sa/sleep", "--method", "GET", "--path", "/info/x"},
-			"mTLS:           STRICT (set by foo/example-policy: namespace-wide policy)\nJWT rules:      none (no RequestAuthentication applies)\nAuthorization:  ALLOWED by ALLOW foo/httpbin rule 0\n"},
+			"mTLS:           STRICT (set by foo/example-policy: namespace-wide policy)\nJWT rules:      none (no RequestAuthentication applies)\nAuthorization:  ALLOWED by ALLOW foo/httpbin rule 0\n" +
+				"  DENY foo/deny-dev-post:\n    rule 0: no match: from: namespaces [\"dev\"] does not match \"default\"\n  ALLOW foo/httpbin:\n    rule 0: matches\n"},
 		{"denied", []string{"--namespace", "foo", "--labels", "app=httpbin", "--port", "8000", "--principal", "cluster.local/ns/dev/sa/x", "--method", "POST", "--path", "/data"},
-			"mTLS:           STRICT (set by foo/example-policy: namespace-wide policy)\nJWT rules:      none (no RequestAuthentication applies)\nAuthorization:  DENIED by DENY foo/deny-dev-post rule 0\n"},
+			"mTLS:           STRICT (set by foo/example-policy: namespace-wide policy)\nJWT rules:      none (no RequestAuthentication applies)\nAuthorization:  DENIED by DENY foo/deny-dev-post rule 0\n" +
+				"  DENY foo/deny-dev-post:\n    rule 0: matches\n  ALLOW foo/httpbin:\n    rule 0: no match: from: none of 2 sources matches (from[0]: principals [\"cluster.local/ns/default/sa/sleep\"] does not match \"cluster.local/ns/dev/sa/x\")\n"},
 		{"port-level DISABLE", []string{"--namespace", "foo", "--labels", "app=example-app,tier=x", "--port", "80", "--principal", "cluster.local/ns/a/sa/b"},
-			"mTLS:           DISABLE (set by foo/example-workload-policy: workload policy, portLevelMtls for port 80)\n                mTLS is DISABLE on this port: the connection is plaintext and has no peer principal\nJWT rules:      none (no RequestAuthentication applies)\nAuthorization:  ALLOWED: no ALLOW policy applies to the workload: allowed\n"},
+			"mTLS:           DISABLE (set by foo/example-workload-policy: workload policy, portLevelMtls for port 80)\n                mTLS is DISABLE on this port: the connection is plaintext and has no peer principal\nJWT rules:      none (no RequestAuthentication applies)\nAuthorization:  ALLOWED: no ALLOW policy applies to the workload: allowed\n" +
+				"  DENY foo/deny-dev-post:\n    rule 0: no match: from: namespaces [\"dev\"] does not match \"\"\n"},
 		{"mesh default", []string{"--namespace", "baz", "--port", "80"},
 			"mTLS:           PERMISSIVE (set by istio-system/default: mesh-wide policy)\nJWT rules:      none (no RequestAuthentication applies)\nAuthorization:  ALLOWED: no ALLOW policy applies to the workload: allowed\n"},
 	}
@@ -107,13 +110,15 @@ spec:
 	}{
 		{"valid", []string{"--jwt", tokFile, "--now", "2025-06-01T12:00:00Z"},
 			"mTLS:           PERMISSIVE (set by (default): no mesh-wide PeerAuthentication: PERMISSIVE by default)\n" + rule +
-				"JWT:            valid: request principal https://issuer.example/alice (foo/jwt jwtRules[0])\nAuthorization:  ALLOWED by ALLOW foo/require-jwt rule 0\n"},
+				"JWT:            valid: request principal https://issuer.example/alice (foo/jwt jwtRules[0])\nAuthorization:  ALLOWED by ALLOW foo/require-jwt rule 0\n" +
+				"  ALLOW foo/require-jwt:\n    rule 0: matches\n"},
 		{"expired", []string{"--jwt", tokFile, "--now", "2025-06-01T14:00:00Z"},
 			"mTLS:           PERMISSIVE (set by (default): no mesh-wide PeerAuthentication: PERMISSIVE by default)\n" + rule +
 				"JWT:            invalid: JWT in header Authorization (prefix \"Bearer \"): token is expired (401)\nAuthorization:  not evaluated: the request is rejected with 401 by request authentication before authorization\n"},
 		{"no token", nil,
 			"mTLS:           PERMISSIVE (set by (default): no mesh-wide PeerAuthentication: PERMISSIVE by default)\n" + rule +
-				"Authorization:  DENIED: ALLOW policies apply to the workload and none matched: denied\n"},
+				"Authorization:  DENIED: ALLOW policies apply to the workload and none matched: denied\n" +
+				"  ALLOW foo/require-jwt:\n    rule 0: no match: from: requestPrincipals [\"https://issuer.example/*\"] does not match \"\"\n"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

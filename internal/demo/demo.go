@@ -121,6 +121,10 @@ type story struct {
 	apps    []*ratings
 	// west's and south's ratings apps
 	westApp, southApp *ratings
+	// step 5: south's ratings behind a sidecar, and that sidecar
+	plainApps    []*plainRatings
+	ratingsProxy *proc
+	reviewsOut   string // north reviews' outbound listener
 }
 
 func (s *story) say(format string, args ...any) {
@@ -147,7 +151,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer s.stop()
 
 	s.say("meshfed demo: identity federation between meshes, with real meshfed processes on this machine")
-	s.say("(working in %s; step 5 of the story, Istio policy, needs the proxy, which is not built yet)", dir)
+	s.say("(working in %s)", dir)
 	steps := []struct {
 		n     int
 		title string
@@ -157,6 +161,7 @@ func Run(ctx context.Context, cfg Config) error {
 		{2, "the cross-domain call fails", s.step2},
 		{3, "model A: a VirtualMesh with a shared root; no process restarts", s.step3},
 		{4, "model B: bundles exchanged over bundle endpoints, no shared root", s.step4},
+		{5, "Istio policy at the sidecars: STRICT mTLS, AuthorizationPolicy, and why", s.step5},
 		{6, "the shared root rotates under continuous cross-domain traffic", s.step6},
 	}
 	for _, st := range steps {
@@ -182,6 +187,9 @@ func Run(ctx context.Context, cfg Config) error {
 // stop closes the workloads and stops every process.
 func (s *story) stop() {
 	for _, a := range s.apps {
+		a.close()
+	}
+	for _, a := range s.plainApps {
 		a.close()
 	}
 	for _, d := range s.domains {
@@ -846,6 +854,10 @@ func (s *story) poke() {
 	if s.southApp != nil {
 		s.say("  meshfed svid fetch --socket %s --out north-reviews", s.domains[north].workloadSock)
 		s.say("  meshfed inspect connect %s --bundle north-reviews/federated-south.example.pem --trust-domain south.example --cert north-reviews/svid.pem --key north-reviews/svid_key.pem", s.southApp.addr())
+	}
+	if s.reviewsOut != "" {
+		s.say("  curl http://%s/ratings/0   # reviews' sidecar -> mTLS -> ratings' sidecar (logs/south-ratings-proxy.log)", s.reviewsOut)
+		s.say("  meshfed policy explain --policies south-policies --namespace default --labels app=ratings --port 9080 --principal north.example/ns/default/sa/reviews --method GET --path /ratings/0")
 	}
 }
 

@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -167,42 +168,80 @@ func ruleUsesHTTP(r *secv1beta1.Rule) bool {
 }
 
 func ruleMatches(r *secv1beta1.Rule, req *Request, policyNS string) bool {
-	if len(r.GetFrom()) > 0 {
-		ok := false
-		for _, f := range r.GetFrom() {
-			if sourceMatches(f.GetSource(), req, policyNS) {
-				ok = true
+	return ruleMismatch(r, req, policyNS, false) == ""
+}
+
+// ruleMismatch says why a rule does not match the request ("" when it
+// does): the first of from, to and when that fails, and in it the first
+// field, for `meshfed policy explain`.
+// Without why it only returns a non-empty string, without formatting one
+// (the request path).
+func ruleMismatch(r *secv1beta1.Rule, req *Request, policyNS string, why bool) string {
+	if from := r.GetFrom(); len(from) > 0 {
+		first := ""
+		for i, f := range from {
+			m := sourceMismatch(f.GetSource(), req, policyNS, why)
+			if m == "" {
+				first = ""
 				break
 			}
-		}
-		if !ok {
-			return false
-		}
-	}
-	if len(r.GetTo()) > 0 {
-		ok := false
-		for _, t := range r.GetTo() {
-			if operationMatches(t.GetOperation(), req) {
-				ok = true
-				break
+			if i == 0 {
+				first = m
 			}
 		}
-		if !ok {
-			return false
+		if first != "" {
+			if !why {
+				return first
+			}
+			if len(from) > 1 {
+				return fmt.Sprintf("from: none of %d sources matches (from[0]: %s)", len(from), first)
+			}
+			return "from: " + first
 		}
 	}
-	for _, c := range r.GetWhen() {
+	if to := r.GetTo(); len(to) > 0 {
+		first := ""
+		for i, t := range to {
+			m := operationMismatch(t.GetOperation(), req, why)
+			if m == "" {
+				first = ""
+				break
+			}
+			if i == 0 {
+				first = m
+			}
+		}
+		if first != "" {
+			if !why {
+				return first
+			}
+			if len(to) > 1 {
+				return fmt.Sprintf("to: none of %d operations matches (to[0]: %s)", len(to), first)
+			}
+			return "to: " + first
+		}
+	}
+	for i, c := range r.GetWhen() {
 		if !conditionMatches(c, req) {
-			return false
+			if !why {
+				return "when"
+			}
+			return fmt.Sprintf("when[%d]: %s does not hold", i, c.GetKey())
 		}
 	}
-	return true
+	return ""
 }
 
 // field evaluates one positive/negative pair of a source or operation: the
 // value must match one of pos (when pos is set) and none of neg. On TCP an
 // HTTP-only field is skipped (only reached for DENY and AUDIT).
 func field(pos, neg []string, match func(string) bool) bool {
+	return fieldMismatch(false, "", "", pos, neg, "", match) == ""
+}
+
+// fieldMismatch is field that says why not ("" when it matches), naming
+// the fields (name and notName) and the request's value v when why is set.
+func fieldMismatch(why bool, name, notName string, pos, neg []string, v string, match func(string) bool) string {
 	if len(pos) > 0 {
 		ok := false
 		for _, p := range pos {
@@ -212,18 +251,24 @@ func field(pos, neg []string, match func(string) bool) bool {
 			}
 		}
 		if !ok {
-			return false
+			if !why {
+				return name
+			}
+			return fmt.Sprintf("%s %q does not match %q", name, pos, v)
 		}
 	}
 	for _, n := range neg {
 		if match(n) {
-			return false
+			if !why {
+				return notName
+			}
+			return fmt.Sprintf("%s %q matches %q", notName, neg, v)
 		}
 	}
-	return true
+	return ""
 }
 
-func sourceMatches(s *secv1beta1.Source, req *Request, policyNS string) bool {
+func sourceMismatch(s *secv1beta1.Source, req *Request, policyNS string, why bool) string {
 	pr := parsePrincipal(req.Principal)
 	str := func(v string) func(string) bool { return func(p string) bool { return matchString(p, v) } }
 	ip := func(a netip.Addr) func(string) bool {
@@ -238,33 +283,55 @@ func sourceMatches(s *secv1beta1.Source, req *Request, policyNS string) bool {
 		}
 		return pr.ok && p == pr.ns+"/"+pr.sa
 	}
-	ok := field(s.GetPrincipals(), s.GetNotPrincipals(), str(req.Principal)) &&
-		field(s.GetNamespaces(), s.GetNotNamespaces(), str(pr.ns)) &&
-		field(s.GetServiceAccounts(), s.GetNotServiceAccounts(), sa) &&
-		field(s.GetTrustDomains(), s.GetNotTrustDomains(), str(pr.td)) &&
-		field(s.GetIpBlocks(), s.GetNotIpBlocks(), ip(req.SourceIP)) &&
-		field(s.GetRemoteIpBlocks(), s.GetNotRemoteIpBlocks(), ip(remoteIP(req)))
-	if !ok || req.TCP {
-		return ok
+	ipStr := func(a netip.Addr) string {
+		if !a.IsValid() {
+			return ""
+		}
+		return a.Unmap().String()
 	}
-	return field(s.GetRequestPrincipals(), s.GetNotRequestPrincipals(), str(authPrincipal(req)))
+	if m := fieldMismatch(why, "principals", "notPrincipals", s.GetPrincipals(), s.GetNotPrincipals(), req.Principal, str(req.Principal)); m != "" {
+		return m
+	}
+	if m := fieldMismatch(why, "namespaces", "notNamespaces", s.GetNamespaces(), s.GetNotNamespaces(), pr.ns, str(pr.ns)); m != "" {
+		return m
+	}
+	if m := fieldMismatch(why, "serviceAccounts", "notServiceAccounts", s.GetServiceAccounts(), s.GetNotServiceAccounts(), pr.ns+"/"+pr.sa, sa); m != "" {
+		return m
+	}
+	if m := fieldMismatch(why, "trustDomains", "notTrustDomains", s.GetTrustDomains(), s.GetNotTrustDomains(), pr.td, str(pr.td)); m != "" {
+		return m
+	}
+	if m := fieldMismatch(why, "ipBlocks", "notIpBlocks", s.GetIpBlocks(), s.GetNotIpBlocks(), ipStr(req.SourceIP), ip(req.SourceIP)); m != "" {
+		return m
+	}
+	if m := fieldMismatch(why, "remoteIpBlocks", "notRemoteIpBlocks", s.GetRemoteIpBlocks(), s.GetNotRemoteIpBlocks(), ipStr(remoteIP(req)), ip(remoteIP(req))); m != "" {
+		return m
+	}
+	if req.TCP {
+		return ""
+	}
+	return fieldMismatch(why, "requestPrincipals", "notRequestPrincipals", s.GetRequestPrincipals(), s.GetNotRequestPrincipals(), authPrincipal(req), str(authPrincipal(req)))
 }
 
-func operationMatches(o *secv1beta1.Operation, req *Request) bool {
+func operationMismatch(o *secv1beta1.Operation, req *Request, why bool) string {
 	port := func(p string) bool {
 		n, err := parsePort(p)
 		return err == nil && n == req.Port
 	}
-	if !field(o.GetPorts(), o.GetNotPorts(), port) {
-		return false
+	if m := fieldMismatch(why, "ports", "notPorts", o.GetPorts(), o.GetNotPorts(), strconv.FormatUint(uint64(req.Port), 10), port); m != "" {
+		return m
 	}
 	if req.TCP {
-		return true // hosts, methods and paths are HTTP only
+		return "" // hosts, methods and paths are HTTP only
 	}
 	host := strings.ToLower(req.Host)
-	return field(o.GetHosts(), o.GetNotHosts(), func(p string) bool { return matchString(strings.ToLower(p), host) }) &&
-		field(o.GetMethods(), o.GetNotMethods(), func(p string) bool { return matchString(p, req.Method) }) &&
-		field(o.GetPaths(), o.GetNotPaths(), func(p string) bool { return matchString(p, req.Path) })
+	if m := fieldMismatch(why, "hosts", "notHosts", o.GetHosts(), o.GetNotHosts(), req.Host, func(p string) bool { return matchString(strings.ToLower(p), host) }); m != "" {
+		return m
+	}
+	if m := fieldMismatch(why, "methods", "notMethods", o.GetMethods(), o.GetNotMethods(), req.Method, func(p string) bool { return matchString(p, req.Method) }); m != "" {
+		return m
+	}
+	return fieldMismatch(why, "paths", "notPaths", o.GetPaths(), o.GetNotPaths(), req.Path, func(p string) bool { return matchString(p, req.Path) })
 }
 
 func conditionMatches(c *secv1beta1.Condition, req *Request) bool {
@@ -382,4 +449,61 @@ func parsePrincipal(p string) principal {
 		return principal{}
 	}
 	return principal{td: parts[0], ns: parts[2], sa: parts[4], ok: true}
+}
+
+// RuleTrace is how one rule of an AuthorizationPolicy fared against a
+// request.
+type RuleTrace struct {
+	Index   int    `json:"index"`
+	Matched bool   `json:"matched"`
+	Why     string `json:"why,omitempty"` // why it did not match
+}
+
+// PolicyTrace is an AuthorizationPolicy that applies to a workload, with
+// how each of its rules fared.
+type PolicyTrace struct {
+	Policy string      `json:"policy"` // ns/name
+	Action string      `json:"action"`
+	DryRun bool        `json:"dryRun,omitempty"`
+	Rules  []RuleTrace `json:"rules"`
+}
+
+// TraceAuthorization evaluates every rule of every AuthorizationPolicy that
+// applies to the workload against req, as Authorize does, and says for each
+// whether it matched and, if not, the first field that did not. Policies
+// come in the order Authorize weighs them: DENY, then ALLOW, then AUDIT,
+// oldest first within each. It is for explaining a decision; Authorize is
+// the decision.
+func (s *Set) TraceAuthorization(ns string, labels map[string]string, req Request) []PolicyTrace {
+	var out []PolicyTrace
+	pols := s.AuthorizationPolicies(ns, labels)
+	rank := map[secv1beta1.AuthorizationPolicy_Action]int{secv1beta1.AuthorizationPolicy_DENY: 0, secv1beta1.AuthorizationPolicy_ALLOW: 1}
+	slices.SortStableFunc(pols, func(a, b *Document) int {
+		ra, ok := rank[a.Authz.GetAction()]
+		if !ok {
+			ra = 2
+		}
+		rb, ok := rank[b.Authz.GetAction()]
+		if !ok {
+			rb = 2
+		}
+		return ra - rb
+	})
+	for _, d := range pols {
+		t := PolicyTrace{Policy: d.Ref(), Action: d.Authz.GetAction().String(), DryRun: dryRun(d)}
+		ignoreHTTP := d.Authz.GetAction() != secv1beta1.AuthorizationPolicy_ALLOW
+		for i, r := range d.Authz.GetRules() {
+			rt := RuleTrace{Index: i}
+			switch {
+			case req.TCP && !ignoreHTTP && ruleUsesHTTP(r):
+				rt.Why = "uses HTTP-only fields, which an ALLOW rule cannot match on a TCP port"
+			default:
+				rt.Why = ruleMismatch(r, &req, d.Namespace, true)
+				rt.Matched = rt.Why == ""
+			}
+			t.Rules = append(t.Rules, rt)
+		}
+		out = append(out, t)
+	}
+	return out
 }

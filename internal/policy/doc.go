@@ -5,7 +5,8 @@
 // and whether a request is allowed, by which policy and rule.
 //
 // Every input is untrusted: files, documents and tokens have documented size
-// bounds, and a bad document is refused with its file and line. The package
-// never fetches anything from the network (JWKS for jwksUri rules come from a
-// JWKSFetcher the caller provides) and never puts a token in an error.
+// bounds, and a bad document is refused with its file and line. Evaluation
+// never touches the network: the key sets of jwksUri rules come from the
+// JWKSFetcher the caller provides (JWKSCache, the one HTTP client here, is
+// what a running proxy provides). No token ever appears in an error.
 package policy

@@ -31,8 +31,9 @@ var signatureAlgorithms = []jose.SignatureAlgorithm{
 	jose.ES256, jose.ES384, jose.ES512, jose.EdDSA,
 }
 
-// JWKSFetcher supplies the key set of a jwksUri rule. The package never
-// fetches anything itself.
+// JWKSFetcher supplies the key set of a jwksUri rule. A Set never fetches
+// anything itself: JWKSCache is the fetcher of a running proxy, and
+// `meshfed policy explain` reads key sets from files.
 type JWKSFetcher interface {
 	FetchJWKS(uri string) ([]byte, error)
 }
@@ -79,6 +80,13 @@ type AuthnResult struct {
 	// does with the token according to the rule.
 	ForwardOriginalToken  bool   `json:"forwardOriginalToken,omitempty"`
 	OutputPayloadToHeader string `json:"outputPayloadToHeader,omitempty"`
+	// Payload is the token's payload segment, base64url as it arrived: what
+	// the proxy puts in OutputPayloadToHeader. Never printed.
+	Payload string `json:"-"`
+	// TokenHeader is the header the token was found in, which the proxy
+	// removes unless ForwardOriginalToken; empty for a query parameter or
+	// a cookie, which stay (as Envoy leaves them).
+	TokenHeader string `json:"-"`
 	// Rules are the jwtRules in force for the workload.
 	Rules []JWTRule `json:"rules"`
 }
@@ -179,8 +187,8 @@ func (l location) extract(headers map[string][]string, query url.Values) (string
 func (s *Set) Authenticate(ns string, labels map[string]string, headers map[string][]string, query url.Values, now time.Time) (AuthnResult, error) {
 	res := AuthnResult{Rules: s.JWTRules(ns, labels)}
 	type found struct {
-		token, where string
-		rules        []JWTRule
+		token, where, header string
+		rules                []JWTRule
 	}
 	var tokens []*found
 	byToken := map[string]*found{}
@@ -193,6 +201,9 @@ func (s *Set) Authenticate(ns string, labels map[string]string, headers map[stri
 			f := byToken[tok]
 			if f == nil {
 				f = &found{token: tok, where: l.String()}
+				if l.param == "" && l.cookie == "" {
+					f.header = l.header
+				}
 				byToken[tok] = f
 				tokens = append(tokens, f)
 			}
@@ -205,7 +216,7 @@ func (s *Set) Authenticate(ns string, labels map[string]string, headers map[stri
 			return AuthnResult{Rules: res.Rules}, fmt.Errorf("policy: JWT in %s: %w", f.where, err)
 		}
 		if i == 0 {
-			out.Rules, out.Found = res.Rules, f.where
+			out.Rules, out.Found, out.TokenHeader = res.Rules, f.where, f.header
 			res = out
 		}
 	}
@@ -276,7 +287,12 @@ func (s *Set) validate(token string, rules []JWTRule, now time.Time) (AuthnResul
 		}
 	}
 	azp, _ := raw["azp"].(string)
+	payload := ""
+	if parts := strings.Split(token, "."); len(parts) == 3 {
+		payload = parts[1]
+	}
 	return AuthnResult{
+		Payload:               payload,
 		Principal:             claims.Issuer + "/" + claims.Subject,
 		Issuer:                claims.Issuer,
 		Subject:               claims.Subject,

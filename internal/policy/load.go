@@ -125,6 +125,17 @@ var errOtherKind = errors.New("not a security.istio.io policy kind")
 // its subdirectories, as 'kubectl apply -f dir'), in file-name order, and
 // returns the policy set. Any bad document fails the whole load.
 func LoadDir(dir string, opts ...Option) (*Set, error) {
+	docs, err := ReadDir(dir, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return NewSet(docs, opts...)
+}
+
+// ReadDir parses the policy files of dir as LoadDir does and returns their
+// documents, for a caller that combines them with documents from elsewhere
+// before NewSet.
+func ReadDir(dir string, opts ...Option) ([]Document, error) {
 	o := newOptions(opts)
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -154,7 +165,7 @@ func LoadDir(dir string, opts ...Option) (*Set, error) {
 			return nil, fmt.Errorf("policy: %s: more than %d documents", dir, MaxDocuments)
 		}
 	}
-	return NewSet(docs, opts...)
+	return docs, nil
 }
 
 func readBounded(path string) ([]byte, error) {

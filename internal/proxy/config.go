@@ -3,6 +3,7 @@ package proxy
 import (
 	"fmt"
 	"net"
+	"path/filepath"
 	"strconv"
 
 	"github.com/meshfed/meshfed/internal/duration"
@@ -15,21 +16,29 @@ import (
 const MaxConfigBytes = 256 << 10
 
 // FileConfig is `meshfed proxy --config proxy.yaml`. Unknown keys are an
-// error. The file names no key material: certificates and bundles come from
-// the agent's Workload API socket.
+// error. The sidecar's certificates and bundles come from the agent's
+// Workload API socket; only gateways name certificate files (paths relative
+// to the file's directory).
 type FileConfig struct {
 	WorkloadAPISocket string            `json:"workload_api_socket"`
 	Namespace         string            `json:"namespace"`
 	Labels            map[string]string `json:"labels"`
 	// Policies is a directory of Istio security YAML; PeerAuthentication
 	// in it sets each inbound port's mTLS mode (PERMISSIVE without it).
-	Policies      string           `json:"policies"`
-	Inbound       []InboundConfig  `json:"inbound"`
-	Outbound      []OutboundConfig `json:"outbound"`
-	Limits        LimitsConfig     `json:"limits"`
-	MetricsListen string           `json:"metrics_listen"`
-	LogLevel      string           `json:"log_level"`
-	LogFormat     string           `json:"log_format"`
+	Policies string `json:"policies"`
+	// RootNamespace is the namespace whose policies apply mesh-wide
+	// (Istio's meshConfig.rootNamespace); default istio-system.
+	RootNamespace string `json:"root_namespace"`
+	// ServerPolicies takes the policies `meshfed policy apply` stored on
+	// the trust domain's server, streamed by the agent; default true.
+	ServerPolicies *bool            `json:"server_policies"`
+	Inbound        []InboundConfig  `json:"inbound"`
+	Outbound       []OutboundConfig `json:"outbound"`
+	Limits         LimitsConfig     `json:"limits"`
+	MetricsListen  string           `json:"metrics_listen"`
+	LogLevel       string           `json:"log_level"`
+	LogFormat      string           `json:"log_format"`
+	Gateways       GatewaysConfig   `json:"gateways"`
 }
 
 // InboundConfig is one inbound listener: it terminates mTLS (or plaintext,
@@ -44,6 +53,25 @@ type InboundConfig struct {
 	// AllowedIDs admits only these peers: exact SPIFFE IDs or
 	// "spiffe://<td>/*". Empty admits any peer the bundles verify.
 	AllowedIDs []string `json:"allowed_ids"`
+	// Protocol is "tcp" (the default: AuthorizationPolicy's TCP subset per
+	// connection) or "http" (HTTP/1.1 and, over TLS, h2: JWT
+	// RequestAuthentication and the whole AuthorizationPolicy per request,
+	// X-Forwarded-Client-Cert to the app).
+	Protocol string `json:"protocol"`
+}
+
+// Protocols of an inbound or outbound listener.
+const (
+	ProtocolTCP  = "tcp"
+	ProtocolHTTP = "http"
+)
+
+func checkProtocol(p string) error {
+	switch p {
+	case "", ProtocolTCP, ProtocolHTTP:
+		return nil
+	}
+	return fmt.Errorf("protocol %q: use %q or %q", p, ProtocolTCP, ProtocolHTTP)
 }
 
 // OutboundConfig is one outbound listener: plaintext from the local app,
@@ -55,6 +83,10 @@ type OutboundConfig struct {
 	Service    string   `json:"service"`
 	Upstream   string   `json:"upstream"`
 	AllowedIDs []string `json:"allowed_ids"`
+	// Protocol is "tcp" (the default) or "http": the app's bytes are
+	// tunnelled either way; "http" offers ALPN "http/1.1" so that an
+	// inbound HTTP listener reads them as HTTP/1.1.
+	Protocol string `json:"protocol"`
 }
 
 // LimitsConfig bounds what peers can hold. Zero means the default.
@@ -87,15 +119,16 @@ func ParseConfig(name string, data []byte) (FileConfig, error) {
 	if err := c.check(); err != nil {
 		return FileConfig{}, fmt.Errorf("proxy: config %s: %w", name, err)
 	}
+	c.Gateways.resolve(filepath.Dir(name))
 	return c, nil
 }
 
 func (c *FileConfig) check() error {
-	if c.WorkloadAPISocket == "" {
+	if c.WorkloadAPISocket == "" && len(c.Inbound)+len(c.Outbound) > 0 {
 		return fmt.Errorf("workload_api_socket is required: the agent's Workload API socket")
 	}
-	if len(c.Inbound)+len(c.Outbound) == 0 {
-		return fmt.Errorf("no inbound or outbound listeners: add at least one")
+	if len(c.Inbound)+len(c.Outbound) == 0 && c.Gateways.empty() {
+		return fmt.Errorf("no inbound or outbound listeners or gateways: add at least one")
 	}
 	if c.Limits.MaxConnections < 0 {
 		return fmt.Errorf("limits.max_connections is negative")
@@ -110,6 +143,9 @@ func (c *FileConfig) check() error {
 		if _, err := allowList(in.AllowedIDs); err != nil {
 			return fmt.Errorf("inbound[%d]: allowed_ids: %w", i, err)
 		}
+		if err := checkProtocol(in.Protocol); err != nil {
+			return fmt.Errorf("inbound[%d]: %w", i, err)
+		}
 	}
 	for i, out := range c.Outbound {
 		if out.Listen == "" || out.Service == "" || out.Upstream == "" {
@@ -121,8 +157,11 @@ func (c *FileConfig) check() error {
 		if _, err := NewSecureNaming(map[string][]string{out.Service: out.AllowedIDs}); err != nil {
 			return fmt.Errorf("outbound[%d]: %w", i, err)
 		}
+		if err := checkProtocol(out.Protocol); err != nil {
+			return fmt.Errorf("outbound[%d]: %w", i, err)
+		}
 	}
-	return nil
+	return c.Gateways.check()
 }
 
 // inboundPort is the policy port of in: Port, or the port of ForwardTo.

@@ -1,11 +1,16 @@
 // Package proxy is `meshfed proxy`, the policy enforcement point of the
-// mesh: a TCP sidecar (Sidecar: inbound listeners that terminate mTLS, or
-// plaintext as PeerAuthentication allows, and forward to the local app;
-// outbound listeners that take plaintext from the app and open mTLS to an
-// upstream with Istio's secure naming check), and its TLS core: the mTLS
+// mesh: a sidecar (Sidecar: inbound listeners that terminate mTLS, or
+// plaintext as PeerAuthentication allows, enforce AuthorizationPolicy per
+// connection on TCP ports and RequestAuthentication plus AuthorizationPolicy
+// per request on HTTP ports, and forward to the local app with
+// X-Forwarded-Client-Cert; outbound listeners that take plaintext from the
+// app and open mTLS to an upstream with Istio's secure naming check), its
+// policy loading (PolicyLoader: a directory re-read on change and the
+// server's pushed documents, a bad set refused while the last good one
+// stays), gateways with file certificates, and its TLS core: the mTLS
 // configurations of both sides, the permissive-mode sniffer that tells a TLS
 // ClientHello from plaintext, and the X-Forwarded-Client-Cert header in
-// Envoy's format. HTTP-level policy and gateways are not built yet.
+// Envoy's format.
 //
 // Certificates and trust bundles are read from a Source (go-spiffe's
 // workloadapi.X509Source satisfies it) on every handshake, so a rotation
@@ -13,7 +18,9 @@
 // peer is verified on every handshake, resumed sessions included, against
 // the bundle of the peer's own trust domain only, with pki.VerifyX509SVID.
 //
-// The package never accepts a peer without a verified X.509-SVID, never
-// pools the roots of several trust domains, and never logs or returns key
-// material.
+// A sidecar listener never accepts an mTLS peer without an X.509-SVID
+// verified against its own trust domain's bundle and never pools the roots
+// of several trust domains; a gateway verifies plain X.509 certificates
+// against the CA file it is given. The package never logs or returns key
+// material or tokens.
 package proxy

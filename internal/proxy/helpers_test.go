@@ -175,3 +175,31 @@ func handshake(t testing.TB, server, client *tls.Config) (serverState, clientSta
 	r := <-done
 	return r.cs, clientState, r.err, clientErr
 }
+
+// serve accepts on a new loopback listener (TLS with cfg, when set) until
+// the test ends, running handle on each connection in its own goroutine and
+// closing the connection afterwards. It returns the listener's address.
+func serve(t testing.TB, cfg *tls.Config, handle func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	if cfg != nil {
+		ln = tls.NewListener(ln, cfg)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}

@@ -87,27 +87,12 @@ func pemFiles(t *testing.T, dir, name string, svid *x509svid.SVID, root *x509.Ce
 // connection with "hello" and returns its address.
 func serveProxy(t *testing.T, cfg *tls.Config) string {
 	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-				if _, err := c.Write([]byte("hello\n")); err == nil {
-					_, _ = io.Copy(io.Discard, c)
-				}
-			}()
+	return serve(t, cfg, func(c net.Conn) {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte("hello\n")); err == nil {
+			_, _ = io.Copy(io.Discard, c)
 		}
-	}()
-	return ln.Addr().String()
+	})
 }
 
 func sClient(t *testing.T, addr, cert, key, ca string, args ...string) (string, int) {

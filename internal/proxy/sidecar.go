@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -32,10 +33,14 @@ const (
 	DefaultDrainTimeout     = 30 * time.Second
 )
 
-// MTLSPolicy gives the mutual TLS mode of a workload's port; *policy.Set
-// satisfies it.
-type MTLSPolicy interface {
+// Policy is the security policy the sidecar enforces for its workload:
+// the mutual TLS mode of each port (PeerAuthentication), request
+// authentication (RequestAuthentication) and authorization
+// (AuthorizationPolicy). *policy.Set satisfies it.
+type Policy interface {
 	MTLS(ns string, labels map[string]string, port uint32) policy.Decision
+	Authenticate(ns string, labels map[string]string, headers map[string][]string, query url.Values, now time.Time) (policy.AuthnResult, error)
+	Authorize(ns string, labels map[string]string, req policy.Request) policy.AuthzDecision
 }
 
 // Config is what a Sidecar runs. Listeners are bound by New.
@@ -43,12 +48,18 @@ type Config struct {
 	Source    Source
 	Namespace string
 	Labels    map[string]string
-	// Policy sets each inbound port's mode; nil means PERMISSIVE everywhere.
-	Policy   MTLSPolicy
+	// Policy is enforced on inbound listeners; nil means PERMISSIVE on
+	// every port and no authentication or authorization rules. SetPolicy
+	// replaces it while the sidecar runs.
+	Policy   Policy
 	Inbound  []InboundConfig
 	Outbound []OutboundConfig
+	// Gateways take their certificates from files; they need no Source.
+	Gateways GatewaysConfig
 	Limits   LimitsConfig
 	Logger   *slog.Logger
+	// Clock gives the time JWTs are checked against; default time.Now.
+	Clock func() time.Time
 }
 
 // Sidecar is the TCP sidecar of `meshfed proxy`: inbound listeners that
@@ -61,7 +72,12 @@ type Sidecar struct {
 	listeners []*listener
 	metrics   *metrics
 	log       *slog.Logger
+	policy    atomic.Pointer[policyRef]
+	now       func() time.Time
 }
+
+// policyRef holds the Policy in force; nil Policy means none.
+type policyRef struct{ p Policy }
 
 // listener is one bound inbound or outbound listener.
 type listener struct {
@@ -71,12 +87,17 @@ type listener struct {
 	port     uint32      // inbound: the policy port
 	tlsCfg   *tls.Config // inbound: server side; outbound: client side
 	outbound *OutboundConfig
-	active   atomic.Int64
+	gateway  *gateway     // gateway listeners only (gateway.go)
+	http     *httpInbound // inbound with protocol "http"
+	// serve handles one accepted connection; the accept loop closes it
+	// afterwards.
+	serve  func(l *listener, c net.Conn)
+	active atomic.Int64
 }
 
 // New checks cfg, fills in defaults and binds every listener.
 func New(cfg Config) (*Sidecar, error) {
-	if cfg.Source == nil {
+	if cfg.Source == nil && len(cfg.Inbound)+len(cfg.Outbound) > 0 {
 		return nil, errors.New("proxy: sidecar: no Source of SVIDs and bundles")
 	}
 	if cfg.Logger == nil {
@@ -95,7 +116,11 @@ func New(cfg Config) (*Sidecar, error) {
 	if l.DrainTimeout == 0 {
 		l.DrainTimeout = durationOf(DefaultDrainTimeout)
 	}
-	s := &Sidecar{cfg: cfg, metrics: newMetrics(), log: cfg.Logger}
+	s := &Sidecar{cfg: cfg, metrics: newMetrics(), log: cfg.Logger, now: time.Now}
+	if cfg.Clock != nil {
+		s.now = cfg.Clock
+	}
+	s.policy.Store(&policyRef{p: cfg.Policy})
 	fail := func(err error) (*Sidecar, error) {
 		for _, x := range s.listeners {
 			x.ln.Close()
@@ -120,7 +145,12 @@ func New(cfg Config) (*Sidecar, error) {
 		if err != nil {
 			return fail(fmt.Errorf("proxy: inbound %s: %w", name, err))
 		}
-		s.listeners = append(s.listeners, &listener{name: name, ln: ln, inbound: in, port: port, tlsCfg: ServerTLS(cfg.Source, authorize)})
+		l := &listener{name: name, ln: ln, inbound: in, port: port, tlsCfg: ServerTLS(cfg.Source, authorize), serve: s.serveInbound}
+		if in.Protocol == ProtocolHTTP {
+			l.tlsCfg.NextProtos = []string{"h2", "http/1.1"}
+			l.http = newHTTPInbound(s, l)
+		}
+		s.listeners = append(s.listeners, l)
 	}
 	for i := range cfg.Outbound {
 		out := &cfg.Outbound[i]
@@ -138,7 +168,13 @@ func New(cfg Config) (*Sidecar, error) {
 		}
 		tc := ClientTLS(cfg.Source, naming.Authorizer(out.Service))
 		tc.ServerName = out.Service
-		s.listeners = append(s.listeners, &listener{name: name, ln: ln, outbound: out, tlsCfg: tc})
+		if out.Protocol == ProtocolHTTP {
+			tc.NextProtos = []string{"http/1.1"}
+		}
+		s.listeners = append(s.listeners, &listener{name: name, ln: ln, outbound: out, tlsCfg: tc, serve: s.serveOutbound})
+	}
+	if err := s.addGateways(); err != nil {
+		return fail(err)
 	}
 	return s, nil
 }
@@ -150,14 +186,21 @@ type Listener struct {
 	Name, Addr, Target string
 	Inbound            bool
 	Mode               policy.Mode // inbound only, at start
+	// Gateway is "ingress" or "egress" for a gateway listener, with its
+	// tls.mode in TLSMode; Target is then its backends or upstream.
+	Gateway, TLSMode string
 }
 
 // Listeners returns the bound listeners in configuration order, inbound
-// first.
+// first, gateways last.
 func (s *Sidecar) Listeners() []Listener {
 	var out []Listener
 	for _, l := range s.listeners {
 		d := Listener{Name: l.name, Addr: l.ln.Addr().String()}
+		if l.gateway != nil {
+			out = append(out, l.gateway.describe(d))
+			continue
+		}
 		if l.inbound != nil {
 			d.Inbound, d.Target, d.Mode = true, l.inbound.ForwardTo, s.mode(l.port)
 		} else {
@@ -176,11 +219,20 @@ func (s *Sidecar) Handler() http.Handler {
 	return mux
 }
 
+// SetPolicy puts p in force for every connection and request accepted from
+// now on; connections already open keep the mode they were accepted under,
+// but every later HTTP request on them is authorized under p.
+func (s *Sidecar) SetPolicy(p Policy) { s.policy.Store(&policyRef{p: p}) }
+
+// currentPolicy is the Policy in force, or nil.
+func (s *Sidecar) currentPolicy() Policy { return s.policy.Load().p }
+
 func (s *Sidecar) mode(port uint32) policy.Mode {
-	if s.cfg.Policy == nil {
+	p := s.currentPolicy()
+	if p == nil {
 		return policy.ModePermissive
 	}
-	return s.cfg.Policy.MTLS(s.cfg.Namespace, s.cfg.Labels, port).Mode
+	return p.MTLS(s.cfg.Namespace, s.cfg.Labels, port).Mode
 }
 
 // Run serves every listener until ctx is done, then drains: it stops
@@ -199,6 +251,14 @@ func (s *Sidecar) Run(ctx context.Context) error {
 			delete(open, c)
 		}
 	}
+	var servers sync.WaitGroup
+	for _, l := range s.listeners {
+		if l.http != nil {
+			servers.Add(1)
+			go func() { defer servers.Done(); l.http.run() }()
+		}
+	}
+	defer servers.Wait()
 	var accepters sync.WaitGroup
 	errs := make(chan error, len(s.listeners))
 	for _, l := range s.listeners {
@@ -219,6 +279,18 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		for _, l := range s.listeners {
 			l.ln.Close()
 		}
+		// HTTP listeners close their idle keep-alive connections now and
+		// the rest as their requests finish.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(s.cfg.Limits.DrainTimeout))
+		defer cancel()
+		var wg sync.WaitGroup
+		for _, l := range s.listeners {
+			if l.http != nil {
+				wg.Add(1)
+				go func() { defer wg.Done(); l.http.shutdown(ctx) }()
+			}
+		}
+		wg.Wait()
 	}()
 	accepters.Wait()
 	close(stop)
@@ -282,11 +354,7 @@ func (s *Sidecar) accept(ctx context.Context, l *listener, conns *sync.WaitGroup
 			defer track(c, false)
 			defer l.active.Add(-1)
 			defer c.Close()
-			if l.inbound != nil {
-				s.serveInbound(l, c)
-			} else {
-				s.serveOutbound(l, c)
-			}
+			l.serve(l, c)
 		}()
 	}
 }
@@ -303,6 +371,7 @@ func (s *Sidecar) serveInbound(l *listener, c net.Conn) {
 		return
 	}
 	peer := "plaintext"
+	info := &connInfo{source: addrIP(c.RemoteAddr()), dest: addrIP(c.LocalAddr())}
 	switch {
 	case isTLS && mode == policy.ModeDisable:
 		s.finish(l, c, "", 0, 0, start, "tls_refused", fmt.Errorf("proxy: port %d is in DISABLE mode: TLS is refused", l.port))
@@ -318,6 +387,28 @@ func (s *Sidecar) serveInbound(l *listener, c net.Conn) {
 			return
 		}
 		conn, peer = tc, id.String()
+		st := tc.ConnectionState()
+		info.peer, info.leaf, info.sni = id, st.PeerCertificates[0], st.ServerName
+		if self, err := s.cfg.Source.GetX509SVID(); err == nil {
+			info.xfcc = XFCC(self.ID, info.leaf)
+		}
+	}
+	if l.http != nil {
+		if !l.http.serve(conn, info) {
+			s.finish(l, c, peer, 0, 0, start, "closed", errors.New("proxy: draining: the HTTP server takes no more connections"))
+			return
+		}
+		s.finish(l, c, peer, 0, 0, start, "ok", nil)
+		return
+	}
+	if pol := s.currentPolicy(); pol != nil {
+		dec := pol.Authorize(s.cfg.Namespace, s.cfg.Labels, policy.Request{TCP: true, Principal: principal(info.peer),
+			SourceIP: info.source, RemoteIP: info.source, DestIP: info.dest, Port: l.port, SNI: info.sni})
+		if !dec.Allowed {
+			s.metrics.denials.WithLabelValues(l.name, "authz", denyingPolicy(dec)).Inc()
+			s.finish(l, c, peer, 0, 0, start, "denied", fmt.Errorf("proxy: %s", dec.Reason))
+			return
+		}
 	}
 	up, err := net.DialTimeout("tcp", l.inbound.ForwardTo, time.Duration(lim.HandshakeTimeout))
 	if err != nil {
@@ -376,21 +467,27 @@ func (s *Sidecar) pipe(name string, down, up net.Conn) (rx, tx int64, result str
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
 	var nrx, ntx atomic.Int64
-	errc := make(chan error, 2)
-	cp := func(dst, src net.Conn, n *atomic.Int64) {
-		errc <- copyIdle(dst, src, n, &last, idle)
-	}
-	go cp(up, down, &nrx)
-	go cp(down, up, &ntx)
+	// The first error closes both sides, which unblocks the other
+	// direction. One direction runs on this goroutine: a connection costs
+	// one goroutine fewer.
+	var once sync.Once
 	var first error
-	for range 2 {
-		if e := <-errc; e != nil && first == nil {
-			first = e
-			// Unblock the other direction.
-			down.Close()
-			up.Close()
+	stop := func(e error) {
+		if e != nil {
+			once.Do(func() {
+				first = e
+				down.Close()
+				up.Close()
+			})
 		}
 	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		stop(copyIdle(up, down, &nrx, &last, idle))
+	}()
+	stop(copyIdle(down, up, &ntx, &last, idle))
+	<-done
 	rx, tx = nrx.Load(), ntx.Load()
 	s.metrics.bytes.WithLabelValues(name, "received").Add(float64(rx))
 	s.metrics.bytes.WithLabelValues(name, "sent").Add(float64(tx))
@@ -405,13 +502,38 @@ func (s *Sidecar) pipe(name string, down, up net.Conn) (rx, tx int64, result str
 
 var errIdle = errors.New("proxy: idle timeout")
 
+// Buffers of copyIdle. Each direction of a connection has a small buffer
+// of its own, which is all an idle connection holds. A read that fills it
+// borrows a large one from copyBufs, kept for as long as data keeps coming
+// and given back by the first read that waits releaseCopyBuf: a stream is
+// copied in large chunks, and a connection idle for a second holds only
+// its small buffers.
+const (
+	smallCopyBuf   = 2 << 10
+	largeCopyBuf   = 32 << 10
+	releaseCopyBuf = time.Second
+)
+
+var copyBufs = sync.Pool{New: func() any { return new([largeCopyBuf]byte) }}
+
 // copyIdle copies src to dst, counting into n, until src ends; then it
 // half-closes dst. A read that times out ends the copy only if neither
 // direction has moved (last) for idle.
 func copyIdle(dst, src net.Conn, n, last *atomic.Int64, idle time.Duration) error {
-	buf := make([]byte, 32<<10)
+	small := make([]byte, smallCopyBuf)
+	buf := small
+	var large *[largeCopyBuf]byte
+	defer func() {
+		if large != nil {
+			copyBufs.Put(large)
+		}
+	}()
 	for {
-		_ = src.SetReadDeadline(time.Now().Add(idle))
+		wait := idle
+		if large != nil {
+			wait = min(idle, releaseCopyBuf)
+		}
+		_ = src.SetReadDeadline(time.Now().Add(wait))
 		nr, err := src.Read(buf)
 		if nr > 0 {
 			last.Store(time.Now().UnixNano())
@@ -422,8 +544,16 @@ func copyIdle(dst, src net.Conn, n, last *atomic.Int64, idle time.Duration) erro
 				return werr
 			}
 		}
+		if large == nil && nr == len(small) {
+			large = copyBufs.Get().(*[largeCopyBuf]byte)
+			buf = large[:]
+		}
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if large != nil {
+					copyBufs.Put(large)
+					large, buf = nil, small
+				}
 				if time.Since(time.Unix(0, last.Load())) < idle {
 					continue
 				}
@@ -492,6 +622,11 @@ type metrics struct {
 	connections *prometheus.CounterVec
 	handshakes  *prometheus.CounterVec
 	bytes       *prometheus.CounterVec
+	requests    *prometheus.CounterVec
+	denials     *prometheus.CounterVec
+	// policyLoads and policyDocuments are PolicyLoader's.
+	policyLoads     *prometheus.CounterVec
+	policyDocuments prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -499,7 +634,7 @@ func newMetrics() *metrics {
 		registry: prometheus.NewRegistry(),
 		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshfed_proxy_connections_total",
-			Help: "Connections ended, by listener and result (ok, over_limit, plaintext_refused, tls_refused, handshake_failed, upstream_failed, idle_timeout, error, closed).",
+			Help: "Connections ended, by listener and result (ok, over_limit, plaintext_refused, tls_refused, handshake_failed, upstream_failed, idle_timeout, denied, error, closed).",
 		}, []string{"listener", "result"}),
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshfed_proxy_handshakes_total",
@@ -509,7 +644,23 @@ func newMetrics() *metrics {
 			Name: "meshfed_proxy_bytes_total",
 			Help: "Bytes proxied, by listener and direction relative to the accepted connection (received, sent).",
 		}, []string{"listener", "direction"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshfed_proxy_http_requests_total",
+			Help: "HTTP requests on inbound listeners, by listener and status class (2xx, 4xx, ...).",
+		}, []string{"listener", "code"}),
+		denials: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshfed_proxy_policy_denials_total",
+			Help: "Connections and requests refused by policy, by listener, stage (authn: RequestAuthentication, authz: AuthorizationPolicy) and the deciding policy (ns/name).",
+		}, []string{"listener", "stage", "policy"}),
+		policyLoads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshfed_proxy_policy_loads_total",
+			Help: "Policy sets built, by source of the change (dir, server) and result (ok; error: refused, the last good set stays in force).",
+		}, []string{"source", "result"}),
+		policyDocuments: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "meshfed_proxy_policy_documents",
+			Help: "Istio security documents in the policy set in force.",
+		}),
 	}
-	m.registry.MustRegister(m.connections, m.handshakes, m.bytes)
+	m.registry.MustRegister(m.connections, m.handshakes, m.bytes, m.requests, m.denials, m.policyLoads, m.policyDocuments)
 	return m
 }

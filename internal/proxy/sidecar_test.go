@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -30,34 +31,26 @@ const (
 	waitBudget = 10 * time.Second
 )
 
-// fixedMode is an MTLSPolicy with one mode for every port.
+// fixedMode is a Policy with one mTLS mode for every port and no request
+// authentication or authorization rules (every request allowed).
 type fixedMode policy.Mode
 
 func (m fixedMode) MTLS(string, map[string]string, uint32) policy.Decision {
 	return policy.Decision{Mode: policy.Mode(m)}
 }
 
+func (fixedMode) Authenticate(string, map[string]string, map[string][]string, url.Values, time.Time) (policy.AuthnResult, error) {
+	return policy.AuthnResult{}, nil
+}
+
+func (fixedMode) Authorize(string, map[string]string, policy.Request) policy.AuthzDecision {
+	return policy.AuthzDecision{Allowed: true, Rule: -1, Action: policy.ActionAllow, Reason: "test: no rules"}
+}
+
 // echoApp is the local app: it echoes what it reads and closes after EOF.
 func echoApp(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return serve(t, nil, func(c net.Conn) { io.Copy(c, c) })
 }
 
 // logBuf is a concurrency-safe log sink.

@@ -16,6 +16,8 @@ type metrics struct {
 	storeSeconds *prometheus.HistogramVec
 	caNotAfter   prometheus.GaugeFunc
 	watchers     prometheus.Gauge
+	// policyChanges counts ApplyPolicies and DeletePolicy calls.
+	policyChanges *prometheus.CounterVec
 }
 
 func newMetrics(caNotAfter func() float64) *metrics {
@@ -43,8 +45,12 @@ func newMetrics(caNotAfter func() float64) *metrics {
 			Name: "meshfed_server_watch_streams",
 			Help: "Agents connected to the Watch stream.",
 		}),
+		policyChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshfed_server_policy_changes_total",
+			Help: "Policy apply and delete calls, by op (apply, delete) and result (ok, invalid, not_found, error).",
+		}, []string{"op", "result"}),
 	}
-	m.registry.MustRegister(m.issued, m.issueSeconds, m.storeSeconds, m.caNotAfter, m.watchers,
+	m.registry.MustRegister(m.issued, m.issueSeconds, m.storeSeconds, m.caNotAfter, m.watchers, m.policyChanges,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

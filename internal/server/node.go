@@ -180,7 +180,8 @@ func (n *nodeService) Watch(_ *pb.WatchRequest, stream pb.Node_WatchServer) erro
 	}
 }
 
-// snapshot is what an agent needs: bundles and the entries it serves.
+// snapshot is what an agent needs: bundles, the entries it serves and the
+// policies for its proxies.
 func (s *Server) snapshot(ctx context.Context, node spiffeid.ID) (*pb.WatchResponse, error) {
 	local, fed, err := s.bundles(ctx)
 	if err != nil {
@@ -190,7 +191,12 @@ func (s *Server) snapshot(ctx context.Context, node spiffeid.ID) (*pb.WatchRespo
 	if err != nil {
 		return nil, err
 	}
-	return &pb.WatchResponse{Bundle: local, Federated: fed, Entries: entries, SigningRootKeyId: s.auth.CA().RootKeyID()}, nil
+	policies, policyRev, err := s.policySnapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.WatchResponse{Bundle: local, Federated: fed, Entries: entries, SigningRootKeyId: s.auth.CA().RootKeyID(),
+		Policies: policies, PolicyRevision: policyRev}, nil
 }
 
 // entriesFor returns the entries whose parent is node, and those parented

@@ -6,7 +6,9 @@
 // meshfed's own Node API over TLS with its own SVID (agents get X.509- and
 // JWT-SVIDs for their workloads there), an Admin API on a unix socket
 // restricted by the caller's uid, the SPIFFE bundle endpoint, and Prometheus
-// metrics with health checks.
+// metrics with health checks. It keeps the trust domain's Istio security
+// policy (applied on the Admin API, validated before it is stored) and
+// pushes it to every agent in the Watch stream.
 //
 // All durable state is in the store; several servers of one trust domain
 // share a Postgres database, each with its own CA and JWT key, and publish
@@ -90,6 +92,7 @@ type Server struct {
 	// store's revision or localGen does, and Watch streams send on a move.
 	view     atomic.Int64
 	watchers watcherSet
+	policies policyMemo // the policy messages Watch streams send
 	rotateMu sync.Mutex // one rotation step at a time
 
 	grpcLn, adminLn, bundleLn, metricsLn net.Listener

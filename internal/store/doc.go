@@ -1,7 +1,8 @@
 // Package store keeps all of a meshfed server's durable state: join tokens,
 // registration entries, attested nodes, the audit log of issued certificates,
-// this trust domain's CA keys (X.509 and JWT authorities) and the bundles of
-// federated trust domains. A server that restarts, or a second server of the
+// this trust domain's CA keys (X.509 and JWT authorities), the bundles of
+// federated trust domains and the Istio security policy documents applied to
+// the server. A server that restarts, or a second server of the
 // same trust domain on the same database, sees everything.
 //
 // Two back ends share one API and one schema (kept as versioned goose
@@ -13,8 +14,8 @@
 //
 // Concurrency is the database's: a join token is consumed by one conditional
 // UPDATE, so of any number of servers racing for it exactly one wins; changes
-// to entries, authorities and federated bundles bump a revision counter in the
-// same transaction, so a poller that sees a new revision also sees the change.
+// to entries, authorities, federated bundles and policies bump a revision
+// counter in the same transaction, so a poller that sees a new revision also sees the change.
 // Audit rows recorded at the same time are committed together, one commit
 // for many issuances; each caller still returns only once its own row is
 // committed.

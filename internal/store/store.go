@@ -99,8 +99,8 @@ func (s *Store) Ping(ctx context.Context) error {
 }
 
 // Revision is a counter that increases on every change to registration
-// entries, this trust domain's authorities or federated bundles, in the same
-// transaction as the change. Polling it is one primary-key read, so servers
+// entries, this trust domain's authorities, federated bundles or policies,
+// in the same transaction as the change. Polling it is one primary-key read, so servers
 // sharing a database can each watch it and push changes to their agents.
 func (s *Store) Revision(ctx context.Context) (int64, error) {
 	var rev int64

@@ -25,6 +25,14 @@
 // token with those same bundles (go-spiffe's jwtsvid) and answers its SPIFFE
 // ID and claims, or InvalidArgument with the reason.
 //
+// Beside the Workload API, the same socket serves meshfed's own
+// meshfed.agent.v1.PolicyDiscovery when the Config has a PolicySource: the
+// Istio security policy the trust domain's server pushes, streamed to
+// proxies as a snapshot and again after every change. Its calls need the
+// same security header and are attested the same way (Unauthenticated when
+// the caller cannot be identified); policy is not secret, so any identified
+// caller may read it, entries or not.
+//
 // The package never sends a private key anywhere but to the workload it
 // belongs to over this socket, and never logs one.
 package workloadapi

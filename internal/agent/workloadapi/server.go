@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/internal/agent/attest"
+	"github.com/meshfed/meshfed/internal/api/agentv1"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -88,6 +89,9 @@ type Config struct {
 	Clock pki.Clock
 	// Logger defaults to discarding.
 	Logger *slog.Logger
+	// Policies, when set, is served as meshfed.agent.v1.PolicyDiscovery on
+	// the same socket. It defaults to Source when Source is a PolicySource.
+	Policies PolicySource
 }
 
 // Server serves the Workload API on one unix socket.
@@ -145,6 +149,12 @@ func New(cfg Config) (*Server, error) {
 		grpc.ChainStreamInterceptor(streamHeaderCheck),
 	)
 	workload.RegisterSpiffeWorkloadAPIServer(s.grpc, &handler{s: s})
+	if cfg.Policies == nil {
+		cfg.Policies, _ = cfg.Source.(PolicySource)
+	}
+	if cfg.Policies != nil {
+		agentv1.RegisterPolicyDiscoveryServer(s.grpc, &policyHandler{s: s, src: cfg.Policies})
+	}
 	return s, nil
 }
 

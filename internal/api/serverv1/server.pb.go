@@ -901,8 +901,15 @@ type WatchResponse struct {
 	// rotation, or a server that joined a VirtualMesh), instead of waiting for
 	// their half life.
 	SigningRootKeyId []byte `protobuf:"bytes,5,opt,name=signing_root_key_id,json=signingRootKeyId,proto3" json:"signing_root_key_id,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Every Istio security policy document stored on the server
+	// (`meshfed policy apply`), for the proxies of every workload; the same
+	// for all agents of the trust domain.
+	Policies []*Policy `protobuf:"bytes,6,rep,name=policies,proto3" json:"policies,omitempty"`
+	// The store revision of the last change to the policies (0: never
+	// changed). It moves only when the policies do.
+	PolicyRevision int64 `protobuf:"varint,7,opt,name=policy_revision,json=policyRevision,proto3" json:"policy_revision,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *WatchResponse) Reset() {
@@ -970,6 +977,129 @@ func (x *WatchResponse) GetSigningRootKeyId() []byte {
 	return nil
 }
 
+func (x *WatchResponse) GetPolicies() []*Policy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetPolicyRevision() int64 {
+	if x != nil {
+		return x.PolicyRevision
+	}
+	return 0
+}
+
+// Policy is one Istio security policy document (PeerAuthentication,
+// RequestAuthentication or AuthorizationPolicy) stored on the server.
+type Policy struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Kind      string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Namespace string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// The document as applied: one YAML (or JSON) document, comments kept,
+	// that policy parsing reads on its own.
+	Yaml []byte `protobuf:"bytes,4,opt,name=yaml,proto3" json:"yaml,omitempty"`
+	// Unix milliseconds. The creation time is kept when the document is
+	// applied again: it is the creationTimestamp by which Istio lets the
+	// oldest policy win.
+	CreatedAtMs int64 `protobuf:"varint,5,opt,name=created_at_ms,json=createdAtMs,proto3" json:"created_at_ms,omitempty"`
+	UpdatedAtMs int64 `protobuf:"varint,6,opt,name=updated_at_ms,json=updatedAtMs,proto3" json:"updated_at_ms,omitempty"`
+	// 1 when created, one more each time its YAML changes.
+	Generation int64 `protobuf:"varint,7,opt,name=generation,proto3" json:"generation,omitempty"`
+	// The store revision of its last change.
+	Revision      int64 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Policy) Reset() {
+	*x = Policy{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Policy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Policy) ProtoMessage() {}
+
+func (x *Policy) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Policy.ProtoReflect.Descriptor instead.
+func (*Policy) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Policy) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Policy) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Policy) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Policy) GetYaml() []byte {
+	if x != nil {
+		return x.Yaml
+	}
+	return nil
+}
+
+func (x *Policy) GetCreatedAtMs() int64 {
+	if x != nil {
+		return x.CreatedAtMs
+	}
+	return 0
+}
+
+func (x *Policy) GetUpdatedAtMs() int64 {
+	if x != nil {
+		return x.UpdatedAtMs
+	}
+	return 0
+}
+
+func (x *Policy) GetGeneration() int64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *Policy) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 type CreateJoinTokenRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
@@ -980,7 +1110,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[15]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -992,7 +1122,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[15]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1005,7 +1135,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{15}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CreateJoinTokenRequest) GetSpiffeId() string {
@@ -1033,7 +1163,7 @@ type CreateJoinTokenResponse struct {
 
 func (x *CreateJoinTokenResponse) Reset() {
 	*x = CreateJoinTokenResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[16]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1045,7 +1175,7 @@ func (x *CreateJoinTokenResponse) String() string {
 func (*CreateJoinTokenResponse) ProtoMessage() {}
 
 func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[16]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1058,7 +1188,7 @@ func (x *CreateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{16}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CreateJoinTokenResponse) GetToken() string {
@@ -1084,7 +1214,7 @@ type CreateEntryRequest struct {
 
 func (x *CreateEntryRequest) Reset() {
 	*x = CreateEntryRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[17]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1096,7 +1226,7 @@ func (x *CreateEntryRequest) String() string {
 func (*CreateEntryRequest) ProtoMessage() {}
 
 func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[17]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1109,7 +1239,7 @@ func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEntryRequest.ProtoReflect.Descriptor instead.
 func (*CreateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{17}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CreateEntryRequest) GetEntry() *Entry {
@@ -1128,7 +1258,7 @@ type GetEntryRequest struct {
 
 func (x *GetEntryRequest) Reset() {
 	*x = GetEntryRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[18]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1140,7 +1270,7 @@ func (x *GetEntryRequest) String() string {
 func (*GetEntryRequest) ProtoMessage() {}
 
 func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[18]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1153,7 +1283,7 @@ func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
 func (*GetEntryRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{18}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetEntryRequest) GetId() string {
@@ -1173,7 +1303,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[19]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1185,7 +1315,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[19]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1198,7 +1328,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{19}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ListEntriesRequest) GetParentId() string {
@@ -1224,7 +1354,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[20]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1236,7 +1366,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[20]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1249,7 +1379,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{20}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -1268,7 +1398,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[21]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1280,7 +1410,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[21]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1293,7 +1423,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{21}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -1311,7 +1441,7 @@ type DeleteEntryResponse struct {
 
 func (x *DeleteEntryResponse) Reset() {
 	*x = DeleteEntryResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[22]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1453,7 @@ func (x *DeleteEntryResponse) String() string {
 func (*DeleteEntryResponse) ProtoMessage() {}
 
 func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[22]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1466,7 @@ func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{22}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{23}
 }
 
 type GetBundleRequest struct {
@@ -1347,7 +1477,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[23]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1359,7 +1489,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[23]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1372,7 +1502,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{23}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{24}
 }
 
 type ListFederatedBundlesRequest struct {
@@ -1383,7 +1513,7 @@ type ListFederatedBundlesRequest struct {
 
 func (x *ListFederatedBundlesRequest) Reset() {
 	*x = ListFederatedBundlesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[24]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1395,7 +1525,7 @@ func (x *ListFederatedBundlesRequest) String() string {
 func (*ListFederatedBundlesRequest) ProtoMessage() {}
 
 func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[24]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1408,7 +1538,7 @@ func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederatedBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListFederatedBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{24}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{25}
 }
 
 type ListFederatedBundlesResponse struct {
@@ -1422,7 +1552,7 @@ type ListFederatedBundlesResponse struct {
 
 func (x *ListFederatedBundlesResponse) Reset() {
 	*x = ListFederatedBundlesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[25]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1434,7 +1564,7 @@ func (x *ListFederatedBundlesResponse) String() string {
 func (*ListFederatedBundlesResponse) ProtoMessage() {}
 
 func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[25]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1447,7 +1577,7 @@ func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederatedBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListFederatedBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{25}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListFederatedBundlesResponse) GetBundles() []*Bundle {
@@ -1493,7 +1623,7 @@ type FederationPeer struct {
 
 func (x *FederationPeer) Reset() {
 	*x = FederationPeer{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[26]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1505,7 +1635,7 @@ func (x *FederationPeer) String() string {
 func (*FederationPeer) ProtoMessage() {}
 
 func (x *FederationPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[26]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1518,7 +1648,7 @@ func (x *FederationPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationPeer.ProtoReflect.Descriptor instead.
 func (*FederationPeer) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{26}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *FederationPeer) GetTrustDomain() string {
@@ -1642,7 +1772,7 @@ type RefreshFederatedBundleRequest struct {
 
 func (x *RefreshFederatedBundleRequest) Reset() {
 	*x = RefreshFederatedBundleRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[27]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1654,7 +1784,7 @@ func (x *RefreshFederatedBundleRequest) String() string {
 func (*RefreshFederatedBundleRequest) ProtoMessage() {}
 
 func (x *RefreshFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[27]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1667,7 +1797,7 @@ func (x *RefreshFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*RefreshFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{27}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RefreshFederatedBundleRequest) GetTrustDomain() string {
@@ -1686,7 +1816,7 @@ type DeleteFederatedBundleRequest struct {
 
 func (x *DeleteFederatedBundleRequest) Reset() {
 	*x = DeleteFederatedBundleRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[28]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1698,7 +1828,7 @@ func (x *DeleteFederatedBundleRequest) String() string {
 func (*DeleteFederatedBundleRequest) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[28]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1711,7 +1841,7 @@ func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{28}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *DeleteFederatedBundleRequest) GetTrustDomain() string {
@@ -1729,7 +1859,7 @@ type DeleteFederatedBundleResponse struct {
 
 func (x *DeleteFederatedBundleResponse) Reset() {
 	*x = DeleteFederatedBundleResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[29]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1741,7 +1871,7 @@ func (x *DeleteFederatedBundleResponse) String() string {
 func (*DeleteFederatedBundleResponse) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[29]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1754,7 +1884,7 @@ func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{29}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{30}
 }
 
 type Issued struct {
@@ -1775,7 +1905,7 @@ type Issued struct {
 
 func (x *Issued) Reset() {
 	*x = Issued{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[30]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1787,7 +1917,7 @@ func (x *Issued) String() string {
 func (*Issued) ProtoMessage() {}
 
 func (x *Issued) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[30]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1800,7 +1930,7 @@ func (x *Issued) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Issued.ProtoReflect.Descriptor instead.
 func (*Issued) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{30}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Issued) GetSerial() string {
@@ -1870,7 +2000,7 @@ type ListIssuedRequest struct {
 
 func (x *ListIssuedRequest) Reset() {
 	*x = ListIssuedRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[31]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1882,7 +2012,7 @@ func (x *ListIssuedRequest) String() string {
 func (*ListIssuedRequest) ProtoMessage() {}
 
 func (x *ListIssuedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[31]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1895,7 +2025,7 @@ func (x *ListIssuedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIssuedRequest.ProtoReflect.Descriptor instead.
 func (*ListIssuedRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{31}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListIssuedRequest) GetSpiffeId() string {
@@ -1928,7 +2058,7 @@ type ListIssuedResponse struct {
 
 func (x *ListIssuedResponse) Reset() {
 	*x = ListIssuedResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[32]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1940,7 +2070,7 @@ func (x *ListIssuedResponse) String() string {
 func (*ListIssuedResponse) ProtoMessage() {}
 
 func (x *ListIssuedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[32]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1953,7 +2083,7 @@ func (x *ListIssuedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIssuedResponse.ProtoReflect.Descriptor instead.
 func (*ListIssuedResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{32}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListIssuedResponse) GetIssued() []*Issued {
@@ -1976,7 +2106,7 @@ type AttestedNode struct {
 
 func (x *AttestedNode) Reset() {
 	*x = AttestedNode{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[33]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1988,7 +2118,7 @@ func (x *AttestedNode) String() string {
 func (*AttestedNode) ProtoMessage() {}
 
 func (x *AttestedNode) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[33]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2001,7 +2131,7 @@ func (x *AttestedNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestedNode.ProtoReflect.Descriptor instead.
 func (*AttestedNode) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{33}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AttestedNode) GetSpiffeId() string {
@@ -2047,7 +2177,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[34]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2059,7 +2189,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[34]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2072,7 +2202,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{34}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{35}
 }
 
 type ListNodesResponse struct {
@@ -2084,7 +2214,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[35]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2096,7 +2226,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[35]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2109,7 +2239,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{35}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListNodesResponse) GetNodes() []*AttestedNode {
@@ -2117,6 +2247,427 @@ func (x *ListNodesResponse) GetNodes() []*AttestedNode {
 		return x.Nodes
 	}
 	return nil
+}
+
+type PolicyFile struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Named in errors ("policy: NAME:LINE: ..."); the CLI sends the path as
+	// given, or "-" for stdin.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Multi-document YAML or JSON, at most 1 MiB.
+	Data          []byte `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyFile) Reset() {
+	*x = PolicyFile{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyFile) ProtoMessage() {}
+
+func (x *PolicyFile) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
+func (*PolicyFile) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *PolicyFile) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PolicyFile) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type ApplyPoliciesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Files []*PolicyFile          `protobuf:"bytes,1,rep,name=files,proto3" json:"files,omitempty"`
+	// Validate only; store nothing.
+	DryRun        bool `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyPoliciesRequest) Reset() {
+	*x = ApplyPoliciesRequest{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyPoliciesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyPoliciesRequest) ProtoMessage() {}
+
+func (x *ApplyPoliciesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyPoliciesRequest.ProtoReflect.Descriptor instead.
+func (*ApplyPoliciesRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *ApplyPoliciesRequest) GetFiles() []*PolicyFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *ApplyPoliciesRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type AppliedPolicy struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Kind      string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Namespace string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name      string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// "created", "configured" or "unchanged", as kubectl apply says.
+	Result        string `protobuf:"bytes,4,opt,name=result,proto3" json:"result,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppliedPolicy) Reset() {
+	*x = AppliedPolicy{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppliedPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppliedPolicy) ProtoMessage() {}
+
+func (x *AppliedPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppliedPolicy.ProtoReflect.Descriptor instead.
+func (*AppliedPolicy) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *AppliedPolicy) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *AppliedPolicy) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *AppliedPolicy) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AppliedPolicy) GetResult() string {
+	if x != nil {
+		return x.Result
+	}
+	return ""
+}
+
+type ApplyPoliciesResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Policies       []*AppliedPolicy       `protobuf:"bytes,1,rep,name=policies,proto3" json:"policies,omitempty"`
+	PolicyRevision int64                  `protobuf:"varint,2,opt,name=policy_revision,json=policyRevision,proto3" json:"policy_revision,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ApplyPoliciesResponse) Reset() {
+	*x = ApplyPoliciesResponse{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyPoliciesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyPoliciesResponse) ProtoMessage() {}
+
+func (x *ApplyPoliciesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyPoliciesResponse.ProtoReflect.Descriptor instead.
+func (*ApplyPoliciesResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *ApplyPoliciesResponse) GetPolicies() []*AppliedPolicy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+func (x *ApplyPoliciesResponse) GetPolicyRevision() int64 {
+	if x != nil {
+		return x.PolicyRevision
+	}
+	return 0
+}
+
+type ListPoliciesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPoliciesRequest) Reset() {
+	*x = ListPoliciesRequest{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPoliciesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPoliciesRequest) ProtoMessage() {}
+
+func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
+func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{41}
+}
+
+type ListPoliciesResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Policies       []*Policy              `protobuf:"bytes,1,rep,name=policies,proto3" json:"policies,omitempty"`
+	PolicyRevision int64                  `protobuf:"varint,2,opt,name=policy_revision,json=policyRevision,proto3" json:"policy_revision,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ListPoliciesResponse) Reset() {
+	*x = ListPoliciesResponse{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPoliciesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPoliciesResponse) ProtoMessage() {}
+
+func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
+func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ListPoliciesResponse) GetPolicies() []*Policy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+func (x *ListPoliciesResponse) GetPolicyRevision() int64 {
+	if x != nil {
+		return x.PolicyRevision
+	}
+	return 0
+}
+
+type DeletePolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Namespace     string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Name          string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeletePolicyRequest) Reset() {
+	*x = DeletePolicyRequest{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeletePolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeletePolicyRequest) ProtoMessage() {}
+
+func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
+func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *DeletePolicyRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *DeletePolicyRequest) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *DeletePolicyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type DeletePolicyResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	PolicyRevision int64                  `protobuf:"varint,1,opt,name=policy_revision,json=policyRevision,proto3" json:"policy_revision,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DeletePolicyResponse) Reset() {
+	*x = DeletePolicyResponse{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeletePolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeletePolicyResponse) ProtoMessage() {}
+
+func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
+func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *DeletePolicyResponse) GetPolicyRevision() int64 {
+	if x != nil {
+		return x.PolicyRevision
+	}
+	return 0
 }
 
 var File_meshfed_server_v1_server_proto protoreflect.FileDescriptor
@@ -2187,13 +2738,26 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\x14FetchBundlesResponse\x121\n" +
 	"\x06bundle\x18\x01 \x01(\v2\x19.meshfed.server.v1.BundleR\x06bundle\x127\n" +
 	"\tfederated\x18\x02 \x03(\v2\x19.meshfed.server.v1.BundleR\tfederated\"\x0e\n" +
-	"\fWatchRequest\"\xfa\x01\n" +
+	"\fWatchRequest\"\xda\x02\n" +
 	"\rWatchResponse\x121\n" +
 	"\x06bundle\x18\x01 \x01(\v2\x19.meshfed.server.v1.BundleR\x06bundle\x127\n" +
 	"\tfederated\x18\x02 \x03(\v2\x19.meshfed.server.v1.BundleR\tfederated\x122\n" +
 	"\aentries\x18\x03 \x03(\v2\x18.meshfed.server.v1.EntryR\aentries\x12\x1a\n" +
 	"\brevision\x18\x04 \x01(\x03R\brevision\x12-\n" +
-	"\x13signing_root_key_id\x18\x05 \x01(\fR\x10signingRootKeyId\"V\n" +
+	"\x13signing_root_key_id\x18\x05 \x01(\fR\x10signingRootKeyId\x125\n" +
+	"\bpolicies\x18\x06 \x03(\v2\x19.meshfed.server.v1.PolicyR\bpolicies\x12'\n" +
+	"\x0fpolicy_revision\x18\a \x01(\x03R\x0epolicyRevision\"\xe6\x01\n" +
+	"\x06Policy\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x12\n" +
+	"\x04yaml\x18\x04 \x01(\fR\x04yaml\x12\"\n" +
+	"\rcreated_at_ms\x18\x05 \x01(\x03R\vcreatedAtMs\x12\"\n" +
+	"\rupdated_at_ms\x18\x06 \x01(\x03R\vupdatedAtMs\x12\x1e\n" +
+	"\n" +
+	"generation\x18\a \x01(\x03R\n" +
+	"generation\x12\x1a\n" +
+	"\brevision\x18\b \x01(\x03R\brevision\"V\n" +
 	"\x16CreateJoinTokenRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
@@ -2268,14 +2832,39 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"expires_at\x18\x05 \x01(\x03R\texpiresAt\"\x12\n" +
 	"\x10ListNodesRequest\"J\n" +
 	"\x11ListNodesResponse\x125\n" +
-	"\x05nodes\x18\x01 \x03(\v2\x1f.meshfed.server.v1.AttestedNodeR\x05nodes2\xc3\x03\n" +
+	"\x05nodes\x18\x01 \x03(\v2\x1f.meshfed.server.v1.AttestedNodeR\x05nodes\"4\n" +
+	"\n" +
+	"PolicyFile\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"d\n" +
+	"\x14ApplyPoliciesRequest\x123\n" +
+	"\x05files\x18\x01 \x03(\v2\x1d.meshfed.server.v1.PolicyFileR\x05files\x12\x17\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"m\n" +
+	"\rAppliedPolicy\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x16\n" +
+	"\x06result\x18\x04 \x01(\tR\x06result\"~\n" +
+	"\x15ApplyPoliciesResponse\x12<\n" +
+	"\bpolicies\x18\x01 \x03(\v2 .meshfed.server.v1.AppliedPolicyR\bpolicies\x12'\n" +
+	"\x0fpolicy_revision\x18\x02 \x01(\x03R\x0epolicyRevision\"\x15\n" +
+	"\x13ListPoliciesRequest\"v\n" +
+	"\x14ListPoliciesResponse\x125\n" +
+	"\bpolicies\x18\x01 \x03(\v2\x19.meshfed.server.v1.PolicyR\bpolicies\x12'\n" +
+	"\x0fpolicy_revision\x18\x02 \x01(\x03R\x0epolicyRevision\"[\n" +
+	"\x13DeletePolicyRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\"?\n" +
+	"\x14DeletePolicyResponse\x12'\n" +
+	"\x0fpolicy_revision\x18\x01 \x01(\x03R\x0epolicyRevision2\xc3\x03\n" +
 	"\x04Node\x12Y\n" +
 	"\n" +
 	"AttestNode\x12$.meshfed.server.v1.AttestNodeRequest\x1a%.meshfed.server.v1.AttestNodeResponse\x12_\n" +
 	"\fSignX509SVID\x12&.meshfed.server.v1.SignX509SVIDRequest\x1a'.meshfed.server.v1.SignX509SVIDResponse\x12P\n" +
 	"\vSignJWTSVID\x12%.meshfed.server.v1.SignJWTSVIDRequest\x1a\x1a.meshfed.server.v1.JWTSVID\x12_\n" +
 	"\fFetchBundles\x12&.meshfed.server.v1.FetchBundlesRequest\x1a'.meshfed.server.v1.FetchBundlesResponse\x12L\n" +
-	"\x05Watch\x12\x1f.meshfed.server.v1.WatchRequest\x1a .meshfed.server.v1.WatchResponse0\x012\xf7\b\n" +
+	"\x05Watch\x12\x1f.meshfed.server.v1.WatchRequest\x1a .meshfed.server.v1.WatchResponse0\x012\x9d\v\n" +
 	"\x05Admin\x12h\n" +
 	"\x0fCreateJoinToken\x12).meshfed.server.v1.CreateJoinTokenRequest\x1a*.meshfed.server.v1.CreateJoinTokenResponse\x12N\n" +
 	"\vCreateEntry\x12%.meshfed.server.v1.CreateEntryRequest\x1a\x18.meshfed.server.v1.Entry\x12H\n" +
@@ -2289,7 +2878,10 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\x16RefreshFederatedBundle\x120.meshfed.server.v1.RefreshFederatedBundleRequest\x1a!.meshfed.server.v1.FederationPeer\x12Y\n" +
 	"\n" +
 	"ListIssued\x12$.meshfed.server.v1.ListIssuedRequest\x1a%.meshfed.server.v1.ListIssuedResponse\x12V\n" +
-	"\tListNodes\x12#.meshfed.server.v1.ListNodesRequest\x1a$.meshfed.server.v1.ListNodesResponseB;Z9github.com/meshfed/meshfed/internal/api/serverv1;serverv1b\x06proto3"
+	"\tListNodes\x12#.meshfed.server.v1.ListNodesRequest\x1a$.meshfed.server.v1.ListNodesResponse\x12b\n" +
+	"\rApplyPolicies\x12'.meshfed.server.v1.ApplyPoliciesRequest\x1a(.meshfed.server.v1.ApplyPoliciesResponse\x12_\n" +
+	"\fListPolicies\x12&.meshfed.server.v1.ListPoliciesRequest\x1a'.meshfed.server.v1.ListPoliciesResponse\x12_\n" +
+	"\fDeletePolicy\x12&.meshfed.server.v1.DeletePolicyRequest\x1a'.meshfed.server.v1.DeletePolicyResponseB;Z9github.com/meshfed/meshfed/internal/api/serverv1;serverv1b\x06proto3"
 
 var (
 	file_meshfed_server_v1_server_proto_rawDescOnce sync.Once
@@ -2303,7 +2895,7 @@ func file_meshfed_server_v1_server_proto_rawDescGZIP() []byte {
 	return file_meshfed_server_v1_server_proto_rawDescData
 }
 
-var file_meshfed_server_v1_server_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_meshfed_server_v1_server_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_meshfed_server_v1_server_proto_goTypes = []any{
 	(*X509SVID)(nil),                      // 0: meshfed.server.v1.X509SVID
 	(*Bundle)(nil),                        // 1: meshfed.server.v1.Bundle
@@ -2320,27 +2912,36 @@ var file_meshfed_server_v1_server_proto_goTypes = []any{
 	(*FetchBundlesResponse)(nil),          // 12: meshfed.server.v1.FetchBundlesResponse
 	(*WatchRequest)(nil),                  // 13: meshfed.server.v1.WatchRequest
 	(*WatchResponse)(nil),                 // 14: meshfed.server.v1.WatchResponse
-	(*CreateJoinTokenRequest)(nil),        // 15: meshfed.server.v1.CreateJoinTokenRequest
-	(*CreateJoinTokenResponse)(nil),       // 16: meshfed.server.v1.CreateJoinTokenResponse
-	(*CreateEntryRequest)(nil),            // 17: meshfed.server.v1.CreateEntryRequest
-	(*GetEntryRequest)(nil),               // 18: meshfed.server.v1.GetEntryRequest
-	(*ListEntriesRequest)(nil),            // 19: meshfed.server.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),           // 20: meshfed.server.v1.ListEntriesResponse
-	(*DeleteEntryRequest)(nil),            // 21: meshfed.server.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),           // 22: meshfed.server.v1.DeleteEntryResponse
-	(*GetBundleRequest)(nil),              // 23: meshfed.server.v1.GetBundleRequest
-	(*ListFederatedBundlesRequest)(nil),   // 24: meshfed.server.v1.ListFederatedBundlesRequest
-	(*ListFederatedBundlesResponse)(nil),  // 25: meshfed.server.v1.ListFederatedBundlesResponse
-	(*FederationPeer)(nil),                // 26: meshfed.server.v1.FederationPeer
-	(*RefreshFederatedBundleRequest)(nil), // 27: meshfed.server.v1.RefreshFederatedBundleRequest
-	(*DeleteFederatedBundleRequest)(nil),  // 28: meshfed.server.v1.DeleteFederatedBundleRequest
-	(*DeleteFederatedBundleResponse)(nil), // 29: meshfed.server.v1.DeleteFederatedBundleResponse
-	(*Issued)(nil),                        // 30: meshfed.server.v1.Issued
-	(*ListIssuedRequest)(nil),             // 31: meshfed.server.v1.ListIssuedRequest
-	(*ListIssuedResponse)(nil),            // 32: meshfed.server.v1.ListIssuedResponse
-	(*AttestedNode)(nil),                  // 33: meshfed.server.v1.AttestedNode
-	(*ListNodesRequest)(nil),              // 34: meshfed.server.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),             // 35: meshfed.server.v1.ListNodesResponse
+	(*Policy)(nil),                        // 15: meshfed.server.v1.Policy
+	(*CreateJoinTokenRequest)(nil),        // 16: meshfed.server.v1.CreateJoinTokenRequest
+	(*CreateJoinTokenResponse)(nil),       // 17: meshfed.server.v1.CreateJoinTokenResponse
+	(*CreateEntryRequest)(nil),            // 18: meshfed.server.v1.CreateEntryRequest
+	(*GetEntryRequest)(nil),               // 19: meshfed.server.v1.GetEntryRequest
+	(*ListEntriesRequest)(nil),            // 20: meshfed.server.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),           // 21: meshfed.server.v1.ListEntriesResponse
+	(*DeleteEntryRequest)(nil),            // 22: meshfed.server.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),           // 23: meshfed.server.v1.DeleteEntryResponse
+	(*GetBundleRequest)(nil),              // 24: meshfed.server.v1.GetBundleRequest
+	(*ListFederatedBundlesRequest)(nil),   // 25: meshfed.server.v1.ListFederatedBundlesRequest
+	(*ListFederatedBundlesResponse)(nil),  // 26: meshfed.server.v1.ListFederatedBundlesResponse
+	(*FederationPeer)(nil),                // 27: meshfed.server.v1.FederationPeer
+	(*RefreshFederatedBundleRequest)(nil), // 28: meshfed.server.v1.RefreshFederatedBundleRequest
+	(*DeleteFederatedBundleRequest)(nil),  // 29: meshfed.server.v1.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil), // 30: meshfed.server.v1.DeleteFederatedBundleResponse
+	(*Issued)(nil),                        // 31: meshfed.server.v1.Issued
+	(*ListIssuedRequest)(nil),             // 32: meshfed.server.v1.ListIssuedRequest
+	(*ListIssuedResponse)(nil),            // 33: meshfed.server.v1.ListIssuedResponse
+	(*AttestedNode)(nil),                  // 34: meshfed.server.v1.AttestedNode
+	(*ListNodesRequest)(nil),              // 35: meshfed.server.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),             // 36: meshfed.server.v1.ListNodesResponse
+	(*PolicyFile)(nil),                    // 37: meshfed.server.v1.PolicyFile
+	(*ApplyPoliciesRequest)(nil),          // 38: meshfed.server.v1.ApplyPoliciesRequest
+	(*AppliedPolicy)(nil),                 // 39: meshfed.server.v1.AppliedPolicy
+	(*ApplyPoliciesResponse)(nil),         // 40: meshfed.server.v1.ApplyPoliciesResponse
+	(*ListPoliciesRequest)(nil),           // 41: meshfed.server.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),          // 42: meshfed.server.v1.ListPoliciesResponse
+	(*DeletePolicyRequest)(nil),           // 43: meshfed.server.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),          // 44: meshfed.server.v1.DeletePolicyResponse
 }
 var file_meshfed_server_v1_server_proto_depIdxs = []int32{
 	2,  // 0: meshfed.server.v1.Entry.selectors:type_name -> meshfed.server.v1.Selector
@@ -2353,51 +2954,61 @@ var file_meshfed_server_v1_server_proto_depIdxs = []int32{
 	1,  // 7: meshfed.server.v1.WatchResponse.bundle:type_name -> meshfed.server.v1.Bundle
 	1,  // 8: meshfed.server.v1.WatchResponse.federated:type_name -> meshfed.server.v1.Bundle
 	3,  // 9: meshfed.server.v1.WatchResponse.entries:type_name -> meshfed.server.v1.Entry
-	3,  // 10: meshfed.server.v1.CreateEntryRequest.entry:type_name -> meshfed.server.v1.Entry
-	3,  // 11: meshfed.server.v1.ListEntriesResponse.entries:type_name -> meshfed.server.v1.Entry
-	1,  // 12: meshfed.server.v1.ListFederatedBundlesResponse.bundles:type_name -> meshfed.server.v1.Bundle
-	26, // 13: meshfed.server.v1.ListFederatedBundlesResponse.peers:type_name -> meshfed.server.v1.FederationPeer
-	30, // 14: meshfed.server.v1.ListIssuedResponse.issued:type_name -> meshfed.server.v1.Issued
-	33, // 15: meshfed.server.v1.ListNodesResponse.nodes:type_name -> meshfed.server.v1.AttestedNode
-	4,  // 16: meshfed.server.v1.Node.AttestNode:input_type -> meshfed.server.v1.AttestNodeRequest
-	7,  // 17: meshfed.server.v1.Node.SignX509SVID:input_type -> meshfed.server.v1.SignX509SVIDRequest
-	9,  // 18: meshfed.server.v1.Node.SignJWTSVID:input_type -> meshfed.server.v1.SignJWTSVIDRequest
-	11, // 19: meshfed.server.v1.Node.FetchBundles:input_type -> meshfed.server.v1.FetchBundlesRequest
-	13, // 20: meshfed.server.v1.Node.Watch:input_type -> meshfed.server.v1.WatchRequest
-	15, // 21: meshfed.server.v1.Admin.CreateJoinToken:input_type -> meshfed.server.v1.CreateJoinTokenRequest
-	17, // 22: meshfed.server.v1.Admin.CreateEntry:input_type -> meshfed.server.v1.CreateEntryRequest
-	18, // 23: meshfed.server.v1.Admin.GetEntry:input_type -> meshfed.server.v1.GetEntryRequest
-	19, // 24: meshfed.server.v1.Admin.ListEntries:input_type -> meshfed.server.v1.ListEntriesRequest
-	21, // 25: meshfed.server.v1.Admin.DeleteEntry:input_type -> meshfed.server.v1.DeleteEntryRequest
-	23, // 26: meshfed.server.v1.Admin.GetBundle:input_type -> meshfed.server.v1.GetBundleRequest
-	24, // 27: meshfed.server.v1.Admin.ListFederatedBundles:input_type -> meshfed.server.v1.ListFederatedBundlesRequest
-	1,  // 28: meshfed.server.v1.Admin.SetFederatedBundle:input_type -> meshfed.server.v1.Bundle
-	28, // 29: meshfed.server.v1.Admin.DeleteFederatedBundle:input_type -> meshfed.server.v1.DeleteFederatedBundleRequest
-	27, // 30: meshfed.server.v1.Admin.RefreshFederatedBundle:input_type -> meshfed.server.v1.RefreshFederatedBundleRequest
-	31, // 31: meshfed.server.v1.Admin.ListIssued:input_type -> meshfed.server.v1.ListIssuedRequest
-	34, // 32: meshfed.server.v1.Admin.ListNodes:input_type -> meshfed.server.v1.ListNodesRequest
-	5,  // 33: meshfed.server.v1.Node.AttestNode:output_type -> meshfed.server.v1.AttestNodeResponse
-	8,  // 34: meshfed.server.v1.Node.SignX509SVID:output_type -> meshfed.server.v1.SignX509SVIDResponse
-	10, // 35: meshfed.server.v1.Node.SignJWTSVID:output_type -> meshfed.server.v1.JWTSVID
-	12, // 36: meshfed.server.v1.Node.FetchBundles:output_type -> meshfed.server.v1.FetchBundlesResponse
-	14, // 37: meshfed.server.v1.Node.Watch:output_type -> meshfed.server.v1.WatchResponse
-	16, // 38: meshfed.server.v1.Admin.CreateJoinToken:output_type -> meshfed.server.v1.CreateJoinTokenResponse
-	3,  // 39: meshfed.server.v1.Admin.CreateEntry:output_type -> meshfed.server.v1.Entry
-	3,  // 40: meshfed.server.v1.Admin.GetEntry:output_type -> meshfed.server.v1.Entry
-	20, // 41: meshfed.server.v1.Admin.ListEntries:output_type -> meshfed.server.v1.ListEntriesResponse
-	22, // 42: meshfed.server.v1.Admin.DeleteEntry:output_type -> meshfed.server.v1.DeleteEntryResponse
-	1,  // 43: meshfed.server.v1.Admin.GetBundle:output_type -> meshfed.server.v1.Bundle
-	25, // 44: meshfed.server.v1.Admin.ListFederatedBundles:output_type -> meshfed.server.v1.ListFederatedBundlesResponse
-	1,  // 45: meshfed.server.v1.Admin.SetFederatedBundle:output_type -> meshfed.server.v1.Bundle
-	29, // 46: meshfed.server.v1.Admin.DeleteFederatedBundle:output_type -> meshfed.server.v1.DeleteFederatedBundleResponse
-	26, // 47: meshfed.server.v1.Admin.RefreshFederatedBundle:output_type -> meshfed.server.v1.FederationPeer
-	32, // 48: meshfed.server.v1.Admin.ListIssued:output_type -> meshfed.server.v1.ListIssuedResponse
-	35, // 49: meshfed.server.v1.Admin.ListNodes:output_type -> meshfed.server.v1.ListNodesResponse
-	33, // [33:50] is the sub-list for method output_type
-	16, // [16:33] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	15, // 10: meshfed.server.v1.WatchResponse.policies:type_name -> meshfed.server.v1.Policy
+	3,  // 11: meshfed.server.v1.CreateEntryRequest.entry:type_name -> meshfed.server.v1.Entry
+	3,  // 12: meshfed.server.v1.ListEntriesResponse.entries:type_name -> meshfed.server.v1.Entry
+	1,  // 13: meshfed.server.v1.ListFederatedBundlesResponse.bundles:type_name -> meshfed.server.v1.Bundle
+	27, // 14: meshfed.server.v1.ListFederatedBundlesResponse.peers:type_name -> meshfed.server.v1.FederationPeer
+	31, // 15: meshfed.server.v1.ListIssuedResponse.issued:type_name -> meshfed.server.v1.Issued
+	34, // 16: meshfed.server.v1.ListNodesResponse.nodes:type_name -> meshfed.server.v1.AttestedNode
+	37, // 17: meshfed.server.v1.ApplyPoliciesRequest.files:type_name -> meshfed.server.v1.PolicyFile
+	39, // 18: meshfed.server.v1.ApplyPoliciesResponse.policies:type_name -> meshfed.server.v1.AppliedPolicy
+	15, // 19: meshfed.server.v1.ListPoliciesResponse.policies:type_name -> meshfed.server.v1.Policy
+	4,  // 20: meshfed.server.v1.Node.AttestNode:input_type -> meshfed.server.v1.AttestNodeRequest
+	7,  // 21: meshfed.server.v1.Node.SignX509SVID:input_type -> meshfed.server.v1.SignX509SVIDRequest
+	9,  // 22: meshfed.server.v1.Node.SignJWTSVID:input_type -> meshfed.server.v1.SignJWTSVIDRequest
+	11, // 23: meshfed.server.v1.Node.FetchBundles:input_type -> meshfed.server.v1.FetchBundlesRequest
+	13, // 24: meshfed.server.v1.Node.Watch:input_type -> meshfed.server.v1.WatchRequest
+	16, // 25: meshfed.server.v1.Admin.CreateJoinToken:input_type -> meshfed.server.v1.CreateJoinTokenRequest
+	18, // 26: meshfed.server.v1.Admin.CreateEntry:input_type -> meshfed.server.v1.CreateEntryRequest
+	19, // 27: meshfed.server.v1.Admin.GetEntry:input_type -> meshfed.server.v1.GetEntryRequest
+	20, // 28: meshfed.server.v1.Admin.ListEntries:input_type -> meshfed.server.v1.ListEntriesRequest
+	22, // 29: meshfed.server.v1.Admin.DeleteEntry:input_type -> meshfed.server.v1.DeleteEntryRequest
+	24, // 30: meshfed.server.v1.Admin.GetBundle:input_type -> meshfed.server.v1.GetBundleRequest
+	25, // 31: meshfed.server.v1.Admin.ListFederatedBundles:input_type -> meshfed.server.v1.ListFederatedBundlesRequest
+	1,  // 32: meshfed.server.v1.Admin.SetFederatedBundle:input_type -> meshfed.server.v1.Bundle
+	29, // 33: meshfed.server.v1.Admin.DeleteFederatedBundle:input_type -> meshfed.server.v1.DeleteFederatedBundleRequest
+	28, // 34: meshfed.server.v1.Admin.RefreshFederatedBundle:input_type -> meshfed.server.v1.RefreshFederatedBundleRequest
+	32, // 35: meshfed.server.v1.Admin.ListIssued:input_type -> meshfed.server.v1.ListIssuedRequest
+	35, // 36: meshfed.server.v1.Admin.ListNodes:input_type -> meshfed.server.v1.ListNodesRequest
+	38, // 37: meshfed.server.v1.Admin.ApplyPolicies:input_type -> meshfed.server.v1.ApplyPoliciesRequest
+	41, // 38: meshfed.server.v1.Admin.ListPolicies:input_type -> meshfed.server.v1.ListPoliciesRequest
+	43, // 39: meshfed.server.v1.Admin.DeletePolicy:input_type -> meshfed.server.v1.DeletePolicyRequest
+	5,  // 40: meshfed.server.v1.Node.AttestNode:output_type -> meshfed.server.v1.AttestNodeResponse
+	8,  // 41: meshfed.server.v1.Node.SignX509SVID:output_type -> meshfed.server.v1.SignX509SVIDResponse
+	10, // 42: meshfed.server.v1.Node.SignJWTSVID:output_type -> meshfed.server.v1.JWTSVID
+	12, // 43: meshfed.server.v1.Node.FetchBundles:output_type -> meshfed.server.v1.FetchBundlesResponse
+	14, // 44: meshfed.server.v1.Node.Watch:output_type -> meshfed.server.v1.WatchResponse
+	17, // 45: meshfed.server.v1.Admin.CreateJoinToken:output_type -> meshfed.server.v1.CreateJoinTokenResponse
+	3,  // 46: meshfed.server.v1.Admin.CreateEntry:output_type -> meshfed.server.v1.Entry
+	3,  // 47: meshfed.server.v1.Admin.GetEntry:output_type -> meshfed.server.v1.Entry
+	21, // 48: meshfed.server.v1.Admin.ListEntries:output_type -> meshfed.server.v1.ListEntriesResponse
+	23, // 49: meshfed.server.v1.Admin.DeleteEntry:output_type -> meshfed.server.v1.DeleteEntryResponse
+	1,  // 50: meshfed.server.v1.Admin.GetBundle:output_type -> meshfed.server.v1.Bundle
+	26, // 51: meshfed.server.v1.Admin.ListFederatedBundles:output_type -> meshfed.server.v1.ListFederatedBundlesResponse
+	1,  // 52: meshfed.server.v1.Admin.SetFederatedBundle:output_type -> meshfed.server.v1.Bundle
+	30, // 53: meshfed.server.v1.Admin.DeleteFederatedBundle:output_type -> meshfed.server.v1.DeleteFederatedBundleResponse
+	27, // 54: meshfed.server.v1.Admin.RefreshFederatedBundle:output_type -> meshfed.server.v1.FederationPeer
+	33, // 55: meshfed.server.v1.Admin.ListIssued:output_type -> meshfed.server.v1.ListIssuedResponse
+	36, // 56: meshfed.server.v1.Admin.ListNodes:output_type -> meshfed.server.v1.ListNodesResponse
+	40, // 57: meshfed.server.v1.Admin.ApplyPolicies:output_type -> meshfed.server.v1.ApplyPoliciesResponse
+	42, // 58: meshfed.server.v1.Admin.ListPolicies:output_type -> meshfed.server.v1.ListPoliciesResponse
+	44, // 59: meshfed.server.v1.Admin.DeletePolicy:output_type -> meshfed.server.v1.DeletePolicyResponse
+	40, // [40:60] is the sub-list for method output_type
+	20, // [20:40] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_server_v1_server_proto_init() }
@@ -2415,7 +3026,7 @@ func file_meshfed_server_v1_server_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_server_v1_server_proto_rawDesc), len(file_meshfed_server_v1_server_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   36,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
