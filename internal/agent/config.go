@@ -26,6 +26,7 @@ type FileConfig struct {
 	LogFormat     string         `json:"log_format"`
 	Files         FileMode       `json:"files"`
 	Rotation      RotationConfig `json:"rotation"`
+	Runtime       RuntimeConfig  `json:"runtime"`
 }
 
 // FileMode configures the agent's file mode.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"strings"
 	"syscall"
 	"time"
 
@@ -64,11 +65,13 @@ SPIFFE-aware helper, or 'meshfed svid fetch'.`,
   meshfed agent ... --file-dir /etc/nginx/certs --file-selector unix:uid:101 --file-exec 'nginx -s reload'`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
+			var rt agent.RuntimeConfig
 			if configPath != "" {
 				fc, err := agent.LoadConfig(configPath)
 				if err != nil {
 					return err
 				}
+				rt = fc.Runtime
 				fs := c.Flags()
 				fill := func(name string, dst *string, v string) {
 					if !fs.Changed(name) && v != "" {
@@ -116,6 +119,11 @@ SPIFFE-aware helper, or 'meshfed svid fetch'.`,
 				return err
 			}
 			cfg.Logger = logger
+			applied, err := agent.ApplyRuntime(rt, os.Getenv)
+			if err != nil {
+				return err
+			}
+			logger.Info("agent: garbage collector", "gc_percent", applied.GCPercent, "memory_limit_bytes", applied.MemoryLimit, "from_environment", strings.Join(applied.FromEnv, ","))
 			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			a, err := agent.New(cfg)
