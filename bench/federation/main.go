@@ -23,26 +23,21 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
+	"github.com/meshfed/meshfed/bench/internal/harness"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -72,21 +67,19 @@ func main() {
 }
 
 // bench holds the processes of one run.
-type bench struct {
-	bin, dir string
-	procs    []*exec.Cmd
-}
+type bench struct{ *harness.Procs }
 
 func run(bin string, rounds int, window time.Duration, clients int) error {
 	dir, err := os.MkdirTemp("", "meshfed-bench-federation-")
 	if err != nil {
 		return err
 	}
-	b := &bench{bin: bin, dir: dir}
+	b := &bench{&harness.Procs{Bin: bin, Dir: dir}}
 	defer os.RemoveAll(dir)
-	defer b.stop()
+	defer b.Stop()
 
-	eastPort, westPort, err := freePorts()
+	ports, err := harness.FreePorts(2)
+	eastPort, westPort := ports[0], ports[1]
 	if err != nil {
 		return err
 	}
@@ -107,7 +100,7 @@ func run(bin string, rounds int, window time.Duration, clients int) error {
 	}
 	for _, pair := range [][2]*domain{{east, west}, {west, east}} {
 		from, to := pair[0], pair[1]
-		out, err := b.meshfed("bundle", "show", "--admin-socket", from.sock)
+		out, err := b.Meshfed("bundle", "show", "--admin-socket", from.sock)
 		if err != nil {
 			return err
 		}
@@ -115,10 +108,10 @@ func run(bin string, rounds int, window time.Duration, clients int) error {
 		if err := os.WriteFile(file, []byte(out), 0o644); err != nil {
 			return err
 		}
-		if _, err := b.meshfed("bundle", "set", "--admin-socket", to.sock, "--trust-domain", from.td.Name(), "--in", file); err != nil {
+		if _, err := b.Meshfed("bundle", "set", "--admin-socket", to.sock, "--trust-domain", from.td.Name(), "--in", file); err != nil {
 			return err
 		}
-		if _, err := b.meshfed("bundle", "refresh", from.td.Name(), "--admin-socket", to.sock); err != nil {
+		if _, err := b.Meshfed("bundle", "refresh", from.td.Name(), "--admin-socket", to.sock); err != nil {
 			return err
 		}
 	}
@@ -134,7 +127,7 @@ func run(bin string, rounds int, window time.Duration, clients int) error {
 		return err
 	}
 	defer westSrc.Close()
-	if err := waitFor(30*time.Second, "both workloads to hold both bundles", func() bool {
+	if err := harness.WaitFor(30*time.Second, 2*time.Millisecond, "both workloads to hold both bundles", func() bool {
 		return hasBundle(eastSrc, westTD) && hasBundle(westSrc, eastTD)
 	}); err != nil {
 		return err
@@ -153,7 +146,7 @@ func run(bin string, rounds int, window time.Duration, clients int) error {
 			if phase == "stable" || phase == "retiring" {
 				break
 			}
-			if _, err := b.meshfed("federation", "rotate-root", "--admin-socket", east.sock, "--force"); err != nil {
+			if _, err := b.Meshfed("federation", "rotate-root", "--admin-socket", east.sock, "--force"); err != nil {
 				return err
 			}
 			// Activated: let the agents renew under the new root (they do
@@ -164,11 +157,11 @@ func run(bin string, rounds int, window time.Duration, clients int) error {
 		before := authorities(westSrc, eastTD)
 		beforeLocal := authorities(eastSrc, eastTD)
 		start := time.Now()
-		if _, err := b.meshfed("federation", "rotate-root", "--admin-socket", east.sock, "--force"); err != nil {
+		if _, err := b.Meshfed("federation", "rotate-root", "--admin-socket", east.sock, "--force"); err != nil {
 			return err
 		}
 		var tLocal, tRemote time.Duration
-		if err := waitFor(60*time.Second, "the new bundle at both workloads", func() bool {
+		if err := harness.WaitFor(60*time.Second, 2*time.Millisecond, "the new bundle at both workloads", func() bool {
 			if tLocal == 0 && authorities(eastSrc, eastTD) != beforeLocal {
 				tLocal = time.Since(start)
 			}
@@ -183,14 +176,14 @@ func run(bin string, rounds int, window time.Duration, clients int) error {
 		fmt.Fprintf(os.Stderr, "round %d: east's workload %s, west's workload %s\n", i+1, tLocal.Round(time.Millisecond), tRemote.Round(time.Millisecond))
 	}
 	fmt.Printf("propagation rounds=%d refresh_hint=5m local_p50_ms=%.1f local_max_ms=%.1f remote_p50_ms=%.1f remote_max_ms=%.1f\n",
-		rounds, ms(median(local)), ms(slices.Max(local)), ms(median(remote)), ms(slices.Max(remote)))
+		rounds, ms(harness.Median(local)), ms(slices.Max(local)), ms(harness.Median(remote)), ms(slices.Max(remote)))
 
 	// Handshakes outside a rotation, then during one (driven by the
 	// commands, each step as soon as its condition holds).
 	if phase, err := b.phase(east.sock); err != nil || phase != "stable" {
 		// Finish whatever the propagation rounds left half done.
 		for phase != "stable" {
-			if _, err := b.meshfed("federation", "rotate-root", "--admin-socket", east.sock, "--force"); err != nil {
+			if _, err := b.Meshfed("federation", "rotate-root", "--admin-socket", east.sock, "--force"); err != nil {
 				return err
 			}
 			if phase, err = b.phase(east.sock); err != nil {
@@ -211,7 +204,7 @@ func run(bin string, rounds int, window time.Duration, clients int) error {
 	var rotateErr error
 	during := handshakeLoad(eastSrc, westSrc, clients, func(<-chan struct{}) {
 		before := authorities(westSrc, eastTD)
-		if _, rotateErr = b.meshfed("federation", "rotate-root", "--admin-socket", east.sock); rotateErr != nil {
+		if _, rotateErr = b.Meshfed("federation", "rotate-root", "--admin-socket", east.sock); rotateErr != nil {
 			return
 		}
 		// With the default hint the next root would be published for 10
@@ -219,17 +212,17 @@ func run(bin string, rounds int, window time.Duration, clients int) error {
 		// so it is activated once west's workload holds it, as an operator
 		// who checked would, with --force. Retiring waits for its
 		// condition: the last SVID under the old root expiring.
-		if rotateErr = waitFor(30*time.Second, "west's workload to hold the next root", func() bool {
+		if rotateErr = harness.WaitFor(30*time.Second, 2*time.Millisecond, "west's workload to hold the next root", func() bool {
 			return authorities(westSrc, eastTD) != before
 		}); rotateErr != nil {
 			return
 		}
-		if _, rotateErr = b.meshfed("federation", "rotate-root", "--admin-socket", east.sock, "--force"); rotateErr != nil {
+		if _, rotateErr = b.Meshfed("federation", "rotate-root", "--admin-socket", east.sock, "--force"); rotateErr != nil {
 			return
 		}
 		// ca.auto_rotate (the default) retires the old root once nothing
 		// under it is alive.
-		rotateErr = waitFor(3*time.Minute, "the rotation to finish", func() bool {
+		rotateErr = harness.WaitFor(3*time.Minute, 2*time.Millisecond, "the rotation to finish", func() bool {
 			time.Sleep(2 * time.Second)
 			phase, err := b.phase(east.sock)
 			return err == nil && phase == "stable"
@@ -254,98 +247,22 @@ type domain struct {
 	sock, workload string
 }
 
-var started = regexp.MustCompile(`meshfed server for (\S+): signing API (\S+), bundle endpoint (\S+), admin socket (\S+)`)
-
 func (b *bench) domain(td spiffeid.TrustDomain, bundlePort int, config string, id spiffeid.ID, federatesWith spiffeid.TrustDomain) (*domain, error) {
 	name := strings.TrimSuffix(td.Name(), ".example")
-	d := &domain{td: td, sock: filepath.Join(b.dir, name, "admin.sock"), workload: filepath.Join(b.dir, name+"-agent", "workload.sock")}
-	cfgFile := filepath.Join(b.dir, name+".yaml")
+	cfgFile := filepath.Join(b.Dir, name+".yaml")
 	if err := os.WriteFile(cfgFile, []byte(config), 0o644); err != nil {
 		return nil, err
 	}
-	line, err := b.start("meshfed server for", "server", "--config", cfgFile, "--trust-domain", td.Name(), "--data-dir", filepath.Join(b.dir, name),
-		"--admin-socket", d.sock, "--listen", "127.0.0.1:0", "--bundle-listen", fmt.Sprintf("127.0.0.1:%d", bundlePort), "--metrics-listen", "off",
-		"--log-level", "warn")
+	srv, err := b.StartServer(td.Name(), name, "--config", cfgFile, "--bundle-listen", fmt.Sprintf("127.0.0.1:%d", bundlePort))
 	if err != nil {
 		return nil, err
 	}
-	m := started.FindStringSubmatch(line)
-	if m == nil {
-		return nil, fmt.Errorf("unexpected start line %q", line)
-	}
-	node := "spiffe://" + td.Name() + "/node/bench"
-	token, err := b.meshfed("token", "create", "--admin-socket", d.sock, "--spiffe-id", node)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := b.meshfed("entry", "create", "--admin-socket", d.sock, "--parent-id", node, "--spiffe-id", id.String(),
-		"--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()), "--federates-with", federatesWith.Name()); err != nil {
-		return nil, err
-	}
-	_, err = b.start("meshfed agent", "agent", "--server", m[2], "--trust-bundle", filepath.Join(b.dir, name, "ca", "ca.pem"),
-		"--join-token", strings.TrimSpace(token), "--data-dir", filepath.Join(b.dir, name+"-agent"), "--socket", d.workload, "--log-level", "warn")
-	return d, err
-}
-
-// start runs meshfed with args and returns the first stderr line that
-// begins with prefix; the rest of its output is discarded.
-func (b *bench) start(prefix string, args ...string) (string, error) {
-	cmd := exec.Command(b.bin, args...)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		return "", err
-	}
-	if err := cmd.Start(); err != nil {
-		return "", err
-	}
-	b.procs = append(b.procs, cmd)
-	lines := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), prefix) {
-				lines <- sc.Text()
-			} else {
-				fmt.Fprintln(os.Stderr, "  ", sc.Text())
-			}
-		}
-		io.Copy(io.Discard, stderr)
-	}()
-	select {
-	case l := <-lines:
-		return l, nil
-	case <-time.After(30 * time.Second):
-		return "", fmt.Errorf("meshfed %s did not start", args[0])
-	}
-}
-
-func (b *bench) stop() {
-	for _, p := range slices.Backward(b.procs) {
-		p.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { p.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			p.Process.Kill()
-		}
-	}
-}
-
-func (b *bench) meshfed(args ...string) (string, error) {
-	out, err := exec.Command(b.bin, args...).Output()
-	if err != nil {
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return "", fmt.Errorf("meshfed %s: %w: %s", strings.Join(args, " "), err, ee.Stderr)
-		}
-		return "", err
-	}
-	return string(out), nil
+	workload, err := b.StartAgent(srv, name, id, "--federates-with", federatesWith.Name())
+	return &domain{td: td, sock: srv.AdminSock, workload: workload}, err
 }
 
 func (b *bench) phase(sock string) (string, error) {
-	out, err := b.meshfed("federation", "status", "--admin-socket", sock, "-o", "json")
+	out, err := b.Meshfed("federation", "status", "--admin-socket", sock, "-o", "json")
 	if err != nil {
 		return "", err
 	}
@@ -457,37 +374,6 @@ func authorities(src *workloadapi.X509Source, td spiffeid.TrustDomain) string {
 	}
 	slices.Sort(names)
 	return strings.Join(names, ",")
-}
-
-// waitFor polls cond every 2 ms, so that arrival times are measured finely.
-func waitFor(within time.Duration, what string, cond func() bool) error {
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	return nil
-}
-
-func freePorts() (int, int, error) {
-	var ports []int
-	for range 2 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return 0, 0, err
-		}
-		defer l.Close()
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports[0], ports[1], nil
-}
-
-func median(d []time.Duration) time.Duration {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

@@ -19,6 +19,7 @@ import (
 	"github.com/meshfed/meshfed/internal/duration"
 	"github.com/meshfed/meshfed/internal/policy"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -661,6 +662,7 @@ func newMetrics() *metrics {
 			Help: "Istio security documents in the policy set in force.",
 		}),
 	}
-	m.registry.MustRegister(m.connections, m.handshakes, m.bytes, m.requests, m.denials, m.policyLoads, m.policyDocuments)
+	m.registry.MustRegister(m.connections, m.handshakes, m.bytes, m.requests, m.denials, m.policyLoads, m.policyDocuments,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
