@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -690,7 +691,7 @@ type traffic struct {
 	errs     []string
 }
 
-func (t *traffic) run(ctx context.Context, c *client, addr string, stop <-chan struct{}) {
+func (t *traffic) run(ctx context.Context, call func(context.Context) error, stop <-chan struct{}) {
 	for {
 		select {
 		case <-stop:
@@ -699,7 +700,7 @@ func (t *traffic) run(ctx context.Context, c *client, addr string, stop <-chan s
 			return
 		default:
 		}
-		_, err := c.get(ctx, addr)
+		err := call(ctx)
 		t.mu.Lock()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -739,26 +740,48 @@ func (s *story) step6(ctx context.Context) error {
 		before[m.TrustDomain] = m.IntermediateSerial
 	}
 	s.westApp.setQuiet(true)
-	var tr traffic
+	s.say("  and the same pair behind sidecars: east's reviews proxy -> west's ratings proxy (STRICT, ALLOW east's reviews)")
+	pair, err := s.startSidecars(ctx, e, w, fmt.Sprintf(demoPolicies, sourcePrincipal(e.id)))
+	if err != nil {
+		return err
+	}
+	direct, viaSidecars := newClient(e.src, w.id), &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	calls := []func(context.Context) error{
+		func(ctx context.Context) error { _, err := direct.get(ctx, s.westApp.addr()); return err },
+		func(ctx context.Context) error {
+			code, body, err := plainGet(ctx, viaSidecars, "http://"+pair.outbound+"/ratings/0")
+			if err == nil && code != http.StatusOK {
+				err = fmt.Errorf("status %d: %s", code, body)
+			}
+			return err
+		},
+	}
+	tr := make([]traffic, len(calls))
 	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() { defer close(done); tr.run(ctx, newClient(e.src, w.id), s.westApp.addr(), stop) }()
+	var running sync.WaitGroup
+	for i, call := range calls {
+		running.Go(func() { tr[i].run(ctx, call, stop) })
+	}
 	stopTraffic := func() {
 		select {
 		case <-stop:
 		default:
 			close(stop)
 		}
-		<-done
+		running.Wait()
 	}
 	defer stopTraffic()
 	if err := poll(ctx, 10*time.Second, 20*time.Millisecond, "the first calls", func() (bool, error) {
-		ok, fail := tr.counts()
-		return ok+fail >= 5, nil
+		for i := range tr {
+			if ok, fail := tr[i].counts(); ok+fail < 5 {
+				return false, nil
+			}
+		}
+		return true, nil
 	}); err != nil {
 		return err
 	}
-	s.say("  reviews (east) keeps calling ratings (west), a new mTLS connection each time")
+	s.say("  reviews (east) keeps calling ratings (west), a new mTLS connection each time, directly and through the sidecars")
 	rotateAt := time.Now()
 	out, err := s.procs.cli(ctx, "federation", "rotate-root", "--admin-socket", "ctrl/admin.sock")
 	if err != nil {
@@ -817,17 +840,22 @@ func (s *story) step6(ctx context.Context) error {
 		return err
 	}
 	stopTraffic()
-	ok, fail := tr.counts()
 	s.say("  ✓ stable under %q, %.1fs after rotate-root; both workloads' SVIDs chain to it and their bundles hold only it",
 		root2.Subject.CommonName, time.Since(rotateAt).Seconds())
-	if fail != 0 {
-		return fmt.Errorf("%d requests during rotation, %d failed; first: %v", ok+fail, fail, tr.errs)
-	}
-	if ok < 20 {
-		return fmt.Errorf("only %d requests during rotation", ok)
+	okAll := 0
+	for i, what := range []string{"directly", "through the sidecars"} {
+		ok, fail := tr[i].counts()
+		if fail != 0 {
+			return fmt.Errorf("%d requests %s during rotation, %d failed; first: %v", ok+fail, what, fail, tr[i].errs)
+		}
+		if ok < 20 {
+			return fmt.Errorf("only %d requests %s during rotation", ok, what)
+		}
+		s.say("  ✓ %d requests %s during rotation, 0 failed", ok, what)
+		okAll += ok
 	}
 	s.say("  ✓ reviews' chain: %s", chainSummary(e.src))
-	s.say("  ✓ %d requests during rotation, 0 failed", ok)
+	s.say("  ✓ %d requests during rotation, 0 failed", okAll)
 	for _, d := range []*domain{e, w} {
 		for _, p := range []*proc{d.server, d.agent} {
 			if done, err := p.exited(); done {

@@ -20,7 +20,8 @@ import (
 var proxyStarted = regexp.MustCompile(`meshfed proxy (\S+): (.+)`)
 
 // The policies the ratings sidecar enforces, as users kubectl-apply them:
-// mTLS required in the namespace, and only north's reviews may call ratings.
+// mTLS required in the namespace, and only reviews (the principal, %s) may
+// call ratings.
 const demoPolicies = `apiVersion: security.istio.io/v1
 kind: PeerAuthentication
 metadata:
@@ -43,12 +44,78 @@ spec:
   rules:
   - from:
     - source:
-        principals: ["north.example/ns/default/sa/reviews"]
+        principals: ["%s"]
     to:
     - operation:
         methods: ["GET"]
         paths: ["/ratings/*"]
 `
+
+// sidecarPair is a client workload's sidecar (an outbound listener) and a
+// server workload's sidecar (an inbound HTTP listener) in front of a plain
+// HTTP ratings app, each with its SVID from its own domain's agent.
+type sidecarPair struct {
+	app               *plainRatings
+	outbound, inbound string // listen addresses
+	server            *proc  // the server side's proxy
+}
+
+// startSidecars starts the pair for client calling server; policies (YAML)
+// go in <server>-policies/ratings.yaml.
+func (s *story) startSidecars(ctx context.Context, client, server *domain, policies string) (*sidecarPair, error) {
+	app, err := startPlainRatings()
+	if err != nil {
+		return nil, err
+	}
+	s.plainApps = append(s.plainApps, app)
+	polDir := server.name + "-policies"
+	if err := os.MkdirAll(filepath.Join(s.cfg.Dir, polDir), 0o700); err != nil {
+		return nil, err
+	}
+	if err := writeFile(filepath.Join(s.cfg.Dir, polDir, "ratings.yaml"), policies); err != nil {
+		return nil, err
+	}
+	ports := make([]int, 2)
+	for i := range ports {
+		if ports[i], err = freePort(); err != nil {
+			return nil, err
+		}
+	}
+	p := &sidecarPair{app: app, inbound: fmt.Sprintf("127.0.0.1:%d", ports[0]), outbound: fmt.Sprintf("127.0.0.1:%d", ports[1])}
+	serverCfg, clientCfg := server.name+"-ratings-proxy.yaml", client.name+"-reviews-proxy.yaml"
+	if err := writeFile(filepath.Join(s.cfg.Dir, serverCfg), fmt.Sprintf(`workload_api_socket: %s
+namespace: default
+labels: {app: ratings}
+policies: %s
+inbound:
+- {name: ratings-http, listen: %q, port: 9080, forward_to: %q, protocol: http}
+`, server.workloadSock, polDir, p.inbound, app.addr())); err != nil {
+		return nil, err
+	}
+	if err := writeFile(filepath.Join(s.cfg.Dir, clientCfg), fmt.Sprintf(`workload_api_socket: %s
+namespace: default
+labels: {app: reviews}
+outbound:
+- {name: ratings, listen: %q, service: ratings.default.svc, upstream: %q, allowed_ids: [%q], protocol: http}
+`, client.workloadSock, p.outbound, p.inbound, server.id)); err != nil {
+		return nil, err
+	}
+	for _, c := range []struct{ name, config string }{{server.name + " ratings proxy", serverCfg}, {client.name + " reviews proxy", clientCfg}} {
+		pr, err := s.procs.start(c.name, "proxy", "--config", c.config)
+		if err != nil {
+			return nil, err
+		}
+		m, err := pr.waitLine(ctx, proxyStarted, 30*time.Second)
+		if err != nil {
+			return nil, err
+		}
+		s.say("  %s (pid %d): %s", c.name, pr.pid(), m[2])
+		if c.config == serverCfg {
+			p.server = pr
+		}
+	}
+	return p, nil
+}
 
 // step5 puts the workloads of north and south behind `meshfed proxy`
 // sidecars: the apps speak plain HTTP on loopback and the sidecars do mTLS
@@ -58,61 +125,15 @@ func (s *story) step5(ctx context.Context) error {
 	if n == nil || so == nil {
 		return errors.New("step 4's domains are not running")
 	}
-	app, err := startPlainRatings()
+	s.say("  the apps now speak plain HTTP on loopback; `meshfed proxy` sidecars do the mTLS and enforce Istio's policy")
+	s.say("  south-policies/ratings.yaml: PeerAuthentication STRICT, AuthorizationPolicy ratings-viewer (ALLOW GET /ratings/* from north.example/ns/default/sa/reviews)")
+	pair, err := s.startSidecars(ctx, n, so, fmt.Sprintf(demoPolicies, sourcePrincipal(n.id)))
 	if err != nil {
 		return err
 	}
-	s.plainApps = append(s.plainApps, app)
-	polDir := filepath.Join(s.cfg.Dir, "south-policies")
-	if err := os.MkdirAll(polDir, 0o700); err != nil {
-		return err
-	}
-	if err := writeFile(filepath.Join(polDir, "ratings.yaml"), demoPolicies); err != nil {
-		return err
-	}
-	ports := make([]int, 3)
-	for i := range ports {
-		if ports[i], err = freePort(); err != nil {
-			return err
-		}
-	}
-	inbound := fmt.Sprintf("127.0.0.1:%d", ports[0])
-	outbound := fmt.Sprintf("127.0.0.1:%d", ports[1])
-	if err := writeFile(filepath.Join(s.cfg.Dir, "south-ratings-proxy.yaml"), fmt.Sprintf(`workload_api_socket: %s
-namespace: default
-labels: {app: ratings}
-policies: south-policies
-inbound:
-- {name: ratings-http, listen: %q, port: 9080, forward_to: %q, protocol: http}
-metrics_listen: "127.0.0.1:%d"
-`, so.workloadSock, inbound, app.addr(), ports[2])); err != nil {
-		return err
-	}
-	if err := writeFile(filepath.Join(s.cfg.Dir, "north-reviews-proxy.yaml"), fmt.Sprintf(`workload_api_socket: %s
-namespace: default
-labels: {app: reviews}
-outbound:
-- {name: ratings, listen: %q, service: ratings.default.svc, upstream: %q, allowed_ids: [%q], protocol: http}
-`, n.workloadSock, outbound, inbound, so.id)); err != nil {
-		return err
-	}
-	s.reviewsOut = outbound
-	s.say("  the apps now speak plain HTTP on loopback; `meshfed proxy` sidecars do the mTLS and enforce Istio's policy")
-	s.say("  south-policies/ratings.yaml: PeerAuthentication STRICT, AuthorizationPolicy ratings-viewer (ALLOW GET /ratings/* from north.example/ns/default/sa/reviews)")
-	for _, p := range []struct{ name, config string }{{"south ratings proxy", "south-ratings-proxy.yaml"}, {"north reviews proxy", "north-reviews-proxy.yaml"}} {
-		pr, err := s.procs.start(p.name, "proxy", "--config", p.config)
-		if err != nil {
-			return err
-		}
-		m, err := pr.waitLine(ctx, proxyStarted, 30*time.Second)
-		if err != nil {
-			return err
-		}
-		s.say("  %s (pid %d): %s", p.name, pr.pid(), m[2])
-		if p.name == "south ratings proxy" {
-			s.ratingsProxy = pr
-		}
-	}
+	s.ratingsProxy = pair.server
+	s.reviewsOut = pair.outbound
+	app, inbound, outbound := pair.app, pair.inbound, pair.outbound
 
 	// 1. The app's plaintext through both sidecars.
 	plain := &http.Client{Timeout: 5 * time.Second}
