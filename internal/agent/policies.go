@@ -81,6 +81,9 @@ func policySnapshot(w *pb.WatchResponse) *agentv1.PolicySnapshot {
 // applyPolicies serves the policies of a Watch snapshot and, when they
 // changed, persists them.
 func (a *Agent) applyPolicies(w *pb.WatchResponse) {
+	if w.GetPoliciesUnchanged() {
+		return // the stream's previous message carried them
+	}
 	snap := policySnapshot(w)
 	if !a.Cache.setPolicies(snap) {
 		return

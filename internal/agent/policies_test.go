@@ -120,6 +120,28 @@ func TestPoliciesReachProxies(t *testing.T) {
 		t.Fatalf("after apply again: revision %d (want %d), mode %s", u.rev, rev, mode(u))
 	}
 
+	// A change of entries moves the Watch stream but not the policies: the
+	// server sends them as unchanged, and the agent keeps what it has.
+	entry, err := ts.admin.CreateEntry(ctx, &pb.CreateEntryRequest{Entry: &pb.Entry{ParentId: nodeID,
+		SpiffeId: "spiffe://east.example/ns/default/sa/details", Selectors: []*pb.Selector{{Type: "unix", Value: "uid:1002"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.After(10 * time.Second); ; {
+		changed := a.Cache.Changed()
+		if _, ok := a.Cache.entrySPIFFEID(entry.GetId()); ok {
+			break
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			t.Fatal("the new entry did not reach the agent within 10s")
+		}
+	}
+	if kept := a.Cache.Policies(); kept.GetRevision() != rev || len(kept.GetPolicies()) != 1 {
+		t.Fatalf("after an entry change the agent serves policy revision %d with %d documents; want %d with 1", kept.GetRevision(), len(kept.GetPolicies()), rev)
+	}
+
 	// The server goes away and the agent restarts: it serves the last set.
 	ts.stop()
 	again, err := New(Config{ServerAddr: ts.srv.Addrs().Listen.String(), DataDir: dataDir, Clock: clock.Now})

@@ -155,7 +155,7 @@ func (n *nodeService) Watch(_ *pb.WatchRequest, stream pb.Node_WatchServer) erro
 	defer s.metrics.watchers.Dec()
 	id := s.watchers.add()
 	defer s.watchers.remove(id)
-	var last int64 = -1
+	var last, lastPolicies int64 = -1, -1
 	for {
 		wake := s.changes.wait()
 		if view := s.view.Load(); view != last {
@@ -164,6 +164,10 @@ func (n *nodeService) Watch(_ *pb.WatchRequest, stream pb.Node_WatchServer) erro
 				return err
 			}
 			snap.Revision = s.revision.Load()
+			if snap.PolicyRevision == lastPolicies {
+				snap.Policies, snap.PoliciesUnchanged = nil, true
+			}
+			lastPolicies = snap.PolicyRevision
 			if err := stream.Send(snap); err != nil {
 				return err
 			}

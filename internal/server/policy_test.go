@@ -108,11 +108,28 @@ func TestWatchCarriesPolicies(t *testing.T) {
 	}
 	created := got[1].GetCreatedAtMs()
 
+	// A change of entries moves the stream, not the policies: they are not
+	// sent again.
+	if _, err := admin.CreateEntry(ctx, &pb.CreateEntryRequest{Entry: &pb.Entry{
+		ParentId: "spiffe://east.example/node/host-1", SpiffeId: "spiffe://east.example/ns/foo/sa/sleep",
+		Selectors: []*pb.Selector{{Type: "unix", Value: "uid:1000"}},
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	snap = recv("after an entry change")
+	if len(snap.GetEntries()) != 1 || len(snap.GetPolicies()) != 0 || !snap.GetPoliciesUnchanged() || snap.GetPolicyRevision() != applied.GetPolicyRevision() {
+		t.Fatalf("snapshot after an entry change: %d entries, %d policies, unchanged %v, revision %d; want 1, 0, true, %d",
+			len(snap.GetEntries()), len(snap.GetPolicies()), snap.GetPoliciesUnchanged(), snap.GetPolicyRevision(), applied.GetPolicyRevision())
+	}
+
 	permissive := strings.Replace(strictDoc, "mode: STRICT\n", "mode: PERMISSIVE\n", 1)
 	if _, err := admin.ApplyPolicies(ctx, &pb.ApplyPoliciesRequest{Files: []*pb.PolicyFile{{Name: "p.yaml", Data: []byte(permissive)}}}); err != nil {
 		t.Fatal(err)
 	}
 	snap = recv("after update")
+	if snap.GetPoliciesUnchanged() || len(snap.GetPolicies()) != 2 {
+		t.Fatalf("snapshot after update: unchanged %v, %d policies", snap.GetPoliciesUnchanged(), len(snap.GetPolicies()))
+	}
 	if p := snap.GetPolicies()[1]; string(p.GetYaml()) != permissive || p.GetGeneration() != 2 || p.GetCreatedAtMs() != created {
 		t.Errorf("updated policy: generation %d, created %d (want 2, %d), yaml %q", p.GetGeneration(), p.GetCreatedAtMs(), created, p.GetYaml())
 	}

@@ -908,8 +908,13 @@ type WatchResponse struct {
 	// The store revision of the last change to the policies (0: never
 	// changed). It moves only when the policies do.
 	PolicyRevision int64 `protobuf:"varint,7,opt,name=policy_revision,json=policyRevision,proto3" json:"policy_revision,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Set when the policies are those of the previous message on this stream
+	// (same policy_revision): policies is then left empty, so a change of
+	// entries or bundles does not resend the whole policy set to every agent.
+	// The first message of a stream always carries the policies.
+	PoliciesUnchanged bool `protobuf:"varint,8,opt,name=policies_unchanged,json=policiesUnchanged,proto3" json:"policies_unchanged,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *WatchResponse) Reset() {
@@ -989,6 +994,13 @@ func (x *WatchResponse) GetPolicyRevision() int64 {
 		return x.PolicyRevision
 	}
 	return 0
+}
+
+func (x *WatchResponse) GetPoliciesUnchanged() bool {
+	if x != nil {
+		return x.PoliciesUnchanged
+	}
+	return false
 }
 
 // Policy is one Istio security policy document (PeerAuthentication,
@@ -2738,7 +2750,7 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\x14FetchBundlesResponse\x121\n" +
 	"\x06bundle\x18\x01 \x01(\v2\x19.meshfed.server.v1.BundleR\x06bundle\x127\n" +
 	"\tfederated\x18\x02 \x03(\v2\x19.meshfed.server.v1.BundleR\tfederated\"\x0e\n" +
-	"\fWatchRequest\"\xda\x02\n" +
+	"\fWatchRequest\"\x89\x03\n" +
 	"\rWatchResponse\x121\n" +
 	"\x06bundle\x18\x01 \x01(\v2\x19.meshfed.server.v1.BundleR\x06bundle\x127\n" +
 	"\tfederated\x18\x02 \x03(\v2\x19.meshfed.server.v1.BundleR\tfederated\x122\n" +
@@ -2746,7 +2758,8 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\brevision\x18\x04 \x01(\x03R\brevision\x12-\n" +
 	"\x13signing_root_key_id\x18\x05 \x01(\fR\x10signingRootKeyId\x125\n" +
 	"\bpolicies\x18\x06 \x03(\v2\x19.meshfed.server.v1.PolicyR\bpolicies\x12'\n" +
-	"\x0fpolicy_revision\x18\a \x01(\x03R\x0epolicyRevision\"\xe6\x01\n" +
+	"\x0fpolicy_revision\x18\a \x01(\x03R\x0epolicyRevision\x12-\n" +
+	"\x12policies_unchanged\x18\b \x01(\bR\x11policiesUnchanged\"\xe6\x01\n" +
 	"\x06Policy\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x12\n" +
