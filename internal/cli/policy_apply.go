@@ -19,7 +19,6 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 )
@@ -361,18 +360,13 @@ func policyAdminCall(c *cobra.Command, admin *adminFlags, f func(ctx context.Con
 	if _, err := os.Stat(socket); err != nil {
 		return noServer
 	}
-	target, err := unixTarget(socket)
-	if err != nil {
-		return err
+	var err error
+	if dialErr := callSocket(c, socket, "", func(ctx context.Context, conn *grpc.ClientConn) error {
+		err = f(ctx, pb.NewAdminClient(conn))
+		return nil
+	}); dialErr != nil {
+		return dialErr
 	}
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(c.Context(), 30*time.Second)
-	defer cancel()
-	err = f(ctx, pb.NewAdminClient(conn))
 	st, ok := status.FromError(err)
 	switch {
 	case err == nil:

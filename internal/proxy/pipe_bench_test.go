@@ -195,47 +195,29 @@ func startPipeSidecar(b testing.TB, cfg proxy.Config) string {
 // 8 bytes big endian) or echo ('E').
 func pipeListen(b testing.TB, cfg *tls.Config) string {
 	b.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
-	if cfg != nil {
-		ln = tls.NewListener(ln, cfg)
-	}
-	go func() {
+	return serve(b, cfg, func(c net.Conn) {
+		var mode [1]byte
+		if _, err := io.ReadFull(c, mode[:]); err != nil {
+			return
+		}
+		buf := make([]byte, pipeChunk)
+		var n uint64
 		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				var mode [1]byte
-				if _, err := io.ReadFull(c, mode[:]); err != nil {
+			nr, err := c.Read(buf)
+			n += uint64(nr)
+			if mode[0] == 'E' && nr > 0 {
+				if _, err := c.Write(buf[:nr]); err != nil {
 					return
 				}
-				buf := make([]byte, pipeChunk)
-				var n uint64
-				for {
-					nr, err := c.Read(buf)
-					n += uint64(nr)
-					if mode[0] == 'E' && nr > 0 {
-						if _, err := c.Write(buf[:nr]); err != nil {
-							return
-						}
-					}
-					if err != nil {
-						break
-					}
-				}
-				if mode[0] == 'S' {
-					_, _ = c.Write(binary.BigEndian.AppendUint64(nil, n))
-				}
-			}()
+			}
+			if err != nil {
+				break
+			}
 		}
-	}()
-	return ln.Addr().String()
+		if mode[0] == 'S' {
+			_, _ = c.Write(binary.BigEndian.AppendUint64(nil, n))
+		}
+	})
 }
 
 func benchBulk(b *testing.B, dial func() (net.Conn, error)) {
