@@ -127,7 +127,9 @@ It prints, in order:
 The request is HTTP unless --tcp is given; --principal is the peer's mTLS
 identity (<trust domain>/ns/<ns>/sa/<sa>) and is dropped when the port's
 mode is DISABLE. Keys for jwksUri rules come from --jwks URI=FILE (or
---jwks FILE for every jwksUri); nothing is fetched from the network. The
+--jwks FILE for every jwksUri), and for rules with neither jwks nor jwksUri
+(OpenID discovery, at a running proxy) from --jwks ISSUER=FILE; nothing is
+fetched from the network. The
 exit code is 0 whatever the decision; it is 1 when the policy cannot be read.`,
 		Example: `  meshfed policy explain --policies ./policies --namespace foo --labels app=httpbin --port 8000 \
       --principal cluster.local/ns/default/sa/sleep --method GET --path /info
@@ -182,8 +184,11 @@ exit code is 0 whatever the decision; it is 1 when the policy cannot be read.`,
 			}
 			for _, r := range set.JWTRules(ns, lbls) {
 				keys := "jwks (inline)"
-				if r.Rule.GetJwksUri() != "" {
+				switch {
+				case r.Rule.GetJwksUri() != "":
 					keys = "jwksUri " + r.Rule.GetJwksUri()
+				case r.Rule.GetJwks() == "":
+					keys = "OpenID discovery of " + r.Rule.GetIssuer()
 				}
 				ex.JWTRules = append(ex.JWTRules, jwtRuleView{
 					Policy: r.Policy, Index: r.Index, Issuer: r.Rule.GetIssuer(), Audiences: r.Rule.GetAudiences(),
@@ -388,29 +393,39 @@ func parseLabels(s string) (map[string]string, error) {
 // jwksFiles maps jwksUri to local files: "URI=FILE" for one URI, "FILE" for
 // every URI.
 func jwksFiles(specs []string) (policy.JWKSFetcher, error) {
-	byURI := map[string]string{}
-	any := ""
+	f := &fileJWKS{byURI: map[string]string{}}
 	for _, s := range specs {
 		if i := strings.LastIndex(s, "="); i > 0 {
-			byURI[s[:i]] = s[i+1:]
+			f.byURI[s[:i]] = s[i+1:]
 			continue
 		}
-		if any != "" {
+		if f.any != "" {
 			return nil, usagef("--jwks %q: only one --jwks FILE without a URI", s)
 		}
-		any = s
+		f.any = s
 	}
-	return policy.JWKSFetcherFunc(func(uri string) ([]byte, error) {
-		f, ok := byURI[uri]
-		if !ok {
-			f = any
-		}
-		if f == "" {
-			return nil, errors.New("no --jwks file given for it (the network is never used)")
-		}
-		return readSmall(f, policy.MaxJWKSSize)
-	}), nil
+	return f, nil
 }
+
+// fileJWKS gives key sets from files, by jwksUri (or, for OpenID
+// discovery, by issuer), or one file for all.
+type fileJWKS struct {
+	byURI map[string]string
+	any   string
+}
+
+func (f *fileJWKS) FetchJWKS(uri string) ([]byte, error) {
+	file, ok := f.byURI[uri]
+	if !ok {
+		file = f.any
+	}
+	if file == "" {
+		return nil, errors.New("no --jwks file given for it (the network is never used)")
+	}
+	return readSmall(file, policy.MaxJWKSSize)
+}
+
+func (f *fileJWKS) DiscoverJWKS(issuer string) ([]byte, error) { return f.FetchJWKS(issuer) }
 
 func readSmall(path string, max int64) ([]byte, error) {
 	fi, err := os.Stat(path)

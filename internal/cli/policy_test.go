@@ -186,3 +186,47 @@ func TestPolicyErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestPolicyExplainDiscovery: a jwtRule with neither jwks nor jwksUri
+// (OpenID discovery at a running proxy) takes its keys from --jwks
+// ISSUER=FILE offline.
+func TestPolicyExplainDiscovery(t *testing.T) {
+	dir := t.TempDir()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwks, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "k1", Algorithm: "ES256"}}})
+	if err := os.Mkdir(filepath.Join(dir, "policies"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string]string{
+		"policies/ra.yaml": "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: oidc\n  namespace: foo\nspec:\n  jwtRules:\n  - issuer: https://accounts.example\n",
+		"jwks.json":        string(jwks),
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key}, (&jose.SignerOptions{}).WithHeader("kid", "k1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := jwt.Signed(sig).Claims(map[string]any{"iss": "https://accounts.example", "sub": "bob", "exp": time.Now().Add(time.Hour).Unix()}).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "token.jwt"), []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"policy", "explain", "--policies", filepath.Join(dir, "policies"), "-n", "foo", "--port", "80", "--jwt", filepath.Join(dir, "token.jwt")}
+	code, out, errOut := runMeshfed(append(args, "--jwks", "https://accounts.example="+filepath.Join(dir, "jwks.json"))...)
+	if code != 0 || !strings.Contains(out, "keys from OpenID discovery of https://accounts.example,") ||
+		!strings.Contains(out, "JWT:            valid: request principal https://accounts.example/bob (foo/oidc jwtRules[0])") {
+		t.Fatalf("exit %d, stderr %q:\n%s", code, errOut, out)
+	}
+	code, out, _ = runMeshfed(args...)
+	if code != 0 || !strings.Contains(out, "no --jwks file given for it") {
+		t.Fatalf("without --jwks: exit %d:\n%s", code, out)
+	}
+}

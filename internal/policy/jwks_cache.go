@@ -2,11 +2,12 @@ package policy
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 )
@@ -18,8 +19,9 @@ const (
 	DefaultJWKSTimeout     = 5 * time.Second
 )
 
-// JWKSCache is the JWKSFetcher of a running proxy: it fetches the key set of
-// a jwksUri over HTTP(S) on first use and keeps it for Refresh. A refetch that
+// JWKSCache is the JWKSFetcher (and JWKSDiscoverer) of a running proxy: it
+// fetches the key set of a jwksUri, or of an issuer by OpenID discovery,
+// over HTTP(S) on first use and keeps it for Refresh. A refetch that
 // fails keeps the last good key set (a key server outage does not turn
 // valid tokens away); a URI that has never been fetched successfully is
 // retried at most once per FailureHold, so a flood of requests does not
@@ -68,15 +70,64 @@ func NewJWKSCache(cfg JWKSCacheConfig) *JWKSCache {
 	return c
 }
 
+// MaxDiscoverySize bounds an OpenID discovery document.
+const MaxDiscoverySize = 64 << 10
+
 // FetchJWKS returns the key set of uri, fetching it when it is missing or
 // older than the refresh interval.
 func (c *JWKSCache) FetchJWKS(uri string) ([]byte, error) {
+	return c.cached(uri, uri, MaxJWKSSize, func(data []byte) error {
+		_, err := parseJWKS(data)
+		return err
+	})
+}
+
+// DiscoverJWKS returns the key set of issuer from its OpenID discovery
+// document (<issuer>/.well-known/openid-configuration): its jwks_uri,
+// fetched as FetchJWKS does. The document must name the same issuer
+// (OpenID Connect Discovery 1.0, section 4.3); both are cached alike.
+func (c *JWKSCache) DiscoverJWKS(issuer string) ([]byte, error) {
+	doc, err := c.cached("discovery "+issuer, strings.TrimSuffix(issuer, "/")+"/.well-known/openid-configuration", MaxDiscoverySize, func(data []byte) error {
+		_, err := parseDiscovery(issuer, data)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	uri, err := parseDiscovery(issuer, doc)
+	if err != nil {
+		return nil, err
+	}
+	return c.FetchJWKS(uri)
+}
+
+// parseDiscovery returns the jwks_uri of an OpenID discovery document.
+func parseDiscovery(issuer string, data []byte) (string, error) {
+	var doc struct {
+		Issuer  string `json:"issuer"`
+		JWKSURI string `json:"jwks_uri"`
+	}
+	if err := json.Unmarshal(data, &doc); err != nil {
+		return "", fmt.Errorf("not an OpenID discovery document: %v", err)
+	}
+	if doc.Issuer != issuer {
+		return "", fmt.Errorf("the discovery document names issuer %q, not %q", doc.Issuer, issuer)
+	}
+	if u, err := url.Parse(doc.JWKSURI); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return "", fmt.Errorf("the discovery document's jwks_uri %q is not an http(s) URL", doc.JWKSURI)
+	}
+	return doc.JWKSURI, nil
+}
+
+// cached returns the body of url under key, fetching it when it is missing
+// or stale; check decides whether a body is good enough to keep.
+func (c *JWKSCache) cached(key, uri string, limit int, check func([]byte) error) ([]byte, error) {
 	for {
 		c.mu.Lock()
-		e := c.entries[uri]
+		e := c.entries[key]
 		if e == nil {
 			e = &jwksEntry{}
-			c.entries[uri] = e
+			c.entries[key] = e
 		}
 		if e.busy != nil {
 			busy := e.busy
@@ -98,7 +149,7 @@ func (c *JWKSCache) FetchJWKS(uri string) ([]byte, error) {
 		e.busy = make(chan struct{})
 		c.mu.Unlock()
 
-		data, err := c.get(uri)
+		data, err := c.get(uri, limit, check)
 
 		c.mu.Lock()
 		if err == nil {
@@ -117,12 +168,12 @@ func (c *JWKSCache) FetchJWKS(uri string) ([]byte, error) {
 	}
 }
 
-// get fetches one key set: 200 only, no redirects to another scheme than
-// http(s), at most MaxJWKSSize bytes, parsed before it is cached.
-func (c *JWKSCache) get(uri string) ([]byte, error) {
+// get fetches one document: 200 only, http(s) only, at most limit bytes,
+// checked before it is cached.
+func (c *JWKSCache) get(uri string, limit int, check func([]byte) error) ([]byte, error) {
 	u, err := url.Parse(uri)
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return nil, fmt.Errorf("jwksUri %q is not an http(s) URL", uri)
+		return nil, fmt.Errorf("%q is not an http(s) URL", uri)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), DefaultJWKSTimeout)
 	defer cancel()
@@ -137,16 +188,16 @@ func (c *JWKSCache) get(uri string) ([]byte, error) {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("fetching: HTTP %d", resp.StatusCode)
+		return nil, fmt.Errorf("fetching %s: HTTP %d", uri, resp.StatusCode)
 	}
-	data, err := io.ReadAll(io.LimitReader(resp.Body, MaxJWKSSize+1))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, int64(limit)+1))
 	if err != nil {
 		return nil, fmt.Errorf("fetching: %w", err)
 	}
-	if len(data) > MaxJWKSSize {
-		return nil, errors.New("fetching: JWKS larger than the bound")
+	if len(data) > limit {
+		return nil, fmt.Errorf("fetching %s: larger than the bound of %d bytes", uri, limit)
 	}
-	if _, err := parseJWKS(data); err != nil {
+	if err := check(data); err != nil {
 		return nil, err
 	}
 	return data, nil

@@ -90,3 +90,52 @@ func TestJWKSCache(t *testing.T) {
 		t.Fatalf("file URI: err %v", err)
 	}
 }
+
+// TestOpenIDDiscovery: a rule with only an issuer gets its keys from the
+// issuer's discovery document, as istiod resolves them; a document naming
+// another issuer, or without a usable jwks_uri, is refused.
+func TestOpenIDDiscovery(t *testing.T) {
+	iss := newTestIssuer(t, "k1")
+	var issuer string
+	discovery := func() string { return fmt.Sprintf(`{"issuer":%q,"jwks_uri":%q}`, issuer, issuer+"/keys") }
+	mux := http.NewServeMux()
+	var doc atomic.Value
+	mux.HandleFunc("/.well-known/openid-configuration", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, doc.Load()) })
+	mux.HandleFunc("/keys", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, iss.jwks) })
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	issuer = srv.URL
+	doc.Store(discovery())
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+	docs, err := Parse("ra.yaml", []byte("apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata:\n  name: r\n  namespace: ns\nspec:\n  jwtRules:\n  - issuer: "+issuer+"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := NewSet(docs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := iss.sign(t, map[string]any{"iss": issuer, "sub": "alice", "exp": now.Add(time.Hour).Unix()})
+	headers := map[string][]string{"Authorization": {"Bearer " + tok}}
+	if _, err := set.Authenticate("ns", nil, headers, nil, now); err == nil || !strings.Contains(err.Error(), "nothing here does OpenID discovery") {
+		t.Fatalf("without a discoverer: %v", err)
+	}
+	c := NewJWKSCache(JWKSCacheConfig{Client: srv.Client(), Clock: func() time.Time { return now }})
+	res, err := set.WithJWKSFetcher(c).Authenticate("ns", nil, headers, nil, now)
+	if err != nil || res.Principal != issuer+"/alice" {
+		t.Fatalf("by discovery: %+v, %v", res, err)
+	}
+
+	for _, tc := range []struct{ doc, err string }{
+		{`{"issuer":"https://other.example","jwks_uri":"` + issuer + `/keys"}`, `names issuer "https://other.example"`},
+		{`{"issuer":"` + issuer + `","jwks_uri":"file:///etc/keys"}`, `jwks_uri "file:///etc/keys" is not an http(s) URL`},
+		{`<html>`, "not an OpenID discovery document"},
+	} {
+		doc.Store(tc.doc)
+		fresh := NewJWKSCache(JWKSCacheConfig{Client: srv.Client(), Clock: func() time.Time { return now }})
+		if _, err := fresh.DiscoverJWKS(issuer); err == nil || !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("discovery document %s: err %v, want %q", tc.doc, err, tc.err)
+		}
+	}
+}

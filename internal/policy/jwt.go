@@ -38,6 +38,13 @@ type JWKSFetcher interface {
 	FetchJWKS(uri string) ([]byte, error)
 }
 
+// JWKSDiscoverer is a JWKSFetcher that also finds the key set of a rule
+// with neither jwks nor jwksUri, from the issuer's OpenID discovery document
+// (<issuer>/.well-known/openid-configuration, its jwks_uri), as istiod does.
+type JWKSDiscoverer interface {
+	DiscoverJWKS(issuer string) ([]byte, error)
+}
+
 // JWKSFetcherFunc adapts a function to JWKSFetcher.
 type JWKSFetcherFunc func(uri string) ([]byte, error)
 
@@ -320,7 +327,20 @@ func (s *Set) keys(r JWTRule) (*jose.JSONWebKeySet, error) {
 	}
 	uri := r.Rule.GetJwksUri()
 	if uri == "" {
-		return nil, fmt.Errorf("%s jwtRules[%d] has neither jwks nor jwksUri (OpenID discovery is not supported)", r.Policy, r.Index)
+		// As Istio: the keys of the issuer's OpenID discovery document.
+		d, ok := s.fetcher.(JWKSDiscoverer)
+		if !ok {
+			return nil, fmt.Errorf("%s jwtRules[%d] has neither jwks nor jwksUri, and nothing here does OpenID discovery for issuer %s", r.Policy, r.Index, r.Rule.GetIssuer())
+		}
+		data, err := d.DiscoverJWKS(r.Rule.GetIssuer())
+		if err != nil {
+			return nil, fmt.Errorf("key set of issuer %s by OpenID discovery: %w", r.Rule.GetIssuer(), err)
+		}
+		set, err := parseJWKS(data)
+		if err != nil {
+			return nil, fmt.Errorf("key set of issuer %s by OpenID discovery: %w", r.Rule.GetIssuer(), err)
+		}
+		return set, nil
 	}
 	if s.fetcher == nil {
 		return nil, fmt.Errorf("no key set for jwksUri %s: give one", uri)
