@@ -139,3 +139,30 @@ func TestOpenIDDiscovery(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseKeyDocuments: what a key server sends (a JWKS, a discovery
+// document) never panics the parsers, and what they accept is usable.
+func FuzzParseKeyDocuments(f *testing.F) {
+	iss := newTestIssuer(f, "k1")
+	f.Add([]byte(iss.jwks))
+	f.Add([]byte(`{"issuer":"https://a.example","jwks_uri":"https://a.example/keys"}`))
+	f.Add([]byte(`{"keys":[{"kty":"EC","crv":"P-256","x":"","y":""}]}`))
+	f.Add([]byte(`{"keys":[]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if set, err := parseJWKS(data); err == nil {
+			if len(set.Keys) == 0 {
+				t.Fatal("accepted a JWKS without keys")
+			}
+			for _, k := range set.Keys {
+				if !k.IsPublic() {
+					t.Fatal("accepted a private key")
+				}
+			}
+		}
+		if uri, err := parseDiscovery("https://a.example", data); err == nil {
+			if !strings.HasPrefix(uri, "http://") && !strings.HasPrefix(uri, "https://") {
+				t.Fatalf("accepted jwks_uri %q", uri)
+			}
+		}
+	})
+}
