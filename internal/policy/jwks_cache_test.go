@@ -160,7 +160,7 @@ func FuzzParseKeyDocuments(f *testing.F) {
 			}
 		}
 		if uri, err := parseDiscovery("https://a.example", data); err == nil {
-			if !strings.HasPrefix(uri, "http://") && !strings.HasPrefix(uri, "https://") {
+			if l := strings.ToLower(uri); !strings.HasPrefix(l, "http://") && !strings.HasPrefix(l, "https://") {
 				t.Fatalf("accepted jwks_uri %q", uri)
 			}
 		}
