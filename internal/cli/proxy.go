@@ -25,6 +25,7 @@ func init() { register(newProxyCommand) }
 
 func newProxyCommand() *cobra.Command {
 	var configPath, logLevel, logFmt string
+	var check bool
 	c := &cobra.Command{
 		Use:   "proxy --config FILE",
 		Short: "Run an mTLS sidecar or gateway enforcing Istio's PeerAuthentication, RequestAuthentication and AuthorizationPolicy",
@@ -101,6 +102,9 @@ See docs/configuration.md for every key and what each listener enforces.`,
 			fc, err := proxy.LoadConfig(configPath)
 			if err != nil {
 				return err
+			}
+			if check {
+				return checkProxyConfig(c, configPath, fc)
 			}
 			if !c.Flags().Changed("log-level") {
 				logLevel = fc.LogLevel
@@ -190,7 +194,62 @@ See docs/configuration.md for every key and what each listener enforces.`,
 	f.StringVar(&configPath, "config", "", "YAML configuration file (required; every key is in the example)")
 	f.StringVar(&logLevel, "log-level", "", "debug, info (default), warn or error (overrides log_level)")
 	f.StringVar(&logFmt, "log-format", "", "text (default) or json (overrides log_format)")
+	f.BoolVar(&check, "check", false, "check the configuration, the policies directory (with lint findings) and the gateways' certificate files, print what would run, and exit: 0 valid, 1 not")
 	return c
+}
+
+// checkProxyConfig is `meshfed proxy --config FILE --check`: everything the
+// proxy reads at start, without binding a port or asking the agent.
+func checkProxyConfig(c *cobra.Command, path string, fc proxy.FileConfig) error {
+	w := c.OutOrStdout()
+	var set *policy.Set
+	if fc.Policies != "" {
+		var opts []policy.Option
+		if fc.RootNamespace != "" {
+			opts = append(opts, policy.WithRootNamespace(fc.RootNamespace))
+		}
+		docs, err := policy.ReadDir(fc.Policies, append([]policy.Option{policy.SkipOtherKinds()}, opts...)...)
+		if err != nil {
+			return err
+		}
+		if set, err = policy.NewSet(docs, opts...); err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "policies %s: %d documents\n", fc.Policies, len(docs))
+		for _, f := range set.Lint() {
+			fmt.Fprintf(w, "  lint: %s\n", f)
+		}
+	}
+	if err := fc.Gateways.CheckFiles(); err != nil {
+		return err
+	}
+	for _, in := range fc.Inbound {
+		proto := in.Protocol
+		if proto == "" {
+			proto = proxy.ProtocolTCP
+		}
+		mode := "PERMISSIVE (no policies directory; the server's policies may change it)"
+		if set != nil {
+			port, err := proxy.InboundPort(in)
+			if err != nil {
+				return err
+			}
+			d := set.MTLS(fc.Namespace, fc.Labels, port)
+			mode = fmt.Sprintf("%s (set by %s)", d.Mode, d.Policy)
+		}
+		fmt.Fprintf(w, "inbound %s -> %s, %s, mTLS %s\n", in.Listen, in.ForwardTo, proto, mode)
+	}
+	for _, out := range fc.Outbound {
+		fmt.Fprintf(w, "outbound %s -> %s, service %s served by %s\n", out.Listen, out.Upstream, out.Service, strings.Join(out.AllowedIDs, ", "))
+	}
+	for _, in := range fc.Gateways.Ingress {
+		fmt.Fprintf(w, "ingress gateway %s on %s, tls %s, %d routes\n", in.Name, in.Listen, in.TLS.Mode, len(in.Routes))
+	}
+	for _, out := range fc.Gateways.Egress {
+		fmt.Fprintf(w, "egress gateway %s on %s -> %s, tls %s\n", out.Name, out.Listen, out.Upstream, out.TLS.Mode)
+	}
+	fmt.Fprintf(w, "%s: valid\n", path)
+	return nil
 }
 
 // serverPolicyWait is how long the proxy waits, at start, for the agent's

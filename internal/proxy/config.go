@@ -164,8 +164,9 @@ func (c *FileConfig) check() error {
 	return c.Gateways.check()
 }
 
-// inboundPort is the policy port of in: Port, or the port of ForwardTo.
-func inboundPort(in InboundConfig) (uint32, error) {
+// InboundPort is the port policies are asked about for in: Port, or the
+// port of ForwardTo.
+func InboundPort(in InboundConfig) (uint32, error) {
 	if in.Port != 0 {
 		return in.Port, nil
 	}

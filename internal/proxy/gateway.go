@@ -586,6 +586,23 @@ type gatewayStamp struct {
 	size    int64
 }
 
+// CheckFiles loads every gateway's certificate, key and CA files as New
+// does, binding nothing: for `meshfed proxy --check`.
+func (g *GatewaysConfig) CheckFiles() error {
+	discard := slog.New(slog.DiscardHandler)
+	for _, in := range g.Ingress {
+		if _, err := newGatewayFiles(in.Name, in.TLS.ServerCertificate, in.TLS.PrivateKey, in.TLS.CACertificates, time.Now, discard); err != nil {
+			return err
+		}
+	}
+	for _, out := range g.Egress {
+		if _, err := newGatewayFiles(out.Name, out.TLS.ClientCertificate, out.TLS.PrivateKey, out.TLS.CACertificates, time.Now, discard); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func newGatewayFiles(name, cert, key, ca string, now func() time.Time, log *slog.Logger) (*gatewayFiles, error) {
 	f := &gatewayFiles{name: name, cert: cert, key: key, ca: ca, now: now, log: log}
 	f.stamps = f.stat()

@@ -75,6 +75,8 @@ type Sidecar struct {
 	log       *slog.Logger
 	policy    atomic.Pointer[policyRef]
 	now       func() time.Time
+	// serving is set while Run accepts connections: /readyz.
+	serving atomic.Bool
 }
 
 // policyRef holds the Policy in force; nil Policy means none.
@@ -130,7 +132,7 @@ func New(cfg Config) (*Sidecar, error) {
 	}
 	for i := range cfg.Inbound {
 		in := &cfg.Inbound[i]
-		port, err := inboundPort(*in)
+		port, err := InboundPort(*in)
 		if err != nil {
 			return fail(fmt.Errorf("proxy: inbound[%d]: %w", i, err))
 		}
@@ -212,11 +214,20 @@ func (s *Sidecar) Listeners() []Listener {
 	return out
 }
 
-// Handler serves /metrics and /healthz.
+// Handler serves /metrics, /healthz (the process is up) and /readyz (200
+// while the listeners accept connections; 503 before Run and once it
+// drains, so a load balancer stops sending new connections first).
 func (s *Sidecar) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !s.serving.Load() {
+			http.Error(w, "not serving: starting or draining", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
 	return mux
 }
 
@@ -272,11 +283,13 @@ func (s *Sidecar) Run(ctx context.Context) error {
 		}()
 	}
 	stop := make(chan struct{})
+	s.serving.Store(true)
 	go func() {
 		select {
 		case <-ctx.Done():
 		case <-stop:
 		}
+		s.serving.Store(false)
 		for _, l := range s.listeners {
 			l.ln.Close()
 		}

@@ -9,6 +9,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"sync"
@@ -301,6 +303,14 @@ func TestDrainLetsOpenConnectionFinish(t *testing.T) {
 	if err := roundTrip(c, []byte("before")); err != nil {
 		t.Fatal(err)
 	}
+	ready := func() int {
+		rec := httptest.NewRecorder()
+		r.s.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+		return rec.Code
+	}
+	if code := ready(); code != http.StatusOK {
+		t.Fatalf("/readyz while serving: %d, want 200", code)
+	}
 	r.cancel()
 	waitFor(t, func() bool {
 		c, err := net.Dial("tcp", addr)
@@ -309,6 +319,9 @@ func TestDrainLetsOpenConnectionFinish(t *testing.T) {
 		}
 		return err != nil
 	})
+	if code := ready(); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz while draining: %d, want 503", code)
+	}
 	if err := roundTrip(c, []byte("during the drain")); err != nil {
 		t.Fatalf("open connection broken by the drain: %v", err)
 	}
