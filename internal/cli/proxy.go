@@ -56,9 +56,12 @@ A change to the directory (polled every second) or on the server takes
 effect without a restart; a set that does not build is refused, with the
 file and line in the log, and the last good one stays in force.
 
-Outbound listeners (outbound: listen, service, upstream, allowed_ids) take
-plaintext from the local app and open mTLS to upstream, refusing a server
+Outbound listeners (outbound: listen, service, upstream, allowed_ids, protocol)
+take plaintext from the local app and open mTLS to upstream, refusing a server
 whose SPIFFE ID is not in allowed_ids for the service (Istio's secure naming).
+protocol: tcp tunnels each app connection over its own mTLS connection;
+protocol: http sends the app's requests over pooled keep-alive mTLS
+connections, so a new app connection costs no handshake.
 
 Gateways (gateways: ingress, egress) take their certificates from PEM files
 instead of the agent (reloaded when the files change), so a proxy with only

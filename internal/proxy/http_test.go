@@ -411,3 +411,59 @@ func TestHTTPInboundUpgrade(t *testing.T) {
 	echoUpgrade(t, c, "ratings")
 	waitLog(t, r, "msg=request", "path=/ws proto=HTTP/1.1 status=101")
 }
+
+// TestHTTPOutbound: an HTTP outbound listener sends the app's requests
+// over pooled mTLS connections that passed secure naming: ten requests on
+// ten new app connections cost one handshake; the app behind the inbound
+// side sees the client's identity; an upgrade goes through; a server not
+// allowed to run the service gets no request, and the app a 503.
+func TestHTTPOutbound(t *testing.T) {
+	w := newWorld(t, pki.ECP256)
+	clientSrc := w.source(w.caA.svid(t, clientID, pki.ECP256, 3, pkix.Name{}))
+	app, last := httpApp(t)
+	start := func(serverID string, slot int, forward string) *running {
+		return startSidecar(t, proxy.Config{Source: w.source(w.caA.svid(t, serverID, pki.ECP256, slot, pkix.Name{})), Namespace: "db",
+			Policy: fixedMode(policy.ModeStrict), Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: forward, Protocol: proxy.ProtocolHTTP}}})
+	}
+	in := start(infraTeam, 2, app)
+	out := startSidecar(t, proxy.Config{Source: clientSrc, Outbound: []proxy.OutboundConfig{
+		{Name: "datastore", Service: "datastore", Upstream: in.addr(0), AllowedIDs: []string{infraTeam}, Protocol: proxy.ProtocolHTTP},
+	}})
+	client := &http.Client{Timeout: waitBudget, Transport: &http.Transport{DisableKeepAlives: true}}
+	for i := range 10 {
+		code, body, _ := get(t, client, fmt.Sprintf("http://%s/r/%d", out.addr(0), i), nil)
+		if code != 200 || body != fmt.Sprintf("app saw /r/%d", i) {
+			t.Fatalf("request %d: %d %q", i, code, body)
+		}
+	}
+	if x := last().Headers.Get(proxy.XFCCHeader); !strings.HasSuffix(x, ";URI="+clientID) {
+		t.Fatalf("the app got XFCC %q, want the client's identity", x)
+	}
+	if m := scrape(t, out); !strings.Contains(m, `meshfed_proxy_handshakes_total{listener="datastore",result="ok"} 1`+"\n") ||
+		!strings.Contains(m, `meshfed_proxy_http_requests_total{code="2xx",listener="datastore"} 10`+"\n") {
+		t.Fatalf("want 10 requests over 1 handshake:\n%s", m)
+	}
+	waitLog(t, out, "msg=request listener=datastore", "peer="+infraTeam+" method=GET host="+out.addr(0)+" path=/r/9 proto=HTTP/1.1 status=200")
+
+	// An upgraded stream (WebSocket-style) through both sides.
+	upIn := start(infraTeam, 4, upgradeEchoApp(t))
+	upOut := startSidecar(t, proxy.Config{Source: clientSrc, Outbound: []proxy.OutboundConfig{
+		{Name: "ws", Service: "datastore", Upstream: upIn.addr(0), AllowedIDs: []string{infraTeam}, Protocol: proxy.ProtocolHTTP},
+	}})
+	c, err := net.DialTimeout("tcp", upOut.addr(0), waitBudget)
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoUpgrade(t, c, "datastore")
+
+	// Secure naming: test-team is not allowed to run datastore.
+	impostor := start(testTeam, 5, app)
+	bad := startSidecar(t, proxy.Config{Source: clientSrc, Outbound: []proxy.OutboundConfig{
+		{Name: "datastore", Service: "datastore", Upstream: impostor.addr(0), AllowedIDs: []string{infraTeam}, Protocol: proxy.ProtocolHTTP},
+	}})
+	code, body, _ := get(t, client, "http://"+bad.addr(0)+"/secret", nil)
+	if code != http.StatusServiceUnavailable || body != "upstream connect error or disconnect/reset before headers" {
+		t.Fatalf("to an impostor: %d %q, want 503", code, body)
+	}
+	waitLog(t, bad, "path=/secret", "status=503", "result=upstream_failed", testTeam, "datastore")
+}

@@ -91,7 +91,7 @@ type listener struct {
 	tlsCfg   *tls.Config // inbound: server side; outbound: client side
 	outbound *OutboundConfig
 	gateway  *gateway     // gateway listeners only (gateway.go)
-	http     *httpInbound // inbound with protocol "http"
+	http     httpServer // protocol "http": inbound or outbound
 	// serve handles one accepted connection; the accept loop closes it
 	// afterwards.
 	serve  func(l *listener, c net.Conn)
@@ -171,10 +171,12 @@ func New(cfg Config) (*Sidecar, error) {
 		}
 		tc := ClientTLS(cfg.Source, naming.Authorizer(out.Service))
 		tc.ServerName = out.Service
+		l := &listener{name: name, ln: ln, outbound: out, tlsCfg: tc, serve: s.serveOutbound}
 		if out.Protocol == ProtocolHTTP {
 			tc.NextProtos = []string{"http/1.1"}
+			l.http = newHTTPOutbound(s, l)
 		}
-		s.listeners = append(s.listeners, &listener{name: name, ln: ln, outbound: out, tlsCfg: tc, serve: s.serveOutbound})
+		s.listeners = append(s.listeners, l)
 	}
 	if err := s.addGateways(); err != nil {
 		return fail(err)
@@ -439,6 +441,15 @@ func (s *Sidecar) serveInbound(l *listener, c net.Conn) {
 func (s *Sidecar) serveOutbound(l *listener, c net.Conn) {
 	start := time.Now()
 	lim := s.cfg.Limits
+	if l.http != nil {
+		// Requests go over pooled mTLS connections; each is logged.
+		result, err := "ok", error(nil)
+		if !l.http.serve(c, nil) {
+			result, err = "closed", errors.New("proxy: draining: the HTTP server takes no more connections")
+		}
+		s.finish(l, c, "", 0, 0, start, result, err)
+		return
+	}
 	raw, err := net.DialTimeout("tcp", l.outbound.Upstream, time.Duration(lim.HandshakeTimeout))
 	if err != nil {
 		s.finish(l, c, "", 0, 0, start, "upstream_failed", err)
