@@ -90,7 +90,7 @@ type listener struct {
 	port     uint32      // inbound: the policy port
 	tlsCfg   *tls.Config // inbound: server side; outbound: client side
 	outbound *OutboundConfig
-	gateway  *gateway     // gateway listeners only (gateway.go)
+	gateway  *gateway   // gateway listeners only (gateway.go)
 	http     httpServer // protocol "http": inbound or outbound
 	// serve handles one accepted connection; the accept loop closes it
 	// afterwards.
