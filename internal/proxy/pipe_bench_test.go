@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"net/http"
 	"runtime"
 	"testing"
 	"time"
@@ -274,5 +275,71 @@ func benchPingPong(b *testing.B, dial func() (net.Conn, error)) {
 		if _, err := io.ReadFull(c, in); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkHTTPNewConns: one HTTP request per new connection of the app.
+// Directly, each is a new mTLS connection (full handshake, or resumed);
+// through an HTTP outbound and an HTTP inbound sidecar, the app's
+// connection is plaintext to the outbound listener, which sends the request
+// over its pool of mTLS connections: no handshake per request.
+func BenchmarkHTTPNewConns(b *testing.B) {
+	w := newWorld(b, pki.ECP256)
+	serverSrc := w.source(w.caA.svid(b, idBackend, pki.ECP256, 2, pkix.Name{}))
+	clientSrc := w.source(w.caA.svid(b, idFrontend, pki.ECP256, 3, pkix.Name{}))
+	app := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, _ *http.Request) { io.WriteString(rw, "ok") }), ReadHeaderTimeout: waitBudget}
+	appLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go app.Serve(appLn)
+	b.Cleanup(func() { app.Close() })
+	directLn, err := tls.Listen("tcp", "127.0.0.1:0", func() *tls.Config {
+		c := proxy.ServerTLS(serverSrc, tlsconfig.AuthorizeID(mustID(idFrontend)))
+		c.NextProtos = []string{"http/1.1"}
+		return c
+	}())
+	if err != nil {
+		b.Fatal(err)
+	}
+	direct := &http.Server{Handler: app.Handler, ReadHeaderTimeout: waitBudget}
+	go direct.Serve(directLn)
+	b.Cleanup(func() { direct.Close() })
+	inbound := startPipeSidecar(b, proxy.Config{Source: serverSrc,
+		Inbound: []proxy.InboundConfig{{Name: "in", Listen: "127.0.0.1:0", ForwardTo: appLn.Addr().String(), Protocol: proxy.ProtocolHTTP}}})
+	outbound := startPipeSidecar(b, proxy.Config{Source: clientSrc,
+		Outbound: []proxy.OutboundConfig{{Name: "out", Listen: "127.0.0.1:0", Service: "backend", Upstream: inbound, AllowedIDs: []string{idBackend}, Protocol: proxy.ProtocolHTTP}}})
+	clientTLS := func(resume bool) *tls.Config {
+		c := proxy.ClientTLS(clientSrc, tlsconfig.AuthorizeID(mustID(idBackend)))
+		c.ServerName, c.NextProtos = "backend", []string{"http/1.1"}
+		if !resume {
+			c.ClientSessionCache = nil
+		}
+		return c
+	}
+	for _, bc := range []struct {
+		name, url string
+		tr        *http.Transport
+	}{
+		{"direct-full", "https://" + directLn.Addr().String() + "/", &http.Transport{TLSClientConfig: clientTLS(false), DisableKeepAlives: true}},
+		{"direct-resumed", "https://" + directLn.Addr().String() + "/", &http.Transport{TLSClientConfig: clientTLS(true), DisableKeepAlives: true}},
+		{"proxy", "http://" + outbound + "/", &http.Transport{DisableKeepAlives: true}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			client := &http.Client{Transport: bc.tr, Timeout: waitBudget}
+			b.ReportAllocs()
+			for b.Loop() {
+				resp, err := client.Get(bc.url)
+				if err != nil {
+					b.Fatal(err)
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					b.Fatalf("status %d", resp.StatusCode)
+				}
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "requests/s")
+		})
 	}
 }
