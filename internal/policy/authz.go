@@ -31,6 +31,18 @@ type Request struct {
 	// Auth is the result of request authentication; nil or with an empty
 	// Principal when the request carries no JWT.
 	Auth *AuthnResult
+
+	parsed *principal // Principal, split once per evaluation
+}
+
+// peer is the request's Principal split into trust domain, namespace and
+// service account, parsed on first use.
+func (r *Request) peer() principal {
+	if r.parsed == nil {
+		p := parsePrincipal(r.Principal)
+		r.parsed = &p
+	}
+	return *r.parsed
 }
 
 // Actions of an AuthzDecision.
@@ -122,7 +134,11 @@ func (s *Set) Authorize(ns string, labels map[string]string, req Request) AuthzD
 }
 
 func dryRun(d *Document) bool {
-	v, _ := strconv.ParseBool(d.Annotations[DryRunAnnotation])
+	a, ok := d.Annotations[DryRunAnnotation]
+	if !ok {
+		return false
+	}
+	v, _ := strconv.ParseBool(a)
 	return v
 }
 
@@ -236,12 +252,14 @@ func ruleMismatch(r *secv1beta1.Rule, req *Request, policyNS string, why bool) s
 // value must match one of pos (when pos is set) and none of neg. On TCP an
 // HTTP-only field is skipped (only reached for DENY and AUDIT).
 func field(pos, neg []string, match func(string) bool) bool {
-	return fieldMismatch(false, "", "", pos, neg, "", match) == ""
+	return fieldMismatch(false, "", "", pos, neg, nil, match) == ""
 }
 
 // fieldMismatch is field that says why not ("" when it matches), naming
 // the fields (name and notName) and the request's value v when why is set.
-func fieldMismatch(why bool, name, notName string, pos, neg []string, v string, match func(string) bool) string {
+// v gives the value only when why is set, so that the decision path
+// formats nothing.
+func fieldMismatch(why bool, name, notName string, pos, neg []string, v func() string, match func(string) bool) string {
 	if len(pos) > 0 {
 		ok := false
 		for _, p := range pos {
@@ -254,7 +272,7 @@ func fieldMismatch(why bool, name, notName string, pos, neg []string, v string, 
 			if !why {
 				return name
 			}
-			return fmt.Sprintf("%s %q does not match %q", name, pos, v)
+			return fmt.Sprintf("%s %q does not match %q", name, pos, v())
 		}
 	}
 	for _, n := range neg {
@@ -262,55 +280,59 @@ func fieldMismatch(why bool, name, notName string, pos, neg []string, v string, 
 			if !why {
 				return notName
 			}
-			return fmt.Sprintf("%s %q matches %q", notName, neg, v)
+			return fmt.Sprintf("%s %q matches %q", notName, neg, v())
 		}
 	}
 	return ""
 }
 
 func sourceMismatch(s *secv1beta1.Source, req *Request, policyNS string, why bool) string {
-	pr := parsePrincipal(req.Principal)
+	pr := req.peer()
 	str := func(v string) func(string) bool { return func(p string) bool { return matchString(p, v) } }
+	val := func(v string) func() string { return func() string { return v } }
 	ip := func(a netip.Addr) func(string) bool {
 		return func(p string) bool {
 			pf, err := parseIPBlock(p)
 			return err == nil && a.IsValid() && pf.Contains(a.Unmap())
 		}
 	}
+	ipVal := func(a netip.Addr) func() string {
+		return func() string {
+			if !a.IsValid() {
+				return ""
+			}
+			return a.Unmap().String()
+		}
+	}
 	sa := func(p string) bool {
-		if !strings.Contains(p, "/") {
-			p = policyNS + "/" + p
+		ns, name, ok := strings.Cut(p, "/")
+		if !ok {
+			ns, name = policyNS, p
 		}
-		return pr.ok && p == pr.ns+"/"+pr.sa
+		return pr.ok && ns == pr.ns && name == pr.sa
 	}
-	ipStr := func(a netip.Addr) string {
-		if !a.IsValid() {
-			return ""
-		}
-		return a.Unmap().String()
-	}
-	if m := fieldMismatch(why, "principals", "notPrincipals", s.GetPrincipals(), s.GetNotPrincipals(), req.Principal, str(req.Principal)); m != "" {
+	if m := fieldMismatch(why, "principals", "notPrincipals", s.GetPrincipals(), s.GetNotPrincipals(), val(req.Principal), str(req.Principal)); m != "" {
 		return m
 	}
-	if m := fieldMismatch(why, "namespaces", "notNamespaces", s.GetNamespaces(), s.GetNotNamespaces(), pr.ns, str(pr.ns)); m != "" {
+	if m := fieldMismatch(why, "namespaces", "notNamespaces", s.GetNamespaces(), s.GetNotNamespaces(), val(pr.ns), str(pr.ns)); m != "" {
 		return m
 	}
-	if m := fieldMismatch(why, "serviceAccounts", "notServiceAccounts", s.GetServiceAccounts(), s.GetNotServiceAccounts(), pr.ns+"/"+pr.sa, sa); m != "" {
+	if m := fieldMismatch(why, "serviceAccounts", "notServiceAccounts", s.GetServiceAccounts(), s.GetNotServiceAccounts(), func() string { return pr.ns + "/" + pr.sa }, sa); m != "" {
 		return m
 	}
-	if m := fieldMismatch(why, "trustDomains", "notTrustDomains", s.GetTrustDomains(), s.GetNotTrustDomains(), pr.td, str(pr.td)); m != "" {
+	if m := fieldMismatch(why, "trustDomains", "notTrustDomains", s.GetTrustDomains(), s.GetNotTrustDomains(), val(pr.td), str(pr.td)); m != "" {
 		return m
 	}
-	if m := fieldMismatch(why, "ipBlocks", "notIpBlocks", s.GetIpBlocks(), s.GetNotIpBlocks(), ipStr(req.SourceIP), ip(req.SourceIP)); m != "" {
+	if m := fieldMismatch(why, "ipBlocks", "notIpBlocks", s.GetIpBlocks(), s.GetNotIpBlocks(), ipVal(req.SourceIP), ip(req.SourceIP)); m != "" {
 		return m
 	}
-	if m := fieldMismatch(why, "remoteIpBlocks", "notRemoteIpBlocks", s.GetRemoteIpBlocks(), s.GetNotRemoteIpBlocks(), ipStr(remoteIP(req)), ip(remoteIP(req))); m != "" {
+	if m := fieldMismatch(why, "remoteIpBlocks", "notRemoteIpBlocks", s.GetRemoteIpBlocks(), s.GetNotRemoteIpBlocks(), ipVal(remoteIP(req)), ip(remoteIP(req))); m != "" {
 		return m
 	}
 	if req.TCP {
 		return ""
 	}
-	return fieldMismatch(why, "requestPrincipals", "notRequestPrincipals", s.GetRequestPrincipals(), s.GetNotRequestPrincipals(), authPrincipal(req), str(authPrincipal(req)))
+	return fieldMismatch(why, "requestPrincipals", "notRequestPrincipals", s.GetRequestPrincipals(), s.GetNotRequestPrincipals(), val(authPrincipal(req)), str(authPrincipal(req)))
 }
 
 func operationMismatch(o *secv1beta1.Operation, req *Request, why bool) string {
@@ -318,20 +340,21 @@ func operationMismatch(o *secv1beta1.Operation, req *Request, why bool) string {
 		n, err := parsePort(p)
 		return err == nil && n == req.Port
 	}
-	if m := fieldMismatch(why, "ports", "notPorts", o.GetPorts(), o.GetNotPorts(), strconv.FormatUint(uint64(req.Port), 10), port); m != "" {
+	portVal := func() string { return strconv.FormatUint(uint64(req.Port), 10) }
+	if m := fieldMismatch(why, "ports", "notPorts", o.GetPorts(), o.GetNotPorts(), portVal, port); m != "" {
 		return m
 	}
 	if req.TCP {
 		return "" // hosts, methods and paths are HTTP only
 	}
 	host := strings.ToLower(req.Host)
-	if m := fieldMismatch(why, "hosts", "notHosts", o.GetHosts(), o.GetNotHosts(), req.Host, func(p string) bool { return matchString(strings.ToLower(p), host) }); m != "" {
+	if m := fieldMismatch(why, "hosts", "notHosts", o.GetHosts(), o.GetNotHosts(), func() string { return req.Host }, func(p string) bool { return matchString(strings.ToLower(p), host) }); m != "" {
 		return m
 	}
-	if m := fieldMismatch(why, "methods", "notMethods", o.GetMethods(), o.GetNotMethods(), req.Method, func(p string) bool { return matchString(p, req.Method) }); m != "" {
+	if m := fieldMismatch(why, "methods", "notMethods", o.GetMethods(), o.GetNotMethods(), func() string { return req.Method }, func(p string) bool { return matchString(p, req.Method) }); m != "" {
 		return m
 	}
-	return fieldMismatch(why, "paths", "notPaths", o.GetPaths(), o.GetNotPaths(), req.Path, func(p string) bool { return matchString(p, req.Path) })
+	return fieldMismatch(why, "paths", "notPaths", o.GetPaths(), o.GetNotPaths(), func() string { return req.Path }, func(p string) bool { return matchString(p, req.Path) })
 }
 
 func conditionMatches(c *secv1beta1.Condition, req *Request) bool {
@@ -342,7 +365,7 @@ func conditionMatches(c *secv1beta1.Condition, req *Request) bool {
 	if req.TCP && k.httpOnly() {
 		return true // only reached for DENY and AUDIT, which ignore it
 	}
-	pr := parsePrincipal(req.Principal)
+	pr := req.peer()
 	var values []string // the request's values for the key; none when absent
 	var match func(pattern, v string) bool = matchString
 	switch k.name {
@@ -444,11 +467,12 @@ type principal struct {
 
 // parsePrincipal splits "<td>/ns/<ns>/sa/<sa>".
 func parsePrincipal(p string) principal {
-	parts := strings.Split(p, "/")
-	if len(parts) != 5 || parts[1] != "ns" || parts[3] != "sa" || parts[0] == "" || parts[2] == "" || parts[4] == "" {
+	td, rest, ok1 := strings.Cut(p, "/ns/")
+	ns, sa, ok2 := strings.Cut(rest, "/sa/")
+	if !ok1 || !ok2 || td == "" || strings.Contains(td, "/") || ns == "" || strings.Contains(ns, "/") || sa == "" || strings.Contains(sa, "/") {
 		return principal{}
 	}
-	return principal{td: parts[0], ns: parts[2], sa: parts[4], ok: true}
+	return principal{td: td, ns: ns, sa: sa, ok: true}
 }
 
 // RuleTrace is how one rule of an AuthorizationPolicy fared against a

@@ -69,10 +69,16 @@ type Document struct {
 	Authz   *secv1beta1.AuthorizationPolicy
 
 	jwks []*jose.JSONWebKeySet // RequestAuthentication: inline jwks per rule, nil for jwksUri
+	ref  string                // Ref, kept by NewSet
 }
 
 // Ref names the document as "namespace/name".
-func (d *Document) Ref() string { return d.Namespace + "/" + d.Name }
+func (d *Document) Ref() string {
+	if d.ref != "" {
+		return d.ref
+	}
+	return d.Namespace + "/" + d.Name
+}
 
 // Where names the document's file and line.
 func (d *Document) Where() string { return fmt.Sprintf("%s:%d", d.File, d.Line) }

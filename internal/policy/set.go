@@ -26,6 +26,7 @@ func NewSet(docs []Document, opts ...Option) (*Set, error) {
 	seen := map[string]*Document{}
 	for i := range docs {
 		d := &docs[i]
+		d.ref = d.Namespace + "/" + d.Name
 		key := string(d.Kind) + " " + d.Ref()
 		if prev, ok := seen[key]; ok {
 			return nil, fmt.Errorf("policy: %s: %s %s is also defined at %s", d.Where(), d.Kind, d.Ref(), prev.Where())
