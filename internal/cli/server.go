@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 
@@ -71,6 +72,10 @@ Flags override the --config file; docs/configuration.md lists every key.`,
 			srv, err := server.New(ctx, merged, server.Options{Logger: logger})
 			if err != nil {
 				return err
+			}
+			if n, changed := server.ProcsFor(srv.Datastore(), runtime.GOMAXPROCS(0), os.Getenv("GOMAXPROCS")); changed {
+				runtime.GOMAXPROCS(n)
+				logger.Info("server: GOMAXPROCS one above the CPUs, since SQLite's fsync holds a P (set GOMAXPROCS to choose)", "gomaxprocs", n)
 			}
 			a := srv.Addrs()
 			progress(c, "meshfed server for %s: signing API %s, bundle endpoint %s, admin socket %s", srv.TrustDomain(), a.Listen, a.BundleListen, a.AdminSocket)
