@@ -69,28 +69,11 @@ func tlsCert(s *x509svid.SVID) tls.Certificate {
 }
 
 func benchHandshakes(b *testing.B, server, client *tls.Config) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				tc := tls.Server(c, server)
-				_ = tc.Handshake()
-				tc.Close()
-			}()
-		}
-	}()
+	addr := serve(b, server, func(c net.Conn) { _ = c.(*tls.Conn).Handshake() })
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		c, err := net.Dial("tcp", ln.Addr().String())
+		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			b.Fatal(err)
 		}

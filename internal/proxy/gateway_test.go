@@ -40,7 +40,13 @@ type gwLeaf struct {
 // it to dir/name-cert.pem and dir/name-key.pem.
 func gwIssue(t *testing.T, ca *testCA, slot int, dir, name string, ttl time.Duration, names ...string) gwLeaf {
 	t.Helper()
-	k := key(t, pki.ECP256, slot)
+	return gwIssueKey(t, ca, pki.ECP256, slot, dir, name, ttl, names...)
+}
+
+// gwIssueKey is gwIssue with a key of type kt.
+func gwIssueKey(t *testing.T, ca *testCA, kt pki.KeyType, slot int, dir, name string, ttl time.Duration, names ...string) gwLeaf {
+	t.Helper()
+	k := key(t, kt, slot)
 	chain, err := ca.ca.SignLeaf(pki.LeafRequest{PublicKey: k.Public(), DNSNames: names, TTL: ttl})
 	if err != nil {
 		t.Fatal(err)
@@ -745,8 +751,8 @@ func TestGatewayOpenSSL(t *testing.T) {
 	opensslPath(t)
 	dir := t.TempDir()
 	root := newCA(t, pki.RSA2048, 20, "third-party root")
-	server := gwIssueRSA(t, root, 21, dir, "server", "helloworld.zufar.io")
-	client := gwIssueRSA(t, root, 22, dir, "client", "helloworld.zufar.io")
+	server := gwIssueKey(t, root, pki.RSA2048, 21, dir, "server", 0, "helloworld.zufar.io")
+	client := gwIssueKey(t, root, pki.RSA2048, 22, dir, "client", 0, "helloworld.zufar.io")
 	rootFile := gwRootFile(t, dir, "root-cert.pem", root)
 	r := startGateways(t, proxy.GatewaysConfig{Ingress: []proxy.IngressConfig{{
 		Name: "openssl",
@@ -782,24 +788,6 @@ func TestGatewayOpenSSL(t *testing.T) {
 		}
 		r.logs.wait(t, "listener=openssl", "result=handshake_failed", "tls: client didn't provide a certificate")
 	})
-}
-
-// gwIssueRSA is gwIssue with an RSA 2048 key, as the seed's certificates.
-func gwIssueRSA(t *testing.T, ca *testCA, slot int, dir, name string, names ...string) gwLeaf {
-	t.Helper()
-	k := key(t, pki.RSA2048, slot)
-	chain, err := ca.ca.SignLeaf(pki.LeafRequest{PublicKey: k.Public(), DNSNames: names})
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyPEM, err := pemfile.EncodePrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := gwLeaf{chain: chain, cert: filepath.Join(dir, name+"-cert.pem"), key: filepath.Join(dir, name+"-key.pem")}
-	gwWrite(t, l.cert, pemfile.EncodeCertificates(chain...))
-	gwWrite(t, l.key, keyPEM)
-	return l
 }
 
 // FuzzGatewayConfig: any gateways: section is parsed or refused with the

@@ -107,38 +107,24 @@ func TestSniffClosedBeforeAnyByte(t *testing.T) {
 func TestSniffThenServe(t *testing.T) {
 	w := newWorld(t, pki.ECP256)
 	server := proxy.ServerTLS(w.source(w.caA.svid(t, idBackend, pki.ECP256, 2, pkix.Name{})), tlsconfig.AuthorizeAny())
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
+	addr := serve(t, nil, func(c net.Conn) {
+		isTLS, wrapped, err := proxy.Sniff(c, time.Second)
+		if err != nil {
+			return
+		}
+		reply := "plain"
+		if isTLS {
+			tc := tls.Server(wrapped, server)
+			if tc.Handshake() != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				isTLS, wrapped, err := proxy.Sniff(c, time.Second)
-				if err != nil {
-					return
-				}
-				reply := "plain"
-				if isTLS {
-					tc := tls.Server(wrapped, server)
-					if tc.Handshake() != nil {
-						return
-					}
-					wrapped, reply = tc, "tls"
-				}
-				buf := make([]byte, 4)
-				if _, err := io.ReadFull(wrapped, buf); err == nil {
-					_, _ = wrapped.Write(append(buf, " "+reply...))
-				}
-			}()
+			wrapped, reply = tc, "tls"
 		}
-	}()
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(wrapped, buf); err == nil {
+			_, _ = wrapped.Write(append(buf, " "+reply...))
+		}
+	})
 	roundTrip := func(c net.Conn) string {
 		t.Helper()
 		defer c.Close()
@@ -149,7 +135,7 @@ func TestSniffThenServe(t *testing.T) {
 		b, _ := io.ReadAll(c)
 		return string(b)
 	}
-	plain, err := net.Dial("tcp", ln.Addr().String())
+	plain, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +143,7 @@ func TestSniffThenServe(t *testing.T) {
 		t.Errorf("plaintext client got %q", got)
 	}
 	client := proxy.ClientTLS(w.source(w.caA.svid(t, idFrontend, pki.ECP256, 3, pkix.Name{})), tlsconfig.AuthorizeAny())
-	tc, err := tls.Dial("tcp", ln.Addr().String(), client)
+	tc, err := tls.Dial("tcp", addr, client)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -321,22 +321,9 @@ func TestRotation(t *testing.T) {
 	client := proxy.ClientTLS(clientSrc, authorizeID(idBackend))
 	client.ClientSessionCache = nil // every handshake full, to see the server's certificate
 
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", server)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
+	addr := serve(t, server, func(c net.Conn) { _, _ = io.Copy(c, c) })
 	dial := func() (*tls.Conn, error) {
-		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", ln.Addr().String(), client)
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", addr, client)
 		if err != nil {
 			return nil, err
 		}
