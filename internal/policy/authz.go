@@ -193,49 +193,17 @@ func ruleMatches(r *secv1beta1.Rule, req *Request, policyNS string) bool {
 // Without why it only returns a non-empty string, without formatting one
 // (the request path).
 func ruleMismatch(r *secv1beta1.Rule, req *Request, policyNS string, why bool) string {
-	if from := r.GetFrom(); len(from) > 0 {
-		first := ""
-		for i, f := range from {
-			m := sourceMismatch(f.GetSource(), req, policyNS, why)
-			if m == "" {
-				first = ""
-				break
-			}
-			if i == 0 {
-				first = m
-			}
-		}
-		if first != "" {
-			if !why {
-				return first
-			}
-			if len(from) > 1 {
-				return fmt.Sprintf("from: none of %d sources matches (from[0]: %s)", len(from), first)
-			}
-			return "from: " + first
-		}
+	from := r.GetFrom()
+	if m := noneMatches(len(from), why, "from", "sources", func(i int) string {
+		return sourceMismatch(from[i].GetSource(), req, policyNS, why)
+	}); m != "" {
+		return m
 	}
-	if to := r.GetTo(); len(to) > 0 {
-		first := ""
-		for i, t := range to {
-			m := operationMismatch(t.GetOperation(), req, why)
-			if m == "" {
-				first = ""
-				break
-			}
-			if i == 0 {
-				first = m
-			}
-		}
-		if first != "" {
-			if !why {
-				return first
-			}
-			if len(to) > 1 {
-				return fmt.Sprintf("to: none of %d operations matches (to[0]: %s)", len(to), first)
-			}
-			return "to: " + first
-		}
+	to := r.GetTo()
+	if m := noneMatches(len(to), why, "to", "operations", func(i int) string {
+		return operationMismatch(to[i].GetOperation(), req, why)
+	}); m != "" {
+		return m
 	}
 	for i, c := range r.GetWhen() {
 		if !conditionMatches(c, req) {
@@ -246,6 +214,30 @@ func ruleMismatch(r *secv1beta1.Rule, req *Request, policyNS string, why bool) s
 		}
 	}
 	return ""
+}
+
+// noneMatches is "" when one of a rule's n alternatives (the sources of
+// from, the operations of to) matches, or when there are none; otherwise
+// why the first one does not (mismatch(i) is the i-th's reason), named by
+// section when why is set.
+func noneMatches(n int, why bool, section, noun string, mismatch func(i int) string) string {
+	first := ""
+	for i := range n {
+		m := mismatch(i)
+		if m == "" {
+			return ""
+		}
+		if i == 0 {
+			first = m
+		}
+	}
+	switch {
+	case first == "" || !why:
+		return first
+	case n > 1:
+		return fmt.Sprintf("%s: none of %d %s matches (%s[0]: %s)", section, n, noun, section, first)
+	}
+	return section + ": " + first
 }
 
 // field evaluates one positive/negative pair of a source or operation: the

@@ -20,7 +20,6 @@ import (
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -302,8 +301,7 @@ func (h *ingressHTTP) serve(l *listener, c net.Conn, tc *tls.Conn, peer string, 
 
 // run serves the queued connections until the queue is closed.
 func (h *ingressHTTP) run() {
-	err := h.srv.Serve(h.queue)
-	if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+	if err := h.serveAll(h.srv); err != nil {
 		h.s.log.Error("proxy: gateway HTTP server stopped", "listener", h.g.cfg.Name, "error", err)
 	}
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
 	"sync"
@@ -71,6 +72,16 @@ func (h *handoff) serve(c net.Conn, info any) bool {
 	}
 	<-hc.done
 	return true
+}
+
+// serveAll runs srv on the handed-over connections until it is shut down
+// or the queue is closed, which is no error.
+func (h *handoff) serveAll(srv *http.Server) error {
+	err := srv.Serve(h.queue)
+	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
 }
 
 // handedIn returns the connection of a request's context, or nil.

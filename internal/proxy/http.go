@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -127,8 +126,7 @@ func upstreamFailed(body string) func(http.ResponseWriter, *http.Request, error)
 
 // run serves the connections handed over by serve until shutdown.
 func (h *httpInbound) run() {
-	err := h.srv.Serve(h.queue)
-	if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+	if err := h.serveAll(h.srv); err != nil {
 		h.s.log.Error("proxy: HTTP server stopped", "listener", h.l.name, "error", err)
 	}
 }

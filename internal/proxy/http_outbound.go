@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -119,8 +118,7 @@ func (h *httpOutbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // run serves the app's connections handed over by the accept loop.
 func (h *httpOutbound) run() {
-	err := h.srv.Serve(h.queue)
-	if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+	if err := h.serveAll(h.srv); err != nil {
 		h.s.log.Error("proxy: HTTP server stopped", "listener", h.l.name, "error", err)
 	}
 }
