@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -42,9 +43,13 @@ const (
 // concurrent use.
 type Attestor struct {
 	procRoot string
-	clock    func() time.Time
-	users    nameCache
-	groups   nameCache
+	// pidfds is whether connections are bound to their caller through
+	// SO_PEERPIDFD: the kernel offers it (Linux 6.5) and procRoot is a real
+	// procfs, whose /proc/<pid> handles are tied to their process.
+	pidfds bool
+	clock  func() time.Time
+	users  nameCache
+	groups nameCache
 }
 
 // nameCache remembers the names of ids for nameTTL.
@@ -59,12 +64,14 @@ type cachedName struct {
 	at   time.Time
 }
 
-func (c *nameCache) get(id string, now time.Time) string {
+// get returns the name of id and when it was looked up: it may be reused
+// from then until nameTTL later.
+func (c *nameCache) get(id string, now time.Time) (string, time.Time) {
 	c.mu.Lock()
 	n, ok := c.names[id]
 	c.mu.Unlock()
 	if ok && now.Sub(n.at) < nameTTL && !now.Before(n.at) {
-		return n.name
+		return n.name, n.at
 	}
 	name := c.lookup(id)
 	c.mu.Lock()
@@ -73,7 +80,7 @@ func (c *nameCache) get(id string, now time.Time) string {
 		c.names = make(map[string]cachedName)
 	}
 	c.names[id] = cachedName{name, now}
-	return name
+	return name, now
 }
 
 func lookupUser(id string) string {
@@ -104,6 +111,7 @@ func New(cfg Config) (*Attestor, error) {
 		return nil, fmt.Errorf("attest: proc root %s is not a directory; point it at the procfs mount", root)
 	}
 	a := &Attestor{procRoot: root, clock: cfg.Clock, users: nameCache{lookup: cfg.LookupUser}, groups: nameCache{lookup: cfg.LookupGroup}}
+	a.pidfds = isProcfs(root) && peerPidfdsWork()
 	if a.clock == nil {
 		a.clock = time.Now
 	}
@@ -117,19 +125,41 @@ func New(cfg Config) (*Attestor, error) {
 }
 
 // AttestPeer attests the caller of a gRPC request that arrived on a
-// connection accepted through a.TransportCredentials. Besides what Attest
-// checks, the caller's start time must still be the one recorded when the
-// connection was accepted, so a request on a connection whose process has
-// gone and whose pid now names another process is refused.
+// connection accepted through a.TransportCredentials: the process that
+// opened the connection, with the uid, gid and supplementary groups the
+// kernel recorded when it connected, and the executable it runs now. The
+// process must still run, as that uid and gid; a request on a connection
+// whose process has exited (and whose pid may now name another process) is
+// refused. The selectors are those of Attest, in its order.
+//
+// The returned slice is shared by the calls on one connection (it is
+// rebuilt only when the executable changes or a user or group name is due
+// to be looked up again): callers must not modify it.
 func (a *Attestor) AttestPeer(ctx context.Context) ([]Selector, error) {
 	info, ok := authInfoFromContext(ctx)
 	if !ok {
 		return nil, errors.New("attest: the request did not arrive through the attestor's transport credentials")
 	}
-	if info.startErr != nil {
-		return nil, fmt.Errorf("attest: process %d could not be read when it connected: %w", info.caller.PID, info.startErr)
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
-	return a.attest(ctx, info.caller, &info.startTime)
+	p := info.peer
+	if p.err != nil {
+		return nil, p.err
+	}
+	// Most executable paths fit; readExe takes a larger buffer if not.
+	var small [256]byte
+	var exe []byte
+	var err error
+	if p.bound {
+		exe, err = p.readBound(small[:])
+	} else {
+		exe, err = a.readByPID(p, small[:])
+	}
+	if err != nil {
+		return nil, err
+	}
+	return a.peerSelectors(p, exe), nil
 }
 
 // Attest returns the selectors of process pid, which connected with uid and
@@ -139,22 +169,21 @@ func (a *Attestor) AttestPeer(ctx context.Context) ([]Selector, error) {
 //	unix:user:<name>                 if uid has a name
 //	unix:gid:<gid>
 //	unix:group:<name>                if gid has a name
-//	unix:supplementary_gid:<g>       one per group on the Groups: line of /proc/<pid>/status
+//	unix:supplementary_gid:<g>       one per supplementary group, ascending
 //	unix:path:<exe>                  the target of /proc/<pid>/exe
 //
-// It fails if the process has exited, if its start time changes while it is
-// read, if /proc/<pid> is not owned by uid and gid, or if any file it needs
-// is missing, oversized or malformed.
+// Attest reads the supplementary groups from the Groups: line of
+// /proc/<pid>/status; AttestPeer uses those the kernel recorded when the
+// caller connected. It fails if the process has exited, if its start time
+// changes while it is read, if /proc/<pid> is not owned by uid and gid, or
+// if any file it needs is missing, oversized or malformed. Attest by pid
+// cannot tell a process from a later one given the same pid before the call;
+// prefer AttestPeer.
 func (a *Attestor) Attest(ctx context.Context, pid int32, uid, gid uint32) ([]Selector, error) {
-	return a.attest(ctx, Caller{PID: pid, UID: uid, GID: gid}, nil)
-}
-
-// attest reads the caller through one handle on /proc/<pid>. atAccept, if
-// set, is the start time recorded when the caller connected.
-func (a *Attestor) attest(ctx context.Context, c Caller, atAccept *uint64) ([]Selector, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	c := Caller{PID: pid, UID: uid, GID: gid}
 	if c.PID <= 0 {
 		return nil, fmt.Errorf("attest: the kernel reported pid %d: the caller is not visible in the agent's pid namespace (run the agent in the host's)", c.PID)
 	}
@@ -168,9 +197,6 @@ func (a *Attestor) attest(ctx context.Context, c Caller, atAccept *uint64) ([]Se
 	if err != nil {
 		return nil, err
 	}
-	if atAccept != nil && before != *atAccept {
-		return nil, fmt.Errorf("attest: pid %d now names another process (start time %d, the caller's was %d); the caller has exited", c.PID, before, *atAccept)
-	}
 	status, err := readProcFile(dir, c.PID, "status")
 	if err != nil {
 		return nil, err
@@ -179,17 +205,10 @@ func (a *Attestor) attest(ctx context.Context, c Caller, atAccept *uint64) ([]Se
 	if err != nil {
 		return nil, fmt.Errorf("attest: process %d: status: %w", c.PID, err)
 	}
-	exe, err := readProcLink(dir, c.PID, "exe")
+	var small [256]byte
+	exe, err := readOwnedExe(dir, c, small[:])
 	if err != nil {
 		return nil, err
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(dir, &st); err != nil {
-		return nil, fmt.Errorf("attest: process %d: %w", c.PID, procErr(err))
-	}
-	if st.Uid != c.UID || st.Gid != c.GID {
-		return nil, fmt.Errorf("attest: process %d runs as uid %d gid %d, but connected as uid %d gid %d (it changed identity, is not dumpable, or its pid was reused)",
-			c.PID, st.Uid, st.Gid, c.UID, c.GID)
 	}
 	after, err := readStartTime(dir, c.PID)
 	if err != nil {
@@ -198,24 +217,40 @@ func (a *Attestor) attest(ctx context.Context, c Caller, atAccept *uint64) ([]Se
 	if after != before {
 		return nil, fmt.Errorf("attest: pid %d changed process while it was read (start time %d, then %d)", c.PID, before, after)
 	}
+	sel, _, _ := a.selectors(c, groups, string(exe), a.clock())
+	return sel, nil
+}
 
+// selectors builds the selectors of caller c (see Attest) and returns the
+// span [from, until) in which the user and group names in them are fresh.
+// The slice has no spare capacity, so an append by a caller that shares it
+// cannot write into it.
+func (a *Attestor) selectors(c Caller, groups []uint32, exe string, now time.Time) (sel []Selector, from, until time.Time) {
 	uid := strconv.FormatUint(uint64(c.UID), 10)
 	gid := strconv.FormatUint(uint64(c.GID), 10)
-	sel := make([]Selector, 0, 5+len(groups))
-	now := a.clock()
+	sel = make([]Selector, 0, 5+len(groups))
+	user, userAt := a.users.get(uid, now)
+	group, groupAt := a.groups.get(gid, now)
 	sel = append(sel, unixSelector("uid", uid))
-	if name := a.users.get(uid, now); name != "" {
-		sel = append(sel, unixSelector("user", name))
+	if user != "" {
+		sel = append(sel, unixSelector("user", user))
 	}
 	sel = append(sel, unixSelector("gid", gid))
-	if name := a.groups.get(gid, now); name != "" {
-		sel = append(sel, unixSelector("group", name))
+	if group != "" {
+		sel = append(sel, unixSelector("group", group))
 	}
 	for _, g := range groups {
 		sel = append(sel, unixSelector("supplementary_gid", strconv.FormatUint(uint64(g), 10)))
 	}
 	sel = append(sel, unixSelector("path", exe))
-	return sel, nil
+	from, until = userAt, userAt.Add(nameTTL)
+	if groupAt.After(from) {
+		from = groupAt
+	}
+	if u := groupAt.Add(nameTTL); u.Before(until) {
+		until = u
+	}
+	return slices.Clip(sel), from, until
 }
 
 // openProc opens /proc/<pid> as a directory handle that stays bound to the
@@ -229,20 +264,6 @@ func (a *Attestor) openProc(pid int32) (int, error) {
 	return fd, nil
 }
 
-// startTime reads the start time of pid by path; the transport credentials
-// call it at accept.
-func (a *Attestor) startTime(pid int32) (uint64, error) {
-	if pid <= 0 {
-		return 0, fmt.Errorf("attest: the kernel reported pid %d: the caller is not visible in the agent's pid namespace", pid)
-	}
-	dir, err := a.openProc(pid)
-	if err != nil {
-		return 0, err
-	}
-	defer unix.Close(dir)
-	return readStartTime(dir, pid)
-}
-
 func readStartTime(dir int, pid int32) (uint64, error) {
 	b, err := readProcFile(dir, pid, "stat")
 	if err != nil {
@@ -253,6 +274,24 @@ func readStartTime(dir int, pid int32) (uint64, error) {
 		return 0, fmt.Errorf("attest: process %d: stat: %w", pid, err)
 	}
 	return t, nil
+}
+
+// readOwnedExe checks that the /proc/<pid> handle dir is owned by c's uid
+// and gid (the process's effective ids, when it is dumpable) and reads its
+// exe link into buf. The owner is read first: fstat of the handle of a
+// process that has gone still answers (with the last owner), readlink then
+// fails, so a success of both means the owner was read while the process
+// ran.
+func readOwnedExe(dir int, c Caller, buf []byte) ([]byte, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(dir, &st); err != nil {
+		return nil, fmt.Errorf("attest: process %d: %w", c.PID, procErr(err))
+	}
+	if st.Uid != c.UID || st.Gid != c.GID {
+		return nil, fmt.Errorf("attest: process %d runs as uid %d gid %d, but connected as uid %d gid %d (it changed identity, is not dumpable, or its pid was reused)",
+			c.PID, st.Uid, st.Gid, c.UID, c.GID)
+	}
+	return readExe(dir, c.PID, buf)
 }
 
 // procErr names the usual reasons a read under /proc/<pid> fails.

@@ -50,32 +50,6 @@ func TestSelectorString(t *testing.T) {
 	}
 }
 
-// ownSelectors are the selectors the test process must get for itself.
-func ownSelectors(t *testing.T) []string {
-	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	uid, gid := strconv.Itoa(os.Geteuid()), strconv.Itoa(os.Getegid())
-	want := []string{"unix:uid:" + uid}
-	if u, err := user.LookupId(uid); err == nil {
-		want = append(want, "unix:user:"+u.Username)
-	}
-	want = append(want, "unix:gid:"+gid)
-	if g, err := user.LookupGroupId(gid); err == nil {
-		want = append(want, "unix:group:"+g.Name)
-	}
-	groups, err := os.Getgroups()
-	if err != nil {
-		t.Fatal(err)
-	}
-	slices.Sort(groups)
-	for _, g := range groups {
-		want = append(want, "unix:supplementary_gid:"+strconv.Itoa(g))
-	}
-	return append(want, "unix:path:"+exe)
-}
 
 func strs(sel []attest.Selector) []string {
 	out := make([]string, len(sel))
@@ -143,7 +117,7 @@ func TestAttestPeerRealSocket(t *testing.T) {
 	if r.caller != wantCaller {
 		t.Errorf("caller = %+v, want %+v", r.caller, wantCaller)
 	}
-	if got, want := strs(r.sel), ownSelectors(t); !slices.Equal(got, want) {
+	if got, want := strs(r.sel), attest.SelfSelectors(t); !slices.Equal(got, want) {
 		t.Errorf("selectors:\n got %q\nwant %q", got, want)
 	}
 
@@ -152,14 +126,16 @@ func TestAttestPeerRealSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := strs(sel), ownSelectors(t); !slices.Equal(got, want) {
+	if got, want := strs(sel), attest.SelfSelectors(t); !slices.Equal(got, want) {
 		t.Errorf("Attest:\n got %q\nwant %q", got, want)
 	}
 }
 
 // A request on a connection whose process's start time has changed since
 // accept (the pid was reused) is refused. The fake proc tree stands in for
-// /proc of the test process's own pid, so the real socket path runs.
+// /proc of the test process's own pid, so the real socket path runs; as it
+// is not a procfs, the connection is not bound to its caller and this is
+// the start-time fallback of kernels without SO_PEERPIDFD.
 func TestAttestPeerStartTimeChanged(t *testing.T) {
 	root := t.TempDir()
 	pid := os.Getpid()

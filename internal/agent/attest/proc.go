@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -54,27 +55,39 @@ func readProcFile(dir int, pid int32, name string) ([]byte, error) {
 	return b, nil
 }
 
-// readProcLink reads the target of the symlink name under dir.
-func readProcLink(dir int, pid int32, name string) (string, error) {
-	// Most paths are short: a small buffer first, the largest one only if
-	// the target filled it.
-	var small [256]byte
-	buf := small[:]
-	n, err := unix.Readlinkat(dir, name, buf)
+// readExe reads the target of the exe link under the /proc/<pid> handle
+// dir into buf, or into a buffer of PATH_MAX if the target fills buf. buf
+// must not be empty.
+func readExe(dir int, pid int32, buf []byte) ([]byte, error) {
+	n, err := readlinkExe(dir, buf)
 	if err == nil && n == len(buf) {
 		buf = make([]byte, maxLinkBytes+1)
-		n, err = unix.Readlinkat(dir, name, buf)
+		n, err = readlinkExe(dir, buf)
 	}
 	if err != nil {
-		return "", fmt.Errorf("attest: process %d: readlink %s: %w", pid, name, procErr(err))
+		return nil, fmt.Errorf("attest: process %d: readlink exe: %w", pid, procErr(err))
 	}
 	if n > maxLinkBytes {
-		return "", fmt.Errorf("attest: process %d: %s points to a path longer than %d bytes", pid, name, maxLinkBytes)
+		return nil, fmt.Errorf("attest: process %d: exe points to a path longer than %d bytes", pid, maxLinkBytes)
 	}
 	if n == 0 {
-		return "", fmt.Errorf("attest: process %d: %s is empty (a kernel thread?)", pid, name)
+		return nil, fmt.Errorf("attest: process %d: exe is empty (a kernel thread?)", pid)
 	}
-	return string(buf[:n]), nil
+	return buf[:n], nil
+}
+
+// exeName is "exe" as the C string readlinkat(2) takes; unix.Readlinkat
+// would allocate one on every call.
+var exeName = [...]byte{'e', 'x', 'e', 0}
+
+// readlinkExe is readlinkat(dir, "exe", buf).
+func readlinkExe(dir int, buf []byte) (int, error) {
+	n, _, errno := unix.Syscall6(unix.SYS_READLINKAT, uintptr(dir), uintptr(unsafe.Pointer(&exeName[0])),
+		uintptr(unsafe.Pointer(unsafe.SliceData(buf))), uintptr(len(buf)), 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
 }
 
 // parseStatusGroups returns the supplementary groups on the "Groups:" line of

@@ -34,7 +34,7 @@ func TestProcHandleDiesWithProcess(t *testing.T) {
 	if _, err := readStartTime(dir, pid); err == nil {
 		t.Fatal("read stat through the handle of a reaped process")
 	}
-	if _, err := readProcLink(dir, pid, "exe"); err == nil {
+	if _, err := readExe(dir, pid, make([]byte, 256)); err == nil {
 		t.Fatal("read exe through the handle of a reaped process")
 	}
 }

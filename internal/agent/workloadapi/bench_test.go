@@ -45,7 +45,8 @@ import (
 // their connection), and each call for the /proc reads and user and group
 // lookups of attest.AttestPeer. The Source is the tests' fakeSource with
 // one SVID for the process's uid, federating with west, and the JWT bundles
-// of east and west. The clients are in the same process, each with its own
+// of east and west; the Server has its defaults (a verified-token cache of
+// 1000 JWT-SVIDs). The clients are in the same process, each with its own
 // connection, as workloads are separate processes; they share the CPUs
 // with the server.
 //
@@ -64,11 +65,19 @@ var benchClients = []int{1, 100, 1000}
 // benchAudience is the audience of the JWT-SVID ValidateJWTSVID checks.
 const benchAudience = "spiffe://east.example/reports"
 
+// benchDistinctTokens is how many distinct JWT-SVIDs validate-jwtsvid-distinct
+// cycles through: more than the server's verified-token cache keeps (1000 by
+// default, the oldest dropped first), so that none is still kept when it
+// comes round again and every call verifies a signature.
+const benchDistinctTokens = 4096
+
 // benchEnv is a running Workload API server, the two ceiling servers, and
 // what their clients send.
 type benchEnv struct {
-	wl, bare, attested string // socket paths
-	token              string // a JWT-SVID for benchAudience
+	wl, bare, attested string   // socket paths
+	token              string   // a JWT-SVID for benchAudience
+	distinct           []string // benchDistinctTokens others, each with its own jti
+	nextDistinct       atomic.Uint64
 	want               spiffeid.ID
 }
 
@@ -93,8 +102,12 @@ func newBenchEnv(b *testing.B) *benchEnv {
 		wl:       filepath.Join(dir, "agent.sock"),
 		bare:     filepath.Join(dir, "bare.sock"),
 		attested: filepath.Join(dir, "attested.sock"),
-		token:    benchToken(b, eastD, svid.ID),
+		token:    benchToken(b, eastD, svid.ID, ""),
 		want:     svid.ID,
+	}
+	e.distinct = make([]string, benchDistinctTokens)
+	for i := range e.distinct {
+		e.distinct[i] = benchToken(b, eastD, svid.ID, strconv.Itoa(i))
 	}
 	// Logging as the agent does by default: text at info, here discarded.
 	logger := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
@@ -192,15 +205,15 @@ func benchSVID(b *testing.B, d *domain, path string) *x509svid.SVID {
 }
 
 // benchToken is domain.jwtToken for a benchmark: a JWT-SVID for id and
-// benchAudience, valid for an hour.
-func benchToken(b *testing.B, d *domain, id spiffeid.ID) string {
+// benchAudience, valid for an hour, with jti as its jti claim if not empty.
+func benchToken(b *testing.B, d *domain, id spiffeid.ID, jti string) string {
 	b.Helper()
 	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: d.jwtKey, KeyID: d.kid}}, (&jose.SignerOptions{}).WithType("JWT"))
 	if err != nil {
 		b.Fatal(err)
 	}
 	tok, err := jwt.Signed(sig).Claims(jwt.Claims{
-		Subject: id.String(), Audience: []string{benchAudience},
+		Subject: id.String(), Audience: []string{benchAudience}, ID: jti,
 		Expiry: jwt.NewNumericDate(time.Now().Add(time.Hour)), IssuedAt: jwt.NewNumericDate(time.Now()),
 	}).Serialize()
 	if err != nil {
@@ -234,7 +247,16 @@ func (e *benchEnv) fetchX509SVID(conn *grpc.ClientConn) error {
 }
 
 func (e *benchEnv) validateJWTSVID(conn *grpc.ClientConn) error {
-	resp, err := workload.NewSpiffeWorkloadAPIClient(conn).ValidateJWTSVID(benchCtx, &workload.ValidateJWTSVIDRequest{Audience: benchAudience, Svid: e.token})
+	return e.validate(conn, e.token)
+}
+
+// validateDistinct validates the next of e.distinct, round and round.
+func (e *benchEnv) validateDistinct(conn *grpc.ClientConn) error {
+	return e.validate(conn, e.distinct[(e.nextDistinct.Add(1)-1)%uint64(len(e.distinct))])
+}
+
+func (e *benchEnv) validate(conn *grpc.ClientConn, token string) error {
+	resp, err := workload.NewSpiffeWorkloadAPIClient(conn).ValidateJWTSVID(benchCtx, &workload.ValidateJWTSVIDRequest{Audience: benchAudience, Svid: token})
 	if err != nil {
 		return err
 	}
@@ -405,7 +427,14 @@ func requireFiles(b *testing.B, need uint64) {
 //     response (the SVID, its key, the bundle and west's), then closed;
 //   - ceiling-stream: Health/Watch the same way on the bare server;
 //   - ceiling-stream+attest: the same with attest.AttestPeer per stream;
-//   - validate-jwtsvid: ValidateJWTSVID of an ES256 JWT-SVID of east;
+//   - validate-jwtsvid: ValidateJWTSVID of one ES256 JWT-SVID of east, the
+//     same token every call, as a workload validates the bearer token of a
+//     peer again and again: after the first call the server's
+//     verified-token cache answers (no signature check);
+//   - validate-jwtsvid-distinct: ValidateJWTSVID of a different ES256
+//     JWT-SVID each call, from a pool of benchDistinctTokens, more than the
+//     cache keeps: every call verifies a signature (and pays for putting
+//     the token in the cache), as the first validation of a token does;
 //   - ceiling-unary: Health/Check on the bare server;
 //   - ceiling-unary+attest: the same with attest.AttestPeer per call.
 func BenchmarkWorkloadAPI(b *testing.B) {
@@ -426,6 +455,7 @@ func BenchmarkWorkloadAPI(b *testing.B) {
 				{"ceiling-stream", bare, healthWatch},
 				{"ceiling-stream+attest", attested, healthWatch},
 				{"validate-jwtsvid", wl, e.validateJWTSVID},
+				{"validate-jwtsvid-distinct", wl, e.validateDistinct},
 				{"ceiling-unary", bare, healthCheck},
 				{"ceiling-unary+attest", attested, healthCheck},
 			} {
@@ -439,12 +469,13 @@ func BenchmarkWorkloadAPI(b *testing.B) {
 // from all its clients together.
 const benchRate = 1000
 
-// BenchmarkWorkloadAPIPaced makes the calls of BenchmarkWorkloadAPI from
-// 100 clients at benchRate calls per second in all (10 per client), each
-// call on its schedule whether or not earlier ones have returned (an open
-// loop), so that its latencies are those of a server under a known load
-// rather than of one kept saturated. ns/op is the pace, not a figure; the
-// CPU time per call and the latencies are.
+// BenchmarkWorkloadAPIPaced makes the calls of BenchmarkWorkloadAPI (the
+// same variants, measuring the same things) from 100 clients at benchRate
+// calls per second in all (10 per client), each call on its schedule
+// whether or not earlier ones have returned (an open loop), so that its
+// latencies are those of a server under a known load rather than of one
+// kept saturated. ns/op is the pace, not a figure; the CPU time per call
+// and the latencies are.
 func BenchmarkWorkloadAPIPaced(b *testing.B) {
 	const n = 100
 	requireFiles(b, 6*n+256)
@@ -462,6 +493,7 @@ func BenchmarkWorkloadAPIPaced(b *testing.B) {
 		{"ceiling-stream", bare, healthWatch},
 		{"ceiling-stream+attest", attested, healthWatch},
 		{"validate-jwtsvid", wl, e.validateJWTSVID},
+		{"validate-jwtsvid-distinct", wl, e.validateDistinct},
 		{"ceiling-unary", bare, healthCheck},
 		{"ceiling-unary+attest", attested, healthCheck},
 	} {

@@ -23,7 +23,12 @@
 // FetchJWTBundles streams the JWK Sets of this trust domain and of the
 // domains the caller's entries federate with. ValidateJWTSVID validates a
 // token with those same bundles (go-spiffe's jwtsvid) and answers its SPIFFE
-// ID and claims, or InvalidArgument with the reason.
+// ID and claims, or InvalidArgument with the reason. A token verified before
+// may be answered from a bounded cache (Config.JWTCacheSize) without
+// checking its signature again, but only while the key that verified it is
+// the one this caller's bundles hold and the Source has not changed; its
+// audience, exp, nbf and iat are checked on every call. The cache keeps
+// digests, never tokens, and never a failure.
 //
 // Beside the Workload API, the same socket serves meshfed's own
 // meshfed.agent.v1.PolicyDiscovery when the Config has a PolicySource: the

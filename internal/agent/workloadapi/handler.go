@@ -137,17 +137,22 @@ func (h *handler) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.Ser
 }
 
 // ValidateJWTSVID validates with go-spiffe's jwtsvid.ParseAndValidate, which
-// checks exp and iat against the system clock (not Config.Clock), using the
-// JWT bundles the caller would get from FetchJWTBundles (this trust domain's
-// even if it has no identity).
+// checks exp, nbf and iat against the system clock (not Config.Clock), using
+// the JWT bundles the caller would get from FetchJWTBundles (this trust
+// domain's even if it has no identity). A token this server verified before
+// may be answered from the jwtCache, with the same decision.
 func (h *handler) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
-	if req.GetAudience() == "" || req.GetSvid() == "" {
+	token, audience := req.GetSvid(), req.GetAudience()
+	if audience == "" || token == "" {
 		return nil, status.Error(codes.InvalidArgument, "audience and svid are required")
 	}
 	sel, err := h.s.attest(ctx, "ValidateJWTSVID")
 	if err != nil {
 		return nil, err
 	}
+	// Before the bundles are read, so that a cached verification ends with
+	// any change after them.
+	changed := h.s.src.Changed()
 	ids, _ := h.s.current(sel)
 	local, federated := h.s.src.JWTBundles()
 	if local == nil {
@@ -157,7 +162,16 @@ func (h *handler) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWT
 	for _, b := range trusted(local.TrustDomain(), federations(ids), federated) {
 		set.Add(b)
 	}
-	svid, err := jwtsvid.ParseAndValidate(req.GetSvid(), set, []string{req.GetAudience()})
+	sum, cacheable := h.s.jwtCache.cacheable(token)
+	if cacheable {
+		if resp, hit, err := h.s.jwtCache.lookup(sum, set, audience); hit {
+			if err != nil {
+				return nil, status.Error(codes.InvalidArgument, err.Error())
+			}
+			return resp, nil
+		}
+	}
+	svid, err := jwtsvid.ParseAndValidate(token, set, []string{audience})
 	if err != nil {
 		// The reason names claims, keys and trust domains, never the token.
 		return nil, status.Error(codes.InvalidArgument, err.Error())
@@ -166,7 +180,11 @@ func (h *handler) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWT
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "jwtsvid: claims: %v", err)
 	}
-	return &workload.ValidateJWTSVIDResponse{SpiffeId: svid.ID.String(), Claims: claims}, nil
+	resp := &workload.ValidateJWTSVIDResponse{SpiffeId: svid.ID.String(), Claims: claims}
+	if cacheable {
+		h.s.jwtCache.add(sum, token, changed, set, svid, resp)
+	}
+	return resp, nil
 }
 
 // attest identifies the caller of a request.
@@ -237,6 +255,7 @@ func (s *Server) current(sel []attest.Selector) ([]Identity, time.Time) {
 }
 
 func (s *Server) x509SVIDResponse(sel []attest.Selector) (*workload.X509SVIDResponse, time.Time, error) {
+	s.encoded.since(s.src.Changed())
 	ids, expiry := s.current(sel)
 	if len(ids) == 0 {
 		return nil, time.Time{}, errNoIdentity
@@ -261,7 +280,7 @@ func (s *Server) x509SVIDResponse(sel []attest.Selector) (*workload.X509SVIDResp
 			s.log.Warn("no bundle for the trust domain of an SVID; not sending it", "spiffe_id", svid.ID.String())
 			continue
 		}
-		certs, key, err := svid.MarshalRaw()
+		certs, key, err := s.encoded.svid(svid)
 		if err != nil {
 			s.log.Error("an SVID could not be encoded; not sending it", "spiffe_id", svid.ID.String(), "error", err)
 			continue
@@ -270,7 +289,7 @@ func (s *Server) x509SVIDResponse(sel []attest.Selector) (*workload.X509SVIDResp
 			SpiffeId:    svid.ID.String(),
 			X509Svid:    certs,
 			X509SvidKey: key,
-			Bundle:      rawBundle(bundle),
+			Bundle:      s.encoded.bundle(bundle),
 			Hint:        svid.Hint,
 		})
 		federates = append(federates, id.FederatesWith...)
@@ -278,11 +297,12 @@ func (s *Server) x509SVIDResponse(sel []attest.Selector) (*workload.X509SVIDResp
 	if len(resp.Svids) == 0 {
 		return nil, time.Time{}, errNoIdentity
 	}
-	resp.FederatedBundles = federatedBundles(local.TrustDomain(), federates, federated)
+	resp.FederatedBundles = s.federatedBundles(local.TrustDomain(), federates, federated)
 	return resp, expiry, nil
 }
 
 func (s *Server) x509BundlesResponse(sel []attest.Selector) (*workload.X509BundlesResponse, time.Time, error) {
+	s.encoded.since(s.src.Changed())
 	ids, expiry := s.current(sel)
 	if len(ids) == 0 {
 		return nil, time.Time{}, errNoIdentity
@@ -291,11 +311,11 @@ func (s *Server) x509BundlesResponse(sel []attest.Selector) (*workload.X509Bundl
 	if local == nil || local.Empty() {
 		return nil, time.Time{}, errNoBundle
 	}
-	bundles := federatedBundles(local.TrustDomain(), federations(ids), federated)
+	bundles := s.federatedBundles(local.TrustDomain(), federations(ids), federated)
 	if bundles == nil {
 		bundles = map[string][]byte{}
 	}
-	bundles[local.TrustDomain().IDString()] = rawBundle(local)
+	bundles[local.TrustDomain().IDString()] = s.encoded.bundle(local)
 	return &workload.X509BundlesResponse{Bundles: bundles}, expiry, nil
 }
 
@@ -357,7 +377,7 @@ func jwks(b *jwtbundle.Bundle) ([]byte, error) {
 // federatedBundles returns the bundles of the trust domains in tds other
 // than local, keyed by trust domain ID ("spiffe://west.example"); a domain
 // whose bundle the agent does not have yet is left out.
-func federatedBundles(local spiffeid.TrustDomain, tds []spiffeid.TrustDomain, federated []*x509bundle.Bundle) map[string][]byte {
+func (s *Server) federatedBundles(local spiffeid.TrustDomain, tds []spiffeid.TrustDomain, federated []*x509bundle.Bundle) map[string][]byte {
 	var out map[string][]byte
 	for _, b := range federated {
 		td := b.TrustDomain()
@@ -367,7 +387,7 @@ func federatedBundles(local spiffeid.TrustDomain, tds []spiffeid.TrustDomain, fe
 		if out == nil {
 			out = map[string][]byte{}
 		}
-		out[td.IDString()] = rawBundle(b)
+		out[td.IDString()] = s.encoded.bundle(b)
 	}
 	return out
 }
@@ -382,14 +402,4 @@ func bundleFor(td spiffeid.TrustDomain, local *x509bundle.Bundle, federated []*x
 		}
 	}
 	return nil
-}
-
-// rawBundle is a bundle as the Workload API carries it: the authorities'
-// DER, concatenated.
-func rawBundle(b *x509bundle.Bundle) []byte {
-	var out []byte
-	for _, c := range b.X509Authorities() {
-		out = append(out, c.Raw...)
-	}
-	return out
 }

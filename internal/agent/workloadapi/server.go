@@ -92,6 +92,14 @@ type Config struct {
 	// Policies, when set, is served as meshfed.agent.v1.PolicyDiscovery on
 	// the same socket. It defaults to Source when Source is a PolicySource.
 	Policies PolicySource
+	// JWTCacheSize is how many verified JWT-SVIDs ValidateJWTSVID keeps, so
+	// that a token validated again is not verified again (see jwtCache for
+	// when a kept token is trusted): 1000 if zero; negative disables the
+	// cache. Tokens over 4 KiB are never kept; an entry (the token's
+	// SHA-256, its claims, its SPIFFE ID) takes about 1 KiB of heap for a
+	// token of one audience and at most about 10 KiB, so the default costs
+	// about 1 MiB and at most about 10 MiB.
+	JWTCacheSize int
 }
 
 // Server serves the Workload API on one unix socket.
@@ -101,6 +109,8 @@ type Server struct {
 	attestor Attestor
 	clock    pki.Clock
 	log      *slog.Logger
+	jwtCache *jwtCache // nil if disabled
+	encoded  x509Encodings
 
 	ln        *net.UnixListener
 	grpc      *grpc.Server
@@ -138,6 +148,7 @@ func New(cfg Config) (*Server, error) {
 		attestor: cfg.Attestor,
 		clock:    cfg.Clock,
 		log:      cfg.Logger.With("socket", path),
+		jwtCache: newJWTCache(cfg.JWTCacheSize),
 	}
 	if s.ln, err = listen(path); err != nil {
 		return nil, err

@@ -205,9 +205,20 @@ func serve(t *testing.T, cfg workloadapi.Config) string {
 	if cfg.SocketPath == "" {
 		cfg.SocketPath = filepath.Join(t.TempDir(), "run", "agent.sock")
 	}
+	startServer(t, cfg, nil)
+	return cfg.SocketPath
+}
+
+// startServer runs a server on cfg.SocketPath until the test ends; before
+// it runs, prepare (if set) may adjust it.
+func startServer(t *testing.T, cfg workloadapi.Config, prepare func(*workloadapi.Server)) *workloadapi.Server {
+	t.Helper()
 	srv, err := workloadapi.New(cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if prepare != nil {
+		prepare(srv)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -218,7 +229,7 @@ func serve(t *testing.T, cfg workloadapi.Config) string {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	return cfg.SocketPath
+	return srv
 }
 
 func newClient(t *testing.T, path string) *spiffewl.Client {
