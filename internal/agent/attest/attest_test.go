@@ -50,7 +50,6 @@ func TestSelectorString(t *testing.T) {
 	}
 }
 
-
 func strs(sel []attest.Selector) []string {
 	out := make([]string, len(sel))
 	for i, s := range sel {
