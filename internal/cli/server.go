@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	"github.com/meshfed/meshfed/internal/duration"
+	"github.com/meshfed/meshfed/internal/procruntime"
 	"github.com/meshfed/meshfed/internal/server"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -67,6 +68,11 @@ Flags override the --config file; docs/configuration.md lists every key.`,
 			if err != nil {
 				return err
 			}
+			applied, err := procruntime.Apply("server", merged.Runtime, procruntime.Defaults{GCPercent: server.DefaultGCPercent, MemoryLimit: server.DefaultMemoryLimit}, os.Getenv)
+			if err != nil {
+				return err
+			}
+			logger.Info("server: garbage collector", "gc_percent", applied.GCPercent, "memory_limit_bytes", applied.MemoryLimit, "from_environment", strings.Join(applied.FromEnv, ","))
 			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			srv, err := server.New(ctx, merged, server.Options{Logger: logger})

@@ -12,6 +12,7 @@ import (
 	"github.com/meshfed/meshfed/internal/duration"
 	"github.com/meshfed/meshfed/internal/pemfile"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/internal/procruntime"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"sigs.k8s.io/yaml"
 )
@@ -41,9 +42,24 @@ type Config struct {
 	Admin          AdminConfig          `json:"admin"`
 	Credentials    CredentialsConfig    `json:"credentials"`
 	Federation     FederationConfig     `json:"federation"`
+	Audit          AuditConfig          `json:"audit"`
+	// Runtime is the process's garbage collector setting, applied by
+	// `meshfed server` (DefaultGCPercent, DefaultMemoryLimit).
+	Runtime procruntime.Config `json:"runtime"`
 
 	LogLevel  string `json:"log_level"`
 	LogFormat string `json:"log_format"`
+}
+
+// AuditConfig tunes the audit log, one row per issued certificate,
+// committed before the certificate is returned.
+type AuditConfig struct {
+	// CommitDelay is how long a commit may wait for the rows of
+	// certificates being signed at that moment, so that they share one
+	// commit (one fsync): a duration up to MaxAuditCommitDelay, "" for
+	// DefaultAuditCommitDelay, or "off" never to wait. With nothing else
+	// being signed a commit never waits.
+	CommitDelay string `json:"commit_delay"`
 }
 
 // CAConfig says where the signing CA comes from.
@@ -136,14 +152,28 @@ type VirtualMeshConfig struct {
 
 // Defaults.
 const (
-	DefaultListen         = "127.0.0.1:8443"
-	DefaultBundleListen   = "127.0.0.1:8444"
-	DefaultMetricsListen  = "127.0.0.1:9988"
-	DefaultSVIDTTL        = time.Hour
-	DefaultMaxSVIDTTL     = 24 * time.Hour
-	DefaultNodeSVIDTTL    = 24 * time.Hour
-	DefaultJoinTokenTTL   = time.Hour
-	DefaultRefreshHint    = 5 * time.Minute
+	DefaultListen        = "127.0.0.1:8443"
+	DefaultBundleListen  = "127.0.0.1:8444"
+	DefaultMetricsListen = "127.0.0.1:9988"
+	DefaultSVIDTTL       = time.Hour
+	DefaultMaxSVIDTTL    = 24 * time.Hour
+	DefaultNodeSVIDTTL   = 24 * time.Hour
+	DefaultJoinTokenTTL  = time.Hour
+	DefaultRefreshHint   = 5 * time.Minute
+	// DefaultAuditCommitDelay: see AuditConfig.CommitDelay and
+	// docs/performance.md ("Server: issuance through the gRPC API").
+	DefaultAuditCommitDelay = 3 * time.Millisecond
+	// DefaultGCPercent and DefaultMemoryLimit are the server process's
+	// garbage collector setting unless runtime.gc_percent and
+	// runtime.memory_limit, or GOGC and GOMEMLIMIT, say otherwise. An
+	// issuance allocates ~40 KB of short-lived garbage (CSR, certificate,
+	// TLS records, protobuf) against a live heap of a few MiB, so with Go's
+	// default of 100 the collector runs every few dozen issuances.
+	DefaultGCPercent   = 400
+	DefaultMemoryLimit = 1 << 30
+	// MaxAuditCommitDelay bounds audit.commit_delay: every issuance under
+	// load may wait that long.
+	MaxAuditCommitDelay   = 100 * time.Millisecond
 	DefaultReloadInterval = 5 * time.Second
 	ProfileHTTPSSPIFFE    = "https_spiffe"
 	ProfileHTTPSWeb       = "https_web"
@@ -202,6 +232,7 @@ type settings struct {
 	adminIDs       []spiffeid.ID
 	jwtIssuers     []JWTIssuerConfig
 	federation     federationSettings
+	commitDelay    time.Duration
 }
 
 // validate fills in defaults and refuses contradictions, naming the key.
@@ -224,6 +255,9 @@ func (c Config) validate() (*settings, error) {
 	s.bundleListen = or(c.BundleListen, DefaultBundleListen)
 	s.adminSocket = or(c.AdminSocket, filepath.Join(s.dataDir, "admin.sock"))
 	s.metricsListen = or(c.MetricsListen, DefaultMetricsListen)
+	if procruntime.IsOff(s.metricsListen) {
+		s.metricsListen = "off" // YAML makes an unquoted off false
+	}
 	s.datastore = c.Datastore
 	s.serverID = c.ServerID
 	names := c.ServerNames
@@ -317,6 +351,15 @@ func (c Config) validate() (*settings, error) {
 		}
 	}
 	s.jwtIssuers = c.Credentials.KubernetesJWT
+	switch d := c.Audit.CommitDelay; {
+	case d == "":
+		s.commitDelay = DefaultAuditCommitDelay
+	case procruntime.IsOff(d):
+	default:
+		if s.commitDelay, err = duration.Parse(d); err != nil || s.commitDelay > MaxAuditCommitDelay {
+			return nil, fmt.Errorf("server: audit.commit_delay %q: use a duration up to %s, or off to commit at once", d, MaxAuditCommitDelay)
+		}
+	}
 	if s.federation, err = c.Federation.validate(s.td, s.dataDir); err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/meshfed/meshfed/internal/credential"
@@ -27,6 +28,10 @@ type issued struct {
 func (s *Server) signSVID(ctx context.Context, ident credential.Identity, csr *x509.CertificateRequest, ttl time.Duration, dns []string) (*issued, error) {
 	start := time.Now()
 	kind := string(ident.Kind)
+	// A commit of the audit log starting while this is signed may wait for
+	// its row (store.Config.AuditCommitDelay).
+	audit := s.store.ExpectIssued()
+	defer audit.Withdraw()
 	pub, err := pki.CheckCSR(csr)
 	if err != nil {
 		s.metrics.observeIssue(kind, "invalid", start)
@@ -57,7 +62,7 @@ func (s *Server) signSVID(ctx context.Context, ident credential.Identity, csr *x
 	chain = withoutRoot(chain, ca)
 	leaf := chain[0]
 	storeStart := time.Now()
-	err = s.store.RecordIssued(ctx, store.Issued{
+	err = audit.Record(ctx, store.Issued{
 		Serial:         fmt.Sprintf("%x", leaf.SerialNumber),
 		SPIFFEID:       ident.ID.String(),
 		CredentialKind: kind,
@@ -75,8 +80,12 @@ func (s *Server) signSVID(ctx context.Context, ident credential.Identity, csr *x
 		return nil, status.Error(codes.Unavailable, "server: the audit log is unavailable; retry")
 	}
 	s.metrics.observeIssue(kind, "ok", start)
-	s.log.Info("issued X.509-SVID", "spiffe_id", ident.ID.String(), "credential", kind, "caller", ident.Caller,
-		"serial", fmt.Sprintf("%x", leaf.SerialNumber), "not_after", leaf.NotAfter.UTC().Format(time.RFC3339))
+	// Each issuance is a row of the audit log (meshfed audit list); the log
+	// line is for debugging, as SPIRE's "Signed X509 SVID" is.
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		s.log.Debug("issued X.509-SVID", "spiffe_id", ident.ID.String(), "credential", kind, "caller", ident.Caller,
+			"serial", fmt.Sprintf("%x", leaf.SerialNumber), "not_after", leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
 	return &issued{chain: chain, roots: ca.Roots()}, nil
 }
 

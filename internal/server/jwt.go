@@ -19,6 +19,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -224,8 +225,10 @@ func (s *Server) signJWTSVID(ctx context.Context, ident credential.Identity, aud
 		return nil, status.Error(codes.Unavailable, "server: the audit log is unavailable; retry")
 	}
 	s.metrics.observeIssue(kind, "ok", start)
-	s.log.Info("issued JWT-SVID", "spiffe_id", ident.ID.String(), "credential", kind, "caller", ident.Caller,
-		"jti", claims.ID, "audience", aud, "not_after", exp.UTC().Format(time.RFC3339))
+	if s.log.Enabled(ctx, slog.LevelDebug) {
+		s.log.Debug("issued JWT-SVID", "spiffe_id", ident.ID.String(), "credential", kind, "caller", ident.Caller,
+			"jti", claims.ID, "audience", aud, "not_after", exp.UTC().Format(time.RFC3339))
+	}
 	return &pb.JWTSVID{SpiffeId: ident.ID.String(), Token: token, ExpiresAt: exp.Unix()}, nil
 }
 

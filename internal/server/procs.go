@@ -19,3 +19,8 @@ func ProcsFor(backend string, current int, env string) (int, bool) {
 
 // Datastore names the store's back end: "sqlite" or "postgres".
 func (s *Server) Datastore() string { return s.store.Backend() }
+
+// streamWorkers is how many goroutines of the signing API's gRPC server
+// serve requests and are kept between them: as many as agents a server of
+// one domain commonly has renewing at once on a busy node pool.
+const streamWorkers = 64

@@ -439,6 +439,9 @@ func TestConfigValidation(t *testing.T) {
 		{"trust_domain: east.example\ndata_dir: x\nfederation:\n  virtual_mesh:\n    controller_ca_file: r.pem\n", "federation.virtual_mesh.controller"},
 		{"trust_domain: east.example\ndata_dir: x\nfederation:\n  virtual_mesh:\n    controller: c:1\n", "controller_ca_file is required"},
 		{"trust_domain: east.example\ndata_dir: x\nca:\n  mode: cacerts\n  cacerts_dir: d\nfederation:\n  virtual_mesh:\n    controller: c:1\n    controller_ca_file: r.pem\n", "virtual_mesh needs ca.mode self-signed"},
+		{"trust_domain: east.example\ndata_dir: x\naudit:\n  commit_delay: 1s\n", `audit.commit_delay "1s": use a duration up to 100ms, or off to commit at once`},
+		{"trust_domain: east.example\ndata_dir: x\naudit:\n  commit_delay: -1ms\n", `audit.commit_delay "-1ms"`},
+		{"trust_domain: east.example\ndata_dir: x\nruntime:\n  gc_percnt: 5\n", `unknown field "gc_percnt"`},
 	}
 	for _, tc := range cases {
 		c, err := ParseConfig("test.yaml", []byte(tc.yaml))
@@ -448,6 +451,35 @@ func TestConfigValidation(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: %v, want %q", tc.yaml, err, tc.want)
 		}
+	}
+	for _, tc := range []struct {
+		yaml string
+		want time.Duration
+	}{
+		{"", DefaultAuditCommitDelay},
+		{"audit:\n  commit_delay: off\n", 0},
+		{"audit:\n  commit_delay: 5ms\n", 5 * time.Millisecond},
+	} {
+		c, err := ParseConfig("test.yaml", []byte("trust_domain: east.example\ndata_dir: x\n"+tc.yaml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		set, err := c.validate()
+		if err != nil {
+			t.Fatalf("%q: %v", tc.yaml, err)
+		}
+		if set.metricsListen != DefaultMetricsListen {
+			t.Errorf("metrics listen %q, want the default", set.metricsListen)
+		}
+		if set.commitDelay != tc.want {
+			t.Errorf("%q: commit delay %v, %v; want %v", tc.yaml, set.commitDelay, err, tc.want)
+		}
+	}
+	// An unquoted off is YAML 1.1's false; it still means off.
+	if c, err := ParseConfig("test.yaml", []byte("trust_domain: east.example\ndata_dir: x\nmetrics_listen: off\n")); err != nil {
+		t.Fatal(err)
+	} else if set, err := c.validate(); err != nil || set.metricsListen != "off" {
+		t.Errorf("metrics_listen: off gave %v, %v", set, err)
 	}
 	if _, err := ParseConfig("test.yaml", []byte("trust_domian: east.example\n")); err == nil || !strings.Contains(err.Error(), `unknown field "trust_domian"`) {
 		t.Errorf("misspelt key: %v", err)

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"strings"
 	"time"
@@ -44,6 +45,10 @@ type AuditFilter struct {
 // and the row may still be committed: a certificate that was signed but
 // never handed out may be in the audit log, but never the reverse.
 func (s *Store) RecordIssued(ctx context.Context, r Issued) error {
+	return s.recordIssued(ctx, r, nil)
+}
+
+func (s *Store) recordIssued(ctx context.Context, r Issued, e *expectation[Issued]) error {
 	serial, err := normalizeSerial("issued certificate serial", r.Serial)
 	if err != nil {
 		return err
@@ -80,33 +85,85 @@ func (s *Store) RecordIssued(ctx context.Context, r Issued) error {
 		r.IssuedAt = s.now()
 	}
 	r.Serial = serial
-	if err := s.audit.do(ctx, r); err != nil {
+	if err := s.audit.do(ctx, r, e); err != nil {
 		return fmt.Errorf("store: recording issued certificate %s: %w", serial, err)
 	}
 	return nil
 }
 
+// ExpectIssued announces that the caller is signing a certificate it will
+// record with the returned IssuedExpectation's Record. A commit of the audit
+// log about to start waits for announced rows, up to
+// Config.AuditCommitDelay, so that they share it. Every path that will not
+// record must Withdraw (safe after Record, and twice): an announcement never
+// settled costs each commit the whole delay.
+func (s *Store) ExpectIssued() *IssuedExpectation {
+	return &IssuedExpectation{s: s, e: s.audit.expect()}
+}
+
+// IssuedExpectation is a row of the audit log announced by ExpectIssued.
+type IssuedExpectation struct {
+	s *Store
+	e *expectation[Issued]
+}
+
+// Record is RecordIssued, settling the announcement as the row is queued.
+func (x *IssuedExpectation) Record(ctx context.Context, r Issued) error {
+	err := x.s.recordIssued(ctx, r, x.e)
+	x.e.withdraw() // a row refused before it was queued
+	return err
+}
+
+// Withdraw takes the announcement back.
+func (x *IssuedExpectation) Withdraw() { x.e.withdraw() }
+
 // insertIssued writes audit rows, already checked, in one statement: all
 // of them or none.
 func (s *Store) insertIssued(ctx context.Context, rows []Issued) error {
-	var q strings.Builder
-	q.WriteString(`INSERT INTO issued (serial, spiffe_id, credential_kind, caller, server_id, issued_at, not_after, root_key_id) VALUES `)
+	stmt, err := s.insertIssuedStmt(ctx, len(rows))
+	if err != nil {
+		return err
+	}
 	args := make([]any, 0, 8*len(rows))
-	for i, r := range rows {
-		if i > 0 {
-			q.WriteString(", ")
-		}
-		n := len(args)
-		fmt.Fprintf(&q, "($%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8)
+	for _, r := range rows {
 		args = append(args, r.Serial, r.SPIFFEID, r.CredentialKind, r.Caller, r.ServerID, millis(r.IssuedAt), millis(r.NotAfter), r.RootKeyID)
 	}
-	if _, err := s.w.ExecContext(ctx, q.String(), args...); err != nil {
+	if _, err := stmt.ExecContext(ctx, args...); err != nil {
 		if len(rows) > 1 {
 			return fmt.Errorf("committing it with %d other audit rows: %w", len(rows)-1, err)
 		}
 		return err
 	}
 	return nil
+}
+
+// insertIssuedStmt returns the INSERT of n audit rows, prepared once per n
+// (at most maxAuditBatch statements) on the writer pool: parsing and
+// planning it cost SQLite about as much as inserting a row.
+func (s *Store) insertIssuedStmt(ctx context.Context, n int) (*sql.Stmt, error) {
+	s.stmtMu.Lock()
+	defer s.stmtMu.Unlock()
+	if st, ok := s.insertStmts[n]; ok {
+		return st, nil
+	}
+	var q strings.Builder
+	q.WriteString(`INSERT INTO issued (serial, spiffe_id, credential_kind, caller, server_id, issued_at, not_after, root_key_id) VALUES `)
+	for i := range n {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		a := 8 * i
+		fmt.Fprintf(&q, "($%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d)", a+1, a+2, a+3, a+4, a+5, a+6, a+7, a+8)
+	}
+	st, err := s.w.PrepareContext(ctx, q.String())
+	if err != nil {
+		return nil, err
+	}
+	if s.insertStmts == nil {
+		s.insertStmts = make(map[int]*sql.Stmt)
+	}
+	s.insertStmts[n] = st
+	return st, nil
 }
 
 // ListIssued returns the audit rows f selects, newest first (by IssuedAt,

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // batchRig is a groupCommit over ints whose writes the test controls: each
@@ -34,7 +36,7 @@ func newBatchRig(max int) *batchRig {
 // and returns the channel do's result will arrive on.
 func (r *batchRig) record(ctx context.Context, row int) <-chan error {
 	done := make(chan error, 1)
-	go func() { done <- r.g.do(ctx, row) }()
+	go func() { done <- r.g.do(ctx, row, nil) }()
 	<-r.queued
 	return done
 }
@@ -166,7 +168,7 @@ func TestGroupCommitConcurrent(t *testing.T) {
 	errs := make([]error, callers)
 	var wg sync.WaitGroup
 	for i := range callers {
-		wg.Go(func() { errs[i] = g.do(context.Background(), i) })
+		wg.Go(func() { errs[i] = g.do(context.Background(), i, nil) })
 	}
 	wg.Wait()
 	for i, err := range errs {
@@ -181,5 +183,165 @@ func TestGroupCommitConcurrent(t *testing.T) {
 	}
 	if len(g.queue) != 0 {
 		t.Errorf("%d rows left in the queue", len(g.queue))
+	}
+}
+
+// fakeTimer replaces groupCommit.timer: started receives each wait's
+// duration, and the test fires the wait by sending on fire.
+type fakeTimer struct {
+	started chan time.Duration
+	fire    chan time.Time
+}
+
+func (r *batchRig) withDelay(d time.Duration) *fakeTimer {
+	ft := &fakeTimer{started: make(chan time.Duration, 1), fire: make(chan time.Time)}
+	r.g.delay = d
+	r.g.timer = func(d time.Duration) (<-chan time.Time, func() bool) {
+		ft.started <- d
+		return ft.fire, func() bool { return true }
+	}
+	return ft
+}
+
+// recordExpected is record for a row announced by e.
+func (r *batchRig) recordExpected(row int, e *expectation[int]) <-chan error {
+	done := make(chan error, 1)
+	go func() { done <- r.g.do(context.Background(), row, e) }()
+	<-r.queued
+	return done
+}
+
+// TestGroupCommitWaitsForExpectedRows: a writer with rows announced waits
+// for them (up to the delay) and commits them together with its own.
+func TestGroupCommitWaitsForExpectedRows(t *testing.T) {
+	r := newBatchRig(maxAuditBatch)
+	ft := r.withDelay(time.Millisecond)
+	e1, e2 := r.g.expect(), r.g.expect()
+	e0 := r.g.expect()
+	first := r.recordExpected(0, e0)
+	if d := <-ft.started; d != time.Millisecond {
+		t.Fatalf("waited %v, want the delay 1ms", d)
+	}
+	second := r.recordExpected(1, e1)
+	// Row 2's caller gives up (its signing failed): nothing more to wait for.
+	e2.withdraw()
+	if got := <-r.writes; !slices.Equal(got, []int{0, 1}) {
+		t.Fatalf("batch %v, want [0 1] in one commit", got)
+	}
+	r.results <- nil
+	for i, done := range []<-chan error{first, second} {
+		if err := <-done; err != nil {
+			t.Errorf("row %d: %v", i, err)
+		}
+	}
+	r.g.mu.Lock()
+	left := r.g.expected
+	r.g.mu.Unlock()
+	if left != 0 {
+		t.Errorf("expected = %d after every row settled, want 0", left)
+	}
+}
+
+// TestGroupCommitDelayBounded: when the delay passes, the writer commits
+// what is queued without the rows still announced, which go into a later
+// commit.
+func TestGroupCommitDelayBounded(t *testing.T) {
+	r := newBatchRig(maxAuditBatch)
+	ft := r.withDelay(time.Millisecond)
+	late := r.g.expect()
+	first := r.recordExpected(0, r.g.expect())
+	<-ft.started
+	ft.fire <- time.Time{}
+	if got := <-r.writes; !slices.Equal(got, []int{0}) {
+		t.Fatalf("batch %v, want [0] alone once the delay passed", got)
+	}
+	r.results <- nil
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	// The late row, once queued, is its own writer and waits for nothing.
+	second := r.recordExpected(1, late)
+	if got := <-r.writes; !slices.Equal(got, []int{1}) {
+		t.Fatalf("batch %v, want [1]", got)
+	}
+	r.results <- nil
+	if err := <-second; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-ft.started:
+		t.Errorf("the second writer waited %v with nothing announced", d)
+	default:
+	}
+}
+
+// TestGroupCommitNoWait: a writer commits at once when nothing is announced,
+// when the delay is 0, and when a full batch is queued.
+func TestGroupCommitNoWait(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		delay    time.Duration
+		max      int
+		announce int
+	}{
+		{"nothing announced", time.Millisecond, maxAuditBatch, 0},
+		{"delay 0", 0, maxAuditBatch, 3},
+		{"full batch", time.Millisecond, 1, 3},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newBatchRig(tt.max)
+			ft := r.withDelay(tt.delay)
+			for range tt.announce {
+				r.g.expect()
+			}
+			done := r.record(context.Background(), 7)
+			if got := <-r.writes; !slices.Equal(got, []int{7}) {
+				t.Fatalf("batch %v, want [7]", got)
+			}
+			r.results <- nil
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case d := <-ft.started:
+				t.Errorf("the writer waited %v", d)
+			default:
+			}
+		})
+	}
+}
+
+// TestIssuedExpectationSettles: on a real SQLite store with an hour's
+// commit delay, Record settles its announcement as it queues the row and a
+// row refused before queueing settles too, so the commit waits for nothing.
+func TestIssuedExpectationSettles(t *testing.T) {
+	s, err := Open(context.Background(), Config{DataDir: t.TempDir(), AuditCommitDelay: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	good, bad := s.ExpectIssued(), s.ExpectIssued()
+	if err := bad.Record(context.Background(), Issued{Serial: "0b", SPIFFEID: "spiffe://east.example/x", CredentialKind: "svid"}); err == nil || !strings.Contains(err.Error(), "has no expiry") {
+		t.Fatalf("Record of a row without expiry: %v, want it refused", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	row := Issued{Serial: "0a", SPIFFEID: "spiffe://east.example/x", CredentialKind: "svid", NotAfter: time.UnixMilli(1e12)}
+	if err := good.Record(ctx, row); err != nil {
+		t.Fatalf("Record: %v (a commit waiting for a settled announcement?)", err)
+	}
+	good.Withdraw() // after Record: nothing to take back
+	got, err := s.ListIssued(context.Background(), AuditFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Serial != "a" {
+		t.Fatalf("audit log %+v, want the one row with serial a", got)
+	}
+	s.audit.mu.Lock()
+	left := s.audit.expected
+	s.audit.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d announcements left, want 0", left)
 	}
 }

@@ -89,6 +89,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	s.clock, s.log = cfg.Clock, cfg.Logger
 	s.audit = newGroupCommit(maxAuditBatch, s.insertIssued)
+	s.audit.delay = max(cfg.AuditCommitDelay, 0)
 	if err := s.migrate(ctx); err != nil {
 		_ = s.Close()
 		return nil, err

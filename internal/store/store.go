@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 )
 
@@ -51,6 +52,10 @@ type Config struct {
 	// Logger receives what Open did (the database, never its password, and
 	// the migrations applied). Defaults to discarding.
 	Logger *slog.Logger
+	// AuditCommitDelay is how long a commit of the audit log may wait for
+	// rows announced with ExpectIssued, so that they share it; 0 commits
+	// at once.
+	AuditCommitDelay time.Duration
 }
 
 // DefaultSQLiteFile is the database file name inside Config.DataDir.
@@ -73,6 +78,9 @@ type Store struct {
 	log      *slog.Logger
 	location string // the database, for messages: a path, or host:port/db
 	audit    *groupCommit[Issued]
+
+	stmtMu      sync.Mutex
+	insertStmts map[int]*sql.Stmt // by rows: see insertIssuedStmt
 }
 
 // Backend names the database kind: "sqlite" or "postgres".
@@ -80,6 +88,12 @@ func (s *Store) Backend() string { return string(s.dialect) }
 
 // Close closes the database. The Store must not be used afterwards.
 func (s *Store) Close() error {
+	s.stmtMu.Lock()
+	for _, st := range s.insertStmts {
+		_ = st.Close()
+	}
+	s.insertStmts = nil
+	s.stmtMu.Unlock()
 	err := s.w.Close()
 	if s.r != s.w {
 		err = errors.Join(err, s.r.Close())
