@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -18,6 +19,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/meshfed/meshfed/internal/pemfile"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/internal/store"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -162,6 +164,14 @@ func TestIstioCredentialTable(t *testing.T) {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+	// Every audit row went through a commit the metrics saw.
+	rows, err := h.srv.store.ListIssued(context.Background(), store.AuditFilter{Limit: store.MaxAuditLimit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("meshfed_server_audit_commit_rows_sum %d\n", len(rows)); len(rows) == 0 || !strings.Contains(string(body), want) {
+		t.Errorf("/metrics lacks %q (the audit log has %d rows)", want, len(rows))
 	}
 	for _, path := range []string{"/healthz", "/readyz"} {
 		resp, err := http.Get("http://" + h.srv.Addrs().Metrics.String() + path)

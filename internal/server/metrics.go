@@ -18,6 +18,9 @@ type metrics struct {
 	watchers     prometheus.Gauge
 	// policyChanges counts ApplyPolicies and DeletePolicy calls.
 	policyChanges *prometheus.CounterVec
+	// commitRows and commitWait describe the audit log's group commit.
+	commitRows prometheus.Histogram
+	commitWait prometheus.Histogram
 }
 
 func newMetrics(caNotAfter func() float64) *metrics {
@@ -49,8 +52,18 @@ func newMetrics(caNotAfter func() float64) *metrics {
 			Name: "meshfed_server_policy_changes_total",
 			Help: "Policy apply and delete calls, by op (apply, delete) and result (ok, invalid, not_found, error).",
 		}, []string{"op", "result"}),
+		commitRows: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "meshfed_server_audit_commit_rows",
+			Help:    "Audit rows (issued certificates) per commit of the audit log; see audit.commit_delay.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 8),
+		}),
+		commitWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "meshfed_server_audit_commit_wait_seconds",
+			Help:    "How long a commit of the audit log waited for the rows of certificates being signed (at most audit.commit_delay).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 12),
+		}),
 	}
-	m.registry.MustRegister(m.issued, m.issueSeconds, m.storeSeconds, m.caNotAfter, m.watchers, m.policyChanges,
+	m.registry.MustRegister(m.issued, m.issueSeconds, m.storeSeconds, m.caNotAfter, m.watchers, m.policyChanges, m.commitRows, m.commitWait,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -58,6 +71,11 @@ func newMetrics(caNotAfter func() float64) *metrics {
 func (m *metrics) observeIssue(kind, result string, start time.Time) {
 	m.issued.WithLabelValues(kind, result).Inc()
 	m.issueSeconds.WithLabelValues(kind, result).Observe(time.Since(start).Seconds())
+}
+
+func (m *metrics) observeAuditCommit(rows int, waited time.Duration) {
+	m.commitRows.Observe(float64(rows))
+	m.commitWait.Observe(waited.Seconds())
 }
 
 func (m *metrics) observeStore(op string, start time.Time) {

@@ -139,7 +139,10 @@ func New(ctx context.Context, cfg Config, opts Options) (*Server, error) {
 		set.serverID = host + ":" + s.grpcLn.Addr().String()
 	}
 	s.log = opts.Logger.With("trust_domain", set.td.Name(), "server_id", set.serverID)
-	if s.store, err = store.Open(ctx, store.Config{DSN: set.datastore, DataDir: set.dataDir, Clock: opts.Clock, Logger: s.log, AuditCommitDelay: set.commitDelay}); err != nil {
+	// The CA expiry gauge reads s.auth only when scraped, after New.
+	s.metrics = newMetrics(func() float64 { return float64(s.auth.CA().NotAfter().Unix()) })
+	if s.store, err = store.Open(ctx, store.Config{DSN: set.datastore, DataDir: set.dataDir, Clock: opts.Clock, Logger: s.log,
+		AuditCommitDelay: set.commitDelay, OnAuditCommit: s.metrics.observeAuditCommit}); err != nil {
 		return nil, err
 	}
 	if s.auth, err = authority.New(authority.Config{
@@ -159,7 +162,6 @@ func New(ctx context.Context, cfg Config, opts Options) (*Server, error) {
 		}
 	}
 	s.tokens = &credential.JoinTokenVerifier{Consumer: tokenConsumer{s.store}, Clock: opts.Clock}
-	s.metrics = newMetrics(func() float64 { return float64(s.auth.CA().NotAfter().Unix()) })
 	s.identity = &servingIdentity{s: s}
 	if err := s.publishAuthorities(ctx); err != nil {
 		return nil, err

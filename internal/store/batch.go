@@ -55,6 +55,10 @@ type groupCommit[T any] struct {
 	// expectation withdrawn, waking a writer that waits.
 	arrived chan struct{}
 
+	// observe, if set, is told of each commit: its rows and how long the
+	// writer waited for announced rows before it.
+	observe func(rows int, waited time.Duration)
+
 	mu       sync.Mutex
 	queue    []*pendingRow[T]
 	expected int // rows announced by expect and not yet withdrawn
@@ -164,7 +168,7 @@ func (g *groupCommit[T]) do(ctx context.Context, row T, e *expectation[T]) error
 // writeBatch takes up to max rows from the head of the queue, writes them
 // and answers each. The caller holds the token.
 func (g *groupCommit[T]) writeBatch(ctx context.Context) {
-	g.awaitExpected()
+	waited := g.awaitExpected()
 	g.mu.Lock()
 	n := min(len(g.queue), g.max)
 	batch := g.queue[:n:n]
@@ -183,27 +187,33 @@ func (g *groupCommit[T]) writeBatch(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), auditBatchTimeout)
 	err := g.write(ctx, rows)
 	cancel()
+	if g.observe != nil {
+		g.observe(n, waited)
+	}
 	for _, p := range batch {
 		p.done <- err
 	}
 }
 
 // awaitExpected waits, up to delay, until no announced row is still to be
-// queued or a full batch is queued. The caller holds the token, so rows
-// queue behind the wait and no other commit starts during it.
-func (g *groupCommit[T]) awaitExpected() {
+// queued or a full batch is queued, and returns how long it waited. The
+// caller holds the token, so rows queue behind the wait and no other commit
+// starts during it.
+func (g *groupCommit[T]) awaitExpected() time.Duration {
 	if g.delay <= 0 || !g.waiting() {
-		return
+		return 0
 	}
+	start := time.Now()
 	fired, stop := g.timer(g.delay)
 	defer stop()
 	for g.waiting() {
 		select {
 		case <-g.arrived:
 		case <-fired:
-			return
+			return time.Since(start)
 		}
 	}
+	return time.Since(start)
 }
 
 // waiting reports whether a writer should wait for announced rows.

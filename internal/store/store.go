@@ -56,6 +56,10 @@ type Config struct {
 	// rows announced with ExpectIssued, so that they share it; 0 commits
 	// at once.
 	AuditCommitDelay time.Duration
+	// OnAuditCommit, if set, is told of each commit of the audit log: how
+	// many rows it held and how long it waited for announced ones (for
+	// metrics; it must not block).
+	OnAuditCommit func(rows int, waited time.Duration)
 }
 
 // DefaultSQLiteFile is the database file name inside Config.DataDir.
