@@ -128,9 +128,10 @@ func (g *groupCommit[T]) signal() {
 	}
 }
 
-// do queues row, settling e (if not nil) in the same step, and returns once the batch it went into is committed (nil)
-// or failed (that batch's error, the same for every row in it). If ctx ends
-// first, do returns ctx's error; the row may still be written afterwards.
+// do queues row, settling e (if not nil) in the same step, and returns once
+// the batch it went into is committed (nil) or failed (that batch's error,
+// the same for every row in it). If ctx ends first, do returns ctx's error;
+// the row may still be written afterwards.
 func (g *groupCommit[T]) do(ctx context.Context, row T, e *expectation[T]) error {
 	p := &pendingRow[T]{row: row, done: make(chan error, 1)}
 	g.mu.Lock()

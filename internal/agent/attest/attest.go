@@ -187,38 +187,57 @@ func (a *Attestor) Attest(ctx context.Context, pid int32, uid, gid uint32) ([]Se
 	if c.PID <= 0 {
 		return nil, fmt.Errorf("attest: the kernel reported pid %d: the caller is not visible in the agent's pid namespace (run the agent in the host's)", c.PID)
 	}
-	dir, err := a.openProc(c.PID)
+	var (
+		groups []uint32
+		small  [256]byte
+		exe    []byte
+	)
+	err := a.readOneProcess(c.PID, nil, func(dir int) error {
+		status, err := readProcFile(dir, c.PID, "status")
+		if err != nil {
+			return err
+		}
+		if groups, err = parseStatusGroups(status); err != nil {
+			return fmt.Errorf("attest: process %d: status: %w", c.PID, err)
+		}
+		exe, err = readOwnedExe(dir, c, small[:])
+		return err
+	})
 	if err != nil {
 		return nil, err
-	}
-	defer unix.Close(dir)
-
-	before, err := readStartTime(dir, c.PID)
-	if err != nil {
-		return nil, err
-	}
-	status, err := readProcFile(dir, c.PID, "status")
-	if err != nil {
-		return nil, err
-	}
-	groups, err := parseStatusGroups(status)
-	if err != nil {
-		return nil, fmt.Errorf("attest: process %d: status: %w", c.PID, err)
-	}
-	var small [256]byte
-	exe, err := readOwnedExe(dir, c, small[:])
-	if err != nil {
-		return nil, err
-	}
-	after, err := readStartTime(dir, c.PID)
-	if err != nil {
-		return nil, err
-	}
-	if after != before {
-		return nil, fmt.Errorf("attest: pid %d changed process while it was read (start time %d, then %d)", c.PID, before, after)
 	}
 	sel, _, _ := a.selectors(c, groups, string(exe), a.clock())
 	return sel, nil
+}
+
+// readOneProcess opens /proc/<pid> and runs read on the handle between two
+// reads of the process's start time, so that what read saw is of one
+// process: it fails if the two differ, or if the first is not *want (the
+// start time recorded when the caller connected, if want is set).
+func (a *Attestor) readOneProcess(pid int32, want *uint64, read func(dir int) error) error {
+	dir, err := a.openProc(pid)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dir)
+	before, err := readStartTime(dir, pid)
+	if err != nil {
+		return err
+	}
+	if want != nil && before != *want {
+		return fmt.Errorf("attest: pid %d now names another process (start time %d, the caller's was %d); the caller has exited", pid, before, *want)
+	}
+	if err := read(dir); err != nil {
+		return err
+	}
+	after, err := readStartTime(dir, pid)
+	if err != nil {
+		return err
+	}
+	if after != before {
+		return fmt.Errorf("attest: pid %d changed process while it was read (start time %d, then %d)", pid, before, after)
+	}
+	return nil
 }
 
 // selectors builds the selectors of caller c (see Attest) and returns the

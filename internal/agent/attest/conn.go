@@ -169,29 +169,14 @@ func (a *Attestor) readByPID(p *peerState, buf []byte) ([]byte, error) {
 	if closed {
 		return nil, p.closedErr()
 	}
-	pid := p.caller.PID
-	dir, err := a.openProc(pid)
+	var exe []byte
+	err := a.readOneProcess(p.caller.PID, &p.startTime, func(dir int) error {
+		var err error
+		exe, err = readOwnedExe(dir, p.caller, buf)
+		return err
+	})
 	if err != nil {
 		return nil, err
-	}
-	defer unix.Close(dir)
-	before, err := readStartTime(dir, pid)
-	if err != nil {
-		return nil, err
-	}
-	if before != p.startTime {
-		return nil, fmt.Errorf("attest: pid %d now names another process (start time %d, the caller's was %d); the caller has exited", pid, before, p.startTime)
-	}
-	exe, err := readOwnedExe(dir, p.caller, buf)
-	if err != nil {
-		return nil, err
-	}
-	after, err := readStartTime(dir, pid)
-	if err != nil {
-		return nil, err
-	}
-	if after != before {
-		return nil, fmt.Errorf("attest: pid %d changed process while it was read (start time %d, then %d)", pid, before, after)
 	}
 	return exe, nil
 }
