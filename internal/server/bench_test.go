@@ -26,6 +26,7 @@ import (
 	"github.com/meshfed/meshfed/internal/pemfile"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/internal/testpg"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -184,6 +185,26 @@ func (bs *benchServer) jwt(b *testing.B) string {
 	return tok
 }
 
+// reportCommits returns a function that reports, as rows/commit, the
+// audit rows per commit of the group commit since reportCommits was
+// called (from the server's meshfed_server_audit_commit_rows).
+func (bs *benchServer) reportCommits(b *testing.B) func() {
+	b.Helper()
+	read := func() (commits uint64, rows float64) {
+		var m dto.Metric
+		if err := bs.srv.metrics.commitRows.Write(&m); err != nil {
+			b.Fatal(err)
+		}
+		return m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()
+	}
+	commits0, rows0 := read()
+	return func() {
+		if commits, rows := read(); commits > commits0 {
+			b.ReportMetric((rows-rows0)/float64(commits-commits0), "rows/commit")
+		}
+	}
+}
+
 // benchCSR makes a P-256 key (the server's default key type) and a CSR for
 // it that names no identity, as agents send.
 func benchCSR(b *testing.B) (crypto.Signer, *x509.CertificateRequest) {
@@ -314,6 +335,7 @@ func BenchmarkIssuance(b *testing.B) {
 			b.Run("node", func(b *testing.B) {
 				req := &pb.SignX509SVIDRequest{Requests: []*pb.SVIDRequest{{Csr: csr.Raw}}}
 				b.ReportAllocs()
+				defer bs.reportCommits(b)()
 				runParallel(b, func() *grpc.ClientConn { return bs.dial(b, node) }, func(conn *grpc.ClientConn) error {
 					resp, err := pb.NewNodeClient(conn).SignX509SVID(context.Background(), req)
 					if err == nil && len(resp.GetSvids()) != 1 {
@@ -327,6 +349,7 @@ func BenchmarkIssuance(b *testing.B) {
 				ctx := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+token)
 				req := &istioca.IstioCertificateRequest{Csr: string(pemfile.EncodeCSR(csr.Raw)), ValidityDuration: 3600}
 				b.ReportAllocs()
+				defer bs.reportCommits(b)()
 				runParallel(b, func() *grpc.ClientConn { return bs.dial(b, nil) }, func(conn *grpc.ClientConn) error {
 					resp, err := istioca.NewIstioCertificateServiceClient(conn).CreateCertificate(ctx, req)
 					if err == nil && len(resp.GetCertChain()) != 2 {

@@ -226,7 +226,7 @@ func (s *Server) serve() error {
 	s.grpcServer = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(s.tlsConfig())),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
-		grpc.ChainUnaryInterceptor(s.adminOverTLS),
+		grpc.ChainUnaryInterceptor(s.adminOverTLS, s.announceIssuance),
 		// Requests run on long-lived goroutines whose stacks have already
 		// grown to what signing and the store need, instead of a new
 		// goroutine per request growing its stack from 8 KiB each time

@@ -117,6 +117,15 @@ func (x *IssuedExpectation) Record(ctx context.Context, r Issued) error {
 // Withdraw takes the announcement back.
 func (x *IssuedExpectation) Withdraw() { x.e.withdraw() }
 
+// AnnouncedIssued is the number of rows announced by ExpectIssued and
+// neither recorded nor withdrawn yet: zero on an idle server, whatever it
+// has served (tests check that no path leaves one behind).
+func (s *Store) AnnouncedIssued() int {
+	s.audit.mu.Lock()
+	defer s.audit.mu.Unlock()
+	return s.audit.expected
+}
+
 // insertIssued writes audit rows, already checked, in one statement: all
 // of them or none.
 func (s *Store) insertIssued(ctx context.Context, rows []Issued) error {

@@ -338,10 +338,7 @@ func TestIssuedExpectationSettles(t *testing.T) {
 	if len(got) != 1 || got[0].Serial != "a" {
 		t.Fatalf("audit log %+v, want the one row with serial a", got)
 	}
-	s.audit.mu.Lock()
-	left := s.audit.expected
-	s.audit.mu.Unlock()
-	if left != 0 {
+	if left := s.AnnouncedIssued(); left != 0 {
 		t.Errorf("%d announcements left, want 0", left)
 	}
 }
