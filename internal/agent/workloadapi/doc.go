@@ -22,8 +22,11 @@
 // entry of the spiffe_id asked for, and PermissionDenied when there is none.
 // FetchJWTBundles streams the JWK Sets of this trust domain and of the
 // domains the caller's entries federate with. ValidateJWTSVID validates a
-// token with those same bundles (go-spiffe's jwtsvid) and answers its SPIFFE
-// ID and claims, or InvalidArgument with the reason. A token verified before
+// token with those same bundles and answers its SPIFFE ID and claims, or
+// InvalidArgument with the reason: a token of the form agents and SPIRE
+// issue in one pass of its own (quickValidate, which may only accept what
+// go-spiffe's jwtsvid accepts), any other, and every refusal, with
+// go-spiffe's jwtsvid, whose reasons are the answer. A token verified before
 // may be answered from a bounded cache (Config.JWTCacheSize) without
 // checking its signature again, but only while the key that verified it is
 // the one this caller's bundles hold and the Source has not changed; its

@@ -171,18 +171,25 @@ func (h *handler) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWT
 			return resp, nil
 		}
 	}
-	svid, err := jwtsvid.ParseAndValidate(token, set, []string{audience})
-	if err != nil {
-		// The reason names claims, keys and trust domains, never the token.
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+	// The tokens agents and SPIRE issue are validated in one pass; any
+	// other, and any refusal, by go-spiffe's jwtsvid (see quickValidate).
+	quick, ok := quickValidate(token, set, audience, time.Now())
+	id, all := quick.id, quick.all
+	if !ok {
+		svid, err := jwtsvid.ParseAndValidate(token, set, []string{audience})
+		if err != nil {
+			// The reason names claims, keys and trust domains, never the token.
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		id, all = svid.ID, svid.Claims
 	}
-	claims, err := structpb.NewStruct(svid.Claims)
+	claims, err := structpb.NewStruct(all)
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "jwtsvid: claims: %v", err)
 	}
-	resp := &workload.ValidateJWTSVIDResponse{SpiffeId: svid.ID.String(), Claims: claims}
-	if cacheable {
-		h.s.jwtCache.add(sum, token, changed, set, svid, resp)
+	resp := &workload.ValidateJWTSVIDResponse{SpiffeId: id.String(), Claims: claims}
+	if cacheable && ok {
+		h.s.jwtCache.add(sum, changed, quick, resp)
 	}
 	return resp, nil
 }

@@ -9,12 +9,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 )
 
 // Bounds of the verified-token cache of ValidateJWTSVID.
@@ -27,15 +25,6 @@ const (
 	// (32 KiB), and such a token is validated every time rather than kept.
 	maxCachedTokenBytes = 4 << 10
 )
-
-// tokenAlgorithms are the signature algorithms go-spiffe's jwtsvid allows.
-// The cache parses only tokens jwtsvid has just accepted, so the list only
-// has to include theirs.
-var tokenAlgorithms = []jose.SignatureAlgorithm{
-	jose.RS256, jose.RS384, jose.RS512,
-	jose.ES256, jose.ES384, jose.ES512,
-	jose.PS256, jose.PS384, jose.PS512,
-}
 
 // jwtCache remembers the JWT-SVIDs ValidateJWTSVID has verified, so that a
 // workload presenting the same token again is answered without checking
@@ -158,28 +147,12 @@ func claimsError(err error, audience []string, claimed jwt.Audience) error {
 	return err
 }
 
-// add keeps what the validation of token (digest sum) with set established:
-// svid is what jwtsvid.ParseAndValidate returned, resp the answer made of
-// it, changed the Source's channel taken before the bundles in set were
-// read. A token it cannot attribute to one key of set is not kept.
-func (c *jwtCache) add(sum [sha256.Size]byte, token string, changed <-chan struct{}, set *jwtbundle.Set, svid *jwtsvid.SVID, resp *workload.ValidateJWTSVIDResponse) {
-	// The token verified, so this is the parse jwtsvid just made.
-	tok, err := jwt.ParseSigned(token, tokenAlgorithms)
-	if err != nil || len(tok.Headers) != 1 {
-		return
-	}
-	e := &verifiedToken{changed: changed, td: svid.ID.TrustDomain(), kid: tok.Headers[0].KeyID, resp: resp}
-	if err := tok.UnsafeClaimsWithoutVerification(&e.claims); err != nil {
-		return
-	}
-	bundle, ok := set.Get(e.td)
-	if !ok {
-		return
-	}
-	if e.key, ok = bundle.FindJWTAuthority(e.kid); !ok {
-		return
-	}
-
+// add keeps what the quick validation of a token (digest sum) with the
+// bundles read after changed (the Source's channel) established, and resp,
+// the answer made of it. (Tokens only jwtsvid validates, of rarer forms,
+// are not kept: they are validated in full each time.)
+func (c *jwtCache) add(sum [sha256.Size]byte, changed <-chan struct{}, v quickResult, resp *workload.ValidateJWTSVIDResponse) {
+	e := &verifiedToken{changed: changed, td: v.id.TrustDomain(), kid: v.kid, key: v.key, claims: v.claims, resp: resp}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if old, ok := c.entries[c.ring[c.next]]; ok && old.slot == c.next {

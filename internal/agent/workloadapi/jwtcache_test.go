@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/meshfed/meshfed/internal/agent/attest"
 	"github.com/meshfed/meshfed/internal/agent/workloadapi"
@@ -308,4 +309,38 @@ func TestFetchX509SVIDAfterRotation(t *testing.T) {
 	if string(got.GetX509Svid()) != string(chain) {
 		t.Fatal("the chain is not the new SVID's")
 	}
+}
+
+// A token of a rarer form (here a header field besides alg, kid and typ) is
+// validated by go-spiffe's jwtsvid, answered as any other, and not kept:
+// only quick validations are.
+func TestValidateJWTSVIDRareForm(t *testing.T) {
+	w := newWorld(t)
+	srv, rc := cacheServer(t, workloadapi.Config{Source: w.src}, nil)
+	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: w.east.jwtKey, KeyID: w.east.kid}},
+		(&jose.SignerOptions{}).WithType("JWT").WithHeader("cty", "json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rare, err := jwt.Signed(sig).Claims(jwt.Claims{
+		Subject: reviews.String(), Audience: []string{cacheAud}, Expiry: jwt.NewNumericDate(time.Now().Add(time.Hour)), ID: "j-1",
+	}).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		resp, err := validate(t, rc, rare, cacheAud)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.GetSpiffeId() != reviews.String() || resp.GetClaims().GetFields()["jti"].GetStringValue() != "j-1" {
+			t.Fatalf("answered %v", resp)
+		}
+		wantStats(t, srv, 0, 0)
+	}
+	// A token of the common form is kept.
+	if _, err := validate(t, rc, w.east.jwtToken(t, reviews, []string{cacheAud}, time.Now().Add(time.Hour)), cacheAud); err != nil {
+		t.Fatal(err)
+	}
+	wantStats(t, srv, 1, 0)
 }
