@@ -236,18 +236,22 @@ func (v *JWTVerifier) Verify(ctx context.Context, token string) (Identity, error
 		return Identity{}, refuseJWT("JWT has %d signatures; want 1", len(tok.Headers))
 	}
 	header := tok.Headers[0]
-	var unverified jwt.Claims
-	if err := tok.UnsafeClaimsWithoutVerification(&unverified); err != nil {
+	// Decoded once, before the signature is checked, to find the issuer;
+	// they become the issuer's claims when the signature over this same
+	// payload verifies below.
+	var claims jwt.Claims
+	var extra tokenClaims
+	if err := tok.UnsafeClaimsWithoutVerification(&claims, &extra); err != nil {
 		e := refuseJWT("JWT claims are malformed: not a JSON object with valid registered claims")
 		e.Err = err
 		return Identity{}, e
 	}
-	if unverified.Issuer == "" {
+	if claims.Issuer == "" {
 		return Identity{}, refuseJWT("JWT has no issuer (iss)")
 	}
-	iss, ok := v.issuers[unverified.Issuer]
+	iss, ok := v.issuers[claims.Issuer]
 	if !ok {
-		return Identity{}, refuseJWT("JWT issuer %s is not a configured issuer", quote(unverified.Issuer))
+		return Identity{}, refuseJWT("JWT issuer %s is not a configured issuer", quote(claims.Issuer))
 	}
 
 	key, err := iss.key(ctx, header.KeyID)
@@ -263,9 +267,7 @@ func (v *JWTVerifier) Verify(ctx context.Context, token string) (Identity, error
 		return Identity{}, refuseJWT("JWT alg %s cannot be verified with key %s of issuer %s (%s)",
 			quote(alg), quote(key.KeyID), quote(iss.name), describeKey(key.Key))
 	}
-	var claims jwt.Claims
-	var extra tokenClaims
-	if err := tok.Claims(key.Key, &claims, &extra); err != nil {
+	if err := tok.Claims(key.Key); err != nil {
 		e := refuseJWT("JWT signature does not verify with key %s of issuer %s", quote(key.KeyID), quote(iss.name))
 		e.Err = err
 		return Identity{}, e

@@ -380,6 +380,16 @@ func TestJWTVerify(t *testing.T) {
 			},
 			err: "credential: JWT claims are malformed: not a JSON object with valid registered claims",
 		},
+		{
+			// Well signed, but the claim a service account comes from is
+			// not an object: said as malformed claims, not as a signature
+			// that does not verify.
+			name: "kubernetes.io is not an object",
+			token: func(t testing.TB) string {
+				return sign(t, rsaKey(), jose.RS256, "rsa1", with(func(c map[string]any) { c["kubernetes.io"] = "default/bench" }))
+			},
+			err: "credential: JWT claims are malformed: not a JSON object with valid registered claims",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
