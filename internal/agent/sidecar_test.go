@@ -13,27 +13,19 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/internal/server"
+	"github.com/meshfed/meshfed/internal/testjwt"
 )
 
 // saToken signs a service-account token as a Kubernetes API server would.
 func saToken(t *testing.T, key crypto.Signer, ns, sa string, exp time.Time) string {
 	t.Helper()
-	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key}, (&jose.SignerOptions{}).WithHeader("kid", "k1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := jwt.Signed(s).Claims(map[string]any{
+	return testjwt.Sign(t, jose.ES256, key, "k1", "", map[string]any{
 		"iss": "https://kubernetes.default.svc", "aud": []string{"istio-ca"}, "exp": exp.Unix(), "iat": time.Now().Add(-time.Minute).Unix(),
 		"sub":           "system:serviceaccount:" + ns + ":" + sa,
 		"kubernetes.io": map[string]any{"namespace": ns, "serviceaccount": map[string]any{"name": sa, "uid": "u"}},
-	}).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
+	})
 }
 
 func TestSidecarModeReReadsTheTokenFile(t *testing.T) {

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/meshfed/meshfed/internal/testjwt"
 )
 
 func runMeshfed(args ...string) (int, string, string) {
@@ -92,14 +92,7 @@ spec:
 `)
 	jwksFile := write("jwks.json", string(jwks))
 	now := time.Date(2025, 6, 1, 12, 0, 0, 0, time.UTC)
-	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key}, (&jose.SignerOptions{}).WithHeader("kid", "k1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := jwt.Signed(sig).Claims(map[string]any{"iss": "https://issuer.example", "sub": "alice", "exp": now.Add(time.Hour).Unix()}).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := testjwt.Sign(t, jose.ES256, key, "k1", "", map[string]any{"iss": "https://issuer.example", "sub": "alice", "exp": now.Add(time.Hour).Unix()})
 	tokFile := write("token.jwt", tok+"\n")
 	base := []string{"policy", "explain", "--policies", pol, "-n", "foo", "--port", "8080", "--principal", "td/ns/foo/sa/a", "--jwks", "https://issuer.example/jwks=" + jwksFile}
 	rule := "JWT rules:\n  foo/jwt jwtRules[0]: issuer https://issuer.example, keys from jwksUri https://issuer.example/jwks, token from header Authorization (prefix \"Bearer \") or query parameter access_token\n"
@@ -208,14 +201,7 @@ func TestPolicyExplainDiscovery(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key}, (&jose.SignerOptions{}).WithHeader("kid", "k1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := jwt.Signed(sig).Claims(map[string]any{"iss": "https://accounts.example", "sub": "bob", "exp": time.Now().Add(time.Hour).Unix()}).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
+	tok := testjwt.Sign(t, jose.ES256, key, "k1", "", map[string]any{"iss": "https://accounts.example", "sub": "bob", "exp": time.Now().Add(time.Hour).Unix()})
 	if err := os.WriteFile(filepath.Join(dir, "token.jwt"), []byte(tok), 0o600); err != nil {
 		t.Fatal(err)
 	}

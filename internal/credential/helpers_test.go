@@ -22,7 +22,7 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/meshfed/meshfed/internal/testjwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshfed/meshfed/internal/credential"
@@ -141,19 +141,7 @@ func claims() map[string]any {
 // kid).
 func sign(t testing.TB, key crypto.Signer, alg jose.SignatureAlgorithm, kid string, c map[string]any) string {
 	t.Helper()
-	opts := (&jose.SignerOptions{}).WithType("JWT")
-	if kid != "" {
-		opts = opts.WithHeader("kid", kid)
-	}
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := jwt.Signed(signer).Claims(c).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
+	return testjwt.Sign(t, alg, key, kid, "JWT", c)
 }
 
 // b64 is unpadded base64url.

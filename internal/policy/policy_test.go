@@ -15,7 +15,7 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/meshfed/meshfed/internal/testjwt"
 )
 
 func mustSet(t testing.TB, yamls ...string) *Set {
@@ -374,15 +374,7 @@ func newTestIssuer(t testing.TB, kid string) *testIssuer {
 }
 
 func (i *testIssuer) sign(t testing.TB, claims map[string]any) string {
-	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: i.key}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", i.kid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := jwt.Signed(sig).Claims(claims).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
+	return testjwt.Sign(t, jose.ES256, i.key, i.kid, "JWT", claims)
 }
 
 func TestAuthenticate(t *testing.T) {

@@ -21,10 +21,10 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/internal/policy"
 	"github.com/meshfed/meshfed/internal/proxy"
+	"github.com/meshfed/meshfed/internal/testjwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 )
@@ -126,15 +126,7 @@ func newJWTIssuer(t *testing.T) *jwtIssuer {
 }
 
 func (i *jwtIssuer) sign(t *testing.T, claims map[string]any) string {
-	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: i.key}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", "k1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := jwt.Signed(sig).Claims(claims).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
+	return testjwt.Sign(t, jose.ES256, i.key, "k1", "JWT", claims)
 }
 
 // TestHTTPInbound runs an HTTP inbound listener under Istio policy: mTLS

@@ -20,11 +20,11 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
 	pb "github.com/meshfed/meshfed/internal/api/serverv1"
 	"github.com/meshfed/meshfed/internal/credential"
 	"github.com/meshfed/meshfed/internal/pemfile"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/internal/testjwt"
 	"github.com/meshfed/meshfed/internal/testpg"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -169,20 +169,12 @@ func (bs *benchServer) nodeSVID(b *testing.B) *tls.Certificate {
 // jwt is a service-account token for ns/default/sa/bench, valid for a day.
 func (bs *benchServer) jwt(b *testing.B) string {
 	b.Helper()
-	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: bs.jwtKey}, (&jose.SignerOptions{}).WithHeader("kid", "k1"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	tok, err := jwt.Signed(sig).Claims(map[string]any{
+	return testjwt.Sign(b, jose.ES256, bs.jwtKey, "k1", "", map[string]any{
 		"iss": "https://kubernetes.default.svc", "aud": []string{"istio-ca"},
 		"sub": "system:serviceaccount:default:bench",
 		"exp": time.Now().Add(24 * time.Hour).Unix(), "iat": time.Now().Add(-time.Minute).Unix(),
 		"kubernetes.io": map[string]any{"namespace": "default", "serviceaccount": map[string]any{"name": "bench", "uid": "u-1"}},
-	}).Serialize()
-	if err != nil {
-		b.Fatal(err)
-	}
-	return tok
+	})
 }
 
 // reportCommits returns a function that reports, as rows/commit, the

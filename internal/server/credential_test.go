@@ -16,10 +16,10 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/meshfed/meshfed/internal/pemfile"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/internal/store"
+	"github.com/meshfed/meshfed/internal/testjwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -53,15 +53,7 @@ func TestIstioCredentialTable(t *testing.T) {
 	}
 	otherKey, _ := pki.GenerateKey(pki.ECP256)
 	sign := func(key any, kid string, claims map[string]any) string {
-		s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key}, (&jose.SignerOptions{}).WithHeader("kid", kid))
-		if err != nil {
-			t.Fatal(err)
-		}
-		tok, err := jwt.Signed(s).Claims(claims).Serialize()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tok
+		return testjwt.Sign(t, jose.ES256, key, kid, "", claims)
 	}
 	good := sign(h.jwtKey, "k1", valid(nil))
 	parts := strings.Split(good, ".")

@@ -27,6 +27,7 @@ import (
 	"github.com/meshfed/meshfed/internal/agent/attest"
 	"github.com/meshfed/meshfed/internal/agent/workloadapi"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/internal/testjwt"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -208,18 +209,10 @@ func benchSVID(b *testing.B, d *domain, path string) *x509svid.SVID {
 // benchAudience, valid for an hour, with jti as its jti claim if not empty.
 func benchToken(b *testing.B, d *domain, id spiffeid.ID, jti string) string {
 	b.Helper()
-	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: d.jwtKey, KeyID: d.kid}}, (&jose.SignerOptions{}).WithType("JWT"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	tok, err := jwt.Signed(sig).Claims(jwt.Claims{
+	return testjwt.Sign(b, jose.ES256, d.jwtKey, d.kid, "JWT", jwt.Claims{
 		Subject: id.String(), Audience: []string{benchAudience}, ID: jti,
 		Expiry: jwt.NewNumericDate(time.Now().Add(time.Hour)), IssuedAt: jwt.NewNumericDate(time.Now()),
-	}).Serialize()
-	if err != nil {
-		b.Fatal(err)
-	}
-	return tok
+	})
 }
 
 // benchCtx carries the security header; the ceilings get it too, so that

@@ -11,6 +11,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/meshfed/meshfed/internal/agent/workloadapi"
+	"github.com/meshfed/meshfed/internal/testjwt"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -26,17 +27,9 @@ func (d *domain) jwtBundle() *jwtbundle.Bundle {
 // jwtToken signs a JWT-SVID for id with d's JWT key, as a server would.
 func (d *domain) jwtToken(t *testing.T, id spiffeid.ID, aud []string, exp time.Time) string {
 	t.Helper()
-	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: d.jwtKey, KeyID: d.kid}}, (&jose.SignerOptions{}).WithType("JWT"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := jwt.Signed(sig).Claims(jwt.Claims{
+	return testjwt.Sign(t, jose.ES256, d.jwtKey, d.kid, "JWT", jwt.Claims{
 		Subject: id.String(), Audience: aud, Expiry: jwt.NewNumericDate(exp), IssuedAt: jwt.NewNumericDate(time.Now()),
-	}).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
+	})
 }
 
 func (d *domain) jwtSVID(t *testing.T, id spiffeid.ID, aud []string, exp time.Time) *jwtsvid.SVID {

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/meshfed/meshfed/internal/testjwt"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
@@ -59,24 +59,6 @@ func newQuickKeys(t testing.TB) *quickKeys {
 	}
 	k.set = jwtbundle.NewSet(east, west)
 	return k
-}
-
-// sign makes a token with go-jose, as agents, servers and SPIRE do.
-func (k *quickKeys) sign(t testing.TB, alg jose.SignatureAlgorithm, key crypto.Signer, kid string, typ string, claims any) string {
-	t.Helper()
-	opts := (&jose.SignerOptions{}).WithHeader(jose.HeaderKey("kid"), kid)
-	if typ != "" {
-		opts = opts.WithType(jose.ContentType(typ))
-	}
-	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := jwt.Signed(sig).Claims(claims).Serialize()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
 }
 
 // raw makes a token of the given header and payload, signed ES256 with
@@ -133,7 +115,7 @@ func TestQuickValidate(t *testing.T) {
 	k := newQuickKeys(t)
 	id := "spiffe://east.example/ns/default/sa/reviews"
 	hour := time.Now().Add(time.Hour)
-	good := k.sign(t, jose.ES256, k.p256, "p256", "JWT", quickClaims(id, []string{quickAud}, hour))
+	good := testjwt.Sign(t, jose.ES256, k.p256, "p256", "JWT", quickClaims(id, []string{quickAud}, hour))
 	tamper := func(tok string, part int, edit func(string) string) string {
 		parts := strings.Split(tok, ".")
 		parts[part] = edit(parts[part])
@@ -166,18 +148,18 @@ func TestQuickValidate(t *testing.T) {
 		valid bool // jwtsvid accepts it
 	}{
 		{"ES256, typ JWT", good, quickAud, true, true},
-		{"ES256, no typ", k.sign(t, jose.ES256, k.p256, "p256", "", quickClaims(id, quickAud, hour)), quickAud, true, true},
-		{"ES256, typ JOSE", k.sign(t, jose.ES256, k.p256, "p256", "JOSE", quickClaims(id, []string{"a", quickAud}, hour)), quickAud, true, true},
-		{"ES384", k.sign(t, jose.ES384, k.p384, "p384", "JWT", quickClaims(id, quickAud, hour)), quickAud, true, true},
-		{"RS256", k.sign(t, jose.RS256, k.rsa, "rsa", "JWT", quickClaims(id, quickAud, hour)), quickAud, true, true},
-		{"private claims", k.sign(t, jose.ES256, k.p256, "p256", "JWT", map[string]any{
+		{"ES256, no typ", testjwt.Sign(t, jose.ES256, k.p256, "p256", "", quickClaims(id, quickAud, hour)), quickAud, true, true},
+		{"ES256, typ JOSE", testjwt.Sign(t, jose.ES256, k.p256, "p256", "JOSE", quickClaims(id, []string{"a", quickAud}, hour)), quickAud, true, true},
+		{"ES384", testjwt.Sign(t, jose.ES384, k.p384, "p384", "JWT", quickClaims(id, quickAud, hour)), quickAud, true, true},
+		{"RS256", testjwt.Sign(t, jose.RS256, k.rsa, "rsa", "JWT", quickClaims(id, quickAud, hour)), quickAud, true, true},
+		{"private claims", testjwt.Sign(t, jose.ES256, k.p256, "p256", "JWT", map[string]any{
 			"sub": id, "aud": quickAud, "exp": hour.Unix(), "jti": "j-1", "iss": "east",
 			"n": 1.5, "list": []any{"x", 2.0, nil, true}, "obj": map[string]any{"k": "v"}, "big": 1e300,
 		}), quickAud, true, true},
-		{"west's key", k.sign(t, jose.ES256, k.west, "p256", "JWT", quickClaims("spiffe://west.example/w", quickAud, hour)), quickAud, true, true},
+		{"west's key", testjwt.Sign(t, jose.ES256, k.west, "p256", "JWT", quickClaims("spiffe://west.example/w", quickAud, hour)), quickAud, true, true},
 
 		// Valid, but of a form left to jwtsvid.
-		{"PS256", k.sign(t, jose.PS256, k.rsa, "rsa", "JWT", quickClaims(id, quickAud, hour)), quickAud, false, true},
+		{"PS256", testjwt.Sign(t, jose.PS256, k.rsa, "rsa", "JWT", quickClaims(id, quickAud, hour)), quickAud, false, true},
 		{"another header", header(map[string]any{"alg": "ES256", "kid": "p256", "cty": "x"}, quickClaims(id, quickAud, hour)), quickAud, false, true},
 		{"null claim", header(es256, map[string]any{"sub": id, "aud": quickAud, "exp": hour.Unix(), "nbf": nil}), quickAud, false, true},
 		{"a key like a registered claim", header(es256, map[string]any{"sub": id, "aud": quickAud, "exp": hour.Unix(), "EXP": 1}), quickAud, false, true},
@@ -187,18 +169,18 @@ func TestQuickValidate(t *testing.T) {
 		{"a nested key twice", k.raw(t, []byte(`{"alg":"ES256","kid":"p256"}`), []byte(`{"sub":"`+id+`","aud":"`+quickAud+`","exp":`+jsonInt(hour.Unix())+`,"o":[{"a":1,"a":2}]}`)), quickAud, false, false},
 		{"a header field twice", k.raw(t, []byte(`{"alg":"ES256","kid":"p256","kid":"p256"}`), []byte(`{"sub":"`+id+`","aud":"`+quickAud+`","exp":`+jsonInt(hour.Unix())+`}`)), quickAud, false, false},
 		{"wrong audience", good, "spiffe://east.example/other", false, false},
-		{"expired", k.sign(t, jose.ES256, k.p256, "p256", "JWT", quickClaims(id, quickAud, time.Now().Add(-time.Hour))), quickAud, false, false},
+		{"expired", testjwt.Sign(t, jose.ES256, k.p256, "p256", "JWT", quickClaims(id, quickAud, time.Now().Add(-time.Hour))), quickAud, false, false},
 		{"not yet valid", header(es256, map[string]any{"sub": id, "aud": quickAud, "exp": hour.Unix(), "nbf": hour.Add(-time.Minute).Unix()}), quickAud, false, false},
 		{"no exp", header(es256, map[string]any{"sub": id, "aud": quickAud}), quickAud, false, false},
 		{"exp a string", header(es256, map[string]any{"sub": id, "aud": quickAud, "exp": "2100000000"}), quickAud, false, false},
 		{"exp past go-jose's bound", header(es256, map[string]any{"sub": id, "aud": quickAud, "exp": 1e19}), quickAud, false, false},
 		{"sub not a SPIFFE ID", header(es256, quickClaims("reviews", quickAud, hour)), quickAud, false, false},
 		{"aud of a number", header(es256, map[string]any{"sub": id, "aud": []any{quickAud, 1}, "exp": hour.Unix()}), quickAud, false, false},
-		{"unknown kid", k.sign(t, jose.ES256, k.p256, "other", "JWT", quickClaims(id, quickAud, hour)), quickAud, false, false},
+		{"unknown kid", testjwt.Sign(t, jose.ES256, k.p256, "other", "JWT", quickClaims(id, quickAud, hour)), quickAud, false, false},
 		{"empty kid", header(map[string]any{"alg": "ES256", "kid": ""}, quickClaims(id, quickAud, hour)), quickAud, false, false},
-		{"no bundle for the trust domain", k.sign(t, jose.ES256, k.p256, "p256", "JWT", quickClaims("spiffe://north.example/n", quickAud, hour)), quickAud, false, false},
-		{"signed by another domain's key", k.sign(t, jose.ES256, k.west, "p256", "JWT", quickClaims(id, quickAud, hour)), quickAud, false, false},
-		{"key of another curve", k.sign(t, jose.ES384, k.p384, "p256", "JWT", quickClaims(id, quickAud, hour)), quickAud, false, false},
+		{"no bundle for the trust domain", testjwt.Sign(t, jose.ES256, k.p256, "p256", "JWT", quickClaims("spiffe://north.example/n", quickAud, hour)), quickAud, false, false},
+		{"signed by another domain's key", testjwt.Sign(t, jose.ES256, k.west, "p256", "JWT", quickClaims(id, quickAud, hour)), quickAud, false, false},
+		{"key of another curve", testjwt.Sign(t, jose.ES384, k.p384, "p256", "JWT", quickClaims(id, quickAud, hour)), quickAud, false, false},
 		{"typ other", header(map[string]any{"alg": "ES256", "kid": "p256", "typ": "at+jwt"}, quickClaims(id, quickAud, hour)), quickAud, false, false},
 		{"alg none", tamper(header(map[string]any{"alg": "none", "kid": "p256"}, quickClaims(id, quickAud, hour)), 2, func(string) string { return "" }), quickAud, false, false},
 		{"HS256", header(map[string]any{"alg": "HS256", "kid": "p256"}, quickClaims(id, quickAud, hour)), quickAud, false, false},
@@ -283,7 +265,7 @@ func BenchmarkQuickValidate(b *testing.B) {
 	for i := range tokens {
 		c := quickClaims("spiffe://east.example/ns/default/sa/reviews", []string{quickAud}, time.Now().Add(time.Hour))
 		c["jti"] = jsonInt(int64(i))
-		tokens[i] = k.sign(b, jose.ES256, k.p256, "p256", "JWT", c)
+		tokens[i] = testjwt.Sign(b, jose.ES256, k.p256, "p256", "JWT", c)
 	}
 	b.Run("quick", func(b *testing.B) {
 		b.ReportAllocs()
