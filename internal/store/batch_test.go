@@ -211,6 +211,31 @@ func (r *batchRig) recordExpected(row int, e *expectation[int]) <-chan error {
 	return done
 }
 
+// commitOK takes the next write, which must be the batch want, lets it
+// succeed, and checks that each of done then returns nil.
+func (r *batchRig) commitOK(t *testing.T, want []int, done ...<-chan error) {
+	t.Helper()
+	if got := <-r.writes; !slices.Equal(got, want) {
+		t.Fatalf("batch %v, want %v", got, want)
+	}
+	r.results <- nil
+	for i, d := range done {
+		if err := <-d; err != nil {
+			t.Errorf("caller %d of batch %v: %v", i, want, err)
+		}
+	}
+}
+
+// wantNoWait fails if a writer started waiting for announced rows.
+func wantNoWait(t *testing.T, ft *fakeTimer) {
+	t.Helper()
+	select {
+	case d := <-ft.started:
+		t.Errorf("the writer waited %v", d)
+	default:
+	}
+}
+
 // TestGroupCommitWaitsForExpectedRows: a writer with rows announced waits
 // for them (up to the delay) and commits them together with its own.
 func TestGroupCommitWaitsForExpectedRows(t *testing.T) {
@@ -225,15 +250,7 @@ func TestGroupCommitWaitsForExpectedRows(t *testing.T) {
 	second := r.recordExpected(1, e1)
 	// Row 2's caller gives up (its signing failed): nothing more to wait for.
 	e2.withdraw()
-	if got := <-r.writes; !slices.Equal(got, []int{0, 1}) {
-		t.Fatalf("batch %v, want [0 1] in one commit", got)
-	}
-	r.results <- nil
-	for i, done := range []<-chan error{first, second} {
-		if err := <-done; err != nil {
-			t.Errorf("row %d: %v", i, err)
-		}
-	}
+	r.commitOK(t, []int{0, 1}, first, second) // in one commit
 	r.g.mu.Lock()
 	left := r.g.expected
 	r.g.mu.Unlock()
@@ -252,27 +269,11 @@ func TestGroupCommitDelayBounded(t *testing.T) {
 	first := r.recordExpected(0, r.g.expect())
 	<-ft.started
 	ft.fire <- time.Time{}
-	if got := <-r.writes; !slices.Equal(got, []int{0}) {
-		t.Fatalf("batch %v, want [0] alone once the delay passed", got)
-	}
-	r.results <- nil
-	if err := <-first; err != nil {
-		t.Fatal(err)
-	}
+	r.commitOK(t, []int{0}, first) // alone, once the delay passed
 	// The late row, once queued, is its own writer and waits for nothing.
 	second := r.recordExpected(1, late)
-	if got := <-r.writes; !slices.Equal(got, []int{1}) {
-		t.Fatalf("batch %v, want [1]", got)
-	}
-	r.results <- nil
-	if err := <-second; err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case d := <-ft.started:
-		t.Errorf("the second writer waited %v with nothing announced", d)
-	default:
-	}
+	r.commitOK(t, []int{1}, second)
+	wantNoWait(t, ft)
 }
 
 // TestGroupCommitNoWait: a writer commits at once when nothing is announced,
@@ -294,19 +295,8 @@ func TestGroupCommitNoWait(t *testing.T) {
 			for range tt.announce {
 				r.g.expect()
 			}
-			done := r.record(context.Background(), 7)
-			if got := <-r.writes; !slices.Equal(got, []int{7}) {
-				t.Fatalf("batch %v, want [7]", got)
-			}
-			r.results <- nil
-			if err := <-done; err != nil {
-				t.Fatal(err)
-			}
-			select {
-			case d := <-ft.started:
-				t.Errorf("the writer waited %v", d)
-			default:
-			}
+			r.commitOK(t, []int{7}, r.record(context.Background(), 7))
+			wantNoWait(t, ft)
 		})
 	}
 }
