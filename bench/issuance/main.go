@@ -37,6 +37,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 	pb "github.com/meshfed/meshfed/internal/api/serverv1"
 	"github.com/meshfed/meshfed/internal/cadir"
+	"github.com/meshfed/meshfed/internal/grpcflow"
 	"github.com/meshfed/meshfed/internal/pemfile"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -52,6 +53,9 @@ const (
 	jwtIssuer   = "https://kubernetes.default.svc"
 	jwtAudience = "istio-ca"
 	jwtKeyID    = "bench"
+	// serverWindow is the flow-control window of the load's connections,
+	// the agent's own (internal/agent: serverWindow).
+	serverWindow = 1 << 20
 	// callTimeout bounds one call, so that a stuck server fails the run
 	// instead of hanging it.
 	callTimeout = 30 * time.Second
@@ -292,7 +296,10 @@ func loadCmd(args []string) error {
 		if client != nil {
 			conf.Certificates = []tls.Certificate{*client}
 		}
-		return grpc.NewClient(*addr, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+		// As the agent dials (agent.dial): fixed windows, no
+		// bandwidth-estimating PINGs.
+		return grpc.NewClient(*addr, append(grpcflow.DialOptions(serverWindow),
+			grpc.WithTransportCredentials(credentials.NewTLS(conf)))...)
 	}
 	_, csr, err := newCSR()
 	if err != nil {

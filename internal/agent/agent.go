@@ -34,6 +34,7 @@ import (
 
 	pb "github.com/meshfed/meshfed/internal/api/serverv1"
 	"github.com/meshfed/meshfed/internal/bundle"
+	"github.com/meshfed/meshfed/internal/grpcflow"
 	"github.com/meshfed/meshfed/internal/pemfile"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/internal/tlspolicy"
@@ -218,7 +219,7 @@ func (a *Agent) NodeID() spiffeid.ID {
 // attest trades the join token for a node SVID, over TLS that verifies the
 // server with the bootstrap bundle.
 func (a *Agent) attest(ctx context.Context) error {
-	conn, err := grpc.NewClient(a.cfg.ServerAddr, grpc.WithTransportCredentials(credentials.NewTLS(a.tlsConfig(false))))
+	conn, err := a.dial(false)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
@@ -369,13 +370,24 @@ func (a *Agent) verifyServer(chain []*x509.Certificate) error {
 	return nil
 }
 
+// serverWindow is the flow-control window of the agent's connection to the
+// server, fixed so that a renewal costs no bandwidth-estimating PING (see
+// grpcflow); the server's replies are SVIDs and the watch's updates.
+const serverWindow = 1 << 20
+
+// dial opens a connection to the server; withSVID presents the node SVID.
+func (a *Agent) dial(withSVID bool) (*grpc.ClientConn, error) {
+	return grpc.NewClient(a.cfg.ServerAddr, append(grpcflow.DialOptions(serverWindow),
+		grpc.WithTransportCredentials(credentials.NewTLS(a.tlsConfig(withSVID))))...)
+}
+
 // connect opens a new connection to the server, which presents the node
 // SVID held now, and closes the previous one. A TLS connection keeps the
 // certificate of its handshake for its whole life, so after renewing the node
 // SVID the agent reconnects: else the server would go on seeing the old SVID
 // on the old connection until it expired, and refuse it.
 func (a *Agent) connect() error {
-	conn, err := grpc.NewClient(a.cfg.ServerAddr, grpc.WithTransportCredentials(credentials.NewTLS(a.tlsConfig(true))))
+	conn, err := a.dial(true)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	pb "github.com/meshfed/meshfed/internal/api/serverv1"
 	"github.com/meshfed/meshfed/internal/credential"
+	"github.com/meshfed/meshfed/internal/grpcflow"
 	"github.com/meshfed/meshfed/internal/pemfile"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/internal/testjwt"
@@ -134,7 +135,9 @@ func (bs *benchServer) dial(b *testing.B, client *tls.Certificate) *grpc.ClientC
 	if client != nil {
 		conf.Certificates = []tls.Certificate{*client}
 	}
-	conn, err := grpc.NewClient(bs.srv.Addrs().Listen.String(), grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	// As an agent dials: fixed windows (grpcflow).
+	conn, err := grpc.NewClient(bs.srv.Addrs().Listen.String(), append(grpcflow.DialOptions(1<<20),
+		grpc.WithTransportCredentials(credentials.NewTLS(conf)))...)
 	if err != nil {
 		b.Fatal(err)
 	}

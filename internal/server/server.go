@@ -39,6 +39,7 @@ import (
 	"github.com/meshfed/meshfed/internal/credential"
 	"github.com/meshfed/meshfed/internal/federation/fetcher"
 	"github.com/meshfed/meshfed/internal/federation/member"
+	"github.com/meshfed/meshfed/internal/grpcflow"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/internal/store"
 	"github.com/meshfed/meshfed/internal/supervise"
@@ -223,7 +224,7 @@ func (s *Server) bind() error {
 // serve builds the servers on the bound listeners.
 func (s *Server) serve() error {
 	var err error
-	s.grpcServer = grpc.NewServer(
+	opts := []grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(s.tlsConfig())),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 		grpc.ChainUnaryInterceptor(s.adminOverTLS, s.announceIssuance),
@@ -233,7 +234,9 @@ func (s *Server) serve() error {
 		// (2-3% of an issuance's CPU); past them gRPC starts goroutines
 		// as before.
 		grpc.NumStreamWorkers(streamWorkers),
-	)
+	}
+	// Fixed windows: no bandwidth-estimating PING per renewal (see grpcflow).
+	s.grpcServer = grpc.NewServer(append(opts, grpcflow.ServerOptions(MaxRequestBytes)...)...)
 	istioca.RegisterIstioCertificateServiceServer(s.grpcServer, &istioService{s: s})
 	serverv1.RegisterNodeServer(s.grpcServer, &nodeService{s: s})
 	serverv1.RegisterAdminServer(s.grpcServer, &adminService{s: s})

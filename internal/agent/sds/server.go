@@ -15,6 +15,7 @@ import (
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/meshfed/meshfed/internal/agent/attest"
 	"github.com/meshfed/meshfed/internal/agent/workloadapi"
+	"github.com/meshfed/meshfed/internal/grpcflow"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"google.golang.org/grpc"
@@ -148,10 +149,10 @@ func New(cfg Config) (*Server, error) {
 	if s.ln, err = listen(path); err != nil {
 		return nil, err
 	}
-	s.grpc = grpc.NewServer(
+	s.grpc = grpc.NewServer(append([]grpc.ServerOption{
 		grpc.Creds(cfg.Attestor.TransportCredentials()),
 		grpc.MaxRecvMsgSize(maxRequestBytes),
-	)
+	}, grpcflow.ServerOptions(maxRequestBytes)...)...)
 	secretv3.RegisterSecretDiscoveryServiceServer(s.grpc, &handler{s: s})
 	return s, nil
 }

@@ -126,7 +126,7 @@ func newBenchEnv(b *testing.B) *benchEnv {
 		}
 	})
 
-	serveHealth(b, e.bare, grpc.Creds(a.TransportCredentials()))
+	serveHealth(b, e.bare, workloadapi.TransportOptions(a)...)
 	attestUnary := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		if _, err := a.AttestPeer(ctx); err != nil {
 			return nil, err
@@ -139,8 +139,8 @@ func newBenchEnv(b *testing.B) *benchEnv {
 		}
 		return h(srv, ss)
 	}
-	serveHealth(b, e.attested, grpc.Creds(a.TransportCredentials()),
-		grpc.UnaryInterceptor(attestUnary), grpc.StreamInterceptor(attestStream))
+	serveHealth(b, e.attested, append(workloadapi.TransportOptions(a),
+		grpc.UnaryInterceptor(attestUnary), grpc.StreamInterceptor(attestStream))...)
 	return e
 }
 

@@ -18,3 +18,7 @@ func (s *Server) JWTCacheStats() (entries int, hits uint64) {
 	}
 	return s.jwtCache.len(), s.jwtCache.hits.Load()
 }
+
+// TransportOptions are the gRPC options of the Workload API's transport,
+// for the benchmarks' ceilings to be served the same way.
+var TransportOptions = transportOptions

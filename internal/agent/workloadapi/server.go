@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshfed/meshfed/internal/agent/attest"
 	"github.com/meshfed/meshfed/internal/api/agentv1"
+	"github.com/meshfed/meshfed/internal/grpcflow"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -153,12 +154,10 @@ func New(cfg Config) (*Server, error) {
 	if s.ln, err = listen(path); err != nil {
 		return nil, err
 	}
-	s.grpc = grpc.NewServer(
-		grpc.Creds(cfg.Attestor.TransportCredentials()),
-		grpc.MaxRecvMsgSize(maxRequestBytes),
+	s.grpc = grpc.NewServer(append(transportOptions(cfg.Attestor),
 		grpc.ChainUnaryInterceptor(unaryHeaderCheck),
 		grpc.ChainStreamInterceptor(streamHeaderCheck),
-	)
+	)...)
 	workload.RegisterSpiffeWorkloadAPIServer(s.grpc, &handler{s: s})
 	if cfg.Policies == nil {
 		cfg.Policies, _ = cfg.Source.(PolicySource)
@@ -167,6 +166,17 @@ func New(cfg Config) (*Server, error) {
 		agentv1.RegisterPolicyDiscoveryServer(s.grpc, &policyHandler{s: s, src: cfg.Policies})
 	}
 	return s, nil
+}
+
+// transportOptions are the Workload API server's gRPC transport: the
+// attestor's credentials, the bound on a request, and flow-control windows
+// fixed at twice that bound, so that a call costs no bandwidth-estimating
+// PING (see grpcflow). The benchmarks' ceilings are served with the same.
+func transportOptions(a Attestor) []grpc.ServerOption {
+	return append([]grpc.ServerOption{
+		grpc.Creds(a.TransportCredentials()),
+		grpc.MaxRecvMsgSize(maxRequestBytes),
+	}, grpcflow.ServerOptions(2*maxRequestBytes)...)
 }
 
 // Run serves until ctx is done or serving fails, then closes every stream
