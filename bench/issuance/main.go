@@ -53,9 +53,6 @@ const (
 	jwtIssuer   = "https://kubernetes.default.svc"
 	jwtAudience = "istio-ca"
 	jwtKeyID    = "bench"
-	// serverWindow is the flow-control window of the load's connections,
-	// the agent's own (internal/agent: serverWindow).
-	serverWindow = 1 << 20
 	// callTimeout bounds one call, so that a stuck server fails the run
 	// instead of hanging it.
 	callTimeout = 30 * time.Second
@@ -298,7 +295,7 @@ func loadCmd(args []string) error {
 		}
 		// As the agent dials (agent.dial): fixed windows, no
 		// bandwidth-estimating PINGs.
-		return grpc.NewClient(*addr, append(grpcflow.DialOptions(serverWindow),
+		return grpc.NewClient(*addr, append(grpcflow.DialOptions(grpcflow.SigningAPIWindow),
 			grpc.WithTransportCredentials(credentials.NewTLS(conf)))...)
 	}
 	_, csr, err := newCSR()

@@ -370,14 +370,11 @@ func (a *Agent) verifyServer(chain []*x509.Certificate) error {
 	return nil
 }
 
-// serverWindow is the flow-control window of the agent's connection to the
-// server, fixed so that a renewal costs no bandwidth-estimating PING (see
-// grpcflow); the server's replies are SVIDs and the watch's updates.
-const serverWindow = 1 << 20
-
 // dial opens a connection to the server; withSVID presents the node SVID.
+// Its windows are fixed, so that a renewal costs no bandwidth-estimating
+// PING (see grpcflow).
 func (a *Agent) dial(withSVID bool) (*grpc.ClientConn, error) {
-	return grpc.NewClient(a.cfg.ServerAddr, append(grpcflow.DialOptions(serverWindow),
+	return grpc.NewClient(a.cfg.ServerAddr, append(grpcflow.DialOptions(grpcflow.SigningAPIWindow),
 		grpc.WithTransportCredentials(credentials.NewTLS(a.tlsConfig(withSVID))))...)
 }
 

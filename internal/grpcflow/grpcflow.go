@@ -22,6 +22,11 @@ package grpcflow
 
 import "google.golang.org/grpc"
 
+// SigningAPIWindow is the window of both ends of a connection to meshfed
+// server's signing API: its largest request (1 MiB); its replies are SVIDs
+// and the agents' watch updates.
+const SigningAPIWindow = 1 << 20
+
 // ServerOptions fixes a server's windows at window bytes; gRPC keeps
 // HTTP/2's initial 65 535 for a smaller window (estimation stays off).
 func ServerOptions(window int32) []grpc.ServerOption {

@@ -136,7 +136,7 @@ func (bs *benchServer) dial(b *testing.B, client *tls.Certificate) *grpc.ClientC
 		conf.Certificates = []tls.Certificate{*client}
 	}
 	// As an agent dials: fixed windows (grpcflow).
-	conn, err := grpc.NewClient(bs.srv.Addrs().Listen.String(), append(grpcflow.DialOptions(1<<20),
+	conn, err := grpc.NewClient(bs.srv.Addrs().Listen.String(), append(grpcflow.DialOptions(grpcflow.SigningAPIWindow),
 		grpc.WithTransportCredentials(credentials.NewTLS(conf)))...)
 	if err != nil {
 		b.Fatal(err)

@@ -236,7 +236,7 @@ func (s *Server) serve() error {
 		grpc.NumStreamWorkers(streamWorkers),
 	}
 	// Fixed windows: no bandwidth-estimating PING per renewal (see grpcflow).
-	s.grpcServer = grpc.NewServer(append(opts, grpcflow.ServerOptions(MaxRequestBytes)...)...)
+	s.grpcServer = grpc.NewServer(append(opts, grpcflow.ServerOptions(grpcflow.SigningAPIWindow)...)...)
 	istioca.RegisterIstioCertificateServiceServer(s.grpcServer, &istioService{s: s})
 	serverv1.RegisterNodeServer(s.grpcServer, &nodeService{s: s})
 	serverv1.RegisterAdminServer(s.grpcServer, &adminService{s: s})
