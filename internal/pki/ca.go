@@ -75,7 +75,7 @@ func CreateRoot(req RootRequest) (*x509.Certificate, error) {
 	if cn == "" {
 		cn = org + " root CA"
 	}
-	serial, err := randomSerial()
+	serial, err := NewSerial(now)
 	if err != nil {
 		return nil, err
 	}
@@ -538,7 +538,7 @@ func (ca *CA) sign(tmpl *x509.Certificate, pub crypto.PublicKey, ttl, defaultTTL
 	if nb := ca.cert.NotBefore; notBefore.Before(nb) {
 		notBefore = nb
 	}
-	serial, err := randomSerial()
+	serial, err := NewSerial(now)
 	if err != nil {
 		return nil, err
 	}
@@ -655,11 +655,23 @@ func checkDNSName(n string) error {
 	return nil
 }
 
-// randomSerial returns a positive 128-bit random serial number.
-func randomSerial() (*big.Int, error) {
+// NewSerial returns a positive 128-bit serial number for a certificate
+// issued at now: the time in milliseconds since the Unix epoch (48 bits,
+// big-endian) followed by 80 bits from crypto/rand. The random part is more
+// than the 64 bits of CSPRNG output the CA/Browser Forum asks of a serial,
+// so a serial stays unpredictable; the time prefix makes one CA's serials
+// increase, so the audit log's index on them (a B-tree) grows at its end
+// instead of touching a random page per certificate, which on SQLite made
+// each audit row cost twice the CPU (BenchmarkInsertIssued).
+func NewSerial(now time.Time) (*big.Int, error) {
 	var b [16]byte
+	ms := max(now.UnixMilli(), 0)
+	for i := 5; i >= 0; i-- {
+		b[i] = byte(ms)
+		ms >>= 8
+	}
 	for {
-		if _, err := rand.Read(b[:]); err != nil {
+		if _, err := rand.Read(b[6:]); err != nil {
 			return nil, fmt.Errorf("pki: serial: %w", err)
 		}
 		if n := new(big.Int).SetBytes(b[:]); n.Sign() > 0 {

@@ -11,7 +11,9 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"errors"
+	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/url"
 	"slices"
@@ -807,29 +809,49 @@ func TestLifetime(t *testing.T) {
 	}
 }
 
+// TestSerials checks the serials' layout: the signing time in milliseconds
+// (the CA's clock) in the top 48 of 128 bits, then 80 random bits. So serials
+// are unique within a millisecond, and a later one is larger, as a number
+// and as the hex text the audit log indexes.
 func TestSerials(t *testing.T) {
 	p := newPKI(t, pki.ECP256)
+	defer func() { p.clock.now = t0 }()
 	pub := key(t, pki.ECP256, 2).Public()
 	const n = 200
-	seen := map[string]bool{}
-	maxBits := 0
-	for range n {
+	sign := func() *big.Int {
+		t.Helper()
 		chain, err := p.ca.SignX509SVID(pki.SVIDRequest{ID: workload, PublicKey: pub})
 		if err != nil {
 			t.Fatal(err)
 		}
-		s := chain[0].SerialNumber
 		wantSerial(t, chain[0])
+		return chain[0].SerialNumber
+	}
+	random := new(big.Int).Lsh(big.NewInt(1), 80)
+	seen := map[string]bool{}
+	maxBits := 0
+	var last *big.Int
+	for range n {
+		s := sign()
 		if seen[s.String()] {
 			t.Fatalf("serial %x issued twice", s)
 		}
 		seen[s.String()] = true
-		maxBits = max(maxBits, s.BitLen())
+		if got, want := new(big.Int).Rsh(s, 80).Int64(), t0.UnixMilli(); got != want {
+			t.Fatalf("serial %x starts with %d; want the signing time %d (ms)", s, got, want)
+		}
+		maxBits = max(maxBits, new(big.Int).Mod(s, random).BitLen())
+		last = s
 	}
-	// 200 random 128-bit serials all below 2^120 would happen with
-	// probability 2^-1600: the serials are 128 bits wide.
-	if maxBits <= 120 {
-		t.Errorf("longest of %d serials has %d bits; want about 128", n, maxBits)
+	// 200 random 80-bit parts all below 2^72 would happen with probability
+	// 2^-1600: the random part is 80 bits wide.
+	if maxBits <= 72 {
+		t.Errorf("longest random part of %d serials has %d bits; want about 80", n, maxBits)
+	}
+	p.clock.now = t0.Add(time.Millisecond)
+	next := sign()
+	if next.Cmp(last) <= 0 || fmt.Sprintf("%x", next) <= fmt.Sprintf("%x", last) {
+		t.Errorf("serial %x signed 1 ms later is not above %x", next, last)
 	}
 }
 

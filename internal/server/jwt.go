@@ -14,13 +14,11 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"os"
 	"path/filepath"
 	"slices"
@@ -171,7 +169,8 @@ func checkJWTAudience(aud []string) error {
 
 // signJWTSVID signs a JWT-SVID for the identity ident was verified to hold,
 // checks it, and writes its audit row before returning it. Its claims are
-// sub, aud, exp, iat and jti: a 128-bit random ID, in hex, that is also the
+// sub, aud, exp, iat and jti: a 128-bit ID laid out as a certificate serial
+// (pki.NewSerial: time, then 80 random bits), in hex, that is also the
 // audit row's serial (JWTs have none); the row's credential kind is the
 // caller's, and its caller ends in " jwt-svid". The returned error is a gRPC
 // status.
@@ -195,7 +194,7 @@ func (s *Server) signJWTSVID(ctx context.Context, ident credential.Identity, aud
 	if exp.After(k.notAfter) {
 		exp = k.notAfter
 	}
-	jti, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	jti, err := pki.NewSerial(now)
 	if err != nil {
 		s.metrics.observeIssue(kind, "error", start)
 		return nil, status.Errorf(codes.Internal, "server: jti: %v", err)
