@@ -8,6 +8,7 @@
 //	issuance ceiling -ca-dir DATA_DIR/ca [-workers N] [-duration D] [-warmup D]
 //	issuance load    -addr HOST:PORT -bundle FILE -api node -join-token TOKEN [flags]
 //	issuance load    -addr HOST:PORT -bundle FILE -api istio -jwt-key FILE [flags]
+//	issuance load    ... -ceiling-ca-dir DATA_DIR/ca [-slices N]   (the ceiling in turn with the load)
 //
 // Each prints one line of key=value pairs on stdout, for bench/run to read.
 // It is a benchmark tool, not part of meshfed: it never runs in tests.
@@ -121,6 +122,15 @@ type result struct {
 	selfCPU, peerCPU time.Duration
 }
 
+// add sums o into r (latencies unsorted until the caller sorts them).
+func (r *result) add(o result) {
+	r.ops += o.ops
+	r.elapsed += o.elapsed
+	r.latencies = append(r.latencies, o.latencies...)
+	r.selfCPU += o.selfCPU
+	r.peerCPU += o.peerCPU
+}
+
 // window runs work on n goroutines, first for warmup and then for the
 // measured d, and stops at the first error. pid is the peer process whose
 // CPU time is measured (-1: none).
@@ -224,24 +234,34 @@ func ceilingCmd(args []string) error {
 	d := fs.Duration("duration", 10*time.Second, "how long to measure")
 	warmup := fs.Duration("warmup", 2*time.Second, "how long to run before measuring")
 	fs.Parse(args)
-	ca, err := cadir.Load(*caDir, time.Now)
+	sign, err := ceilingWork(*caDir)
 	if err != nil {
 		return err
 	}
-	_, csr, err := newCSR()
-	if err != nil {
-		return err
-	}
-	r, err := window(*workers, *warmup, *d, -1, func(int) error {
-		_, err := ca.SignX509SVIDFromCSR(csr, pki.SVIDRequest{ID: nodeID})
-		return err
-	})
+	r, err := window(*workers, *warmup, *d, -1, sign)
 	if err != nil {
 		return err
 	}
 	fmt.Printf("ceiling workers=%d ops=%d seconds=%.3f rate=%.1f cpu_per_op_us=%.1f\n",
 		*workers, r.ops, r.elapsed.Seconds(), float64(r.ops)/r.elapsed.Seconds(), perOp(r.selfCPU, r.ops))
 	return nil
+}
+
+// ceilingWork is the ceiling's unit of work: the CA in caDir (the server's
+// own) signing a CSR made once, as SignX509SVIDFromCSR does for the server.
+func ceilingWork(caDir string) (func(int) error, error) {
+	ca, err := cadir.Load(caDir, time.Now)
+	if err != nil {
+		return nil, err
+	}
+	_, csr, err := newCSR()
+	if err != nil {
+		return nil, err
+	}
+	return func(int) error {
+		_, err := ca.SignX509SVIDFromCSR(csr, pki.SVIDRequest{ID: nodeID})
+		return err
+	}, nil
 }
 
 func perOp(d time.Duration, ops int) float64 {
@@ -278,7 +298,13 @@ func loadCmd(args []string) error {
 	d := fs.Duration("duration", 10*time.Second, "how long to measure")
 	warmup := fs.Duration("warmup", 2*time.Second, "how long to run before measuring")
 	pid := fs.Int("server-pid", -1, "the server's process ID, to measure its CPU time")
+	ceilingDir := fs.String("ceiling-ca-dir", "", "the server's CA directory (DATA_DIR/ca): also measure the ceiling with that CA, as the ceiling command does, "+
+		"alternating with the load in -slices pairs of windows, so that the machine's drift hits both alike")
+	slicesN := fs.Int("slices", 4, "with -ceiling-ca-dir: how many ceiling and load windows, in turn, share -duration and -warmup")
 	fs.Parse(args)
+	if *slicesN < 1 {
+		return fmt.Errorf("-slices %d: want at least 1", *slicesN)
+	}
 
 	roots, err := pemfile.ReadCertificates(*bundlePath)
 	if err != nil {
@@ -351,15 +377,47 @@ func loadCmd(args []string) error {
 		}
 		defer conns[i].Close()
 	}
-	r, err := window(*clients, *warmup, *d, *pid, func(w int) error { return call(conns[w]) })
-	if err != nil {
-		return fmt.Errorf("%s call failed: %w", *api, err)
+	load := func(w int) error { return call(conns[w]) }
+	if *ceilingDir == "" {
+		r, err := window(*clients, *warmup, *d, *pid, load)
+		if err != nil {
+			return fmt.Errorf("%s call failed: %w", *api, err)
+		}
+		fmt.Println(loadLine(*api, *clients, r))
+		return nil
 	}
-	fmt.Printf("load api=%s clients=%d ops=%d seconds=%.3f rate=%.1f p50_us=%d p99_us=%d server_cpu_per_op_us=%.1f load_cpu_per_op_us=%.1f\n",
-		*api, *clients, r.ops, r.elapsed.Seconds(), float64(r.ops)/r.elapsed.Seconds(),
+	sign, err := ceilingWork(*ceilingDir)
+	if err != nil {
+		return err
+	}
+	// The ceiling and the load take turns, each slice with a warmup of its
+	// own; the server is idle while this process signs.
+	var ceiling, r result
+	n := time.Duration(*slicesN)
+	for range *slicesN {
+		c, err := window(*clients, *warmup/n, *d/n, -1, sign)
+		if err != nil {
+			return fmt.Errorf("ceiling: %w", err)
+		}
+		ceiling.add(c)
+		l, err := window(*clients, *warmup/n, *d/n, *pid, load)
+		if err != nil {
+			return fmt.Errorf("%s call failed: %w", *api, err)
+		}
+		r.add(l)
+	}
+	slices.Sort(r.latencies)
+	fmt.Printf("%s slices=%d ceiling_rate=%.1f ceiling_cpu_per_op_us=%.1f\n", loadLine(*api, *clients, r), *slicesN,
+		float64(ceiling.ops)/ceiling.elapsed.Seconds(), perOp(ceiling.selfCPU, ceiling.ops))
+	return nil
+}
+
+// loadLine is the load's report, key=value pairs for bench/run.
+func loadLine(api string, clients int, r result) string {
+	return fmt.Sprintf("load api=%s clients=%d ops=%d seconds=%.3f rate=%.1f p50_us=%d p99_us=%d server_cpu_per_op_us=%.1f load_cpu_per_op_us=%.1f",
+		api, clients, r.ops, r.elapsed.Seconds(), float64(r.ops)/r.elapsed.Seconds(),
 		percentile(r.latencies, 0.50).Microseconds(), percentile(r.latencies, 0.99).Microseconds(),
 		perOp(r.peerCPU, r.ops), perOp(r.selfCPU, r.ops))
-	return nil
 }
 
 // attest trades the join token for a node SVID, as an agent does.
