@@ -662,7 +662,7 @@ func checkDNSName(n string) error {
 // so a serial stays unpredictable; the time prefix makes one CA's serials
 // increase, so the audit log's index on them (a B-tree) grows at its end
 // instead of touching a random page per certificate, which on SQLite made
-// each audit row cost twice the CPU (BenchmarkInsertIssued).
+// each audit row cost twice the CPU (BenchmarkInsertIssuedSerials).
 func NewSerial(now time.Time) (*big.Int, error) {
 	var b [16]byte
 	ms := max(now.UnixMilli(), 0)
