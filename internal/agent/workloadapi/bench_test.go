@@ -499,14 +499,24 @@ func BenchmarkWorkloadAPIPaced(b *testing.B) {
 // runClients does; a call's latency runs from the moment it is made.
 func runPaced(b *testing.B, conns []*grpc.ClientConn, call benchCall, rate int) {
 	b.Helper()
-	lat := make([]time.Duration, b.N)
-	interval := time.Second / time.Duration(rate)
-	var wg sync.WaitGroup
 	b.ReportAllocs()
 	cpu := processCPU(b)
 	b.ResetTimer()
 	began := time.Now()
-	for i := range b.N {
+	lat := paced(b, conns, call, rate, b.N)
+	elapsed := time.Since(began)
+	b.StopTimer()
+	cpu = processCPU(b) - cpu
+	reportLatencies(b, lat, elapsed, cpu)
+}
+
+// paced makes n calls as runPaced does and returns their latencies.
+func paced(b *testing.B, conns []*grpc.ClientConn, call benchCall, rate, n int) []time.Duration {
+	lat := make([]time.Duration, n)
+	interval := time.Second / time.Duration(rate)
+	var wg sync.WaitGroup
+	began := time.Now()
+	for i := range n {
 		if d := time.Until(began.Add(time.Duration(i) * interval)); d > 0 {
 			time.Sleep(d)
 		}
@@ -520,10 +530,52 @@ func runPaced(b *testing.B, conns []*grpc.ClientConn, call benchCall, rate int) 
 		})
 	}
 	wg.Wait()
-	elapsed := time.Since(began)
-	b.StopTimer()
-	cpu = processCPU(b) - cpu
-	reportLatencies(b, lat, elapsed, cpu)
+	return lat
+}
+
+// benchTurn is how many calls BenchmarkWorkloadAPIPacedTurns makes of one
+// kind before the other's turn: half a second at benchRate.
+const benchTurn = benchRate / 2
+
+// BenchmarkWorkloadAPIPacedTurns makes the paced calls of
+// BenchmarkWorkloadAPIPaced (100 clients, benchRate calls per second) for a
+// Workload API call and for its ceiling in turns of benchTurn calls, b.N of
+// each, so that both see the same seconds of a shared machine, whose speed
+// moves from one second to the next, instead of the call and its ceiling
+// running seconds apart. It reports each one's p50 and p99 and
+// p99/ceiling-p99. ns/op is the pace of a call and its ceiling's, not a
+// figure.
+func BenchmarkWorkloadAPIPacedTurns(b *testing.B) {
+	const n = 100
+	requireFiles(b, 4*n+256)
+	e := newBenchEnv(b)
+	wl := dialClients(b, e.wl, n, e.fetchX509SVID)
+	bare := dialClients(b, e.bare, n, healthCheck)
+	for _, bc := range []struct {
+		name    string
+		call    benchCall
+		ceiling benchCall
+	}{
+		{"fetch-x509svid/ceiling-stream", e.fetchX509SVID, healthWatch},
+		{"validate-jwtsvid-distinct/ceiling-unary", e.validateDistinct, healthCheck},
+	} {
+		b.Run(fmt.Sprintf("clients=%d/rate=%d/%s", n, benchRate, bc.name), func(b *testing.B) {
+			var call, ceiling []time.Duration
+			for done := 0; done < b.N; done += benchTurn {
+				k := min(benchTurn, b.N-done)
+				call = append(call, paced(b, wl, bc.call, benchRate, k)...)
+				ceiling = append(ceiling, paced(b, bare, bc.ceiling, benchRate, k)...)
+			}
+			b.StopTimer()
+			slices.Sort(call)
+			slices.Sort(ceiling)
+			b.ReportMetric(float64(percentile(call, 50))/1e3, "p50-µs")
+			b.ReportMetric(float64(percentile(call, 99))/1e3, "p99-µs")
+			b.ReportMetric(float64(percentile(ceiling, 50))/1e3, "ceiling-p50-µs")
+			b.ReportMetric(float64(percentile(ceiling, 99))/1e3, "ceiling-p99-µs")
+			b.ReportMetric(float64(percentile(call, 99))/float64(percentile(ceiling, 99)), "p99/ceiling")
+		})
+	}
 }
 
 // benchHolders is how many workloads BenchmarkConnectedWorkloads connects.
