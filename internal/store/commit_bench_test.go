@@ -20,11 +20,7 @@ import (
 func BenchmarkInsertIssued(b *testing.B) {
 	for _, n := range []int{1, 2, 4, 8, 16, 32} {
 		b.Run(fmt.Sprintf("rows=%d", n), func(b *testing.B) {
-			s, err := Open(context.Background(), Config{DataDir: b.TempDir()})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer s.Close()
+			s := openBenchStore(b)
 			rows := make([]Issued, n)
 			serial := 0
 			cpu := benchCPU()
@@ -32,8 +28,7 @@ func BenchmarkInsertIssued(b *testing.B) {
 			for b.Loop() {
 				for i := range rows {
 					serial++
-					rows[i] = Issued{Serial: fmt.Sprintf("%x", serial), SPIFFEID: "spiffe://east.example/node/bench", CredentialKind: "svid",
-						Caller: "spiffe://east.example/node/bench", ServerID: "bench", IssuedAt: time.UnixMilli(int64(serial)), NotAfter: time.UnixMilli(int64(serial) + 3600e3), RootKeyID: "00"}
+					rows[i] = benchRow(fmt.Sprintf("%x", serial), serial)
 				}
 				if err := s.insertIssued(context.Background(), rows); err != nil {
 					b.Fatal(err)
@@ -52,18 +47,14 @@ func BenchmarkInsertIssued(b *testing.B) {
 // log of a few seconds at full speed): random 128-bit serials, as meshfed
 // issued until pki put the signing time in front of them, against
 // time-ordered ones of the same length (pki's layout, a row counter standing
-// for the milliseconds, then random bits). A random serial lands on a random page of the serial index,
-// so each row of a commit writes a page of its own to the WAL; ordered ones
-// share the index's last page.
+// for the milliseconds, then random bits). A random serial lands on a random
+// page of the serial index, so each row of a commit writes a page of its own
+// to the WAL; ordered ones share the index's last page.
 func BenchmarkInsertIssuedSerials(b *testing.B) {
 	const perCommit, prefill = 16, 32000
 	for _, order := range []string{"random", "time-ordered"} {
 		b.Run("serials="+order, func(b *testing.B) {
-			s, err := Open(context.Background(), Config{DataDir: b.TempDir()})
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer s.Close()
+			s := openBenchStore(b)
 			n := 0
 			commit := func() {
 				rows := make([]Issued, perCommit)
@@ -74,10 +65,9 @@ func BenchmarkInsertIssuedSerials(b *testing.B) {
 						b.Fatal(err)
 					}
 					if order == "time-ordered" {
-						binary.BigEndian.PutUint64(serial[:8], uint64(n)<<16|uint64(serial[6])<<8|uint64(serial[7]))
+						binary.BigEndian.PutUint64(serial[:8], uint64(n))
 					}
-					rows[i] = Issued{Serial: hex.EncodeToString(serial[:]), SPIFFEID: "spiffe://east.example/node/bench", CredentialKind: "svid",
-						Caller: "spiffe://east.example/node/bench", ServerID: "bench", IssuedAt: time.UnixMilli(int64(n)), NotAfter: time.UnixMilli(int64(n) + 3600e3), RootKeyID: "00"}
+					rows[i] = benchRow(hex.EncodeToString(serial[:]), n)
 				}
 				if err := s.insertIssued(context.Background(), rows); err != nil {
 					b.Fatal(err)
@@ -97,6 +87,23 @@ func BenchmarkInsertIssuedSerials(b *testing.B) {
 			b.ReportMetric(float64(used.Nanoseconds())/float64(b.N*perCommit), "cpu-ns/row")
 		})
 	}
+}
+
+// openBenchStore opens an SQLite store in a temporary directory, closed
+// when b ends.
+func openBenchStore(b *testing.B) *Store {
+	s, err := Open(context.Background(), Config{DataDir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	return s
+}
+
+// benchRow is the audit row of the n-th renewal of the benchmarks' node.
+func benchRow(serial string, n int) Issued {
+	return Issued{Serial: serial, SPIFFEID: "spiffe://east.example/node/bench", CredentialKind: "svid",
+		Caller: "spiffe://east.example/node/bench", ServerID: "bench", IssuedAt: time.UnixMilli(int64(n)), NotAfter: time.UnixMilli(int64(n) + 3600e3), RootKeyID: "00"}
 }
 
 func benchCPU() time.Duration {
