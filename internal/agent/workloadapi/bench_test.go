@@ -468,7 +468,8 @@ const benchRate = 1000
 // whether or not earlier ones have returned (an open loop), so that its
 // latencies are those of a server under a known load rather than of one
 // kept saturated. ns/op is the pace, not a figure; the CPU time per call
-// and the latencies are.
+// and the latencies are. The turns/ variants make a call and its ceiling in
+// turns (runPacedTurns).
 func BenchmarkWorkloadAPIPaced(b *testing.B) {
 	const n = 100
 	requireFiles(b, 6*n+256)
@@ -491,6 +492,15 @@ func BenchmarkWorkloadAPIPaced(b *testing.B) {
 		{"ceiling-unary+attest", attested, healthCheck},
 	} {
 		b.Run(name+"/"+bc.name, func(b *testing.B) { runPaced(b, bc.conns, bc.call, benchRate) })
+	}
+	for _, bc := range []struct {
+		name          string
+		call, ceiling benchCall
+	}{
+		{"fetch-x509svid/ceiling-stream", e.fetchX509SVID, healthWatch},
+		{"validate-jwtsvid-distinct/ceiling-unary", e.validateDistinct, healthCheck},
+	} {
+		b.Run(name+"/turns/"+bc.name, func(b *testing.B) { runPacedTurns(b, wl, bc.call, bare, bc.ceiling) })
 	}
 }
 
@@ -533,49 +543,32 @@ func paced(b *testing.B, conns []*grpc.ClientConn, call benchCall, rate, n int) 
 	return lat
 }
 
-// benchTurn is how many calls BenchmarkWorkloadAPIPacedTurns makes of one
-// kind before the other's turn: half a second at benchRate.
+// benchTurn is how many calls runPacedTurns makes of one kind before the
+// other's turn: half a second at benchRate.
 const benchTurn = benchRate / 2
 
-// BenchmarkWorkloadAPIPacedTurns makes the paced calls of
-// BenchmarkWorkloadAPIPaced (100 clients, benchRate calls per second) for a
-// Workload API call and for its ceiling in turns of benchTurn calls, b.N of
-// each, so that both see the same seconds of a shared machine, whose speed
-// moves from one second to the next, instead of the call and its ceiling
-// running seconds apart. It reports each one's p50 and p99 and
-// p99/ceiling-p99. ns/op is the pace of a call and its ceiling's, not a
-// figure.
-func BenchmarkWorkloadAPIPacedTurns(b *testing.B) {
-	const n = 100
-	requireFiles(b, 4*n+256)
-	e := newBenchEnv(b)
-	wl := dialClients(b, e.wl, n, e.fetchX509SVID)
-	bare := dialClients(b, e.bare, n, healthCheck)
-	for _, bc := range []struct {
-		name    string
-		call    benchCall
-		ceiling benchCall
-	}{
-		{"fetch-x509svid/ceiling-stream", e.fetchX509SVID, healthWatch},
-		{"validate-jwtsvid-distinct/ceiling-unary", e.validateDistinct, healthCheck},
-	} {
-		b.Run(fmt.Sprintf("clients=%d/rate=%d/%s", n, benchRate, bc.name), func(b *testing.B) {
-			var call, ceiling []time.Duration
-			for done := 0; done < b.N; done += benchTurn {
-				k := min(benchTurn, b.N-done)
-				call = append(call, paced(b, wl, bc.call, benchRate, k)...)
-				ceiling = append(ceiling, paced(b, bare, bc.ceiling, benchRate, k)...)
-			}
-			b.StopTimer()
-			slices.Sort(call)
-			slices.Sort(ceiling)
-			b.ReportMetric(float64(percentile(call, 50))/1e3, "p50-µs")
-			b.ReportMetric(float64(percentile(call, 99))/1e3, "p99-µs")
-			b.ReportMetric(float64(percentile(ceiling, 50))/1e3, "ceiling-p50-µs")
-			b.ReportMetric(float64(percentile(ceiling, 99))/1e3, "ceiling-p99-µs")
-			b.ReportMetric(float64(percentile(call, 99))/float64(percentile(ceiling, 99)), "p99/ceiling")
-		})
+// runPacedTurns makes the paced calls of runPaced (benchRate calls per
+// second) of call on conns and of its ceiling on ceilingConns in turns of
+// benchTurn calls, b.N of each, so that both see the same seconds of a
+// shared machine, whose speed moves from one second to the next, instead of
+// the call and its ceiling running seconds apart. It reports each one's p50
+// and p99 and p99/ceiling-p99; ns/op is the pace of a call and its
+// ceiling's, not a figure.
+func runPacedTurns(b *testing.B, conns []*grpc.ClientConn, call benchCall, ceilingConns []*grpc.ClientConn, ceiling benchCall) {
+	var got, ceil []time.Duration
+	for done := 0; done < b.N; done += benchTurn {
+		k := min(benchTurn, b.N-done)
+		got = append(got, paced(b, conns, call, benchRate, k)...)
+		ceil = append(ceil, paced(b, ceilingConns, ceiling, benchRate, k)...)
 	}
+	b.StopTimer()
+	slices.Sort(got)
+	slices.Sort(ceil)
+	b.ReportMetric(float64(percentile(got, 50))/1e3, "p50-µs")
+	b.ReportMetric(float64(percentile(got, 99))/1e3, "p99-µs")
+	b.ReportMetric(float64(percentile(ceil, 50))/1e3, "ceiling-p50-µs")
+	b.ReportMetric(float64(percentile(ceil, 99))/1e3, "ceiling-p99-µs")
+	b.ReportMetric(float64(percentile(got, 99))/float64(percentile(ceil, 99)), "p99/ceiling")
 }
 
 // benchHolders is how many workloads BenchmarkConnectedWorkloads connects.
