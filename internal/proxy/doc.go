@@ -17,6 +17,9 @@
 // takes effect on the next handshake without dropping open connections. The
 // peer is verified on every handshake, resumed sessions included, against
 // the bundle of the peer's own trust domain only, with pki.VerifyX509SVID.
+// A kept-alive HTTP connection carries requests only while that proof
+// holds (peerauth.go): the peer's chain unexpired and still verifying
+// against its trust domain's present bundle.
 //
 // A sidecar listener never accepts an mTLS peer without an X.509-SVID
 // verified against its own trust domain's bundle and never pools the roots

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // handoff passes connections an accept loop has already terminated (past
@@ -16,6 +17,15 @@ import (
 type handoff struct {
 	queue *connQueue
 	conns sync.Map // net.Conn -> *handed
+
+	// lapse, if set, is asked each time a connection goes idle how long
+	// it may stay open idle (false: no limit of its own, the server's idle
+	// timeout applies); past that it is closed and lapsed called with its
+	// info. afterFunc, set with lapse, runs f after d and returns what
+	// stops it (the Sidecar's afterFunc).
+	lapse     func(info any) (time.Duration, bool)
+	lapsed    func(info any)
+	afterFunc func(d time.Duration, f func()) (stop func() bool)
 }
 
 // handed is one connection given to the HTTP server, with what the accept
@@ -28,6 +38,12 @@ type handed struct {
 	done     chan struct{}
 	once     sync.Once
 	hijacked atomic.Bool
+
+	idle atomic.Bool
+	// stopLapse stops the pending close of the idle connection. The
+	// server calls ConnState for one connection from one goroutine at a
+	// time, and only ConnState touches it.
+	stopLapse func() bool
 }
 
 func (c *handed) close() { c.once.Do(func() { close(c.done) }) }
@@ -46,17 +62,47 @@ func (h *handoff) wire(srv *http.Server) {
 		return ctx
 	}
 	srv.ConnState = func(c net.Conn, st http.ConnState) {
+		v, ok := h.conns.Load(c)
+		if !ok {
+			return
+		}
+		hc := v.(*handed)
+		h.idleChanged(hc, c, st == http.StateIdle)
 		switch st {
 		case http.StateClosed:
-			if v, ok := h.conns.LoadAndDelete(c); ok {
-				v.(*handed).close()
-			}
+			h.conns.Delete(c)
+			hc.close()
 		case http.StateHijacked:
-			if v, ok := h.conns.LoadAndDelete(c); ok {
-				v.(*handed).hijacked.Store(true)
-			}
+			h.conns.Delete(c)
+			hc.hijacked.Store(true)
 		}
 	}
+}
+
+// idleChanged is told each change of c's state: it stops the pending close
+// of c, and if c is now idle and lapse gives it a limit, closes c at that
+// limit unless c is busy again by then.
+func (h *handoff) idleChanged(hc *handed, c net.Conn, idle bool) {
+	if hc.stopLapse != nil {
+		hc.stopLapse()
+		hc.stopLapse = nil
+	}
+	hc.idle.Store(idle)
+	if !idle || h.lapse == nil {
+		return
+	}
+	d, ok := h.lapse(hc.info)
+	if !ok {
+		return
+	}
+	hc.stopLapse = h.afterFunc(max(d, 0), func() {
+		if hc.idle.Load() {
+			c.Close()
+			if h.lapsed != nil {
+				h.lapsed(hc.info)
+			}
+		}
+	})
 }
 
 // serve hands c to the server and returns once the server is done with it;

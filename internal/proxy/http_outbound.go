@@ -3,14 +3,19 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
@@ -46,34 +51,13 @@ type upstreamPeerKey struct{}
 func newHTTPOutbound(s *Sidecar, l *listener) *httpOutbound {
 	h := &httpOutbound{s: s, l: l, handoff: newHandoff(l.ln.Addr())}
 	target := &url.URL{Scheme: "https", Host: l.outbound.Upstream}
-	idle := time.Duration(s.cfg.Limits.IdleTimeout)
-	dialer := &net.Dialer{Timeout: time.Duration(s.cfg.Limits.HandshakeTimeout)}
 	errLog := slog.NewLogLogger(s.log.Handler(), slog.LevelWarn)
 	h.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
 			pr.Out.Host = pr.In.Host
 		},
-		Transport: &http.Transport{
-			// Every connection is mTLS with the workload's SVID, and the
-			// upstream must be allowed to run the service (secure naming,
-			// in the handshake's VerifyConnection).
-			DialTLSContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-				raw, err := dialer.DialContext(ctx, network, l.outbound.Upstream)
-				if err != nil {
-					return nil, err
-				}
-				tc := tls.Client(raw, l.tlsCfg)
-				if _, err := s.handshake(l, tc); err != nil {
-					raw.Close()
-					return nil, err
-				}
-				return tc, nil
-			},
-			MaxIdleConnsPerHost: DefaultUpstreamConnsPerListener,
-			IdleConnTimeout:     idle,
-			ForceAttemptHTTP2:   false,
-		},
+		Transport:    newUpstreamPool(s, l),
 		ErrorLog:     errLog,
 		ErrorHandler: upstreamFailed(bodyUpstream),
 		ModifyResponse: func(resp *http.Response) error {
@@ -125,7 +109,7 @@ func (h *httpOutbound) run() {
 
 func (h *httpOutbound) shutdown(ctx context.Context) {
 	_ = h.srv.Shutdown(ctx)
-	h.rp.Transport.(*http.Transport).CloseIdleConnections()
+	h.rp.Transport.(*upstreamPool).closeIdle()
 }
 
 func idString(id spiffeid.ID) string {
@@ -133,4 +117,188 @@ func idString(id spiffeid.ID) string {
 		return ""
 	}
 	return id.String()
+}
+
+// upstreamPool is the Transport of an outbound HTTP listener: its mTLS
+// connections to the upstream (HTTP/1.1 keep-alive), in generations. A
+// generation's connections carry requests until the earliest expiry of a
+// certificate chain in their handshakes (the upstream's, or the SVID this
+// side presented), or until the bundle of a trust domain an upstream
+// verified against changes (beyond a new copy of the same roots, as on every
+// SVID rotation), or is withdrawn. The next request then starts a new
+// generation, whose connections handshake anew under the present SVID and
+// bundles, and the old one closes each of its connections as it finishes
+// its request: what Envoy does to a cluster's connection pools when its TLS
+// context changes. No request in flight is cut.
+type upstreamPool struct {
+	s      *Sidecar
+	l      *listener
+	dialer *net.Dialer
+	idle   time.Duration
+
+	mu  sync.Mutex // held to replace cur
+	cur atomic.Pointer[poolGen]
+}
+
+// poolGen is one generation of an upstreamPool.
+type poolGen struct {
+	t       *http.Transport
+	retired atomic.Bool
+
+	mu      sync.Mutex
+	expires time.Time // the earliest NotAfter of a chain in a handshake; zero before the first
+	bundles map[spiffeid.TrustDomain]*x509bundle.Bundle
+}
+
+func newUpstreamPool(s *Sidecar, l *listener) *upstreamPool {
+	p := &upstreamPool{s: s, l: l, idle: time.Duration(s.cfg.Limits.IdleTimeout),
+		dialer: &net.Dialer{Timeout: time.Duration(s.cfg.Limits.HandshakeTimeout)}}
+	p.cur.Store(p.newGen())
+	return p
+}
+
+func (p *upstreamPool) newGen() *poolGen {
+	g := &poolGen{bundles: map[spiffeid.TrustDomain]*x509bundle.Bundle{}}
+	g.t = &http.Transport{
+		// Every connection is mTLS with the workload's SVID, and the
+		// upstream must be allowed to run the service (secure naming, in
+		// the handshake's VerifyConnection).
+		DialTLSContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			raw, err := p.dialer.DialContext(ctx, network, p.l.outbound.Upstream)
+			if err != nil {
+				return nil, err
+			}
+			tc := tls.Client(raw, p.l.tlsCfg)
+			id, err := p.s.handshake(p.l, tc)
+			if err != nil {
+				raw.Close()
+				return nil, err
+			}
+			g.add(p.s.cfg.Source, id, tc.ConnectionState().PeerCertificates)
+			return tc, nil
+		},
+		MaxIdleConnsPerHost: DefaultUpstreamConnsPerListener,
+		IdleConnTimeout:     p.idle,
+		ForceAttemptHTTP2:   false,
+	}
+	return g
+}
+
+// add records a connection's handshake with upstream id, which presented
+// chain, while this side presented its present SVID.
+func (g *poolGen) add(src Source, id spiffeid.ID, chain []*x509.Certificate) {
+	expires := chainExpiry(chain)
+	if own, err := src.GetX509SVID(); err == nil {
+		expires = minTime(expires, chainExpiry(own.Certificates))
+	}
+	b, _ := src.GetX509BundleForTrustDomain(id.TrustDomain())
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.expires.IsZero() || expires.Before(g.expires) {
+		g.expires = expires
+	}
+	if _, ok := g.bundles[id.TrustDomain()]; !ok && b != nil {
+		g.bundles[id.TrustDomain()] = b
+	}
+}
+
+// stale returns why g's connections may no longer carry requests at now,
+// or nil.
+func (g *poolGen) stale(src Source, now time.Time) *staleError {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !g.expires.IsZero() && now.After(g.expires) {
+		return &staleError{"expired", fmt.Errorf("proxy: a certificate chain of the upstream connections expired at %s", g.expires.UTC().Format(time.RFC3339))}
+	}
+	for td, was := range g.bundles {
+		b, same, err := currentBundle(src, td, was)
+		if err != nil {
+			return &staleError{"untrusted", err}
+		}
+		if !same {
+			return &staleError{"untrusted", fmt.Errorf("proxy: the bundle of %s changed", td)}
+		}
+		g.bundles[td] = b
+	}
+	return nil
+}
+
+// gen returns the generation for the next request, starting a new one if
+// the current one is stale.
+func (p *upstreamPool) gen() *poolGen {
+	g := p.cur.Load()
+	reason := g.stale(p.s.cfg.Source, p.s.now())
+	if reason == nil {
+		return g
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if now := p.cur.Load(); now != g {
+		return now // another request renewed it
+	}
+	next := p.newGen()
+	p.cur.Store(next)
+	g.retired.Store(true)
+	g.t.CloseIdleConnections()
+	p.s.metrics.stale.WithLabelValues(p.l.name, reason.reason).Inc()
+	p.s.log.Info("proxy: renewing the upstream connections", "listener", p.l.name, "reason", reason.Error())
+	return next
+}
+
+// RoundTrip sends req on a connection of the current generation.
+func (p *upstreamPool) RoundTrip(req *http.Request) (*http.Response, error) {
+	g := p.gen()
+	resp, err := g.t.RoundTrip(req)
+	if err != nil {
+		g.done()
+		return nil, err
+	}
+	body := &poolBody{ReadCloser: resp.Body, done: g.done}
+	if rw, ok := resp.Body.(io.ReadWriteCloser); ok {
+		// A protocol switch: ReverseProxy copies both ways on the body.
+		resp.Body = &poolUpgradeBody{poolBody: body, w: rw}
+	} else {
+		resp.Body = body
+	}
+	return resp, nil
+}
+
+// done is called when a request of g ends: in a retired generation its
+// connection, idle now or as soon as the Transport takes it back, closes
+// (CloseIdleConnections also closes the ones that go idle after it).
+func (g *poolGen) done() {
+	if g.retired.Load() {
+		g.t.CloseIdleConnections()
+	}
+}
+
+// closeIdle closes the idle connections of the current generation.
+func (p *upstreamPool) closeIdle() { p.cur.Load().t.CloseIdleConnections() }
+
+// poolBody is a response body that tells its generation when it is closed.
+type poolBody struct {
+	io.ReadCloser
+	once sync.Once
+	done func()
+}
+
+func (b *poolBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.done)
+	return err
+}
+
+// poolUpgradeBody is the body of a 101 response: the connection itself.
+type poolUpgradeBody struct {
+	*poolBody
+	w io.Writer
+}
+
+func (b *poolUpgradeBody) Write(p []byte) (int, error) { return b.w.Write(p) }
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }

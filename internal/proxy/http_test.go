@@ -140,7 +140,8 @@ func TestHTTPInbound(t *testing.T) {
 	testSrc := w.source(w.caA.svid(t, testTeam, pki.ECP256, 4, pkix.Name{}))
 	app, last := httpApp(t)
 	iss := newJWTIssuer(t)
-	now := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	// A fixed instant, inside the SVIDs' lifetime: the clock checks both.
+	now := time.Now().Add(time.Minute).Truncate(time.Second)
 	jwksJSON, _ := json.Marshal(iss.jwks)
 
 	set := policySet(t,

@@ -59,7 +59,8 @@ type Config struct {
 	Gateways GatewaysConfig
 	Limits   LimitsConfig
 	Logger   *slog.Logger
-	// Clock gives the time JWTs are checked against; default time.Now.
+	// Clock gives the time JWTs and peer certificates are checked
+	// against; default time.Now.
 	Clock func() time.Time
 }
 
@@ -75,6 +76,9 @@ type Sidecar struct {
 	log       *slog.Logger
 	policy    atomic.Pointer[policyRef]
 	now       func() time.Time
+	// afterFunc runs f after d and returns what stops it: time.AfterFunc's,
+	// which tests replace so that nothing sleeps.
+	afterFunc func(d time.Duration, f func()) (stop func() bool)
 	// serving is set while Run accepts connections: /readyz.
 	serving atomic.Bool
 }
@@ -119,7 +123,8 @@ func New(cfg Config) (*Sidecar, error) {
 	if l.DrainTimeout == 0 {
 		l.DrainTimeout = durationOf(DefaultDrainTimeout)
 	}
-	s := &Sidecar{cfg: cfg, metrics: newMetrics(), log: cfg.Logger, now: time.Now}
+	s := &Sidecar{cfg: cfg, metrics: newMetrics(), log: cfg.Logger, now: time.Now,
+		afterFunc: func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop }}
 	if cfg.Clock != nil {
 		s.now = cfg.Clock
 	}
@@ -149,6 +154,7 @@ func New(cfg Config) (*Sidecar, error) {
 			return fail(fmt.Errorf("proxy: inbound %s: %w", name, err))
 		}
 		l := &listener{name: name, ln: ln, inbound: in, port: port, tlsCfg: ServerTLS(cfg.Source, authorize), serve: s.serveInbound}
+		l.tlsCfg.Time = s.now
 		if in.Protocol == ProtocolHTTP {
 			l.tlsCfg.NextProtos = []string{"h2", "http/1.1"}
 			l.http = newHTTPInbound(s, l)
@@ -171,6 +177,7 @@ func New(cfg Config) (*Sidecar, error) {
 		}
 		tc := ClientTLS(cfg.Source, naming.Authorizer(out.Service))
 		tc.ServerName = out.Service
+		tc.Time = s.now
 		l := &listener{name: name, ln: ln, outbound: out, tlsCfg: tc, serve: s.serveOutbound}
 		if out.Protocol == ProtocolHTTP {
 			tc.NextProtos = []string{"http/1.1"}
@@ -405,6 +412,7 @@ func (s *Sidecar) serveInbound(l *listener, c net.Conn) {
 		conn, peer = tc, id.String()
 		st := tc.ConnectionState()
 		info.peer, info.leaf, info.sni = id, st.PeerCertificates[0], st.ServerName
+		info.auth = newPeerAuth(st.PeerCertificates, id, s.cfg.Source)
 		if self, err := s.cfg.Source.GetX509SVID(); err == nil {
 			info.xfcc = XFCC(self.ID, info.leaf)
 		}
@@ -649,6 +657,7 @@ type metrics struct {
 	bytes       *prometheus.CounterVec
 	requests    *prometheus.CounterVec
 	denials     *prometheus.CounterVec
+	stale       *prometheus.CounterVec
 	// policyLoads and policyDocuments are PolicyLoader's.
 	policyLoads     *prometheus.CounterVec
 	policyDocuments prometheus.Gauge
@@ -677,6 +686,10 @@ func newMetrics() *metrics {
 			Name: "meshfed_proxy_policy_denials_total",
 			Help: "Connections and requests refused by policy, by listener, stage (authn: RequestAuthentication, authz: AuthorizationPolicy) and the deciding policy (ns/name).",
 		}, []string{"listener", "stage", "policy"}),
+		stale: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshfed_proxy_stale_connections_total",
+			Help: "Kept-alive HTTP connections whose mTLS peer authentication lapsed, by listener and reason (expired: a certificate of the peer's chain; untrusted: the chain no longer verifies against its trust domain's bundle). Inbound: the request was refused with 421 or the idle connection closed; outbound: the pool's connections were renewed.",
+		}, []string{"listener", "reason"}),
 		policyLoads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshfed_proxy_policy_loads_total",
 			Help: "Policy sets built, by source of the change (dir, server) and result (ok; error: refused, the last good set stays in force).",
@@ -686,7 +699,7 @@ func newMetrics() *metrics {
 			Help: "Istio security documents in the policy set in force.",
 		}),
 	}
-	m.registry.MustRegister(m.connections, m.handshakes, m.bytes, m.requests, m.denials, m.policyLoads, m.policyDocuments,
+	m.registry.MustRegister(m.connections, m.handshakes, m.bytes, m.requests, m.denials, m.stale, m.policyLoads, m.policyDocuments,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -82,8 +82,9 @@ type running struct {
 
 func (r *running) addr(i int) string { return r.s.Listeners()[i].Addr }
 
-// startSidecar runs a sidecar on loopback until the test ends.
-func startSidecar(t *testing.T, cfg proxy.Config) *running {
+// startSidecar runs a sidecar on loopback until the test ends; each of
+// before is called with it before it runs.
+func startSidecar(t *testing.T, cfg proxy.Config, before ...func(*proxy.Sidecar)) *running {
 	t.Helper()
 	logs := &logBuf{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
@@ -96,6 +97,9 @@ func startSidecar(t *testing.T, cfg proxy.Config) *running {
 	s, err := proxy.New(cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range before {
+		f(s)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{s: s, logs: logs, cancel: cancel, done: make(chan error, 1)}

@@ -17,7 +17,8 @@ import (
 // Source gives this workload's X.509-SVID and the X.509 bundle of each trust
 // domain it trusts. go-spiffe's workloadapi.X509Source satisfies it. Both are
 // read on every handshake, so a rotation needs no restart and leaves open
-// connections alone.
+// connections alone (the sidecar's kept-alive HTTP connections are checked
+// against it again per request: peerauth.go).
 type Source interface {
 	x509svid.Source
 	x509bundle.Source

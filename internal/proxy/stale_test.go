@@ -1,0 +1,282 @@
+package proxy_test
+
+import (
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/meshfed/meshfed/internal/duration"
+	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/internal/policy"
+	"github.com/meshfed/meshfed/internal/proxy"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// skewedClock is a clock the test moves forward.
+type skewedClock struct{ skew atomic.Int64 }
+
+func (c *skewedClock) now() time.Time          { return time.Now().Add(time.Duration(c.skew.Load())) }
+func (c *skewedClock) advance(d time.Duration) { c.skew.Add(int64(d)) }
+
+// caA is w's a.example CA signing by this clock.
+func (c *skewedClock) caA(t *testing.T, w *world) *pki.CA {
+	t.Helper()
+	ca, err := pki.NewCA(pki.CAConfig{Signer: key(t, pki.ECP256, 0), Chain: []*x509.Certificate{w.caA.root}, Clock: c.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+// svidAt is an SVID for id from ca.
+func svidAt(t *testing.T, ca *pki.CA, id string, slot int) *x509svid.SVID {
+	t.Helper()
+	k := key(t, pki.ECP256, slot)
+	chain, err := ca.SignX509SVID(pki.SVIDRequest{ID: spiffeid.RequireFromString(id), PublicKey: k.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &x509svid.SVID{ID: spiffeid.RequireFromString(id), Certificates: chain, PrivateKey: k}
+}
+
+// timers records the sidecar's delayed closes instead of running them.
+type timers struct {
+	mu  sync.Mutex
+	all []*pendingTimer
+}
+
+type pendingTimer struct {
+	d       time.Duration
+	f       func()
+	stopped atomic.Bool
+}
+
+func (ts *timers) afterFunc(d time.Duration, f func()) func() bool {
+	p := &pendingTimer{d: d, f: f}
+	ts.mu.Lock()
+	ts.all = append(ts.all, p)
+	ts.mu.Unlock()
+	return func() bool { return !p.stopped.Swap(true) }
+}
+
+// armed returns the timers not stopped.
+func (ts *timers) armed() []*pendingTimer {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	var out []*pendingTimer
+	for _, p := range ts.all {
+		if !p.stopped.Load() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func metricLine(t *testing.T, r *running, line string) bool {
+	t.Helper()
+	return strings.Contains(scrape(t, r), line+"\n")
+}
+
+// TestHTTPInboundStaleConnection: a kept-alive mTLS connection to an HTTP
+// inbound listener carries a request only while its handshake's proof
+// holds. A new copy of the same bundle changes nothing; an idle connection
+// is closed when the client's chain expires; a request on a connection
+// whose client is no longer trusted, or whose chain expired, is refused
+// with 421 and the connection closed, and the client's next connection
+// handshakes anew.
+func TestHTTPInboundStaleConnection(t *testing.T) {
+	w := newWorld(t, pki.ECP256)
+	clock := &skewedClock{}
+	serverSrc := w.source(w.caA.svid(t, infraTeam, pki.ECP256, 2, pkix.Name{}))
+	clientSrc := w.source(w.caA.svid(t, clientID, pki.ECP256, 3, pkix.Name{}))
+	app, _ := httpApp(t)
+	ts := &timers{}
+	r := startSidecar(t, proxy.Config{Source: serverSrc, Namespace: "db", Policy: fixedMode(policy.ModeStrict), Clock: clock.now,
+		Limits:  proxy.LimitsConfig{IdleTimeout: duration.Duration(2 * time.Hour)},
+		Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: app, Protocol: proxy.ProtocolHTTP}}},
+		func(s *proxy.Sidecar) { proxy.SetAfterFunc(s, ts.afterFunc) })
+	url := "https://" + r.addr(0) + "/x"
+	client := mtlsClient(clientSrc, false)
+	handshakes := func(n int) string {
+		return fmt.Sprintf(`meshfed_proxy_handshakes_total{listener="in",result="ok"} %d`, n)
+	}
+	ok := func(step string) {
+		t.Helper()
+		if code, body, _ := get(t, client, url, nil); code != 200 || body != "app saw /x" {
+			t.Fatalf("%s: %d %q, want 200 from the app", step, code, body)
+		}
+	}
+	stale := func(step string) {
+		t.Helper()
+		resp, err := client.Get(url)
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMisdirectedRequest || !resp.Close ||
+			string(b) != "mTLS peer authentication of this connection has lapsed: retry on a new connection" {
+			t.Fatalf("%s: %d close=%v %q, want 421 and the connection closed", step, resp.StatusCode, resp.Close, b)
+		}
+	}
+
+	ok("first request")
+	// Idle now, with the client's chain expiring before the idle timeout:
+	// a close is armed for its expiry.
+	waitFor(t, func() bool { return len(ts.armed()) == 1 })
+	leaf := clientSrc.svid.Load().Certificates[0]
+	if d, left := ts.armed()[0].d, leaf.NotAfter.Sub(clock.now()); d < left-time.Minute || d > left+time.Minute {
+		t.Fatalf("idle close armed after %s, want the client's time left (%s)", d, leaf.NotAfter.Sub(clock.now()))
+	}
+
+	// A new copy of the same roots, as every rotation of the server's own
+	// SVID hands out: the same connection goes on.
+	serverSrc.bundles.Store(x509bundle.NewSet(bundle(tdA, w.caA), bundle(tdB, w.caB)))
+	ok("after an equal bundle")
+	if !metricLine(t, r, handshakes(1)) {
+		t.Fatalf("want the kept-alive connection reused:\n%s", scrape(t, r))
+	}
+
+	// The expiry comes while the connection is idle: it is closed, and the
+	// client's next request handshakes anew.
+	waitFor(t, func() bool { return len(ts.armed()) == 1 })
+	ts.armed()[0].f()
+	waitLog(t, r, "closed an idle connection: the peer's certificate chain expired", "peer="+clientID)
+	ok("after the idle close")
+	if m := scrape(t, r); !strings.Contains(m, handshakes(2)+"\n") ||
+		!strings.Contains(m, `meshfed_proxy_stale_connections_total{listener="in",reason="expired"} 1`+"\n") {
+		t.Fatalf("want a second handshake after the idle close:\n%s", m)
+	}
+
+	// a.example leaves the server's bundles: the kept-alive connection of
+	// an a.example client may carry no more requests.
+	serverSrc.bundles.Store(x509bundle.NewSet(bundle(tdB, w.caB)))
+	stale("after a.example was withdrawn")
+	waitLog(t, r, "result=peer_stale", "status=421", "trust domain a.example is no longer trusted")
+	if _, err := client.Get(url); err == nil || !strings.Contains(err.Error(), "tls") {
+		t.Fatalf("a new connection of the withdrawn domain: %v, want its handshake refused", err)
+	}
+
+	// Back, with a rotated root beside the old one: the client's chain
+	// still verifies, so a new connection is served...
+	serverSrc.bundles.Store(x509bundle.NewSet(bundle(tdA, w.caA), bundle(tdB, w.caB)))
+	ok("after a.example came back")
+	serverSrc.bundles.Store(x509bundle.NewSet(bundle(tdA, w.caA, w.caB), bundle(tdB, w.caB)))
+	ok("after a root was added")
+	// ... and once the client's chain has expired it is refused.
+	clock.advance(2 * time.Hour)
+	stale("after the client's chain expired")
+	waitLog(t, r, "the peer's certificate chain expired at "+leaf.NotAfter.UTC().Format(time.RFC3339))
+	if m := scrape(t, r); !strings.Contains(m, `meshfed_proxy_stale_connections_total{listener="in",reason="expired"} 2`+"\n") ||
+		!strings.Contains(m, `meshfed_proxy_stale_connections_total{listener="in",reason="untrusted"} 1`+"\n") {
+		t.Fatalf("want the stale connections counted by reason:\n%s", m)
+	}
+}
+
+// TestHTTPOutboundRenewsStaleConnections: an outbound HTTP listener's pooled
+// connections to its upstream carry requests only while their handshakes'
+// proof holds; then the pool's next request opens a new connection, and a
+// request already on an old one finishes.
+func TestHTTPOutboundRenewsStaleConnections(t *testing.T) {
+	w := newWorld(t, pki.ECP256)
+	clock := &skewedClock{}
+	ca := clock.caA(t, w)
+	upSrc := w.source(svidAt(t, ca, infraTeam, 2))
+	outSrc := w.source(svidAt(t, ca, clientID, 3))
+
+	release, arrived := make(chan struct{}), make(chan struct{}, 1)
+	appLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	appSrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			arrived <- struct{}{}
+			<-release
+		}
+		fmt.Fprintf(w, "app saw %s", r.URL.Path)
+	}), ReadHeaderTimeout: waitBudget}
+	go appSrv.Serve(appLn)
+	t.Cleanup(func() { appSrv.Close() })
+
+	up := startSidecar(t, proxy.Config{Source: upSrc, Namespace: "db", Policy: fixedMode(policy.ModeStrict), Clock: clock.now,
+		Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: appLn.Addr().String(), Protocol: proxy.ProtocolHTTP}}})
+	out := startSidecar(t, proxy.Config{Source: outSrc, Clock: clock.now, Outbound: []proxy.OutboundConfig{
+		{Name: "datastore", Service: "datastore", Upstream: up.addr(0), AllowedIDs: []string{infraTeam}, Protocol: proxy.ProtocolHTTP},
+	}})
+	client := &http.Client{Timeout: waitBudget, Transport: &http.Transport{DisableKeepAlives: true}}
+	base := "http://" + out.addr(0)
+	want := func(step, path string, code int) {
+		t.Helper()
+		if got, body, _ := get(t, client, base+path, nil); got != code || (code == 200 && body != "app saw "+path) {
+			t.Fatalf("%s: %d %q, want %d", step, got, body, code)
+		}
+	}
+	counts := func(step string, lines ...string) {
+		t.Helper()
+		m := scrape(t, out)
+		for _, l := range lines {
+			if !strings.Contains(m, l+"\n") {
+				t.Fatalf("%s: want %s in:\n%s", step, l, m)
+			}
+		}
+	}
+	handshakes := func(n int) string {
+		return fmt.Sprintf(`meshfed_proxy_handshakes_total{listener="datastore",result="ok"} %d`, n)
+	}
+
+	for i := range 3 {
+		want(fmt.Sprintf("request %d", i), "/a", 200)
+	}
+	outSrc.bundles.Store(x509bundle.NewSet(bundle(tdA, w.caA), bundle(tdB, w.caB)))
+	want("after an equal bundle", "/b", 200)
+	counts("one connection so far", handshakes(1))
+
+	// A request in flight on the pooled connection while the bundle of
+	// the upstream's domain changes (a root added): the next request goes
+	// over a new connection, and the one in flight finishes.
+	slow := make(chan int, 1)
+	go func() {
+		resp, err := client.Get(base + "/slow")
+		if err != nil {
+			slow <- 0
+			return
+		}
+		resp.Body.Close()
+		slow <- resp.StatusCode
+	}()
+	<-arrived
+	outSrc.bundles.Store(x509bundle.NewSet(bundle(tdA, w.caA, w.caB), bundle(tdB, w.caB)))
+	want("after a root was added", "/c", 200)
+	close(release)
+	if code := <-slow; code != 200 {
+		t.Fatalf("the request in flight when the pool was renewed: %d, want 200", code)
+	}
+	counts("after a root was added", handshakes(2), `meshfed_proxy_stale_connections_total{listener="datastore",reason="untrusted"} 1`)
+	waitLog(t, out, "renewing the upstream connections", "the bundle of a.example changed")
+
+	// Two hours on, both sides hold new SVIDs; the pooled connection's
+	// chains have expired, so it is not used again (the upstream would
+	// refuse it with 421).
+	clock.advance(2 * time.Hour)
+	upSrc.svid.Store(svidAt(t, ca, infraTeam, 2))
+	outSrc.svid.Store(svidAt(t, ca, clientID, 3))
+	want("after the chains expired", "/d", 200)
+	counts("after the chains expired", handshakes(3), `meshfed_proxy_stale_connections_total{listener="datastore",reason="expired"} 1`)
+
+	// The upstream's domain is withdrawn: no request goes over the pooled
+	// connection, and a new one is refused.
+	outSrc.bundles.Store(x509bundle.NewSet(bundle(tdB, w.caB)))
+	want("after a.example was withdrawn", "/e", http.StatusServiceUnavailable)
+	counts("after a.example was withdrawn", handshakes(3), `meshfed_proxy_stale_connections_total{listener="datastore",reason="untrusted"} 2`)
+}
