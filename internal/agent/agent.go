@@ -92,6 +92,11 @@ type Agent struct {
 	// connGen counts connections, so that a Watch stream ended by a
 	// reconnect is reopened at once rather than after a backoff.
 	connGen int
+
+	// keptPolicies is the policy revision applyPolicies last kept against
+	// a server that reported revision 0 (logged once per revision); only
+	// the Watch loop touches it.
+	keptPolicies int64
 }
 
 // New prepares an agent; Run attests (if needed) and serves.

@@ -80,11 +80,30 @@ func policySnapshot(w *pb.WatchResponse) *agentv1.PolicySnapshot {
 
 // applyPolicies serves the policies of a Watch snapshot and, when they
 // changed, persists them.
+//
+// Policy revision 0 says the server never had a policy: a new database, or
+// a server older than policy support, which sends no policies at all. An
+// agent that holds policies of a later revision keeps them then instead of
+// serving none, so that rolling a server back, or pointing agents at one
+// without policy support, does not open every proxy it serves (no
+// AuthorizationPolicy allows everything, no PeerAuthentication is
+// PERMISSIVE). Deleting policies on the server moves the revision, so a
+// real removal still reaches the proxies.
 func (a *Agent) applyPolicies(w *pb.WatchResponse) {
 	if w.GetPoliciesUnchanged() {
 		return // the stream's previous message carried them
 	}
 	snap := policySnapshot(w)
+	if held := a.Cache.Policies(); snap.GetRevision() == 0 && held.GetRevision() > 0 {
+		if a.keptPolicies != held.GetRevision() {
+			a.keptPolicies = held.GetRevision()
+			a.log.Warn("the server reports it never had policies (policy revision 0: a new database, or a server without policy support); "+
+				"keeping the ones already served. Apply or delete policies on the server to replace them",
+				"policy_revision", held.GetRevision(), "documents", len(held.GetPolicies()))
+		}
+		return
+	}
+	a.keptPolicies = 0
 	if !a.Cache.setPolicies(snap) {
 		return
 	}

@@ -2,6 +2,9 @@ package agent
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -9,8 +12,10 @@ import (
 
 	"github.com/meshfed/meshfed/internal/agent/policyclient"
 	"github.com/meshfed/meshfed/internal/agent/workloadapi"
+	"github.com/meshfed/meshfed/internal/api/agentv1"
 	pb "github.com/meshfed/meshfed/internal/api/serverv1"
 	"github.com/meshfed/meshfed/internal/policy"
+	"google.golang.org/protobuf/proto"
 )
 
 const peerDoc = `apiVersion: security.istio.io/v1beta1
@@ -156,5 +161,64 @@ func TestPoliciesReachProxies(t *testing.T) {
 	if kept.GetRevision() != rev || len(kept.GetPolicies()) != 1 || string(kept.GetPolicies()[0].GetYaml()) != peerDoc ||
 		kept.GetPolicies()[0].GetGeneration() != 1 {
 		t.Errorf("after a restart the agent serves revision %d (want %d): %v", kept.GetRevision(), rev, kept.GetPolicies())
+	}
+}
+
+// TestPoliciesKeptAgainstRevisionZero: a Watch snapshot of policy revision
+// 0 (a server that never had a policy: a new database, or one older than
+// policy support) does not take away the policies an agent serves, and is
+// logged once; a real removal, which moves the revision, does. An agent
+// with none serves the empty set of revision 0.
+func TestPoliciesKeptAgainstRevisionZero(t *testing.T) {
+	var logs strings.Builder
+	a, err := New(Config{ServerAddr: "127.0.0.1:1", DataDir: t.TempDir(), Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch := func(rev int64, yaml ...string) *pb.WatchResponse {
+		w := &pb.WatchResponse{PolicyRevision: rev}
+		for i, y := range yaml {
+			w.Policies = append(w.Policies, &pb.Policy{Kind: "PeerAuthentication", Namespace: "default", Name: fmt.Sprint("p", i), Yaml: []byte(y), Generation: 1})
+		}
+		return w
+	}
+	served := func(step string, rev int64, docs int) {
+		t.Helper()
+		got := a.Cache.Policies()
+		if got == nil || got.GetRevision() != rev || len(got.GetPolicies()) != docs {
+			t.Fatalf("%s: the agent serves %v; want revision %d with %d documents", step, got, rev, docs)
+		}
+		kept := &agentv1.PolicySnapshot{}
+		data, err := os.ReadFile(filepath.Join(a.cfg.DataDir, policiesFile))
+		if err == nil {
+			err = proto.Unmarshal(data, kept)
+		}
+		if err != nil || kept.GetRevision() != rev || len(kept.GetPolicies()) != docs {
+			t.Fatalf("%s: the data dir keeps revision %d with %d documents (%v); want %d with %d", step, kept.GetRevision(), len(kept.GetPolicies()), err, rev, docs)
+		}
+	}
+	const warning = "the server reports it never had policies"
+
+	a.applyPolicies(watch(0))
+	served("a server without policies, to an agent without any", 0, 0)
+	a.applyPolicies(watch(5, peerDoc))
+	served("after an apply", 5, 1)
+	for range 3 {
+		a.applyPolicies(watch(0))
+	}
+	served("after three snapshots of revision 0", 5, 1)
+	if n := strings.Count(logs.String(), warning); n != 1 {
+		t.Fatalf("the revision-0 warning was logged %d times, want once:\n%s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), "policy_revision=5 documents=1") {
+		t.Fatalf("the warning does not say what was kept:\n%s", logs.String())
+	}
+	a.applyPolicies(watch(7))
+	served("after the policies were deleted on the server", 7, 0)
+	a.applyPolicies(watch(8, peerDoc, strings.Replace(peerDoc, "STRICT", "PERMISSIVE", 1)))
+	a.applyPolicies(watch(0))
+	served("revision 0 again", 8, 2)
+	if n := strings.Count(logs.String(), warning); n != 2 {
+		t.Fatalf("the revision-0 warning was logged %d times, want once per kept revision (2):\n%s", n, logs.String())
 	}
 }
