@@ -185,11 +185,15 @@ func (g *gatewayIngress) verifyClient(cs tls.ConnectionState) error {
 	case len(chain) > maxPeerChain:
 		return fmt.Errorf("proxy: gateway %s: the client presented %d certificates, more than %d", g.cfg.Name, len(chain), maxPeerChain)
 	}
-	creds := g.files.get()
+	return g.verifyChain(chain, g.files.get().roots, g.files.now())
+}
+
+// verifyChain checks a client's chain against roots at now.
+func (g *gatewayIngress) verifyChain(chain []*x509.Certificate, roots *x509.CertPool, now time.Time) error {
 	if _, err := chain[0].Verify(x509.VerifyOptions{
-		Roots:         creds.roots,
+		Roots:         roots,
 		Intermediates: gatewayPool(chain[1:]),
-		CurrentTime:   g.files.now(),
+		CurrentTime:   now,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}); err != nil {
 		return fmt.Errorf("proxy: gateway %s: client certificate %s does not verify against ca_certificates: %w", g.cfg.Name, gatewayPeerName(chain[0]), err)
@@ -197,6 +201,44 @@ func (g *gatewayIngress) verifyClient(cs tls.ConnectionState) error {
 	if sans := g.cfg.TLS.SubjectAltNames; len(sans) > 0 && !matchSubjectAltNames(chain[0], sans) {
 		return fmt.Errorf("proxy: gateway %s: client certificate %s carries none of subject_alt_names %v", g.cfg.Name, gatewayPeerName(chain[0]), sans)
 	}
+	return nil
+}
+
+// gatewayAuth is the connAuth of a MUTUAL ingress connection: a client
+// certificate chain verified against the gateway's CA file.
+type gatewayAuth struct {
+	g       *gatewayIngress
+	chain   []*x509.Certificate
+	expires time.Time
+
+	mu    sync.Mutex
+	roots *x509.CertPool // what the chain last verified against
+}
+
+func newGatewayAuth(g *gatewayIngress, chain []*x509.Certificate) *gatewayAuth {
+	return &gatewayAuth{g: g, chain: chain, expires: chainExpiry(chain), roots: g.files.get().roots}
+}
+
+func (a *gatewayAuth) expiry() time.Time { return a.expires }
+func (a *gatewayAuth) peer() string      { return gatewayPeerName(a.chain[0]) }
+
+// check: no certificate of the chain has expired, and the CA file in force
+// holds the CAs it verified against, or others it verifies against again.
+func (a *gatewayAuth) check(now time.Time) error {
+	if err := expired(a.expires, now); err != nil {
+		return err
+	}
+	roots := a.g.files.get().roots
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if roots == a.roots || roots.Equal(a.roots) {
+		a.roots = roots
+		return nil
+	}
+	if err := a.g.verifyChain(a.chain, roots, now); err != nil {
+		return &staleError{"untrusted", err}
+	}
+	a.roots = roots
 	return nil
 }
 
@@ -222,7 +264,11 @@ func (s *Sidecar) serveIngress(l *listener, c net.Conn) {
 		peer = gatewayPeerName(cs.PeerCertificates[0])
 	}
 	if g.http != nil {
-		g.http.serve(l, c, tc, peer, start)
+		info := &connInfo{}
+		if len(cs.PeerCertificates) > 0 {
+			info.auth = newGatewayAuth(g, cs.PeerCertificates)
+		}
+		g.http.serve(l, c, tc, info, peer, start)
 		return
 	}
 	// A resumed session skips GetCertificate: route again.
@@ -285,14 +331,15 @@ func newIngressHTTP(s *Sidecar, g *gatewayIngress) *ingressHTTP {
 		}
 	}
 	h.srv = h.newServer(s, h, errLog)
+	s.closeLapsed(h.handoff, g.cfg.Name, g.files.now)
 	return h
 }
 
 // serve hands tc to the HTTP server and returns once the server is done
 // with it. Each request is logged by ServeHTTP.
-func (h *ingressHTTP) serve(l *listener, c net.Conn, tc *tls.Conn, peer string, start time.Time) {
+func (h *ingressHTTP) serve(l *listener, c net.Conn, tc *tls.Conn, info *connInfo, peer string, start time.Time) {
 	h.start.Do(func() { go h.run() })
-	if !h.handoff.serve(tc, nil) {
+	if !h.handoff.serve(tc, info) {
 		h.s.finish(l, c, peer, 0, 0, start, "closed", fmt.Errorf("proxy: gateway %s is shutting down", l.name))
 		return
 	}
@@ -330,7 +377,13 @@ func (h *ingressHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	host := gatewayHost(r.Host)
 	result := "ok"
 	var err error
-	if backend, ok := h.g.routes.match(host); ok {
+	var auth connAuth
+	if info := connInfoOf(r.Context()); info != nil {
+		auth = info.auth
+	}
+	if err = h.s.refuseStale(h.g.cfg.Name, rw, auth, h.g.files.now()); err != nil {
+		result = "peer_stale"
+	} else if backend, ok := h.g.routes.match(host); ok {
 		h.proxies[backend].ServeHTTP(rw, r)
 		if rw.upstreamErr != nil {
 			result, err = "upstream_failed", rw.upstreamErr

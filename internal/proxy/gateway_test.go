@@ -157,7 +157,7 @@ func (r *gwRunning) addr(t *testing.T, name string) string {
 // startGateways runs gc on loopback until the test ends, and checks that
 // the sidecar then drains well within its drain timeout: idle keep-alive
 // connections must not hold it.
-func startGateways(t *testing.T, gc proxy.GatewaysConfig) *gwRunning {
+func startGateways(t *testing.T, gc proxy.GatewaysConfig, before ...func(*proxy.Sidecar)) *gwRunning {
 	t.Helper()
 	for i := range gc.Ingress {
 		gc.Ingress[i].Listen = "127.0.0.1:0"
@@ -170,6 +170,9 @@ func startGateways(t *testing.T, gc proxy.GatewaysConfig) *gwRunning {
 		Limits: proxy.LimitsConfig{DrainTimeout: duration.Duration(time.Minute)}})
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range before {
+		f(s)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

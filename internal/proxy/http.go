@@ -53,7 +53,7 @@ type httpInbound struct {
 type connInfo struct {
 	peer   spiffeid.ID       // the verified peer; zero for plaintext
 	leaf   *x509.Certificate // the peer's leaf; nil for plaintext
-	auth   *peerAuth         // what the handshake verified; nil for plaintext
+	auth   connAuth          // what the handshake proved; nil for plaintext
 	xfcc   string            // the XFCC element for the app; "" for plaintext
 	sni    string
 	source netip.Addr
@@ -95,23 +95,7 @@ func newHTTPInbound(s *Sidecar, l *listener) *httpInbound {
 		ErrorHandler: upstreamFailed(bodyUpstream),
 	}
 	h.srv = h.newServer(s, h, errLog)
-	// An idle connection closes when its peer's chain expires, before a
-	// request could find it stale, if that comes before the idle timeout.
-	h.afterFunc = func(d time.Duration, f func()) func() bool { return s.afterFunc(d, f) }
-	h.lapse = func(v any) (time.Duration, bool) {
-		info, _ := v.(*connInfo)
-		if info == nil || info.auth == nil {
-			return 0, false
-		}
-		d := info.auth.expires.Sub(s.now())
-		return d, d < idle
-	}
-	h.lapsed = func(v any) {
-		info := v.(*connInfo)
-		s.metrics.stale.WithLabelValues(l.name, "expired").Inc()
-		s.log.Info("proxy: closed an idle connection: the peer's certificate chain expired", "listener", l.name,
-			"peer", info.peer.String(), "not_after", info.auth.expires.UTC().Format(time.RFC3339))
-	}
+	s.closeLapsed(h.handoff, l.name, s.now)
 	return h
 }
 
@@ -170,16 +154,9 @@ func (h *httpInbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The app sees only what this proxy vouches for (Envoy's SANITIZE_SET).
 	r.Header.Del(XFCCHeader)
 	normalizePath(r.URL)
-	if info.auth != nil {
-		if err := info.auth.check(s.cfg.Source, s.now()); err != nil {
-			// 421: the client may send it again on a new connection, whatever
-			// the method (RFC 9110, 15.5.20); the new handshake then decides.
-			s.metrics.stale.WithLabelValues(h.l.name, err.(*staleError).reason).Inc()
-			rw.Header().Set("Connection", "close")
-			writeRefusal(rw, http.StatusMisdirectedRequest, bodyStale)
-			h.log(r, rw, info, start, "peer_stale", policy.AuthnResult{}, policy.AuthzDecision{Rule: -1}, err)
-			return
-		}
+	if err := s.refuseStale(h.l.name, rw, info.auth, s.now()); err != nil {
+		h.log(r, rw, info, start, "peer_stale", policy.AuthnResult{}, policy.AuthzDecision{Rule: -1}, err)
+		return
 	}
 
 	var (

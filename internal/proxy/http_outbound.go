@@ -207,8 +207,10 @@ func (g *poolGen) add(src Source, id spiffeid.ID, chain []*x509.Certificate) {
 func (g *poolGen) stale(src Source, now time.Time) *staleError {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if !g.expires.IsZero() && now.After(g.expires) {
-		return &staleError{"expired", fmt.Errorf("proxy: a certificate chain of the upstream connections expired at %s", g.expires.UTC().Format(time.RFC3339))}
+	if !g.expires.IsZero() {
+		if err := expired(g.expires, now); err != nil {
+			return err.(*staleError)
+		}
 	}
 	for td, was := range g.bundles {
 		b, same, err := currentBundle(src, td, was)

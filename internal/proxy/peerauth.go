@@ -3,6 +3,7 @@ package proxy
 import (
 	"crypto/x509"
 	"fmt"
+	"net/http"
 	"sync"
 	"time"
 
@@ -16,16 +17,31 @@ import (
 // long after it: Envoy serves them until the connection closes, through the
 // peer's certificate expiring and through its trust domain's bundle being
 // replaced or withdrawn from the federation. Here a kept-alive connection
-// carries a request only while its handshake's proof still holds: peerAuth
-// checks an inbound connection before each request, and upstreamPool
-// (http_outbound.go) retires the outbound connections whose proof lapsed.
+// carries a request only while its handshake's proof still holds: a
+// connAuth is checked before each request on an inbound connection (a
+// sidecar's, peerAuth, or a MUTUAL ingress gateway's, gatewayAuth), and
+// upstreamPool (http_outbound.go) retires the outbound connections whose
+// proof lapsed.
 
-// peerAuth is what the handshake of an inbound mTLS connection verified,
-// kept with the connection so that each of its requests is checked against
-// the present.
+// connAuth is what the handshake of an mTLS connection proved about its
+// peer, kept with the connection (connInfo.auth) so that each of its
+// requests is checked against the present.
+type connAuth interface {
+	// check returns nil if the proof still holds at now, else a
+	// *staleError.
+	check(now time.Time) error
+	// expiry is when the chain the peer presented stops being valid.
+	expiry() time.Time
+	// peer names the peer for the log.
+	peer() string
+}
+
+// peerAuth is the connAuth of a sidecar's inbound connection: an
+// X.509-SVID verified against the bundle of its own trust domain.
 type peerAuth struct {
+	src     x509bundle.Source
 	chain   []*x509.Certificate // as the peer presented it
-	td      spiffeid.TrustDomain
+	id      spiffeid.ID
 	expires time.Time // the earliest NotAfter in chain
 
 	mu     sync.Mutex
@@ -33,12 +49,15 @@ type peerAuth struct {
 }
 
 // newPeerAuth records a chain the handshake verified for id, with the
-// bundle of id's trust domain in bundles now: the one the handshake used
-// (if it changed in between, the first check verifies the chain again).
-func newPeerAuth(chain []*x509.Certificate, id spiffeid.ID, bundles x509bundle.Source) *peerAuth {
-	b, _ := bundles.GetX509BundleForTrustDomain(id.TrustDomain())
-	return &peerAuth{chain: chain, td: id.TrustDomain(), expires: chainExpiry(chain), bundle: b}
+// bundle of id's trust domain in src now: the one the handshake used (if it
+// changed in between, the first check verifies the chain again).
+func newPeerAuth(src x509bundle.Source, chain []*x509.Certificate, id spiffeid.ID) *peerAuth {
+	b, _ := src.GetX509BundleForTrustDomain(id.TrustDomain())
+	return &peerAuth{src: src, chain: chain, id: id, expires: chainExpiry(chain), bundle: b}
 }
+
+func (a *peerAuth) expiry() time.Time { return a.expires }
+func (a *peerAuth) peer() string      { return a.id.String() }
 
 // staleError says why a connection's authentication no longer holds.
 type staleError struct {
@@ -48,28 +67,77 @@ type staleError struct {
 
 func (e *staleError) Error() string { return e.err.Error() }
 
-// check returns nil if the peer's authentication still holds at now: no
-// certificate of its chain has expired, and its trust domain's bundle in
-// bundles is the one the chain verified against, an equal one, or one that
-// the chain verifies against again (which then becomes the one it verified
-// against). Otherwise it returns a *staleError.
-func (a *peerAuth) check(bundles x509bundle.Source, now time.Time) error {
-	if now.After(a.expires) {
-		return &staleError{"expired", fmt.Errorf("proxy: the peer's certificate chain expired at %s", a.expires.UTC().Format(time.RFC3339))}
+// check: no certificate of the chain has expired, and the bundle of its
+// trust domain in the source is the one the chain verified against, an
+// equal one, or one that the chain verifies against again (which then
+// becomes the one it verified against).
+func (a *peerAuth) check(now time.Time) error {
+	if err := expired(a.expires, now); err != nil {
+		return err
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	b, same, err := currentBundle(bundles, a.td, a.bundle)
+	b, same, err := currentBundle(a.src, a.id.TrustDomain(), a.bundle)
 	if err != nil {
 		return &staleError{"untrusted", err}
 	}
 	if !same {
 		if _, _, err := pki.VerifyX509SVID(a.chain, b, now); err != nil {
-			return &staleError{"untrusted", fmt.Errorf("proxy: the peer's X.509-SVID no longer verifies against the bundle of %s: %w", a.td, err)}
+			return &staleError{"untrusted", fmt.Errorf("proxy: the peer's X.509-SVID no longer verifies against the bundle of %s: %w", a.id.TrustDomain(), err)}
 		}
 	}
 	a.bundle = b
 	return nil
+}
+
+// expired returns a *staleError if now is past expires, the earliest
+// NotAfter of a peer's chain.
+func expired(expires, now time.Time) error {
+	if now.After(expires) {
+		return &staleError{"expired", fmt.Errorf("proxy: the peer's certificate chain expired at %s", expires.UTC().Format(time.RFC3339))}
+	}
+	return nil
+}
+
+// refuseStale checks a request's connection (auth nil: plaintext, or no
+// client certificate): if its proof lapsed it answers 421 with Connection:
+// close (h2: GOAWAY), which RFC 9110 (15.5.20) lets the client send again on
+// a new connection whatever the method, so the new handshake decides;
+// counts it; and returns why.
+func (s *Sidecar) refuseStale(listener string, w http.ResponseWriter, auth connAuth, now time.Time) error {
+	if auth == nil {
+		return nil
+	}
+	err := auth.check(now)
+	if err == nil {
+		return nil
+	}
+	s.metrics.stale.WithLabelValues(listener, err.(*staleError).reason).Inc()
+	w.Header().Set("Connection", "close")
+	writeRefusal(w, http.StatusMisdirectedRequest, bodyStale)
+	return err
+}
+
+// closeLapsed has h close an idle connection when its peer's chain
+// expires, if that comes before the idle timeout, so that no request finds
+// it stale.
+func (s *Sidecar) closeLapsed(h *handoff, listener string, now func() time.Time) {
+	idle := time.Duration(s.cfg.Limits.IdleTimeout)
+	h.afterFunc = func(d time.Duration, f func()) func() bool { return s.afterFunc(d, f) }
+	h.lapse = func(v any) (time.Duration, bool) {
+		info, _ := v.(*connInfo)
+		if info == nil || info.auth == nil {
+			return 0, false
+		}
+		d := info.auth.expiry().Sub(now())
+		return d, d < idle
+	}
+	h.lapsed = func(v any) {
+		auth := v.(*connInfo).auth
+		s.metrics.stale.WithLabelValues(listener, "expired").Inc()
+		s.log.Info("proxy: closed an idle connection: the peer's certificate chain expired", "listener", listener,
+			"peer", auth.peer(), "not_after", auth.expiry().UTC().Format(time.RFC3339))
+	}
 }
 
 // currentBundle returns td's bundle in bundles now and whether it is was or

@@ -412,7 +412,7 @@ func (s *Sidecar) serveInbound(l *listener, c net.Conn) {
 		conn, peer = tc, id.String()
 		st := tc.ConnectionState()
 		info.peer, info.leaf, info.sni = id, st.PeerCertificates[0], st.ServerName
-		info.auth = newPeerAuth(st.PeerCertificates, id, s.cfg.Source)
+		info.auth = newPeerAuth(s.cfg.Source, st.PeerCertificates, id)
 		if self, err := s.cfg.Source.GetX509SVID(); err == nil {
 			info.xfcc = XFCC(self.ID, info.leaf)
 		}

@@ -1,12 +1,14 @@
 package proxy_test
 
 import (
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/internal/duration"
+	"github.com/meshfed/meshfed/internal/pemfile"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/internal/policy"
 	"github.com/meshfed/meshfed/internal/proxy"
@@ -22,16 +25,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
-// skewedClock is a clock the test moves forward.
-type skewedClock struct{ skew atomic.Int64 }
-
-func (c *skewedClock) now() time.Time          { return time.Now().Add(time.Duration(c.skew.Load())) }
-func (c *skewedClock) advance(d time.Duration) { c.skew.Add(int64(d)) }
-
-// caA is w's a.example CA signing by this clock.
-func (c *skewedClock) caA(t *testing.T, w *world) *pki.CA {
+// clockedCAA is w's a.example CA signing by clock.
+func clockedCAA(t *testing.T, w *world, clock *gwClock) *pki.CA {
 	t.Helper()
-	ca, err := pki.NewCA(pki.CAConfig{Signer: key(t, pki.ECP256, 0), Chain: []*x509.Certificate{w.caA.root}, Clock: c.now})
+	ca, err := pki.NewCA(pki.CAConfig{Signer: key(t, pki.ECP256, 0), Chain: []*x509.Certificate{w.caA.root}, Clock: clock.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,12 +93,12 @@ func metricLine(t *testing.T, r *running, line string) bool {
 // handshakes anew.
 func TestHTTPInboundStaleConnection(t *testing.T) {
 	w := newWorld(t, pki.ECP256)
-	clock := &skewedClock{}
+	clock := newGWClock()
 	serverSrc := w.source(w.caA.svid(t, infraTeam, pki.ECP256, 2, pkix.Name{}))
 	clientSrc := w.source(w.caA.svid(t, clientID, pki.ECP256, 3, pkix.Name{}))
 	app, _ := httpApp(t)
 	ts := &timers{}
-	r := startSidecar(t, proxy.Config{Source: serverSrc, Namespace: "db", Policy: fixedMode(policy.ModeStrict), Clock: clock.now,
+	r := startSidecar(t, proxy.Config{Source: serverSrc, Namespace: "db", Policy: fixedMode(policy.ModeStrict), Clock: clock.Now,
 		Limits:  proxy.LimitsConfig{IdleTimeout: duration.Duration(2 * time.Hour)},
 		Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: app, Protocol: proxy.ProtocolHTTP}}},
 		func(s *proxy.Sidecar) { proxy.SetAfterFunc(s, ts.afterFunc) })
@@ -135,8 +132,8 @@ func TestHTTPInboundStaleConnection(t *testing.T) {
 	// a close is armed for its expiry.
 	waitFor(t, func() bool { return len(ts.armed()) == 1 })
 	leaf := clientSrc.svid.Load().Certificates[0]
-	if d, left := ts.armed()[0].d, leaf.NotAfter.Sub(clock.now()); d < left-time.Minute || d > left+time.Minute {
-		t.Fatalf("idle close armed after %s, want the client's time left (%s)", d, leaf.NotAfter.Sub(clock.now()))
+	if d, left := ts.armed()[0].d, leaf.NotAfter.Sub(clock.Now()); d < left-time.Minute || d > left+time.Minute {
+		t.Fatalf("idle close armed after %s, want the client's time left (%s)", d, leaf.NotAfter.Sub(clock.Now()))
 	}
 
 	// A new copy of the same roots, as every rotation of the server's own
@@ -163,9 +160,11 @@ func TestHTTPInboundStaleConnection(t *testing.T) {
 	serverSrc.bundles.Store(x509bundle.NewSet(bundle(tdB, w.caB)))
 	stale("after a.example was withdrawn")
 	waitLog(t, r, "result=peer_stale", "status=421", "trust domain a.example is no longer trusted")
-	if _, err := client.Get(url); err == nil || !strings.Contains(err.Error(), "tls") {
-		t.Fatalf("a new connection of the withdrawn domain: %v, want its handshake refused", err)
+	if resp, err := client.Get(url); err == nil {
+		resp.Body.Close()
+		t.Fatalf("a new connection of the withdrawn domain was served: %d", resp.StatusCode)
 	}
+	waitLog(t, r, "result=handshake_failed", "a.example")
 
 	// Back, with a rotated root beside the old one: the client's chain
 	// still verifies, so a new connection is served...
@@ -174,7 +173,7 @@ func TestHTTPInboundStaleConnection(t *testing.T) {
 	serverSrc.bundles.Store(x509bundle.NewSet(bundle(tdA, w.caA, w.caB), bundle(tdB, w.caB)))
 	ok("after a root was added")
 	// ... and once the client's chain has expired it is refused.
-	clock.advance(2 * time.Hour)
+	clock.Advance(2 * time.Hour)
 	stale("after the client's chain expired")
 	waitLog(t, r, "the peer's certificate chain expired at "+leaf.NotAfter.UTC().Format(time.RFC3339))
 	if m := scrape(t, r); !strings.Contains(m, `meshfed_proxy_stale_connections_total{listener="in",reason="expired"} 2`+"\n") ||
@@ -189,8 +188,8 @@ func TestHTTPInboundStaleConnection(t *testing.T) {
 // request already on an old one finishes.
 func TestHTTPOutboundRenewsStaleConnections(t *testing.T) {
 	w := newWorld(t, pki.ECP256)
-	clock := &skewedClock{}
-	ca := clock.caA(t, w)
+	clock := newGWClock()
+	ca := clockedCAA(t, w, clock)
 	upSrc := w.source(svidAt(t, ca, infraTeam, 2))
 	outSrc := w.source(svidAt(t, ca, clientID, 3))
 
@@ -209,9 +208,9 @@ func TestHTTPOutboundRenewsStaleConnections(t *testing.T) {
 	go appSrv.Serve(appLn)
 	t.Cleanup(func() { appSrv.Close() })
 
-	up := startSidecar(t, proxy.Config{Source: upSrc, Namespace: "db", Policy: fixedMode(policy.ModeStrict), Clock: clock.now,
+	up := startSidecar(t, proxy.Config{Source: upSrc, Namespace: "db", Policy: fixedMode(policy.ModeStrict), Clock: clock.Now,
 		Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: appLn.Addr().String(), Protocol: proxy.ProtocolHTTP}}})
-	out := startSidecar(t, proxy.Config{Source: outSrc, Clock: clock.now, Outbound: []proxy.OutboundConfig{
+	out := startSidecar(t, proxy.Config{Source: outSrc, Clock: clock.Now, Outbound: []proxy.OutboundConfig{
 		{Name: "datastore", Service: "datastore", Upstream: up.addr(0), AllowedIDs: []string{infraTeam}, Protocol: proxy.ProtocolHTTP},
 	}})
 	client := &http.Client{Timeout: waitBudget, Transport: &http.Transport{DisableKeepAlives: true}}
@@ -268,7 +267,7 @@ func TestHTTPOutboundRenewsStaleConnections(t *testing.T) {
 	// Two hours on, both sides hold new SVIDs; the pooled connection's
 	// chains have expired, so it is not used again (the upstream would
 	// refuse it with 421).
-	clock.advance(2 * time.Hour)
+	clock.Advance(2 * time.Hour)
 	upSrc.svid.Store(svidAt(t, ca, infraTeam, 2))
 	outSrc.svid.Store(svidAt(t, ca, clientID, 3))
 	want("after the chains expired", "/d", 200)
@@ -279,4 +278,89 @@ func TestHTTPOutboundRenewsStaleConnections(t *testing.T) {
 	outSrc.bundles.Store(x509bundle.NewSet(bundle(tdB, w.caB)))
 	want("after a.example was withdrawn", "/e", http.StatusServiceUnavailable)
 	counts("after a.example was withdrawn", handshakes(3), `meshfed_proxy_stale_connections_total{listener="datastore",reason="untrusted"} 2`)
+}
+
+// TestGatewayIngressStaleConnection: on a MUTUAL http ingress gateway, a
+// kept-alive connection carries a request only while the client's chain is
+// unexpired and verifies against the CA file in force; a rewrite of the
+// same CAs changes nothing.
+func TestGatewayIngressStaleConnection(t *testing.T) {
+	dir := t.TempDir()
+	root := newCA(t, pki.ECP256, 10, "third-party root")
+	other := newCA(t, pki.ECP256, 11, "another root")
+	server := gwIssue(t, root, 12, dir, "server", 0, "hello.example.com")
+	client := gwIssue(t, root, 13, dir, "client", 2*time.Minute, "client.example.com")
+	caFile := gwRootFile(t, dir, "root.pem", root)
+	app, _ := httpApp(t)
+	clock := newGWClock()
+	ts := &timers{}
+	r := startGateways(t, proxy.GatewaysConfig{Clock: clock.Now, Ingress: []proxy.IngressConfig{{Name: "gw", Protocol: "http",
+		Routes: []proxy.IngressRoute{{Hosts: []string{"hello.example.com"}, Backend: app}},
+		TLS:    proxy.ServerTLSFiles{Mode: "MUTUAL", ServerCertificate: server.cert, PrivateKey: server.key, CACertificates: caFile}}}},
+		func(s *proxy.Sidecar) { proxy.SetAfterFunc(s, ts.afterFunc) })
+	hc := &http.Client{Timeout: waitBudget, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+		RootCAs: gwPool(root), ServerName: "hello.example.com", Certificates: []tls.Certificate{client.tls}}}}
+	do := func(step string) (*http.Response, string, bool, error) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, "https://"+r.addr(t, "gw")+"/x", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = "hello.example.com"
+		var reused bool
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+			GotConn: func(info httptrace.GotConnInfo) { reused = info.Reused }}))
+		resp, err := hc.Do(req)
+		if err != nil {
+			return nil, "", reused, err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, string(b), reused, nil
+	}
+	ok := func(step string, wantReused bool) {
+		t.Helper()
+		resp, body, reused, err := do(step)
+		if err != nil || resp.StatusCode != 200 || body != "app saw /x" || reused != wantReused {
+			t.Fatalf("%s: %v %q reused=%v (%v), want 200 from the app, reused=%v", step, resp, body, reused, err, wantReused)
+		}
+	}
+	stale := func(step string) {
+		t.Helper()
+		resp, body, reused, err := do(step)
+		if err != nil || resp.StatusCode != http.StatusMisdirectedRequest || !resp.Close || !reused ||
+			body != "mTLS peer authentication of this connection has lapsed: retry on a new connection" {
+			t.Fatalf("%s: %v %q reused=%v (%v), want 421 on the kept-alive connection, closed", step, resp, body, reused, err)
+		}
+	}
+	rewrite := func(ca *testCA) {
+		gwWrite(t, caFile, pemfile.EncodeCertificates(ca.root))
+		clock.Advance(time.Second) // the files are looked at once a second
+	}
+
+	ok("first request", false)
+	waitFor(t, func() bool { return len(ts.armed()) == 1 })
+	if d := ts.armed()[0].d; d <= time.Minute || d > 2*time.Minute {
+		t.Fatalf("idle close armed after %s, want the client certificate's time left (under 2m)", d)
+	}
+	rewrite(root)
+	ok("after the same CA file was written again", true)
+
+	waitFor(t, func() bool { return len(ts.armed()) == 1 })
+	ts.armed()[0].f()
+	r.logs.wait(t, "closed an idle connection: the peer's certificate chain expired", "listener=gw", "CN=client.example.com")
+	ok("after the idle close", false)
+
+	rewrite(other)
+	stale("after the CA file was replaced")
+	r.logs.wait(t, "listener=gw", "status=421", "result=peer_stale", "does not verify against ca_certificates")
+	if _, _, _, err := do("a new connection"); err == nil {
+		t.Fatal("a new connection of a client the CA file no longer holds was served")
+	}
+
+	rewrite(root)
+	ok("after the CA came back", false)
+	clock.Advance(3 * time.Minute)
+	stale("after the client certificate expired")
+	r.logs.wait(t, "listener=gw", "result=peer_stale", "the peer's certificate chain expired at "+client.chain[0].NotAfter.UTC().Format(time.RFC3339))
 }
