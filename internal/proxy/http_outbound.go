@@ -4,11 +4,13 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"sync"
@@ -138,6 +140,11 @@ type upstreamPool struct {
 
 	mu  sync.Mutex // held to replace cur
 	cur atomic.Pointer[poolGen]
+
+	// trace, set by tests before the listener serves, follows each
+	// request's connection (httptrace.ClientTrace.PutIdleConn tells when
+	// one is back in the pool).
+	trace *httptrace.ClientTrace
 }
 
 // poolGen is one generation of an upstreamPool.
@@ -229,10 +236,15 @@ func (g *poolGen) stale(src Source, now time.Time) *staleError {
 // the current one is stale.
 func (p *upstreamPool) gen() *poolGen {
 	g := p.cur.Load()
-	reason := g.stale(p.s.cfg.Source, p.s.now())
-	if reason == nil {
-		return g
+	if reason := g.stale(p.s.cfg.Source, p.s.now()); reason != nil {
+		return p.renew(g, reason)
 	}
+	return g
+}
+
+// renew retires g, if it is still the current generation, and returns the
+// current one.
+func (p *upstreamPool) renew(g *poolGen, reason *staleError) *poolGen {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if now := p.cur.Load(); now != g {
@@ -247,10 +259,28 @@ func (p *upstreamPool) gen() *poolGen {
 	return next
 }
 
-// RoundTrip sends req on a connection of the current generation.
+// RoundTrip sends req on a connection of the current generation. An
+// upstream that answers 421 and closes the connection (a meshfed inbound
+// listener finding the connection's handshake stale: its clock ahead of
+// this side's, or a bundle change it saw first) has the generation renewed
+// and, for a request without a body, gets it once more on a new
+// connection, as RFC 9110 (15.5.20) allows whatever the method.
 func (p *upstreamPool) RoundTrip(req *http.Request) (*http.Response, error) {
+	if p.trace != nil {
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), p.trace))
+	}
 	g := p.gen()
 	resp, err := g.t.RoundTrip(req)
+	if err == nil && resp.StatusCode == http.StatusMisdirectedRequest && resp.Close {
+		next := p.renew(g, &staleError{"refused", errors.New("proxy: the upstream refused a pooled connection with 421")})
+		if req.Body == nil || req.Body == http.NoBody {
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+			g.done()
+			g = next
+			resp, err = g.t.RoundTrip(req)
+		}
+	}
 	if err != nil {
 		g.done()
 		return nil, err

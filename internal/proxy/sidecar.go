@@ -688,7 +688,7 @@ func newMetrics() *metrics {
 		}, []string{"listener", "stage", "policy"}),
 		stale: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshfed_proxy_stale_connections_total",
-			Help: "Kept-alive HTTP connections whose mTLS peer authentication lapsed, by listener and reason (expired: a certificate of the peer's chain; untrusted: the chain no longer verifies against its trust domain's bundle). Inbound: the request was refused with 421 or the idle connection closed; outbound: the pool's connections were renewed.",
+			Help: "Kept-alive HTTP connections whose mTLS peer authentication lapsed, by listener and reason (expired: a certificate of the peer's chain; untrusted: the chain no longer verifies against its trust domain's bundle; refused: the upstream answered 421). Inbound: the request was refused with 421 or the idle connection closed; outbound: the pool's connections were renewed.",
 		}, []string{"listener", "reason"}),
 		policyLoads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshfed_proxy_policy_loads_total",

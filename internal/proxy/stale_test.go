@@ -35,6 +35,17 @@ func clockedCAA(t *testing.T, w *world, clock *gwClock) *pki.CA {
 	return ca
 }
 
+// clockedPair is a world, a clock, a.example's CA signing by it, and the
+// sources of an upstream (infraTeam) and of its client (clientID) holding
+// SVIDs from that CA.
+func clockedPair(t *testing.T) (w *world, clock *gwClock, ca *pki.CA, upSrc, outSrc *source) {
+	t.Helper()
+	w = newWorld(t, pki.ECP256)
+	clock = newGWClock()
+	ca = clockedCAA(t, w, clock)
+	return w, clock, ca, w.source(svidAt(t, ca, infraTeam, 2)), w.source(svidAt(t, ca, clientID, 3))
+}
+
 // svidAt is an SVID for id from ca.
 func svidAt(t *testing.T, ca *pki.CA, id string, slot int) *x509svid.SVID {
 	t.Helper()
@@ -44,6 +55,59 @@ func svidAt(t *testing.T, ca *pki.CA, id string, slot int) *x509svid.SVID {
 		t.Fatal(err)
 	}
 	return &x509svid.SVID{ID: spiffeid.RequireFromString(id), Certificates: chain, PrivateKey: k}
+}
+
+// followPool returns a hook for startSidecar that has the outbound HTTP
+// listener name report its connections, and settle, which waits until the
+// connection of the last request is back in the pool (or was refused by
+// it): the Transport takes it back on a goroutine of its own, so the next
+// request could otherwise find the pool empty and dial.
+func followPool(t *testing.T, name string) (hook func(*proxy.Sidecar), settle func()) {
+	back := make(chan error, 64)
+	hook = func(s *proxy.Sidecar) {
+		proxy.SetUpstreamTrace(s, name, &httptrace.ClientTrace{PutIdleConn: func(err error) { back <- err }})
+	}
+	settle = func() {
+		t.Helper()
+		select {
+		case <-back:
+		case <-time.After(waitBudget):
+			t.Fatal("the upstream connection did not go back to the pool")
+		}
+	}
+	return hook, settle
+}
+
+// traced sends req with client and reads the response; back waits until
+// the client's Transport has taken the connection back into its pool,
+// which it does on a goroutine of its own after the body is read, so that
+// the next request finds it there.
+// reused, if not nil, is set to whether the request went on a pooled
+// connection.
+func traced(t *testing.T, client *http.Client, req *http.Request, reused *bool) (resp *http.Response, body string, back func()) {
+	t.Helper()
+	put := make(chan error, 1)
+	trace := &httptrace.ClientTrace{PutIdleConn: func(err error) { put <- err }}
+	if reused != nil {
+		trace.GotConn = func(info httptrace.GotConnInfo) { *reused = info.Reused }
+	}
+	resp, err := client.Do(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b), func() {
+		t.Helper()
+		select {
+		case err := <-put:
+			if err != nil {
+				t.Fatalf("the connection did not go back to the pool: %v", err)
+			}
+		case <-time.After(waitBudget):
+			t.Fatal("the connection did not go back to the pool")
+		}
+	}
 }
 
 // timers records the sidecar's delayed closes instead of running them.
@@ -109,9 +173,15 @@ func TestHTTPInboundStaleConnection(t *testing.T) {
 	}
 	ok := func(step string) {
 		t.Helper()
-		if code, body, _ := get(t, client, url, nil); code != 200 || body != "app saw /x" {
-			t.Fatalf("%s: %d %q, want 200 from the app", step, code, body)
+		req, err := http.NewRequest(http.MethodGet, url, nil)
+		if err != nil {
+			t.Fatal(err)
 		}
+		resp, body, back := traced(t, client, req, nil)
+		if resp.StatusCode != 200 || body != "app saw /x" {
+			t.Fatalf("%s: %d %q, want 200 from the app", step, resp.StatusCode, body)
+		}
+		back()
 	}
 	stale := func(step string) {
 		t.Helper()
@@ -187,11 +257,7 @@ func TestHTTPInboundStaleConnection(t *testing.T) {
 // proof holds; then the pool's next request opens a new connection, and a
 // request already on an old one finishes.
 func TestHTTPOutboundRenewsStaleConnections(t *testing.T) {
-	w := newWorld(t, pki.ECP256)
-	clock := newGWClock()
-	ca := clockedCAA(t, w, clock)
-	upSrc := w.source(svidAt(t, ca, infraTeam, 2))
-	outSrc := w.source(svidAt(t, ca, clientID, 3))
+	w, clock, ca, upSrc, outSrc := clockedPair(t)
 
 	release, arrived := make(chan struct{}), make(chan struct{}, 1)
 	appLn, err := net.Listen("tcp", "127.0.0.1:0")
@@ -208,11 +274,15 @@ func TestHTTPOutboundRenewsStaleConnections(t *testing.T) {
 	go appSrv.Serve(appLn)
 	t.Cleanup(func() { appSrv.Close() })
 
+	// The upstream's idle closes are recorded, never run: what is tested
+	// is this side's pool, which must not depend on the upstream closing.
 	up := startSidecar(t, proxy.Config{Source: upSrc, Namespace: "db", Policy: fixedMode(policy.ModeStrict), Clock: clock.Now,
-		Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: appLn.Addr().String(), Protocol: proxy.ProtocolHTTP}}})
+		Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: appLn.Addr().String(), Protocol: proxy.ProtocolHTTP}}},
+		func(s *proxy.Sidecar) { proxy.SetAfterFunc(s, (&timers{}).afterFunc) })
+	hook, settle := followPool(t, "datastore")
 	out := startSidecar(t, proxy.Config{Source: outSrc, Clock: clock.Now, Outbound: []proxy.OutboundConfig{
 		{Name: "datastore", Service: "datastore", Upstream: up.addr(0), AllowedIDs: []string{infraTeam}, Protocol: proxy.ProtocolHTTP},
-	}})
+	}}, hook)
 	client := &http.Client{Timeout: waitBudget, Transport: &http.Transport{DisableKeepAlives: true}}
 	base := "http://" + out.addr(0)
 	want := func(step, path string, code int) {
@@ -236,9 +306,11 @@ func TestHTTPOutboundRenewsStaleConnections(t *testing.T) {
 
 	for i := range 3 {
 		want(fmt.Sprintf("request %d", i), "/a", 200)
+		settle()
 	}
 	outSrc.bundles.Store(x509bundle.NewSet(bundle(tdA, w.caA), bundle(tdB, w.caB)))
 	want("after an equal bundle", "/b", 200)
+	settle()
 	counts("one connection so far", handshakes(1))
 
 	// A request in flight on the pooled connection while the bundle of
@@ -257,10 +329,12 @@ func TestHTTPOutboundRenewsStaleConnections(t *testing.T) {
 	<-arrived
 	outSrc.bundles.Store(x509bundle.NewSet(bundle(tdA, w.caA, w.caB), bundle(tdB, w.caB)))
 	want("after a root was added", "/c", 200)
+	settle()
 	close(release)
 	if code := <-slow; code != 200 {
 		t.Fatalf("the request in flight when the pool was renewed: %d, want 200", code)
 	}
+	settle() // refused: its generation is retired
 	counts("after a root was added", handshakes(2), `meshfed_proxy_stale_connections_total{listener="datastore",reason="untrusted"} 1`)
 	waitLog(t, out, "renewing the upstream connections", "the bundle of a.example changed")
 
@@ -271,6 +345,7 @@ func TestHTTPOutboundRenewsStaleConnections(t *testing.T) {
 	upSrc.svid.Store(svidAt(t, ca, infraTeam, 2))
 	outSrc.svid.Store(svidAt(t, ca, clientID, 3))
 	want("after the chains expired", "/d", 200)
+	settle()
 	counts("after the chains expired", handshakes(3), `meshfed_proxy_stale_connections_total{listener="datastore",reason="expired"} 1`)
 
 	// The upstream's domain is withdrawn: no request goes over the pooled
@@ -320,10 +395,17 @@ func TestGatewayIngressStaleConnection(t *testing.T) {
 	}
 	ok := func(step string, wantReused bool) {
 		t.Helper()
-		resp, body, reused, err := do(step)
-		if err != nil || resp.StatusCode != 200 || body != "app saw /x" || reused != wantReused {
-			t.Fatalf("%s: %v %q reused=%v (%v), want 200 from the app, reused=%v", step, resp, body, reused, err, wantReused)
+		req, err := http.NewRequest(http.MethodGet, "https://"+r.addr(t, "gw")+"/x", nil)
+		if err != nil {
+			t.Fatal(err)
 		}
+		req.Host = "hello.example.com"
+		var reused bool
+		resp, body, back := traced(t, hc, req, &reused)
+		if resp.StatusCode != 200 || body != "app saw /x" || reused != wantReused {
+			t.Fatalf("%s: %d %q reused=%v, want 200 from the app, reused=%v", step, resp.StatusCode, body, reused, wantReused)
+		}
+		back()
 	}
 	stale := func(step string) {
 		t.Helper()
@@ -363,4 +445,72 @@ func TestGatewayIngressStaleConnection(t *testing.T) {
 	clock.Advance(3 * time.Minute)
 	stale("after the client certificate expired")
 	r.logs.wait(t, "listener=gw", "result=peer_stale", "the peer's certificate chain expired at "+client.chain[0].NotAfter.UTC().Format(time.RFC3339))
+}
+
+// TestHTTPOutboundRetriesRefusedConnection: an upstream whose clock is ahead
+// finds a pooled connection's handshake stale before this side does and
+// answers 421; the outbound listener renews its connections and sends a
+// request without a body once more on a new one, while a request with a
+// body (which cannot be read twice) gets the 421.
+func TestHTTPOutboundRetriesRefusedConnection(t *testing.T) {
+	_, upClock, upCA, upSrc, outSrc := clockedPair(t)
+	app, _ := httpApp(t)
+	// The upstream's idle closes are recorded, never run: an idle connection
+	// it closed at once (its clock is past the client's expiry) would leave
+	// nothing for it to refuse.
+	up := startSidecar(t, proxy.Config{Source: upSrc, Namespace: "db", Policy: fixedMode(policy.ModeStrict), Clock: upClock.Now,
+		Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: app, Protocol: proxy.ProtocolHTTP}}},
+		func(s *proxy.Sidecar) { proxy.SetAfterFunc(s, (&timers{}).afterFunc) })
+	hook, settle := followPool(t, "datastore")
+	out := startSidecar(t, proxy.Config{Source: outSrc, Outbound: []proxy.OutboundConfig{
+		{Name: "datastore", Service: "datastore", Upstream: up.addr(0), AllowedIDs: []string{infraTeam}, Protocol: proxy.ProtocolHTTP},
+	}}, hook)
+	client := &http.Client{Timeout: waitBudget, Transport: &http.Transport{DisableKeepAlives: true}}
+	base := "http://" + out.addr(0)
+	send := func(method, path, body string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest(method, base+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if body == "" {
+			req.Body = http.NoBody
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+
+	if code, body := send("GET", "/a", ""); code != 200 || body != "app saw /a" {
+		t.Fatalf("first request: %d %q", code, body)
+	}
+	settle()
+	// The upstream's clock runs two hours ahead: the client SVID on the
+	// pooled connection has expired for it, not for this side. A new SVID
+	// (valid then) is in the source.
+	upClock.Advance(2 * time.Hour)
+	outSrc.svid.Store(svidAt(t, upCA, clientID, 3))
+	if code, body := send("GET", "/b", ""); code != 200 || body != "app saw /b" {
+		t.Fatalf("a GET on the refused connection: %d %q, want it sent again on a new connection", code, body)
+	}
+	settle() // the new connection; the refused one was closed
+	waitLog(t, up, "result=peer_stale", "status=421")
+	waitLog(t, out, "renewing the upstream connections", "the upstream refused a pooled connection with 421")
+	if m := scrape(t, out); !strings.Contains(m, `meshfed_proxy_handshakes_total{listener="datastore",result="ok"} 2`+"\n") ||
+		!strings.Contains(m, `meshfed_proxy_stale_connections_total{listener="datastore",reason="refused"} 1`+"\n") {
+		t.Fatalf("want the refusal counted and one new handshake:\n%s", m)
+	}
+
+	upClock.Advance(2 * time.Hour)
+	outSrc.svid.Store(svidAt(t, upCA, clientID, 3))
+	if code, body := send("POST", "/c", "payload"); code != http.StatusMisdirectedRequest {
+		t.Fatalf("a POST with a body on the refused connection: %d %q, want the upstream's 421", code, body)
+	}
+	if code, body := send("POST", "/d", "payload"); code != 200 || body != "app saw /d" {
+		t.Fatalf("the POST after it: %d %q, want 200 on a new connection", code, body)
+	}
 }
