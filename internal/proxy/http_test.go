@@ -13,7 +13,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptrace"
 	"os/exec"
 	"strings"
 	"sync"
@@ -223,24 +222,22 @@ func TestHTTPInbound(t *testing.T) {
 
 	t.Run("policy swap applies to the next request of an open connection", func(t *testing.T) {
 		c := mtlsClient(clientSrc, false)
-		if code, _, _ := get(t, c, base+"/public/x", nil); code != 200 {
-			t.Fatalf("before the swap: %d, want 200", code)
+		first, err := http.NewRequest(http.MethodGet, base+"/public/x", nil)
+		if err != nil {
+			t.Fatal(err)
 		}
+		resp, _, back := traced(t, c, first, nil)
+		if resp.StatusCode != 200 {
+			t.Fatalf("before the swap: %d, want 200", resp.StatusCode)
+		}
+		back() // the connection is in the pool for the next request
 		r.s.SetPolicy(policySet(t,
 			doc("PeerAuthentication", "db", "strict", "  mtls:\n    mode: STRICT\n"),
 			doc("AuthorizationPolicy", "db", "deny-all-public", "  action: DENY\n  rules:\n  - to:\n    - operation:\n        paths: [/public/*]\n"),
 		))
 		var reused bool
 		req, _ := http.NewRequest(http.MethodGet, base+"/public/x", nil)
-		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
-			GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused },
-		}))
-		resp, err := c.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		resp, body, _ := traced(t, c, req, &reused)
 		if resp.StatusCode != 403 || string(body) != "RBAC: access denied" || !reused {
 			t.Fatalf("after the swap: %d %q on a reused connection: %v; want 403 on the open connection", resp.StatusCode, body, reused)
 		}
@@ -419,15 +416,17 @@ func TestHTTPOutbound(t *testing.T) {
 			Policy: fixedMode(policy.ModeStrict), Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: forward, Protocol: proxy.ProtocolHTTP}}})
 	}
 	in := start(infraTeam, 2, app)
+	hook, settle := followPool(t, "datastore")
 	out := startSidecar(t, proxy.Config{Source: clientSrc, Outbound: []proxy.OutboundConfig{
 		{Name: "datastore", Service: "datastore", Upstream: in.addr(0), AllowedIDs: []string{infraTeam}, Protocol: proxy.ProtocolHTTP},
-	}})
+	}}, hook)
 	client := &http.Client{Timeout: waitBudget, Transport: &http.Transport{DisableKeepAlives: true}}
 	for i := range 10 {
 		code, body, _ := get(t, client, fmt.Sprintf("http://%s/r/%d", out.addr(0), i), nil)
 		if code != 200 || body != fmt.Sprintf("app saw /r/%d", i) {
 			t.Fatalf("request %d: %d %q", i, code, body)
 		}
+		settle() // so that the next request finds the connection in the pool
 	}
 	if x := last().Headers.Get(proxy.XFCCHeader); !strings.HasSuffix(x, ";URI="+clientID) {
 		t.Fatalf("the app got XFCC %q, want the client's identity", x)
