@@ -19,7 +19,8 @@
 // the bundle of the peer's own trust domain only, with pki.VerifyX509SVID.
 // A kept-alive HTTP connection carries requests only while that proof
 // holds (peerauth.go): the peer's chain unexpired and still verifying
-// against its trust domain's present bundle.
+// against its trust domain's present bundle; and any open connection whose
+// peer no longer verifies is closed within a second (revoke.go).
 //
 // A sidecar listener never accepts an mTLS peer without an X.509-SVID
 // verified against its own trust domain's bundle and never pools the roots

@@ -18,3 +18,7 @@ func SetUpstreamTrace(s *Sidecar, name string, tr *httptrace.ClientTrace) {
 		}
 	}
 }
+
+// Recheck runs one pass of the check of open connections' peers and
+// returns how many connections it closed.
+func Recheck(s *Sidecar) int { return s.recheck() }

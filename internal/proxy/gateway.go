@@ -260,14 +260,13 @@ func (s *Sidecar) serveIngress(l *listener, c net.Conn) {
 	}
 	cs := tc.ConnectionState()
 	peer := ""
+	info := &connInfo{}
 	if len(cs.PeerCertificates) > 0 {
 		peer = gatewayPeerName(cs.PeerCertificates[0])
+		info.auth = newGatewayAuth(g, cs.PeerCertificates)
+		defer s.trackAuth(l.name, info.auth, g.files.now, func() { c.Close() })()
 	}
 	if g.http != nil {
-		info := &connInfo{}
-		if len(cs.PeerCertificates) > 0 {
-			info.auth = newGatewayAuth(g, cs.PeerCertificates)
-		}
 		g.http.serve(l, c, tc, info, peer, start)
 		return
 	}

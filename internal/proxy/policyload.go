@@ -114,18 +114,11 @@ func (p *PolicyLoader) Run(ctx context.Context, interval time.Duration) {
 	if p.dir == "" {
 		return
 	}
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if _, err := p.ReloadDir(); err != nil {
-				p.log.Error(err.Error())
-			}
+	every(ctx, interval, func() {
+		if _, err := p.ReloadDir(); err != nil {
+			p.log.Error(err.Error())
 		}
-	}
+	})
 }
 
 // dirFingerprint names every policy file of dir with its size, time of

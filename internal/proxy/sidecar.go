@@ -81,6 +81,10 @@ type Sidecar struct {
 	afterFunc func(d time.Duration, f func()) (stop func() bool)
 	// serving is set while Run accepts connections: /readyz.
 	serving atomic.Bool
+	// live are the open connections whose peers recheck looks at
+	// (revoke.go).
+	liveMu sync.Mutex
+	live   map[*liveConn]struct{}
 }
 
 // policyRef holds the Policy in force; nil Policy means none.
@@ -291,6 +295,9 @@ func (s *Sidecar) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	rctx, stopRecheck := context.WithCancel(ctx)
+	defer stopRecheck()
+	go s.rechecking(rctx)
 	stop := make(chan struct{})
 	s.serving.Store(true)
 	go func() {
@@ -413,6 +420,7 @@ func (s *Sidecar) serveInbound(l *listener, c net.Conn) {
 		st := tc.ConnectionState()
 		info.peer, info.leaf, info.sni = id, st.PeerCertificates[0], st.ServerName
 		info.auth = newPeerAuth(s.cfg.Source, st.PeerCertificates, id)
+		defer s.trackAuth(l.name, info.auth, s.now, func() { c.Close() })()
 		if self, err := s.cfg.Source.GetX509SVID(); err == nil {
 			info.xfcc = XFCC(self.ID, info.leaf)
 		}
@@ -470,7 +478,10 @@ func (s *Sidecar) serveOutbound(l *listener, c net.Conn) {
 		s.finish(l, c, "", 0, 0, start, "handshake_failed", err)
 		return
 	}
+	auth := newPeerAuth(s.cfg.Source, tc.ConnectionState().PeerCertificates, id)
+	untrack := s.trackAuth(l.name, auth, s.now, func() { raw.Close(); c.Close() })
 	rx, tx, result, err := s.pipe(l.name, c, tc)
+	untrack() // before the access-log line, which tests wait for
 	s.finish(l, c, id.String(), rx, tx, start, result, err)
 }
 
@@ -688,7 +699,7 @@ func newMetrics() *metrics {
 		}, []string{"listener", "stage", "policy"}),
 		stale: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshfed_proxy_stale_connections_total",
-			Help: "Kept-alive HTTP connections whose mTLS peer authentication lapsed, by listener and reason (expired: a certificate of the peer's chain; untrusted: the chain no longer verifies against its trust domain's bundle; refused: the upstream answered 421). Inbound: the request was refused with 421 or the idle connection closed; outbound: the pool's connections were renewed.",
+			Help: "Connections whose mTLS peer authentication lapsed, by listener and reason (expired: a certificate of the peer's chain; untrusted: the chain no longer verifies against its trust domain's bundle or the CA file; refused: the upstream answered 421). Kept-alive HTTP inbound: the request was refused with 421 or the idle connection closed; HTTP outbound: the pool's connections were renewed; untrusted: any open connection was closed.",
 		}, []string{"listener", "reason"}),
 		policyLoads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshfed_proxy_policy_loads_total",

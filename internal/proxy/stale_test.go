@@ -442,6 +442,15 @@ func TestGatewayIngressStaleConnection(t *testing.T) {
 
 	rewrite(root)
 	ok("after the CA came back", false)
+	// Taken out again: the open connection is closed at the next check,
+	// idle or not.
+	rewrite(other)
+	if n := proxy.Recheck(r.s); n != 1 {
+		t.Fatalf("the check of open connections closed %d, want the client's", n)
+	}
+	r.logs.wait(t, "closed a connection: its peer is no longer trusted", "listener=gw", "CN=client.example.com")
+	rewrite(root)
+	ok("on a new connection", false)
 	clock.Advance(3 * time.Minute)
 	stale("after the client certificate expired")
 	r.logs.wait(t, "listener=gw", "result=peer_stale", "the peer's certificate chain expired at "+client.chain[0].NotAfter.UTC().Format(time.RFC3339))
@@ -512,5 +521,75 @@ func TestHTTPOutboundRetriesRefusedConnection(t *testing.T) {
 	}
 	if code, body := send("POST", "/d", "payload"); code != 200 || body != "app saw /d" {
 		t.Fatalf("the POST after it: %d %q, want 200 on a new connection", code, body)
+	}
+}
+
+// TestWithdrawnTrustClosesConnections: open TCP connections through an
+// outbound and an inbound sidecar are closed by the side that stops
+// trusting the other's trust domain; a new copy of the same roots, an added
+// root and the chains' expiry close nothing.
+func TestWithdrawnTrustClosesConnections(t *testing.T) {
+	w, clock, _, upSrc, outSrc := clockedPair(t)
+	app := echoApp(t)
+	in := startSidecar(t, proxy.Config{Source: upSrc, Policy: fixedMode(policy.ModeStrict), Clock: clock.Now,
+		Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: app, AllowedIDs: []string{clientID}}}})
+	out := startSidecar(t, proxy.Config{Source: outSrc, Clock: clock.Now,
+		Outbound: []proxy.OutboundConfig{{Name: "db", Service: "datastore", Upstream: in.addr(0), AllowedIDs: []string{infraTeam}}}})
+	open := func() net.Conn {
+		t.Helper()
+		c := dialPlain(t, out.addr(0))
+		if err := roundTrip(c, []byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	alive := func(step string, c net.Conn) {
+		t.Helper()
+		if err := roundTrip(c, []byte("still there?")); err != nil {
+			t.Fatalf("%s: the connection broke: %v", step, err)
+		}
+	}
+	closedBy := func(step string, c net.Conn, r *running) {
+		t.Helper()
+		if n := proxy.Recheck(r.s); n != 1 {
+			t.Fatalf("%s: recheck closed %d connections, want 1", step, n)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(waitBudget))
+		if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+			t.Fatalf("%s: read %d, %v from a connection that should be closed", step, n, err)
+		}
+		c.Close() // the app's side too, so the other sidecar's end of it ends
+	}
+	both := func() int { return proxy.Recheck(in.s) + proxy.Recheck(out.s) }
+
+	c := open()
+	upSrc.bundles.Store(x509bundle.NewSet(bundle(tdA, w.caA), bundle(tdB, w.caB)))
+	outSrc.bundles.Store(x509bundle.NewSet(bundle(tdA, w.caA, w.caB), bundle(tdB, w.caB)))
+	if n := both(); n != 0 {
+		t.Fatalf("an equal bundle and an added root closed %d connections", n)
+	}
+	alive("after an equal bundle and an added root", c)
+	clock.Advance(2 * time.Hour)
+	if n := both(); n != 0 {
+		t.Fatalf("the chains' expiry closed %d connections", n)
+	}
+	alive("after the chains expired", c)
+	clock.Advance(-2 * time.Hour)
+
+	// The inbound side withdraws a.example, the client's domain.
+	upSrc.bundles.Store(x509bundle.NewSet(bundle(tdB, w.caB)))
+	closedBy("inbound, a.example withdrawn", c, in)
+	waitLog(t, in, "closed a connection: its peer is no longer trusted", "listener=in", "peer="+clientID, "trust domain a.example is no longer trusted")
+
+	// The outbound side withdraws a.example, the upstream's domain (once
+	// its side of the first connection has ended).
+	waitLog(t, out, "msg=connection listener=db")
+	upSrc.bundles.Store(x509bundle.NewSet(bundle(tdA, w.caA), bundle(tdB, w.caB)))
+	c = open()
+	outSrc.bundles.Store(x509bundle.NewSet(bundle(tdA, w.caB), bundle(tdB, w.caB)))
+	closedBy("outbound, a.example's root replaced", c, out)
+	waitLog(t, out, "closed a connection: its peer is no longer trusted", "listener=db", "peer="+infraTeam, "no longer verifies against the bundle of a.example")
+	if m := scrape(t, out); !strings.Contains(m, `meshfed_proxy_stale_connections_total{listener="db",reason="untrusted"} 1`+"\n") {
+		t.Fatalf("want the closed connection counted:\n%s", m)
 	}
 }
