@@ -175,13 +175,18 @@ func (p *upstreamPool) newGen() *poolGen {
 			if err != nil {
 				return nil, err
 			}
-			tc := tls.Client(raw, p.l.tlsCfg)
+			hooked := &closeHook{Conn: raw}
+			tc := tls.Client(hooked, p.l.tlsCfg)
 			id, err := p.s.handshake(p.l, tc)
 			if err != nil {
 				raw.Close()
 				return nil, err
 			}
-			g.add(p.s.cfg.Source, id, tc.ConnectionState().PeerCertificates)
+			chain := tc.ConnectionState().PeerCertificates
+			g.add(p.s.cfg.Source, id, chain)
+			// The Transport closes tc, which closes hooked: the connection
+			// is checked by recheck until then.
+			hooked.onClose = p.s.trackAuth(p.l.name, newPeerAuth(p.s.cfg.Source, chain, id), p.s.now, func() { hooked.Close() })
 			return tc, nil
 		},
 		MaxIdleConnsPerHost: DefaultUpstreamConnsPerListener,
@@ -333,4 +338,22 @@ func minTime(a, b time.Time) time.Time {
 		return b
 	}
 	return a
+}
+
+// closeHook is a connection that calls onClose, once, when it is closed
+// (onClose is set before anyone else holds the connection).
+type closeHook struct {
+	net.Conn
+	once    sync.Once
+	onClose func()
+}
+
+func (c *closeHook) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		if c.onClose != nil {
+			c.onClose()
+		}
+	})
+	return err
 }

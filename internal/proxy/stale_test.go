@@ -110,6 +110,27 @@ func traced(t *testing.T, client *http.Client, req *http.Request, reused *bool) 
 	}
 }
 
+// slowApp is an HTTP app answering "app saw <path>"; a request for /slow
+// is announced on arrived and answered only once release is closed.
+func slowApp(t *testing.T) (addr string, arrived <-chan struct{}, release chan struct{}) {
+	t.Helper()
+	release, got := make(chan struct{}), make(chan struct{}, 1)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			got <- struct{}{}
+			<-release
+		}
+		fmt.Fprintf(w, "app saw %s", r.URL.Path)
+	}), ReadHeaderTimeout: waitBudget}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String(), got, release
+}
+
 // timers records the sidecar's delayed closes instead of running them.
 type timers struct {
 	mu  sync.Mutex
@@ -259,25 +280,11 @@ func TestHTTPInboundStaleConnection(t *testing.T) {
 func TestHTTPOutboundRenewsStaleConnections(t *testing.T) {
 	w, clock, ca, upSrc, outSrc := clockedPair(t)
 
-	release, arrived := make(chan struct{}), make(chan struct{}, 1)
-	appLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	appSrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/slow" {
-			arrived <- struct{}{}
-			<-release
-		}
-		fmt.Fprintf(w, "app saw %s", r.URL.Path)
-	}), ReadHeaderTimeout: waitBudget}
-	go appSrv.Serve(appLn)
-	t.Cleanup(func() { appSrv.Close() })
-
+	app, arrived, release := slowApp(t)
 	// The upstream's idle closes are recorded, never run: what is tested
 	// is this side's pool, which must not depend on the upstream closing.
 	up := startSidecar(t, proxy.Config{Source: upSrc, Namespace: "db", Policy: fixedMode(policy.ModeStrict), Clock: clock.Now,
-		Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: appLn.Addr().String(), Protocol: proxy.ProtocolHTTP}}},
+		Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: app, Protocol: proxy.ProtocolHTTP}}},
 		func(s *proxy.Sidecar) { proxy.SetAfterFunc(s, (&timers{}).afterFunc) })
 	hook, settle := followPool(t, "datastore")
 	out := startSidecar(t, proxy.Config{Source: outSrc, Clock: clock.Now, Outbound: []proxy.OutboundConfig{
@@ -591,5 +598,42 @@ func TestWithdrawnTrustClosesConnections(t *testing.T) {
 	waitLog(t, out, "closed a connection: its peer is no longer trusted", "listener=db", "peer="+infraTeam, "no longer verifies against the bundle of a.example")
 	if m := scrape(t, out); !strings.Contains(m, `meshfed_proxy_stale_connections_total{listener="db",reason="untrusted"} 1`+"\n") {
 		t.Fatalf("want the closed connection counted:\n%s", m)
+	}
+}
+
+// TestWithdrawnTrustClosesPooledConnection: an outbound HTTP listener's
+// pooled connection to an upstream whose trust domain is withdrawn is
+// closed with the request in flight on it.
+func TestWithdrawnTrustClosesPooledConnection(t *testing.T) {
+	w, clock, _, upSrc, outSrc := clockedPair(t)
+	app, arrived, release := slowApp(t)
+	defer close(release)
+	up := startSidecar(t, proxy.Config{Source: upSrc, Namespace: "db", Policy: fixedMode(policy.ModeStrict), Clock: clock.Now,
+		Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: app, Protocol: proxy.ProtocolHTTP}}})
+	out := startSidecar(t, proxy.Config{Source: outSrc, Clock: clock.Now, Outbound: []proxy.OutboundConfig{
+		{Name: "datastore", Service: "datastore", Upstream: up.addr(0), AllowedIDs: []string{infraTeam}, Protocol: proxy.ProtocolHTTP},
+	}})
+	client := &http.Client{Timeout: waitBudget, Transport: &http.Transport{DisableKeepAlives: true}}
+	slow := make(chan int, 1)
+	go func() {
+		resp, err := client.Get("http://" + out.addr(0) + "/slow")
+		if err != nil {
+			slow <- 0
+			return
+		}
+		resp.Body.Close()
+		slow <- resp.StatusCode
+	}()
+	<-arrived
+	outSrc.bundles.Store(x509bundle.NewSet(bundle(tdB, w.caB)))
+	if n := proxy.Recheck(out.s); n != 1 {
+		t.Fatalf("the check closed %d connections, want the pooled one", n)
+	}
+	if code := <-slow; code != http.StatusServiceUnavailable {
+		t.Fatalf("the request in flight to a withdrawn domain: %d, want 503", code)
+	}
+	waitLog(t, out, "closed a connection: its peer is no longer trusted", "listener=datastore", "peer="+infraTeam)
+	if n := proxy.Recheck(out.s); n != 0 {
+		t.Fatalf("a second check closed %d more", n)
 	}
 }
