@@ -131,6 +131,22 @@ func slowApp(t *testing.T) (addr string, arrived <-chan struct{}, release chan s
 	return ln.Addr().String(), got, release
 }
 
+// getAsync GETs url with client on a goroutine of its own; the status
+// arrives on the result (0 for a failed request).
+func getAsync(client *http.Client, url string) <-chan int {
+	code := make(chan int, 1)
+	go func() {
+		resp, err := client.Get(url)
+		if err != nil {
+			code <- 0
+			return
+		}
+		resp.Body.Close()
+		code <- resp.StatusCode
+	}()
+	return code
+}
+
 // timers records the sidecar's delayed closes instead of running them.
 type timers struct {
 	mu  sync.Mutex
@@ -323,16 +339,7 @@ func TestHTTPOutboundRenewsStaleConnections(t *testing.T) {
 	// A request in flight on the pooled connection while the bundle of
 	// the upstream's domain changes (a root added): the next request goes
 	// over a new connection, and the one in flight finishes.
-	slow := make(chan int, 1)
-	go func() {
-		resp, err := client.Get(base + "/slow")
-		if err != nil {
-			slow <- 0
-			return
-		}
-		resp.Body.Close()
-		slow <- resp.StatusCode
-	}()
+	slow := getAsync(client, base+"/slow")
 	<-arrived
 	outSrc.bundles.Store(x509bundle.NewSet(bundle(tdA, w.caA, w.caB), bundle(tdB, w.caB)))
 	want("after a root was added", "/c", 200)
@@ -614,16 +621,7 @@ func TestWithdrawnTrustClosesPooledConnection(t *testing.T) {
 		{Name: "datastore", Service: "datastore", Upstream: up.addr(0), AllowedIDs: []string{infraTeam}, Protocol: proxy.ProtocolHTTP},
 	}})
 	client := &http.Client{Timeout: waitBudget, Transport: &http.Transport{DisableKeepAlives: true}}
-	slow := make(chan int, 1)
-	go func() {
-		resp, err := client.Get("http://" + out.addr(0) + "/slow")
-		if err != nil {
-			slow <- 0
-			return
-		}
-		resp.Body.Close()
-		slow <- resp.StatusCode
-	}()
+	slow := getAsync(client, "http://"+out.addr(0)+"/slow")
 	<-arrived
 	outSrc.bundles.Store(x509bundle.NewSet(bundle(tdB, w.caB)))
 	if n := proxy.Recheck(out.s); n != 1 {
