@@ -54,6 +54,33 @@ func startDomain(t *testing.T, dir, td string, bundlePort int, config string, id
 	return d
 }
 
+// exchangeBundles installs each domain's bundle in the other's server out
+// of band (`bundle show`, then `bundle set`).
+func exchangeBundles(t *testing.T, dir string, a, b *domain) {
+	t.Helper()
+	for _, pair := range [][2]*domain{{a, b}, {b, a}} {
+		from, to := pair[0], pair[1]
+		file := strings.TrimSuffix(from.td, ".example") + ".json"
+		writeFile(t, filepath.Join(dir, file), meshfed(t, dir, "bundle", "show", "--admin-socket", from.sock).stdout)
+		meshfed(t, dir, "bundle", "set", "--admin-socket", to.sock, "--trust-domain", from.td, "--in", file)
+	}
+}
+
+// bothBundles returns an X509Source on each domain's Workload API socket
+// once each holds the bundles of both domains.
+func bothBundles(t *testing.T, a, b *domain) (*workloadapi.X509Source, *workloadapi.X509Source) {
+	t.Helper()
+	srcA, srcB := x509Source(t, a.workload), x509Source(t, b.workload)
+	for _, src := range []*workloadapi.X509Source{srcA, srcB} {
+		waitFor(t, 30*time.Second, "both workloads to hold both bundles", func() bool {
+			_, errA := src.GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString(a.td))
+			_, errB := src.GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString(b.td))
+			return errA == nil && errB == nil
+		})
+	}
+	return srcA, srcB
+}
+
 // federationStatus is `meshfed federation status -o json`.
 type federationStatus struct {
 	RotationPhase string `json:"rotation_phase"`
@@ -177,21 +204,11 @@ federation:
 	east := startDomain(t, dir, "east.example", eastPort, config("west.example", westPort), reviewsEast, "west.example")
 	west := startDomain(t, dir, "west.example", westPort, config("east.example", eastPort), ratingsWest, "east.example")
 	// Bootstrap each https_spiffe relationship out of band, then fetch.
+	exchangeBundles(t, dir, east, west)
 	for _, pair := range [][2]*domain{{east, west}, {west, east}} {
-		from, to := pair[0], pair[1]
-		file := strings.TrimSuffix(from.td, ".example") + ".json"
-		writeFile(t, filepath.Join(dir, file), meshfed(t, dir, "bundle", "show", "--admin-socket", from.sock).stdout)
-		meshfed(t, dir, "bundle", "set", "--admin-socket", to.sock, "--trust-domain", from.td, "--in", file)
-		meshfed(t, dir, "bundle", "refresh", from.td, "--admin-socket", to.sock)
+		meshfed(t, dir, "bundle", "refresh", pair[0].td, "--admin-socket", pair[1].sock)
 	}
-	eastSrc, westSrc := x509Source(t, east.workload), x509Source(t, west.workload)
-	for _, src := range []*workloadapi.X509Source{eastSrc, westSrc} {
-		waitFor(t, 30*time.Second, "both workloads to hold both bundles", func() bool {
-			_, e := src.GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString("east.example"))
-			_, w := src.GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString("west.example"))
-			return e == nil && w == nil
-		})
-	}
+	eastSrc, westSrc := bothBundles(t, east, west)
 	pids := map[string]int{}
 	for _, d := range []*domain{east, west} {
 		pids[d.td+" server"], pids[d.td+" agent"] = d.server.cmd.Process.Pid, d.agent.cmd.Process.Pid
