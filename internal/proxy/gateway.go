@@ -222,24 +222,20 @@ func newGatewayAuth(g *gatewayIngress, chain []*x509.Certificate) *gatewayAuth {
 func (a *gatewayAuth) expiry() time.Time { return a.expires }
 func (a *gatewayAuth) peer() string      { return gatewayPeerName(a.chain[0]) }
 
-// check: no certificate of the chain has expired, and the CA file in force
-// holds the CAs it verified against, or others it verifies against again.
+// check: the CA file in force holds the CAs the chain verified against, or
+// others it verifies against again (at a time it was valid, as
+// peerAuth.check does); and no certificate of the chain has expired.
 func (a *gatewayAuth) check(now time.Time) error {
-	if err := expired(a.expires, now); err != nil {
-		return err
-	}
 	roots := a.g.files.get().roots
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if roots == a.roots || roots.Equal(a.roots) {
-		a.roots = roots
-		return nil
-	}
-	if err := a.g.verifyChain(a.chain, roots, now); err != nil {
-		return &staleError{"untrusted", err}
+	if roots != a.roots && !roots.Equal(a.roots) {
+		if err := a.g.verifyChain(a.chain, roots, validAt(a.expires, now)); err != nil {
+			return &staleError{"untrusted", err}
+		}
 	}
 	a.roots = roots
-	return nil
+	return expired(a.expires, now)
 }
 
 // serveIngress terminates TLS on one connection and forwards it (tcp) or

@@ -36,7 +36,7 @@ type connAuth interface {
 	peer() string
 }
 
-// peerAuth is the connAuth of a sidecar's inbound connection: an
+// peerAuth is the connAuth of a sidecar's connection: the peer's
 // X.509-SVID verified against the bundle of its own trust domain.
 type peerAuth struct {
 	src     x509bundle.Source
@@ -61,20 +61,19 @@ func (a *peerAuth) peer() string      { return a.id.String() }
 
 // staleError says why a connection's authentication no longer holds.
 type staleError struct {
-	reason string // for metrics: expired, untrusted
+	reason string // for metrics: expired, untrusted, refused
 	err    error
 }
 
 func (e *staleError) Error() string { return e.err.Error() }
 
-// check: no certificate of the chain has expired, and the bundle of its
-// trust domain in the source is the one the chain verified against, an
-// equal one, or one that the chain verifies against again (which then
-// becomes the one it verified against).
+// check: the bundle of the chain's trust domain in the source is the one
+// the chain verified against, an equal one, or one that the chain verifies
+// against again (which then becomes the one it verified against); and no
+// certificate of the chain has expired. Trust is checked first, at a time
+// the chain was valid, so that a withdrawn domain is "untrusted" even for a
+// connection whose chain has expired since it opened (recheck closes those).
 func (a *peerAuth) check(now time.Time) error {
-	if err := expired(a.expires, now); err != nil {
-		return err
-	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	b, same, err := currentBundle(a.src, a.id.TrustDomain(), a.bundle)
@@ -82,12 +81,21 @@ func (a *peerAuth) check(now time.Time) error {
 		return &staleError{"untrusted", err}
 	}
 	if !same {
-		if _, _, err := pki.VerifyX509SVID(a.chain, b, now); err != nil {
+		if _, _, err := pki.VerifyX509SVID(a.chain, b, validAt(a.expires, now)); err != nil {
 			return &staleError{"untrusted", fmt.Errorf("proxy: the peer's X.509-SVID no longer verifies against the bundle of %s: %w", a.id.TrustDomain(), err)}
 		}
 	}
 	a.bundle = b
-	return nil
+	return expired(a.expires, now)
+}
+
+// validAt is now, or expires if now is past it: the time at which a chain
+// that expires then is verified again against new trust anchors.
+func validAt(expires, now time.Time) time.Time {
+	if now.After(expires) {
+		return expires
+	}
+	return now
 }
 
 // expired returns a *staleError if now is past expires, the earliest

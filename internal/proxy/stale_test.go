@@ -543,7 +543,7 @@ func TestHTTPOutboundRetriesRefusedConnection(t *testing.T) {
 // trusting the other's trust domain; a new copy of the same roots, an added
 // root and the chains' expiry close nothing.
 func TestWithdrawnTrustClosesConnections(t *testing.T) {
-	w, clock, _, upSrc, outSrc := clockedPair(t)
+	w, clock, ca, upSrc, outSrc := clockedPair(t)
 	app := echoApp(t)
 	in := startSidecar(t, proxy.Config{Source: upSrc, Policy: fixedMode(policy.ModeStrict), Clock: clock.Now,
 		Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: app, AllowedIDs: []string{clientID}}}})
@@ -588,17 +588,20 @@ func TestWithdrawnTrustClosesConnections(t *testing.T) {
 		t.Fatalf("the chains' expiry closed %d connections", n)
 	}
 	alive("after the chains expired", c)
-	clock.Advance(-2 * time.Hour)
 
-	// The inbound side withdraws a.example, the client's domain.
+	// The inbound side withdraws a.example, the client's domain: the
+	// connection is closed, though its chains expired long ago.
 	upSrc.bundles.Store(x509bundle.NewSet(bundle(tdB, w.caB)))
 	closedBy("inbound, a.example withdrawn", c, in)
 	waitLog(t, in, "closed a connection: its peer is no longer trusted", "listener=in", "peer="+clientID, "trust domain a.example is no longer trusted")
 
 	// The outbound side withdraws a.example, the upstream's domain (once
-	// its side of the first connection has ended).
+	// its side of the first connection has ended), on a new connection
+	// with SVIDs valid now.
 	waitLog(t, out, "msg=connection listener=db")
 	upSrc.bundles.Store(x509bundle.NewSet(bundle(tdA, w.caA), bundle(tdB, w.caB)))
+	upSrc.svid.Store(svidAt(t, ca, infraTeam, 2))
+	outSrc.svid.Store(svidAt(t, ca, clientID, 3))
 	c = open()
 	outSrc.bundles.Store(x509bundle.NewSet(bundle(tdA, w.caB), bundle(tdB, w.caB)))
 	closedBy("outbound, a.example's root replaced", c, out)
