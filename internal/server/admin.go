@@ -41,6 +41,10 @@ func (s *Server) adminOverTLS(ctx context.Context, req any, info *grpc.UnaryServ
 		s.log.Warn("admin call refused", "method", info.FullMethod, "peer", id.String())
 		return nil, status.Error(codes.PermissionDenied, "server: the admin API needs an admin SVID (admin.admin_ids) or the admin socket")
 	}
+	if _, err := s.callerSVID(ctx, ""); err != nil {
+		s.log.Warn("admin call refused", "method", info.FullMethod, "peer", id.String(), "error", err)
+		return nil, err
+	}
 	return handler(ctx, req)
 }
 

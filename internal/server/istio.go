@@ -78,11 +78,27 @@ const (
 	errAuthHeader   = serverError(`server: the authorization metadata must be "Bearer <service-account token>"`)
 	errNoJWTIssuers = serverError("server: no JWT issuer is configured (credentials.kubernetes_jwt); this server cannot accept service-account tokens")
 	errNoCredential = serverError("server: no credential: send a service-account token as 'authorization: Bearer …' or present an SVID of this trust domain")
+	errNoNodeSVID   = "server: present this trust domain's SVID (the node SVID from AttestNode)"
 )
 
 // svidCredential verifies the SVID the caller presented in the handshake as
-// a renewal credential. ok is false when none was presented.
+// a renewal credential. ok is false when none was presented; a refusal is
+// counted as an issuance refused.
 func (s *Server) svidCredential(ctx context.Context) (credential.Identity, bool, error) {
+	ident, ok, err := s.verifiedSVID(ctx)
+	if err != nil {
+		return ident, ok, s.credentialError(credential.KindSVID, err)
+	}
+	return ident, ok, nil
+}
+
+// verifiedSVID verifies, now, the SVID the caller presented in the
+// handshake: the handshake verified it then, but a gRPC connection lives
+// for hours, so each call checks it again (cheaply: svidMemo keeps a chain
+// verified at this store revision, while it is valid). A connection whose
+// SVID has since expired, or no longer chains to this domain's roots, can
+// make no more calls. ok is false when no SVID was presented.
+func (s *Server) verifiedSVID(ctx context.Context) (credential.Identity, bool, error) {
 	_, chain, ok := peerSVID(ctx)
 	if !ok {
 		return credential.Identity{}, false, nil
@@ -94,10 +110,24 @@ func (s *Server) svidCredential(ctx context.Context) (credential.Identity, bool,
 	v := credential.SVIDVerifier{TrustDomain: s.set.td, Bundle: s.localBundleSource(), Clock: s.clock}
 	ident, err := v.Verify(chain)
 	if err != nil {
-		return credential.Identity{}, true, s.credentialError(credential.KindSVID, err)
+		return credential.Identity{}, true, err
 	}
 	s.svids.put(chain, rev, ident)
 	return ident, true, nil
+}
+
+// callerSVID is the caller's SVID, verified now (verifiedSVID), for the
+// calls that sign nothing; missing is the refusal when none was presented.
+// The error is a gRPC status.
+func (s *Server) callerSVID(ctx context.Context, missing string) (credential.Identity, error) {
+	ident, ok, err := s.verifiedSVID(ctx)
+	switch {
+	case !ok:
+		return ident, status.Error(codes.Unauthenticated, missing)
+	case err != nil:
+		return ident, status.Errorf(codes.Unauthenticated, "%v; reconnect with a current SVID", err)
+	}
+	return ident, nil
 }
 
 // svidMemo remembers SVID chains that verified, so that a connection making

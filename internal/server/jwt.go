@@ -140,14 +140,17 @@ func readOrCreateJWTKey(path string) (*ecdsa.PrivateKey, error) {
 
 func (n *nodeService) SignJWTSVID(ctx context.Context, req *pb.SignJWTSVIDRequest) (*pb.JWTSVID, error) {
 	s := n.s
-	callerID, _, ok := peerSVID(ctx)
+	node, ok, err := s.svidCredential(ctx)
 	if !ok {
-		return nil, status.Error(codes.Unauthenticated, "server: present this trust domain's SVID (the node SVID from AttestNode)")
+		return nil, status.Error(codes.Unauthenticated, errNoNodeSVID)
+	}
+	if err != nil {
+		return nil, err
 	}
 	if err := checkJWTAudience(req.GetAudience()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	ident, _, err := s.entryIdentity(ctx, callerID, req.GetEntryId())
+	ident, _, err := s.entryIdentity(ctx, node, req.GetEntryId())
 	if err != nil {
 		return nil, err
 	}

@@ -23,6 +23,13 @@ import (
 // Node client that presents the node SVID.
 func attestNode(t *testing.T, h *harness, nodeID string) pb.NodeClient {
 	t.Helper()
+	c, _ := attestNodeUntil(t, h, nodeID)
+	return c
+}
+
+// attestNodeUntil is attestNode, also returning when the node SVID expires.
+func attestNodeUntil(t *testing.T, h *harness, nodeID string) (pb.NodeClient, time.Time) {
+	t.Helper()
 	ctx := context.Background()
 	tok, err := h.admin(t).CreateJoinToken(ctx, &pb.CreateJoinTokenRequest{SpiffeId: nodeID})
 	if err != nil {
@@ -35,7 +42,8 @@ func attestNode(t *testing.T, h *harness, nodeID string) pb.NodeClient {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return pb.NewNodeClient(h.dial(t, &tls.Certificate{Certificate: resp.GetSvid().GetCertChain(), PrivateKey: key}))
+	return pb.NewNodeClient(h.dial(t, &tls.Certificate{Certificate: resp.GetSvid().GetCertChain(), PrivateKey: key})),
+		time.Unix(resp.GetSvid().GetExpiresAt(), 0)
 }
 
 // publishedBundle is the bundle as the admin API (and `meshfed bundle show`)

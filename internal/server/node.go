@@ -73,9 +73,12 @@ func (n *nodeService) AttestNode(ctx context.Context, req *pb.AttestNodeRequest)
 
 func (n *nodeService) SignX509SVID(ctx context.Context, req *pb.SignX509SVIDRequest) (*pb.SignX509SVIDResponse, error) {
 	s := n.s
-	callerID, _, ok := peerSVID(ctx)
+	node, ok, err := s.svidCredential(ctx)
 	if !ok {
-		return nil, status.Error(codes.Unauthenticated, "server: present this trust domain's SVID (the node SVID from AttestNode)")
+		return nil, status.Error(codes.Unauthenticated, errNoNodeSVID)
+	}
+	if err != nil {
+		return nil, err
 	}
 	if len(req.GetRequests()) == 0 || len(req.GetRequests()) > MaxSVIDRequests {
 		return nil, status.Errorf(codes.InvalidArgument, "server: send 1 to %d SVID requests, not %d", MaxSVIDRequests, len(req.GetRequests()))
@@ -87,7 +90,7 @@ func (n *nodeService) SignX509SVID(ctx context.Context, req *pb.SignX509SVIDRequ
 			return nil, err
 		}
 		ttl := time.Duration(r.GetTtlSeconds()) * time.Second
-		ident, e, err := s.entryIdentity(ctx, callerID, r.GetEntryId())
+		ident, e, err := s.entryIdentity(ctx, node, r.GetEntryId())
 		if err != nil {
 			return nil, err
 		}
@@ -110,14 +113,15 @@ func (n *nodeService) SignX509SVID(ctx context.Context, req *pb.SignX509SVIDRequ
 	return resp, nil
 }
 
-// entryIdentity is what the caller, a node, may have signed: the identity
-// of entryID if the node is its parent, or with an empty entryID the node's
-// own, proven by its SVID (e is then nil). The error is a gRPC status.
-func (s *Server) entryIdentity(ctx context.Context, callerID spiffeid.ID, entryID string) (ident credential.Identity, e *store.Entry, err error) {
+// entryIdentity is what the caller, a node whose SVID svidCredential
+// verified, may have signed: the identity of entryID if the node is its
+// parent, or with an empty entryID the node's own (e is then nil). The error
+// is a gRPC status.
+func (s *Server) entryIdentity(ctx context.Context, node credential.Identity, entryID string) (ident credential.Identity, e *store.Entry, err error) {
 	if entryID == "" {
-		ident, _, err = s.svidCredential(ctx)
-		return ident, nil, err
+		return node, nil, nil
 	}
+	callerID := node.ID
 	got, err := s.store.GetEntry(ctx, entryID)
 	if errors.Is(err, store.ErrNotFound) {
 		return ident, nil, status.Errorf(codes.NotFound, "server: no entry %q", entryID)
@@ -133,8 +137,8 @@ func (s *Server) entryIdentity(ctx context.Context, callerID spiffeid.ID, entryI
 }
 
 func (n *nodeService) FetchBundles(ctx context.Context, _ *pb.FetchBundlesRequest) (*pb.FetchBundlesResponse, error) {
-	if _, _, ok := peerSVID(ctx); !ok {
-		return nil, status.Error(codes.Unauthenticated, "server: present this trust domain's SVID")
+	if _, err := n.s.callerSVID(ctx, "server: present this trust domain's SVID"); err != nil {
+		return nil, err
 	}
 	local, fed, err := n.s.bundles(ctx)
 	if err != nil {
@@ -147,10 +151,11 @@ func (n *nodeService) FetchBundles(ctx context.Context, _ *pb.FetchBundlesReques
 func (n *nodeService) Watch(_ *pb.WatchRequest, stream pb.Node_WatchServer) error {
 	s := n.s
 	ctx := stream.Context()
-	callerID, _, ok := peerSVID(ctx)
-	if !ok {
-		return status.Error(codes.Unauthenticated, "server: present this trust domain's SVID")
+	node, err := s.callerSVID(ctx, "server: present this trust domain's SVID")
+	if err != nil {
+		return err
 	}
+	callerID := node.ID
 	s.metrics.watchers.Inc()
 	defer s.metrics.watchers.Dec()
 	id := s.watchers.add()
@@ -159,6 +164,12 @@ func (n *nodeService) Watch(_ *pb.WatchRequest, stream pb.Node_WatchServer) erro
 	for {
 		wake := s.changes.wait()
 		if view := s.view.Load(); view != last {
+			// The stream lives as long as the connection; what it sends
+			// next is for an SVID valid now.
+			if now := s.clock(); now.After(node.Expires) {
+				return status.Errorf(codes.Unauthenticated, "server: the SVID this stream was opened with expired at %s; reconnect with a current SVID",
+					node.Expires.UTC().Format(time.RFC3339))
+			}
 			snap, err := s.snapshot(ctx, callerID)
 			if err != nil {
 				return err

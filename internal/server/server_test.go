@@ -480,3 +480,62 @@ func TestConfigValidation(t *testing.T) {
 		t.Errorf("bad duration: %v", err)
 	}
 }
+
+// TestExpiredSVIDOnOpenConnection: a node's gRPC connection outlives the
+// SVID it was opened with. Once that SVID has expired (by the server's
+// clock), the connection may get nothing more signed for it, neither its
+// own renewal nor its workloads' SVIDs and JWT-SVIDs, nor bundles; a Watch
+// stream opened before ends at its next message. The node reconnects with a
+// current SVID.
+func TestExpiredSVIDOnOpenConnection(t *testing.T) {
+	// Behind the real clock, so that what the server signs is valid for the
+	// TLS client, which uses the real one.
+	clock := &testClock{now: time.Now().Add(-5 * time.Minute)}
+	h := startWith(t, Options{Clock: clock.Now, PollInterval: time.Hour}, nil)
+	admin := h.admin(t)
+	ctx := context.Background()
+	nodeID := "spiffe://east.example/node/host-1"
+	node, notAfter := attestNodeUntil(t, h, nodeID)
+	entry, err := admin.CreateEntry(ctx, &pb.CreateEntryRequest{Entry: &pb.Entry{ParentId: nodeID,
+		SpiffeId: "spiffe://east.example/ns/default/sa/reviews", Selectors: []*pb.Selector{{Type: "unix", Value: "uid:1000"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, wcsr := newCSR(t)
+	sign := func() error {
+		_, err := node.SignX509SVID(ctx, &pb.SignX509SVIDRequest{Requests: []*pb.SVIDRequest{{EntryId: entry.GetId(), Csr: wcsr}}})
+		return err
+	}
+	if err := sign(); err != nil {
+		t.Fatalf("while the node SVID is valid: %v", err)
+	}
+	watch, err := node.Watch(ctx, &pb.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := watch.Recv(); err != nil {
+		t.Fatal(err)
+	}
+
+	clock.Advance(notAfter.Sub(clock.Now()) + time.Second)
+	expired := "credential: SVID " + nodeID + " expired at"
+	wantStatus(t, sign(), codes.Unauthenticated, expired)
+	_, err = node.SignX509SVID(ctx, &pb.SignX509SVIDRequest{Requests: []*pb.SVIDRequest{{Csr: wcsr}}})
+	wantStatus(t, err, codes.Unauthenticated, expired)
+	_, err = node.SignJWTSVID(ctx, &pb.SignJWTSVIDRequest{EntryId: entry.GetId(), Audience: []string{"spiffe://east.example/db"}})
+	wantStatus(t, err, codes.Unauthenticated, expired)
+	_, err = node.FetchBundles(ctx, &pb.FetchBundlesRequest{})
+	wantStatus(t, err, codes.Unauthenticated, "reconnect with a current SVID")
+	w, err := node.Watch(ctx, &pb.WatchRequest{})
+	if err == nil {
+		_, err = w.Recv()
+	}
+	wantStatus(t, err, codes.Unauthenticated, "reconnect with a current SVID")
+	// The open stream ends at its next message.
+	if _, err := admin.CreateEntry(ctx, &pb.CreateEntryRequest{Entry: &pb.Entry{ParentId: nodeID,
+		SpiffeId: "spiffe://east.example/ns/default/sa/ratings", Selectors: []*pb.Selector{{Type: "unix", Value: "uid:1001"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = watch.Recv()
+	wantStatus(t, err, codes.Unauthenticated, "the SVID this stream was opened with expired at "+notAfter.UTC().Format(time.RFC3339))
+}
