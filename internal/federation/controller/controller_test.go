@@ -301,14 +301,7 @@ func (m *member) sync() *pb.FederationState {
 }
 
 func TestWatchSendsStateAtOnceAndOnEveryChange(t *testing.T) {
-	h := newHarness(t, func(c *Config) { c.ManualRotation = true })
-	e := h.member(east).mustJoin()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	stream, err := e.client().Watch(ctx, &pb.WatchRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, e, stream := watchingMember(t)
 	recv := func() *pb.FederationState {
 		t.Helper()
 		st, err := stream.Recv()
@@ -333,6 +326,21 @@ func TestWatchSendsStateAtOnceAndOnEveryChange(t *testing.T) {
 	if st.GetGeneration() != 3 || st.GetRotationPhase() != "reissuing" || !slices.Equal(st.GetSigningRoot(), st.GetRoots()[1]) {
 		t.Fatalf("after the second RotateRoot: generation %d, phase %s", st.GetGeneration(), st.GetRotationPhase())
 	}
+}
+
+// watchingMember is a harness with manual rotation, east joined, and
+// east's Watch stream (closed when the test ends).
+func watchingMember(t *testing.T) (*harness, *member, pb.Controller_WatchClient) {
+	t.Helper()
+	h := newHarness(t, func(c *Config) { c.ManualRotation = true })
+	e := h.member(east).mustJoin()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	stream, err := e.client().Watch(ctx, &pb.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, e, stream
 }
 
 func rotate(t *testing.T, h *harness, force bool) *pb.StatusResponse {
@@ -507,4 +515,22 @@ func (s *syncWriter) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.w.String()
+}
+
+// TestWatchEndsWhenTheMemberSVIDExpires: a member's Watch stream outlives
+// the SVID it was opened with; the next state after that SVID expired is
+// not sent, the stream ends Unauthenticated, and the member reconnects
+// with a current SVID.
+func TestWatchEndsWhenTheMemberSVIDExpires(t *testing.T) {
+	h, e, stream := watchingMember(t)
+	if st, err := stream.Recv(); err != nil || st.GetGeneration() != 1 {
+		t.Fatalf("first state: %v, %v", st, err)
+	}
+	h.clock.Advance(e.svid.Leaf.NotAfter.Sub(h.clock.Now()) + time.Second)
+	rotate(t, h, false)
+	st, err := stream.Recv()
+	if got := statusText(err); !strings.HasPrefix(got, "Unauthenticated: federation controller: the SVID spiffe://east.example/meshfed/server does not verify against the VirtualMesh's roots") ||
+		!strings.Contains(got, "expired") {
+		t.Fatalf("after the member's SVID expired: generation %d sent, %s; want the stream ended, naming the expiry", st.GetGeneration(), got)
+	}
 }
