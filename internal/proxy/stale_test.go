@@ -638,3 +638,32 @@ func TestWithdrawnTrustClosesPooledConnection(t *testing.T) {
 		t.Fatalf("a second check closed %d more", n)
 	}
 }
+
+// TestHTTPInboundStaleConnectionH2: over h2, a request on a connection
+// whose client is no longer trusted gets 421 and the connection a GOAWAY,
+// so the client's next request opens a new connection.
+func TestHTTPInboundStaleConnectionH2(t *testing.T) {
+	w := newWorld(t, pki.ECP256)
+	serverSrc := w.source(w.caA.svid(t, infraTeam, pki.ECP256, 2, pkix.Name{}))
+	clientSrc := w.source(w.caA.svid(t, clientID, pki.ECP256, 3, pkix.Name{}))
+	app, _ := httpApp(t)
+	r := startSidecar(t, proxy.Config{Source: serverSrc, Namespace: "db", Policy: fixedMode(policy.ModeStrict),
+		Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: app, Protocol: proxy.ProtocolHTTP}}})
+	client := mtlsClient(clientSrc, true)
+	url := "https://" + r.addr(0) + "/x"
+	if code, body, proto := get(t, client, url, nil); code != 200 || body != "app saw /x" || proto != "HTTP/2.0" {
+		t.Fatalf("first request: %d %q %s", code, body, proto)
+	}
+	serverSrc.bundles.Store(x509bundle.NewSet(bundle(tdB, w.caB)))
+	if code, body, proto := get(t, client, url, nil); code != http.StatusMisdirectedRequest || proto != "HTTP/2.0" ||
+		body != "mTLS peer authentication of this connection has lapsed: retry on a new connection" {
+		t.Fatalf("after a.example was withdrawn: %d %q %s, want 421 over h2", code, body, proto)
+	}
+	serverSrc.bundles.Store(x509bundle.NewSet(bundle(tdA, w.caA), bundle(tdB, w.caB)))
+	if code, body, _ := get(t, client, url, nil); code != 200 || body != "app saw /x" {
+		t.Fatalf("after a.example came back: %d %q", code, body)
+	}
+	if !metricLine(t, r, `meshfed_proxy_handshakes_total{listener="in",result="ok"} 2`) {
+		t.Fatalf("want the request after the GOAWAY on a second connection:\n%s", scrape(t, r))
+	}
+}
