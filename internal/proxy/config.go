@@ -95,6 +95,9 @@ type LimitsConfig struct {
 	IdleTimeout      duration.Duration `json:"idle_timeout"`
 	HandshakeTimeout duration.Duration `json:"handshake_timeout"`
 	DrainTimeout     duration.Duration `json:"drain_timeout"`
+	// MaxConnectionDuration, if set, bounds how long a connection is used:
+	// Istio's DestinationRule connectionPool.tcp.maxConnectionDuration.
+	MaxConnectionDuration duration.Duration `json:"max_connection_duration"`
 }
 
 // LoadConfig reads and checks a sidecar configuration file.

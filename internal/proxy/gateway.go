@@ -256,7 +256,7 @@ func (s *Sidecar) serveIngress(l *listener, c net.Conn) {
 	}
 	cs := tc.ConnectionState()
 	peer := ""
-	info := &connInfo{}
+	info := &connInfo{opened: g.files.now()}
 	if len(cs.PeerCertificates) > 0 {
 		peer = gatewayPeerName(cs.PeerCertificates[0])
 		info.auth = newGatewayAuth(g, cs.PeerCertificates)
@@ -379,6 +379,9 @@ func (h *ingressHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err = h.s.refuseStale(h.g.cfg.Name, rw, auth, h.g.files.now()); err != nil {
 		result = "peer_stale"
 	} else if backend, ok := h.g.routes.match(host); ok {
+		if info := connInfoOf(r.Context()); info != nil {
+			h.s.closeIfOld(rw, info, h.g.files.now())
+		}
 		h.proxies[backend].ServeHTTP(rw, r)
 		if rw.upstreamErr != nil {
 			result, err = "upstream_failed", rw.upstreamErr

@@ -54,6 +54,7 @@ type connInfo struct {
 	peer   spiffeid.ID       // the verified peer; zero for plaintext
 	leaf   *x509.Certificate // the peer's leaf; nil for plaintext
 	auth   connAuth          // what the handshake proved; nil for plaintext
+	opened time.Time         // when it was accepted, by the listener's clock
 	xfcc   string            // the XFCC element for the app; "" for plaintext
 	sni    string
 	source netip.Addr
@@ -158,6 +159,7 @@ func (h *httpInbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.log(r, rw, info, start, "peer_stale", policy.AuthnResult{}, policy.AuthzDecision{Rule: -1}, err)
 		return
 	}
+	s.closeIfOld(rw, info, s.now())
 
 	var (
 		authn  policy.AuthnResult

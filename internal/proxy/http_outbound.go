@@ -153,6 +153,7 @@ type poolGen struct {
 	retired atomic.Bool
 
 	mu      sync.Mutex
+	opened  time.Time // when its first connection was made; zero before
 	expires time.Time // the earliest NotAfter of a chain in a handshake; zero before the first
 	bundles map[spiffeid.TrustDomain]*x509bundle.Bundle
 }
@@ -183,7 +184,7 @@ func (p *upstreamPool) newGen() *poolGen {
 				return nil, err
 			}
 			chain := tc.ConnectionState().PeerCertificates
-			g.add(p.s.cfg.Source, id, chain)
+			g.add(p.s.cfg.Source, id, chain, p.s.now())
 			// The Transport closes tc, which closes hooked: the connection
 			// is checked by recheck until then.
 			hooked.onClose = p.s.trackAuth(p.l.name, newPeerAuth(p.s.cfg.Source, chain, id), p.s.now, func() { hooked.Close() })
@@ -197,8 +198,8 @@ func (p *upstreamPool) newGen() *poolGen {
 }
 
 // add records a connection's handshake with upstream id, which presented
-// chain, while this side presented its present SVID.
-func (g *poolGen) add(src Source, id spiffeid.ID, chain []*x509.Certificate) {
+// chain at now, while this side presented its present SVID.
+func (g *poolGen) add(src Source, id spiffeid.ID, chain []*x509.Certificate, now time.Time) {
 	expires := chainExpiry(chain)
 	if own, err := src.GetX509SVID(); err == nil {
 		expires = minTime(expires, chainExpiry(own.Certificates))
@@ -206,6 +207,9 @@ func (g *poolGen) add(src Source, id spiffeid.ID, chain []*x509.Certificate) {
 	b, _ := src.GetX509BundleForTrustDomain(id.TrustDomain())
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.opened.IsZero() {
+		g.opened = now
+	}
 	if g.expires.IsZero() || expires.Before(g.expires) {
 		g.expires = expires
 	}
@@ -215,10 +219,14 @@ func (g *poolGen) add(src Source, id spiffeid.ID, chain []*x509.Certificate) {
 }
 
 // stale returns why g's connections may no longer carry requests at now,
-// or nil.
-func (g *poolGen) stale(src Source, now time.Time) *staleError {
+// or nil; max is limits.max_connection_duration (0: none), counted from
+// g's first connection.
+func (g *poolGen) stale(src Source, now time.Time, max time.Duration) *staleError {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if max > 0 && !g.opened.IsZero() && now.Sub(g.opened) >= max {
+		return &staleError{"max_duration", fmt.Errorf("proxy: the upstream connections reached limits.max_connection_duration (%s)", max)}
+	}
 	if !g.expires.IsZero() {
 		if err := expired(g.expires, now); err != nil {
 			return err.(*staleError)
@@ -241,7 +249,7 @@ func (g *poolGen) stale(src Source, now time.Time) *staleError {
 // the current one is stale.
 func (p *upstreamPool) gen() *poolGen {
 	g := p.cur.Load()
-	if reason := g.stale(p.s.cfg.Source, p.s.now()); reason != nil {
+	if reason := g.stale(p.s.cfg.Source, p.s.now(), time.Duration(p.s.cfg.Limits.MaxConnectionDuration)); reason != nil {
 		return p.renew(g, reason)
 	}
 	return g

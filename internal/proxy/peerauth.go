@@ -127,24 +127,65 @@ func (s *Sidecar) refuseStale(listener string, w http.ResponseWriter, auth connA
 }
 
 // closeLapsed has h close an idle connection when its peer's chain
-// expires, if that comes before the idle timeout, so that no request finds
-// it stale.
+// expires or it reaches limits.max_connection_duration, whichever comes
+// first, if that comes before the idle timeout, so that no request finds it
+// stale.
 func (s *Sidecar) closeLapsed(h *handoff, listener string, now func() time.Time) {
 	idle := time.Duration(s.cfg.Limits.IdleTimeout)
 	h.afterFunc = func(d time.Duration, f func()) func() bool { return s.afterFunc(d, f) }
 	h.lapse = func(v any) (time.Duration, bool) {
 		info, _ := v.(*connInfo)
-		if info == nil || info.auth == nil {
+		if info == nil {
 			return 0, false
 		}
-		d := info.auth.expiry().Sub(now())
+		at, _ := s.lapseAt(info)
+		if at.IsZero() {
+			return 0, false
+		}
+		d := at.Sub(now())
 		return d, d < idle
 	}
 	h.lapsed = func(v any) {
-		auth := v.(*connInfo).auth
-		s.metrics.stale.WithLabelValues(listener, "expired").Inc()
+		info := v.(*connInfo)
+		at, why := s.lapseAt(info)
+		peer := "plaintext"
+		if info.auth != nil {
+			peer = info.auth.peer()
+		}
+		s.metrics.stale.WithLabelValues(listener, why).Inc()
+		if why == "max_duration" {
+			s.log.Info("proxy: closed an idle connection: it reached limits.max_connection_duration", "listener", listener, "peer", peer)
+			return
+		}
 		s.log.Info("proxy: closed an idle connection: the peer's certificate chain expired", "listener", listener,
-			"peer", auth.peer(), "not_after", auth.expiry().UTC().Format(time.RFC3339))
+			"peer", peer, "not_after", at.UTC().Format(time.RFC3339))
+	}
+}
+
+// lapseAt is when a connection stops being kept alive: the earlier of its
+// peer chain's expiry ("expired") and its limits.max_connection_duration
+// ("max_duration"); zero if neither applies.
+func (s *Sidecar) lapseAt(info *connInfo) (time.Time, string) {
+	var at time.Time
+	why := ""
+	if info.auth != nil {
+		at, why = info.auth.expiry(), "expired"
+	}
+	if max := time.Duration(s.cfg.Limits.MaxConnectionDuration); max > 0 && !info.opened.IsZero() {
+		if end := info.opened.Add(max); at.IsZero() || end.Before(at) {
+			at, why = end, "max_duration"
+		}
+	}
+	return at, why
+}
+
+// closeIfOld has the response to a request on a connection that reached
+// limits.max_connection_duration close it (HTTP/1.1: Connection: close;
+// h2: GOAWAY): the request is served, the client's next one opens a new
+// connection.
+func (s *Sidecar) closeIfOld(w http.ResponseWriter, info *connInfo, now time.Time) {
+	if max := time.Duration(s.cfg.Limits.MaxConnectionDuration); max > 0 && !info.opened.IsZero() && now.Sub(info.opened) >= max {
+		w.Header().Set("Connection", "close")
 	}
 }
 

@@ -401,7 +401,7 @@ func (s *Sidecar) serveInbound(l *listener, c net.Conn) {
 		return
 	}
 	peer := "plaintext"
-	info := &connInfo{source: addrIP(c.RemoteAddr()), dest: addrIP(c.LocalAddr())}
+	info := &connInfo{source: addrIP(c.RemoteAddr()), dest: addrIP(c.LocalAddr()), opened: s.now()}
 	switch {
 	case isTLS && mode == policy.ModeDisable:
 		s.finish(l, c, "", 0, 0, start, "tls_refused", fmt.Errorf("proxy: port %d is in DISABLE mode: TLS is refused", l.port))
@@ -525,6 +525,9 @@ func (s *Sidecar) pipe(name string, down, up net.Conn) (rx, tx int64, result str
 			})
 		}
 	}
+	if max := time.Duration(s.cfg.Limits.MaxConnectionDuration); max > 0 {
+		defer s.afterFunc(max, func() { stop(errMaxDuration) })()
+	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -540,11 +543,16 @@ func (s *Sidecar) pipe(name string, down, up net.Conn) (rx, tx int64, result str
 		return rx, tx, "ok", nil
 	case errors.Is(first, errIdle):
 		return rx, tx, "idle_timeout", nil
+	case errors.Is(first, errMaxDuration):
+		return rx, tx, "max_duration", nil
 	}
 	return rx, tx, "error", first
 }
 
-var errIdle = errors.New("proxy: idle timeout")
+var (
+	errIdle        = errors.New("proxy: idle timeout")
+	errMaxDuration = errors.New("proxy: limits.max_connection_duration reached")
+)
 
 // Buffers of copyIdle. Each direction of a connection has a small buffer
 // of its own, which is all an idle connection holds. A read that fills it
@@ -679,7 +687,7 @@ func newMetrics() *metrics {
 		registry: prometheus.NewRegistry(),
 		connections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshfed_proxy_connections_total",
-			Help: "Connections ended, by listener and result (ok, over_limit, plaintext_refused, tls_refused, handshake_failed, upstream_failed, idle_timeout, denied, error, closed).",
+			Help: "Connections ended, by listener and result (ok, over_limit, plaintext_refused, tls_refused, handshake_failed, upstream_failed, idle_timeout, max_duration, denied, error, closed).",
 		}, []string{"listener", "result"}),
 		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshfed_proxy_handshakes_total",
@@ -699,7 +707,7 @@ func newMetrics() *metrics {
 		}, []string{"listener", "stage", "policy"}),
 		stale: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshfed_proxy_stale_connections_total",
-			Help: "Connections whose mTLS peer authentication lapsed, by listener and reason (expired: a certificate of the peer's chain; untrusted: the chain no longer verifies against its trust domain's bundle or the CA file; refused: the upstream answered 421). Kept-alive HTTP inbound: the request was refused with 421 or the idle connection closed; HTTP outbound: the pool's connections were renewed; untrusted: any open connection was closed.",
+			Help: "Connections whose mTLS peer authentication lapsed, by listener and reason (expired: a certificate of the peer's chain; untrusted: the chain no longer verifies against its trust domain's bundle or the CA file; refused: the upstream answered 421; max_duration: limits.max_connection_duration). Kept-alive HTTP inbound: the request was refused with 421 or the idle connection closed; HTTP outbound: the pool's connections were renewed; untrusted: any open connection was closed.",
 		}, []string{"listener", "reason"}),
 		policyLoads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshfed_proxy_policy_loads_total",

@@ -392,13 +392,14 @@ inbound:
 - {listen: "0.0.0.0:15006", forward_to: "127.0.0.1:5432", allowed_ids: ["spiffe://a.example/*"]}
 outbound:
 - {listen: "127.0.0.1:15001", service: datastore, upstream: "db:15006", allowed_ids: ["` + infraTeam + `"]}
-limits: {max_connections: 10, idle_timeout: 1m, handshake_timeout: 5s, drain_timeout: 20s}
+limits: {max_connections: 10, idle_timeout: 1m, handshake_timeout: 5s, drain_timeout: 20s, max_connection_duration: 1h}
 `
 	c, err := proxy.ParseConfig("good.yaml", []byte(good))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Limits.MaxConnections != 10 || time.Duration(c.Limits.IdleTimeout) != time.Minute || c.Outbound[0].Service != "datastore" {
+	if c.Limits.MaxConnections != 10 || time.Duration(c.Limits.IdleTimeout) != time.Minute || c.Outbound[0].Service != "datastore" ||
+		time.Duration(c.Limits.MaxConnectionDuration) != time.Hour {
 		t.Errorf("parsed %+v", c)
 	}
 	cases := []struct{ name, yaml, want string }{
@@ -409,6 +410,7 @@ limits: {max_connections: 10, idle_timeout: 1m, handshake_timeout: 5s, drain_tim
 		{"bad allowed id", "workload_api_socket: x\ninbound: [{listen: a, forward_to: 'b:1', allowed_ids: [nope]}]\n", "inbound[0]: allowed_ids:"},
 		{"no secure naming", "workload_api_socket: x\noutbound: [{listen: a, service: s, upstream: 'b:1'}]\n", "allowed_ids is required"},
 		{"too large", strings.Repeat("#", proxy.MaxConfigBytes+1), "larger than"},
+		{"negative max duration", strings.Replace(good, "max_connection_duration: 1h", "max_connection_duration: -1h", 1), `invalid duration "-1h": must be positive`},
 	}
 	for _, tc := range cases {
 		_, err := proxy.ParseConfig("p.yaml", []byte(tc.yaml))

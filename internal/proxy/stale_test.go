@@ -147,6 +147,47 @@ func getAsync(client *http.Client, url string) <-chan int {
 	return code
 }
 
+// startHTTPPair starts an HTTP inbound sidecar of upSrc in front of app on
+// upClock, its idle closes recorded and never run (what the tests look at is
+// the other side's pool, which must not depend on the upstream closing),
+// and an outbound HTTP listener "datastore" of outSrc to it on outClock
+// (nil: time.Now) with outLimits; settle is followPool's.
+func startHTTPPair(t *testing.T, app string, upSrc *source, upClock func() time.Time, outSrc *source, outClock func() time.Time,
+	outLimits proxy.LimitsConfig) (up, out *running, settle func()) {
+	t.Helper()
+	up = startSidecar(t, proxy.Config{Source: upSrc, Namespace: "db", Policy: fixedMode(policy.ModeStrict), Clock: upClock,
+		Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: app, Protocol: proxy.ProtocolHTTP}}},
+		func(s *proxy.Sidecar) { proxy.SetAfterFunc(s, (&timers{}).afterFunc) })
+	hook, settle := followPool(t, "datastore")
+	out = startSidecar(t, proxy.Config{Source: outSrc, Clock: outClock, Limits: outLimits, Outbound: []proxy.OutboundConfig{
+		{Name: "datastore", Service: "datastore", Upstream: up.addr(0), AllowedIDs: []string{infraTeam}, Protocol: proxy.ProtocolHTTP},
+	}}, hook)
+	return up, out, settle
+}
+
+// clockedInbound is an HTTP inbound sidecar of infraTeam on a clock the
+// test moves, with its delayed closes recorded (ts), in front of httpApp,
+// and the source of a client (clientID).
+type clockedInbound struct {
+	w                    *world
+	clock                *gwClock
+	serverSrc, clientSrc *source
+	ts                   *timers
+	r                    *running
+}
+
+func startClockedInbound(t *testing.T, limits proxy.LimitsConfig) *clockedInbound {
+	t.Helper()
+	in := &clockedInbound{w: newWorld(t, pki.ECP256), clock: newGWClock(), ts: &timers{}}
+	in.serverSrc = in.w.source(in.w.caA.svid(t, infraTeam, pki.ECP256, 2, pkix.Name{}))
+	in.clientSrc = in.w.source(in.w.caA.svid(t, clientID, pki.ECP256, 3, pkix.Name{}))
+	app, _ := httpApp(t)
+	in.r = startSidecar(t, proxy.Config{Source: in.serverSrc, Namespace: "db", Policy: fixedMode(policy.ModeStrict), Clock: in.clock.Now,
+		Limits: limits, Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: app, Protocol: proxy.ProtocolHTTP}}},
+		func(s *proxy.Sidecar) { proxy.SetAfterFunc(s, in.ts.afterFunc) })
+	return in
+}
+
 // timers records the sidecar's delayed closes instead of running them.
 type timers struct {
 	mu  sync.Mutex
@@ -193,16 +234,8 @@ func metricLine(t *testing.T, r *running, line string) bool {
 // with 421 and the connection closed, and the client's next connection
 // handshakes anew.
 func TestHTTPInboundStaleConnection(t *testing.T) {
-	w := newWorld(t, pki.ECP256)
-	clock := newGWClock()
-	serverSrc := w.source(w.caA.svid(t, infraTeam, pki.ECP256, 2, pkix.Name{}))
-	clientSrc := w.source(w.caA.svid(t, clientID, pki.ECP256, 3, pkix.Name{}))
-	app, _ := httpApp(t)
-	ts := &timers{}
-	r := startSidecar(t, proxy.Config{Source: serverSrc, Namespace: "db", Policy: fixedMode(policy.ModeStrict), Clock: clock.Now,
-		Limits:  proxy.LimitsConfig{IdleTimeout: duration.Duration(2 * time.Hour)},
-		Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: app, Protocol: proxy.ProtocolHTTP}}},
-		func(s *proxy.Sidecar) { proxy.SetAfterFunc(s, ts.afterFunc) })
+	in := startClockedInbound(t, proxy.LimitsConfig{IdleTimeout: duration.Duration(2 * time.Hour)})
+	w, clock, serverSrc, clientSrc, ts, r := in.w, in.clock, in.serverSrc, in.clientSrc, in.ts, in.r
 	url := "https://" + r.addr(0) + "/x"
 	client := mtlsClient(clientSrc, false)
 	handshakes := func(n int) string {
@@ -295,17 +328,8 @@ func TestHTTPInboundStaleConnection(t *testing.T) {
 // request already on an old one finishes.
 func TestHTTPOutboundRenewsStaleConnections(t *testing.T) {
 	w, clock, ca, upSrc, outSrc := clockedPair(t)
-
 	app, arrived, release := slowApp(t)
-	// The upstream's idle closes are recorded, never run: what is tested
-	// is this side's pool, which must not depend on the upstream closing.
-	up := startSidecar(t, proxy.Config{Source: upSrc, Namespace: "db", Policy: fixedMode(policy.ModeStrict), Clock: clock.Now,
-		Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: app, Protocol: proxy.ProtocolHTTP}}},
-		func(s *proxy.Sidecar) { proxy.SetAfterFunc(s, (&timers{}).afterFunc) })
-	hook, settle := followPool(t, "datastore")
-	out := startSidecar(t, proxy.Config{Source: outSrc, Clock: clock.Now, Outbound: []proxy.OutboundConfig{
-		{Name: "datastore", Service: "datastore", Upstream: up.addr(0), AllowedIDs: []string{infraTeam}, Protocol: proxy.ProtocolHTTP},
-	}}, hook)
+	_, out, settle := startHTTPPair(t, app, upSrc, clock.Now, outSrc, clock.Now, proxy.LimitsConfig{})
 	client := &http.Client{Timeout: waitBudget, Transport: &http.Transport{DisableKeepAlives: true}}
 	base := "http://" + out.addr(0)
 	want := func(step, path string, code int) {
@@ -481,13 +505,7 @@ func TestHTTPOutboundRetriesRefusedConnection(t *testing.T) {
 	// The upstream's idle closes are recorded, never run: an idle connection
 	// it closed at once (its clock is past the client's expiry) would leave
 	// nothing for it to refuse.
-	up := startSidecar(t, proxy.Config{Source: upSrc, Namespace: "db", Policy: fixedMode(policy.ModeStrict), Clock: upClock.Now,
-		Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: app, Protocol: proxy.ProtocolHTTP}}},
-		func(s *proxy.Sidecar) { proxy.SetAfterFunc(s, (&timers{}).afterFunc) })
-	hook, settle := followPool(t, "datastore")
-	out := startSidecar(t, proxy.Config{Source: outSrc, Outbound: []proxy.OutboundConfig{
-		{Name: "datastore", Service: "datastore", Upstream: up.addr(0), AllowedIDs: []string{infraTeam}, Protocol: proxy.ProtocolHTTP},
-	}}, hook)
+	up, out, settle := startHTTPPair(t, app, upSrc, upClock.Now, outSrc, nil, proxy.LimitsConfig{})
 	client := &http.Client{Timeout: waitBudget, Transport: &http.Transport{DisableKeepAlives: true}}
 	base := "http://" + out.addr(0)
 	send := func(method, path, body string) (int, string) {
@@ -666,4 +684,94 @@ func TestHTTPInboundStaleConnectionH2(t *testing.T) {
 	if !metricLine(t, r, `meshfed_proxy_handshakes_total{listener="in",result="ok"} 2`) {
 		t.Fatalf("want the request after the GOAWAY on a second connection:\n%s", scrape(t, r))
 	}
+}
+
+// TestMaxConnectionDuration: limits.max_connection_duration ends a TCP
+// connection when it is reached; an HTTP inbound connection past it serves
+// the request and closes, an idle one is closed then; the outbound pool
+// renews its connections.
+func TestMaxConnectionDuration(t *testing.T) {
+	const max = 20 * time.Minute
+	limits := proxy.LimitsConfig{MaxConnectionDuration: duration.Duration(max), IdleTimeout: duration.Duration(2 * time.Hour)}
+
+	t.Run("tcp", func(t *testing.T) {
+		w, clock, _, upSrc, outSrc := clockedPair(t)
+		_ = w
+		ts := &timers{}
+		in := startSidecar(t, proxy.Config{Source: upSrc, Policy: fixedMode(policy.ModeStrict), Clock: clock.Now, Limits: limits,
+			Inbound: []proxy.InboundConfig{{Name: "in", ForwardTo: echoApp(t), AllowedIDs: []string{clientID}}}},
+			func(s *proxy.Sidecar) { proxy.SetAfterFunc(s, ts.afterFunc) })
+		out := startSidecar(t, proxy.Config{Source: outSrc, Clock: clock.Now,
+			Outbound: []proxy.OutboundConfig{{Name: "db", Service: "datastore", Upstream: in.addr(0), AllowedIDs: []string{infraTeam}}}})
+		c := dialPlain(t, out.addr(0))
+		if err := roundTrip(c, []byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool { return len(ts.armed()) == 1 })
+		if d := ts.armed()[0].d; d != max {
+			t.Fatalf("the connection's end armed after %s, want %s", d, max)
+		}
+		ts.armed()[0].f()
+		_ = c.SetReadDeadline(time.Now().Add(waitBudget))
+		if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+			t.Fatalf("read %d, %v after the maximum duration; want the connection closed", n, err)
+		}
+		waitLog(t, in, "msg=connection listener=in", "result=max_duration")
+	})
+
+	t.Run("http inbound", func(t *testing.T) {
+		in := startClockedInbound(t, limits)
+		clock, clientSrc, ts, r := in.clock, in.clientSrc, in.ts, in.r
+		client := mtlsClient(clientSrc, false)
+		req := func(step string, wantClose bool) {
+			t.Helper()
+			rq, err := http.NewRequest(http.MethodGet, "https://"+r.addr(0)+"/x", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, body, back := traced(t, client, rq, nil)
+			if resp.StatusCode != 200 || body != "app saw /x" || resp.Close != wantClose {
+				t.Fatalf("%s: %d %q close=%v, want 200, close=%v", step, resp.StatusCode, body, resp.Close, wantClose)
+			}
+			if !wantClose {
+				back()
+			}
+		}
+		req("first request", false)
+		waitFor(t, func() bool { return len(ts.armed()) == 1 })
+		if d := ts.armed()[0].d; d > max || d < max-time.Minute {
+			t.Fatalf("idle close armed after %s, want the %s left", d, max)
+		}
+		clock.Advance(max)
+		req("at the maximum duration", true)
+		req("the next one, on a new connection", false)
+		if !metricLine(t, r, `meshfed_proxy_handshakes_total{listener="in",result="ok"} 2`) {
+			t.Fatalf("want a second handshake:\n%s", scrape(t, r))
+		}
+		// Idle when it reaches it: closed then.
+		waitFor(t, func() bool { return len(ts.armed()) == 1 })
+		ts.armed()[0].f()
+		waitLog(t, r, "closed an idle connection: it reached limits.max_connection_duration", "listener=in", "peer="+clientID)
+	})
+
+	t.Run("http outbound", func(t *testing.T) {
+		_, clock, _, upSrc, outSrc := clockedPair(t)
+		app, _ := httpApp(t)
+		_, out, settle := startHTTPPair(t, app, upSrc, clock.Now, outSrc, clock.Now, limits)
+		client := &http.Client{Timeout: waitBudget, Transport: &http.Transport{DisableKeepAlives: true}}
+		for _, step := range []string{"first", "second"} {
+			if code, body, _ := get(t, client, "http://"+out.addr(0)+"/x", nil); code != 200 || body != "app saw /x" {
+				t.Fatalf("%s request: %d %q", step, code, body)
+			}
+			settle()
+		}
+		clock.Advance(max)
+		if code, body, _ := get(t, client, "http://"+out.addr(0)+"/x", nil); code != 200 || body != "app saw /x" {
+			t.Fatalf("at the maximum duration: %d %q", code, body)
+		}
+		if m := scrape(t, out); !strings.Contains(m, `meshfed_proxy_handshakes_total{listener="datastore",result="ok"} 2`+"\n") ||
+			!strings.Contains(m, `meshfed_proxy_stale_connections_total{listener="datastore",reason="max_duration"} 1`+"\n") {
+			t.Fatalf("want the pool renewed once:\n%s", m)
+		}
+	})
 }
