@@ -188,7 +188,8 @@ func (g *gatewayIngress) verifyClient(cs tls.ConnectionState) error {
 	return g.verifyChain(chain, g.files.get().roots, g.files.now())
 }
 
-// verifyChain checks a client's chain against roots at now.
+// verifyChain checks a client's chain against roots at now, and its leaf
+// against subject_alt_names.
 func (g *gatewayIngress) verifyChain(chain []*x509.Certificate, roots *x509.CertPool, now time.Time) error {
 	if _, err := chain[0].Verify(x509.VerifyOptions{
 		Roots:         roots,
