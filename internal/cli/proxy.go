@@ -63,6 +63,14 @@ protocol: tcp tunnels each app connection over its own mTLS connection;
 protocol: http sends the app's requests over pooled keep-alive mTLS
 connections, so a new app connection costs no handshake.
 
+A kept-alive HTTP connection carries requests only while its handshake's
+proof holds: once the peer's certificate chain has expired, or no longer
+verifies against its trust domain's present bundle, an inbound request on
+it gets 421 and the connection closes, and the outbound pool reconnects.
+Once a second every open connection is checked again, and one whose peer is
+no longer trusted (its trust domain withdrawn, its root replaced) is closed,
+whatever its protocol.
+
 Gateways (gateways: ingress, egress) take their certificates from PEM files
 instead of the agent (reloaded when the files change), so a proxy with only
 gateways needs no workload_api_socket. An ingress gateway terminates TLS
@@ -76,7 +84,8 @@ Every connection ends in one access log line on stderr (listener, peer
 SPIFFE ID or "plaintext", bytes each way, duration, result), and every HTTP
 request in one more (source.principal, method, path without the query,
 status, the deciding policy and rule); tokens are never logged. limits caps
-connections per listener and sets the idle, handshake and drain timeouts;
+connections per listener, sets the idle, handshake and drain timeouts and,
+optionally, a maximum connection duration;
 on SIGTERM the proxy stops accepting and lets open connections finish for up
 to the drain timeout. metrics_listen serves Prometheus /metrics.
 See docs/configuration.md for every key and what each listener enforces.`,
