@@ -373,16 +373,15 @@ func (h *ingressHTTP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	host := gatewayHost(r.Host)
 	result := "ok"
 	var err error
-	var auth connAuth
-	if info := connInfoOf(r.Context()); info != nil {
-		auth = info.auth
+	info := connInfoOf(r.Context())
+	if info == nil {
+		info = &connInfo{}
 	}
-	if err = h.s.refuseStale(h.g.cfg.Name, rw, auth, h.g.files.now()); err != nil {
+	now := h.g.files.now()
+	if err = h.s.refuseStale(h.g.cfg.Name, rw, info.auth, now); err != nil {
 		result = "peer_stale"
 	} else if backend, ok := h.g.routes.match(host); ok {
-		if info := connInfoOf(r.Context()); info != nil {
-			h.s.closeIfOld(rw, info, h.g.files.now())
-		}
+		h.s.closeIfOld(rw, info, now)
 		h.proxies[backend].ServeHTTP(rw, r)
 		if rw.upstreamErr != nil {
 			result, err = "upstream_failed", rw.upstreamErr

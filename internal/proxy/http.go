@@ -155,11 +155,12 @@ func (h *httpInbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The app sees only what this proxy vouches for (Envoy's SANITIZE_SET).
 	r.Header.Del(XFCCHeader)
 	normalizePath(r.URL)
-	if err := s.refuseStale(h.l.name, rw, info.auth, s.now()); err != nil {
+	now := s.now()
+	if err := s.refuseStale(h.l.name, rw, info.auth, now); err != nil {
 		h.log(r, rw, info, start, "peer_stale", policy.AuthnResult{}, policy.AuthzDecision{Rule: -1}, err)
 		return
 	}
-	s.closeIfOld(rw, info, s.now())
+	s.closeIfOld(rw, info, now)
 
 	var (
 		authn  policy.AuthnResult
@@ -168,7 +169,7 @@ func (h *httpInbound) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	)
 	if pol := s.currentPolicy(); pol != nil {
 		var err error
-		authn, err = pol.Authenticate(s.cfg.Namespace, s.cfg.Labels, r.Header, r.URL.Query(), s.now())
+		authn, err = pol.Authenticate(s.cfg.Namespace, s.cfg.Labels, r.Header, r.URL.Query(), now)
 		if err != nil {
 			s.metrics.denials.WithLabelValues(h.l.name, "authn", "-").Inc()
 			rw.Header().Set("WWW-Authenticate", `Bearer realm="meshfed", error="invalid_token"`)

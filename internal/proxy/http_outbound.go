@@ -349,7 +349,8 @@ func minTime(a, b time.Time) time.Time {
 }
 
 // closeHook is a connection that calls onClose, once, when it is closed
-// (onClose is set before anyone else holds the connection).
+// (onClose is set before anyone else holds the connection: a failed
+// handshake closes the connection under it instead).
 type closeHook struct {
 	net.Conn
 	once    sync.Once
@@ -358,10 +359,6 @@ type closeHook struct {
 
 func (c *closeHook) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() {
-		if c.onClose != nil {
-			c.onClose()
-		}
-	})
+	c.once.Do(c.onClose)
 	return err
 }

@@ -413,13 +413,18 @@ func TestGatewayIngressStaleConnection(t *testing.T) {
 		func(s *proxy.Sidecar) { proxy.SetAfterFunc(s, ts.afterFunc) })
 	hc := &http.Client{Timeout: waitBudget, Transport: &http.Transport{TLSClientConfig: &tls.Config{
 		RootCAs: gwPool(root), ServerName: "hello.example.com", Certificates: []tls.Certificate{client.tls}}}}
-	do := func(step string) (*http.Response, string, bool, error) {
+	newReq := func() *http.Request {
 		t.Helper()
 		req, err := http.NewRequest(http.MethodGet, "https://"+r.addr(t, "gw")+"/x", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		req.Host = "hello.example.com"
+		return req
+	}
+	do := func(step string) (*http.Response, string, bool, error) {
+		t.Helper()
+		req := newReq()
 		var reused bool
 		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
 			GotConn: func(info httptrace.GotConnInfo) { reused = info.Reused }}))
@@ -433,13 +438,8 @@ func TestGatewayIngressStaleConnection(t *testing.T) {
 	}
 	ok := func(step string, wantReused bool) {
 		t.Helper()
-		req, err := http.NewRequest(http.MethodGet, "https://"+r.addr(t, "gw")+"/x", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Host = "hello.example.com"
 		var reused bool
-		resp, body, back := traced(t, hc, req, &reused)
+		resp, body, back := traced(t, hc, newReq(), &reused)
 		if resp.StatusCode != 200 || body != "app saw /x" || reused != wantReused {
 			t.Fatalf("%s: %d %q reused=%v, want 200 from the app, reused=%v", step, resp.StatusCode, body, reused, wantReused)
 		}

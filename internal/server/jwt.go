@@ -140,10 +140,7 @@ func readOrCreateJWTKey(path string) (*ecdsa.PrivateKey, error) {
 
 func (n *nodeService) SignJWTSVID(ctx context.Context, req *pb.SignJWTSVIDRequest) (*pb.JWTSVID, error) {
 	s := n.s
-	node, ok, err := s.svidCredential(ctx)
-	if !ok {
-		return nil, status.Error(codes.Unauthenticated, errNoNodeSVID)
-	}
+	node, err := s.nodeCredential(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -73,10 +73,7 @@ func (n *nodeService) AttestNode(ctx context.Context, req *pb.AttestNodeRequest)
 
 func (n *nodeService) SignX509SVID(ctx context.Context, req *pb.SignX509SVIDRequest) (*pb.SignX509SVIDResponse, error) {
 	s := n.s
-	node, ok, err := s.svidCredential(ctx)
-	if !ok {
-		return nil, status.Error(codes.Unauthenticated, errNoNodeSVID)
-	}
+	node, err := s.nodeCredential(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +110,18 @@ func (n *nodeService) SignX509SVID(ctx context.Context, req *pb.SignX509SVIDRequ
 	return resp, nil
 }
 
-// entryIdentity is what the caller, a node whose SVID svidCredential
+// nodeCredential is the calling node's SVID, verified now by
+// svidCredential (a refusal counted as an issuance refused), for the calls
+// that sign. The error is a gRPC status.
+func (s *Server) nodeCredential(ctx context.Context) (credential.Identity, error) {
+	node, ok, err := s.svidCredential(ctx)
+	if !ok {
+		return node, status.Error(codes.Unauthenticated, errNoNodeSVID)
+	}
+	return node, err
+}
+
+// entryIdentity is what the caller, a node whose SVID nodeCredential
 // verified, may have signed: the identity of entryID if the node is its
 // parent, or with an empty entryID the node's own (e is then nil). The error
 // is a gRPC status.
