@@ -201,6 +201,26 @@ federation:
 	return m
 }
 
+// startController runs 'meshfed federation run' on vm.yaml in dir (written
+// with virtualMeshYAML), its data in dir/ctrl, intermediates of 10 minutes
+// and no scheduled rotation, and waits until it serves. It returns the
+// controller, its address and its admin socket.
+func startController(t *testing.T, dir string) (*daemon, string, string) {
+	t.Helper()
+	writeFile(t, filepath.Join(dir, "vm.yaml"), virtualMeshYAML)
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	ctrl := startDaemon(t, dir, "federation controller", meshfedBin, "federation", "run", "--config", "vm.yaml", "--data-dir", "ctrl",
+		"--listen", addr, "--intermediate-ttl", "10m", "--rotate-root-before", "off")
+	sock := filepath.Join(dir, "ctrl", "admin.sock")
+	waitFor(t, 30*time.Second, "the controller's admin socket and root-cert.pem", func() bool {
+		ctrl.mustRun(t)
+		_, errSock := os.Stat(sock)
+		_, errRoot := os.Stat(filepath.Join(dir, "ctrl", "root-cert.pem"))
+		return errSock == nil && errRoot == nil && strings.Contains(ctrl.logs.String(), "federation controller started")
+	})
+	return ctrl, addr, sock
+}
+
 // chainsTo checks that src's SVID verifies against root alone.
 func chainsTo(src *workloadapi.X509Source, root *x509.Certificate) error {
 	svid, err := src.GetX509SVID()
@@ -282,17 +302,7 @@ func TestVirtualMeshJoinAndRootRotationNoFailedHandshakes(t *testing.T) {
 	// 1. The controller, with a generated root. Intermediates live longer
 	// than the test (a member renews at half their life), so the only
 	// re-issue is the rotation's; no rotation starts on a schedule.
-	writeFile(t, filepath.Join(dir, "vm.yaml"), virtualMeshYAML)
-	ctrlAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	ctrl := startDaemon(t, dir, "federation controller", meshfedBin, "federation", "run", "--config", "vm.yaml", "--data-dir", "ctrl",
-		"--listen", ctrlAddr, "--intermediate-ttl", "10m", "--rotate-root-before", "off")
-	ctrlSock := filepath.Join(dir, "ctrl", "admin.sock")
-	waitFor(t, 30*time.Second, "the controller's admin socket and root-cert.pem", func() bool {
-		ctrl.mustRun(t)
-		_, errSock := os.Stat(ctrlSock)
-		_, errRoot := os.Stat(filepath.Join(dir, "ctrl", "root-cert.pem"))
-		return errSock == nil && errRoot == nil && strings.Contains(ctrl.logs.String(), "federation controller started")
-	})
+	ctrl, ctrlAddr, ctrlSock := startController(t, dir)
 	root1, skid1 := virtualMeshStatusOf(t, dir, ctrlSock).onlyRoot(t)
 	if got, _ := pemfile.ReadCertificates(filepath.Join(dir, "ctrl", "root-cert.pem")); len(got) != 1 || !got[0].Equal(root1) {
 		t.Fatal("root-cert.pem does not hold exactly the root the status shows")
