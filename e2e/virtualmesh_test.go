@@ -489,3 +489,72 @@ func TestVirtualMeshJoinAndRootRotationNoFailedHandshakes(t *testing.T) {
 	}
 	t.Logf("the test took %.1fs", time.Since(start).Seconds())
 }
+
+// TestVirtualMeshMemberRemovedWithoutRestart: east and west join a
+// VirtualMesh, and a TCP connection from east's workload goes through east's
+// outbound proxy and west's inbound proxy to an echo app of west. The
+// operator then removes west from spec.meshes in the file the controller
+// runs with, and restarts nothing: the controller reads the file again and
+// refuses west, east's server stops federating with west, the bundle leaves
+// east's workloads, and east's proxy closes the open connection; a new one
+// is refused.
+func TestVirtualMeshMemberRemovedWithoutRestart(t *testing.T) {
+	dir := t.TempDir()
+	eastTD, westTD := reviewsEast.TrustDomain(), ratingsWest.TrustDomain()
+	ctrl, ctrlAddr, ctrlSock := startController(t, dir)
+	root, _ := virtualMeshStatusOf(t, dir, ctrlSock).onlyRoot(t)
+	east := startMember(t, dir, ctrlAddr, ctrlSock, reviewsEast)
+	west := startMember(t, dir, ctrlAddr, ctrlSock, ratingsWest)
+	for _, m := range []*vmMember{east, west} {
+		writeFile(t, m.tokenFile, m.token) // read at the member's next try
+	}
+	eastSrc, westSrc := x509Source(t, east.workload), x509Source(t, west.workload)
+	waitFor(t, 45*time.Second, "both workloads to hold SVIDs under the shared root and both bundles", func() bool {
+		return chainsTo(eastSrc, root) == nil && chainsTo(westSrc, root) == nil &&
+			trusts(eastSrc, root, eastTD, westTD) && trusts(westSrc, root, eastTD, westTD)
+	})
+	p := echoThroughProxies(t, dir, east.workload, west.workload)
+
+	removedAt := time.Now()
+	writeFile(t, filepath.Join(dir, "vm.yaml"), strings.Replace(virtualMeshYAML, `  - name: istiod-istio-system-west
+    namespace: service-mesh-hub
+    trustDomain: west.example
+`, "", 1))
+	waitFor(t, 30*time.Second, "west's bundle to leave east's workloads", func() bool {
+		_, err := eastSrc.GetX509BundleForTrustDomain(westTD)
+		return err != nil
+	})
+	left := time.Since(removedAt)
+	p.waitClosed(t)
+	t.Logf("west left east's workloads %s after the file was written, and the open connection was closed %s after it",
+		left.Round(time.Millisecond), time.Since(removedAt).Round(time.Millisecond))
+	p.refusesNew(t)
+	waitFor(t, 10*time.Second, "east's proxy to say why", func() bool {
+		s := p.client.logs.String()
+		return strings.Contains(s, "closed a connection: its peer is no longer trusted") &&
+			strings.Contains(s, "peer="+ratingsWest.String()) && strings.Contains(s, "trust domain west.example is no longer trusted")
+	})
+	if !strings.Contains(ctrl.logs.String(), "msg=\"VirtualMesh reloaded\" virtual_mesh=virtual-mesh file=vm.yaml members=east.example added=\"\" removed=west.example") {
+		t.Errorf("the controller does not log the reload:\n%s", ctrl.logs.String())
+	}
+	if st := virtualMeshStatusOf(t, dir, ctrlSock); len(st.Members) != 1 || st.Members[0].TrustDomain != "east.example" {
+		t.Errorf("status members after the removal: %+v", st.Members)
+	}
+	waitFor(t, 10*time.Second, "west's server to be told it is no longer a member", func() bool {
+		return strings.Contains(west.server.logs.String(), `west.example is not a member of VirtualMesh \"virtual-mesh\" (spec.meshes)`)
+	})
+	// East still trusts its own domain through the shared root.
+	if !trusts(eastSrc, root, eastTD) || chainsTo(eastSrc, root) != nil {
+		t.Error("east's workload lost its own trust domain's bundle or SVID")
+	}
+	ctrl.mustRun(t)
+	for _, d := range []*daemon{p.client, p.server} {
+		d.mustRun(t)
+	}
+	for _, m := range []*vmMember{east, west} {
+		m.agent.mustRun(t)
+		if m.server.cmd.ProcessState != nil {
+			t.Errorf("%s server exited", m.td)
+		}
+	}
+}

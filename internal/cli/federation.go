@@ -81,6 +81,16 @@ or takes an existing one from PEM files (files: {rootCertFile, rootKeyFile},
 relative to the config file). A root in a Kubernetes secret is refused: give
 files. autoRestartPods is accepted and not needed.
 
+The file is read again whenever it changes (it is checked every 5s), and
+applied without a restart: a mesh added to spec.meshes can be given a join
+token; a mesh removed is refused from its next call on, its record and
+unused tokens are dropped, and every other member stops trusting its trust
+domain (their workloads lose its bundle, and meshfed proxies close their
+connections with it). enforceAccessControl changes reach members the same
+way; root settings apply to the next root a rotation makes. A file that
+does not parse, or renames the VirtualMesh, is refused with a log line and
+the one in use stays.
+
 --data-dir (0700) keeps the keys of the roots it made (0600) and state.json
 (0600: root certificates, join tokens as hashes, members and their reports,
 the rotation), written before anything is answered, so a restart loses
@@ -127,7 +137,7 @@ rotate-root from this uid and root.`,
 			ctx, stop := signal.NotifyContext(c.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			ctl, err := controller.New(controller.Config{
-				Mesh: vm, DataDir: dataDir, Listen: listen, AdminSocket: adminSocket,
+				Mesh: vm, MeshFile: configPath, DataDir: dataDir, Listen: listen, AdminSocket: adminSocket,
 				IntermediateTTL: interTTL, ServingTTL: servingTTL, RotateRootBefore: before, ManualRotation: manual, Logger: logger,
 			})
 			if err != nil {

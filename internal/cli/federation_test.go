@@ -188,7 +188,8 @@ func TestFederationCommands(t *testing.T) {
 	}
 
 	code, _, stderr = meshfed(t, "federation", "token", "create", "--admin-socket", socket, "--trust-domain", "kind4")
-	if code != 1 || stderr != "meshfed: federation controller: kind4 is not a member of VirtualMesh \"virtual-mesh\"; add it to spec.meshes and restart the controller (InvalidArgument)\n" {
+	if want := "meshfed: federation controller: kind4 is not a member of VirtualMesh \"virtual-mesh\"; add it to spec.meshes in " +
+		filepath.Join(dir, "virtualmesh.yaml") + " (read again within 5s) (InvalidArgument)\n"; code != 1 || stderr != want {
 		t.Errorf("token for a non-member: exit %d, stderr %q", code, stderr)
 	}
 }

@@ -31,6 +31,7 @@ package controller
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -63,6 +64,7 @@ const (
 	DefaultTokenTTL        = time.Hour
 	MaxTokenTTL            = 7 * 24 * time.Hour
 	DefaultTickInterval    = 10 * time.Second
+	DefaultReloadInterval  = 5 * time.Second
 )
 
 // MaxRequestBytes bounds every gRPC message the controller receives: a CSR
@@ -73,6 +75,13 @@ const MaxRequestBytes = 256 << 10
 type Config struct {
 	// Mesh is the VirtualMesh. Required.
 	Mesh *virtualmesh.VirtualMesh
+	// MeshFile is the file Mesh was read from. When it is set, Run reads
+	// it again every ReloadInterval and applies a changed VirtualMesh
+	// without a restart (ReloadMesh).
+	MeshFile string
+	// ReloadInterval is how often Run looks for a changed MeshFile
+	// (DefaultReloadInterval).
+	ReloadInterval time.Duration
 	// DataDir holds the root keys and the state. Required; made 0700.
 	DataDir string
 	// Listen is the address of the Controller API (DefaultListen).
@@ -109,7 +118,7 @@ type Config struct {
 // Controller is one VirtualMesh controller.
 type Controller struct {
 	cfg      Config
-	vm       *virtualmesh.VirtualMesh
+	name     string // metadata.name, which no reload changes
 	id       spiffeid.ID
 	log      *slog.Logger
 	clock    pki.Clock
@@ -122,6 +131,16 @@ type Controller struct {
 	changed chan struct{} // closed when the FederationState changes
 
 	serving atomic.Pointer[servingCert]
+
+	// vm is the VirtualMesh in use; a reload replaces it while holding mu,
+	// together with the state that follows it.
+	vm atomic.Pointer[virtualmesh.VirtualMesh]
+	// meshSeen is the digest of MeshFile last read, good or bad, so that
+	// a refused file is reported once rather than at every poll, and
+	// meshErr why it was refused. reloadMu serializes ReloadMesh.
+	reloadMu sync.Mutex
+	meshSeen [sha256.Size]byte
+	meshErr  error
 
 	ln, adminLn             net.Listener
 	grpcServer, adminServer *grpc.Server
@@ -151,7 +170,7 @@ func New(cfg Config) (*Controller, error) {
 	for _, d := range []struct {
 		p   *time.Duration
 		def time.Duration
-	}{{&cfg.IntermediateTTL, DefaultIntermediateTTL}, {&cfg.ServingTTL, DefaultServingTTL}, {&cfg.TokenTTL, DefaultTokenTTL}, {&cfg.TickInterval, DefaultTickInterval}} {
+	}{{&cfg.IntermediateTTL, DefaultIntermediateTTL}, {&cfg.ServingTTL, DefaultServingTTL}, {&cfg.TokenTTL, DefaultTokenTTL}, {&cfg.TickInterval, DefaultTickInterval}, {&cfg.ReloadInterval, DefaultReloadInterval}} {
 		if *d.p == 0 {
 			*d.p = d.def
 		}
@@ -171,13 +190,21 @@ func New(cfg Config) (*Controller, error) {
 	vm := cfg.Mesh
 	c := &Controller{
 		cfg:      cfg,
-		vm:       vm,
+		name:     vm.Name,
 		id:       vm.ControllerID(),
 		log:      cfg.Logger.With("virtual_mesh", vm.Name),
 		clock:    cfg.Clock,
 		roots:    map[int]*root{},
 		changed:  make(chan struct{}),
 		stopping: make(chan struct{}),
+	}
+	c.vm.Store(vm)
+	if cfg.MeshFile != "" {
+		data, err := pemfile.ReadFile(cfg.MeshFile, virtualmesh.MaxBytes)
+		if err != nil {
+			return nil, fmt.Errorf("federation controller: %w", err)
+		}
+		c.meshSeen = sha256.Sum256(data)
 	}
 	c.dnsNames, c.ips = servingNames(cfg.Listen)
 	if err := ensureDir(cfg.DataDir); err != nil {
@@ -222,6 +249,7 @@ func New(cfg Config) (*Controller, error) {
 func (c *Controller) loadOrCreate() error {
 	now := c.clock()
 	dir := c.cfg.DataDir
+	vm := c.mesh()
 	st, found, err := loadState(dir)
 	if err != nil {
 		return err
@@ -229,18 +257,18 @@ func (c *Controller) loadOrCreate() error {
 	if !found {
 		var r *root
 		var rec rootRecord
-		if f := c.vm.Root.Files; f != nil {
+		if f := vm.Root.Files; f != nil {
 			r, rec, err = rootFromFiles(f, now)
 		} else {
-			r, rec, err = newRoot(dir, c.vm.Name, 1, *c.vm.Root.Generated, now)
+			r, rec, err = newRoot(dir, c.name, 1, *vm.Root.Generated, now)
 		}
 		if err != nil {
 			return err
 		}
 		c.roots[r.number] = r
 		c.st = &state{
-			Version: stateVersion, Name: c.vm.Name, Generation: 1, Phase: PhaseStable, PhaseGeneration: 1,
-			Roots: []rootRecord{rec}, TrustDomains: c.trustDomainNames(), EnforceAccessControl: c.vm.EnforceAccessControl,
+			Version: stateVersion, Name: c.name, Generation: 1, Phase: PhaseStable, PhaseGeneration: 1,
+			Roots: []rootRecord{rec}, TrustDomains: trustDomainNames(vm), EnforceAccessControl: vm.EnforceAccessControl,
 			Members: map[string]*memberRecord{},
 		}
 		if err := c.st.save(dir); err != nil {
@@ -250,8 +278,8 @@ func (c *Controller) loadOrCreate() error {
 			"root_not_after", r.cert.NotAfter.UTC().Format(time.RFC3339), "data_dir", dir)
 		return nil
 	}
-	if st.Name != c.vm.Name {
-		return fmt.Errorf("federation controller: data dir %s belongs to VirtualMesh %q, not %q; give another --data-dir", dir, st.Name, c.vm.Name)
+	if st.Name != c.name {
+		return fmt.Errorf("federation controller: data dir %s belongs to VirtualMesh %q, not %q; give another --data-dir", dir, st.Name, c.name)
 	}
 	if st.signing() == nil {
 		return fmt.Errorf("federation controller: state file in %s has no active root; restore it from a backup", dir)
@@ -266,27 +294,11 @@ func (c *Controller) loadOrCreate() error {
 	c.st = st
 	// The VirtualMesh may have changed while the controller was down.
 	return c.update(func(next *state) error {
-		for td := range next.Members {
-			if _, ok := c.vm.Mesh(spiffeid.RequireTrustDomainFromString(td)); !ok {
-				c.log.Warn("member left spec.meshes; its record is dropped and it can no longer call", "trust_domain", td)
-				delete(next.Members, td)
-			}
-		}
-		if tds := c.trustDomainNames(); !slices.Equal(tds, next.TrustDomains) || next.EnforceAccessControl != c.vm.EnforceAccessControl {
-			next.TrustDomains = tds
-			next.EnforceAccessControl = c.vm.EnforceAccessControl
-			next.bump()
+		if !c.follow(next, vm) {
+			return errNoChange
 		}
 		return nil
 	})
-}
-
-func (c *Controller) trustDomainNames() []string {
-	var out []string
-	for _, td := range c.vm.TrustDomains() {
-		out = append(out, td.Name())
-	}
-	return out
 }
 
 // serve builds the gRPC servers on the bound listeners.
@@ -336,8 +348,11 @@ func (c *Controller) Run(ctx context.Context) error {
 	run("controller API", func() error { return c.grpcServer.Serve(c.ln) })
 	run("admin socket", func() error { return c.adminServer.Serve(c.adminLn) })
 	run("maintenance", func() error { return c.maintain(ctx) })
+	if c.cfg.MeshFile != "" {
+		run("VirtualMesh file", func() error { return c.watchMesh(ctx) })
+	}
 	c.log.Info("federation controller started", "listen", c.ln.Addr().String(), "admin_socket", c.cfg.AdminSocket,
-		"spiffe_id", c.id.String(), "root_certs", c.RootCertFile(), "members", strings.Join(c.trustDomainNames(), ","))
+		"spiffe_id", c.id.String(), "root_certs", c.RootCertFile(), "members", strings.Join(trustDomainNames(c.mesh()), ","))
 
 	<-ctx.Done()
 	close(c.stopping)
@@ -498,10 +513,10 @@ func (c *Controller) startRotation(by string) error {
 		n = max(n, rec.Number)
 	}
 	n++
-	tmpl := nextRootTemplate(c.vm, c.roots[c.st.signing().Number].cert)
+	tmpl := nextRootTemplate(c.mesh(), c.roots[c.st.signing().Number].cert)
 	c.mu.Unlock()
 
-	r, rec, err := newRoot(c.cfg.DataDir, c.vm.Name, n, tmpl, now)
+	r, rec, err := newRoot(c.cfg.DataDir, c.name, n, tmpl, now)
 	if err != nil {
 		return err
 	}
@@ -602,7 +617,7 @@ func (c *Controller) status() *pb.StatusResponse {
 			Certificate: r.cert.Raw, SubjectKeyId: r.skid, ExpiresAt: r.cert.NotAfter.Unix(), State: string(rec.State),
 		})
 	}
-	for _, mesh := range c.vm.Meshes {
+	for _, mesh := range c.mesh().Meshes {
 		ms := &pb.MemberStatus{TrustDomain: mesh.TrustDomain.Name(), Address: mesh.Address}
 		if m := st.Members[mesh.TrustDomain.Name()]; m != nil {
 			ms.Joined = true

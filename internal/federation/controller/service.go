@@ -133,14 +133,15 @@ func (c *Controller) authenticate(ctx context.Context, method string) (spiffeid.
 		return refuse(codes.PermissionDenied, "%s may not call the controller; members present spiffe://<trust domain>%s", id, MemberPath)
 	}
 	td := id.TrustDomain()
-	if _, ok := c.vm.Mesh(td); !ok {
-		return refuse(codes.PermissionDenied, "%s is not a member of VirtualMesh %q (spec.meshes)", td.Name(), c.vm.Name)
-	}
 	now := c.clock()
 	c.mu.Lock()
+	_, member := c.mesh().Mesh(td)
 	roots := c.currentRoots()
 	_, joined := c.st.Members[td.Name()]
 	c.mu.Unlock()
+	if !member {
+		return refuse(codes.PermissionDenied, "%s is not a member of VirtualMesh %q (spec.meshes)", td.Name(), c.name)
+	}
 	_, chains, err := pki.VerifyX509SVID(certs, x509bundle.FromX509Authorities(td, roots), now)
 	if err != nil {
 		return refuse(codes.Unauthenticated, "the SVID %s does not verify against the VirtualMesh's roots: %v", id, err)
@@ -149,7 +150,7 @@ func (c *Controller) authenticate(ctx context.Context, method string) (spiffeid.
 		return refuse(codes.PermissionDenied, "the SVID %s is not issued through an intermediate for %s", id, td.Name())
 	}
 	if !joined {
-		return refuse(codes.PermissionDenied, "%s has not joined VirtualMesh %q; join with a token first", td.Name(), c.vm.Name)
+		return refuse(codes.PermissionDenied, "%s has not joined VirtualMesh %q; join with a token first", td.Name(), c.name)
 	}
 	return td, nil
 }
@@ -274,8 +275,8 @@ func (s *controllerService) Join(_ context.Context, req *pb.JoinRequest) (*pb.In
 		c.log.Warn("join refused", "trust_domain", td.Name(), "token", name, "reason", "token for "+want)
 		return nil, status.Errorf(codes.PermissionDenied, "federation controller: join token %s was made for trust domain %q, not %q", name, want, td.Name())
 	}
-	if _, ok := c.vm.Mesh(td); !ok {
-		return nil, status.Errorf(codes.PermissionDenied, "federation controller: %s is not a member of VirtualMesh %q (spec.meshes)", td.Name(), c.vm.Name)
+	if _, ok := c.mesh().Mesh(td); !ok {
+		return nil, status.Errorf(codes.PermissionDenied, "federation controller: %s is not a member of VirtualMesh %q (spec.meshes)", td.Name(), c.name)
 	}
 	chain, rec, err := c.signIntermediate(csr, td)
 	if err != nil {
@@ -444,9 +445,6 @@ func (a *adminService) CreateToken(_ context.Context, req *pb.CreateTokenRequest
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "federation controller: trust_domain: %v", err)
 	}
-	if _, ok := c.vm.Mesh(td); !ok {
-		return nil, status.Errorf(codes.InvalidArgument, "federation controller: %s is not a member of VirtualMesh %q; add it to spec.meshes and restart the controller", td.Name(), c.vm.Name)
-	}
 	ttl := time.Duration(req.GetTtlSeconds()) * time.Second
 	switch {
 	case ttl == 0:
@@ -461,6 +459,9 @@ func (a *adminService) CreateToken(_ context.Context, req *pb.CreateTokenRequest
 	expires := c.clock().Add(ttl)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if _, ok := c.mesh().Mesh(td); !ok {
+		return nil, status.Errorf(codes.InvalidArgument, "federation controller: %s is not a member of VirtualMesh %q; %s", td.Name(), c.name, c.addMemberHint())
+	}
 	if err := c.update(func(next *state) error {
 		next.Tokens = append(next.Tokens, tokenRecord{Hash: hash, TrustDomain: td.Name(), ExpiresAt: expires})
 		return nil

@@ -139,6 +139,12 @@ func Load(path string) (*VirtualMesh, error) {
 	if err != nil {
 		return nil, fmt.Errorf("virtualmesh: %w", err)
 	}
+	return ParseFile(path, data)
+}
+
+// ParseFile parses data read from path, as Load does: relative root file
+// paths are resolved against path's directory.
+func ParseFile(path string, data []byte) (*VirtualMesh, error) {
 	vm, err := Parse(path, data)
 	if err != nil {
 		return nil, err
