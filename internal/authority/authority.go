@@ -36,6 +36,7 @@ import (
 
 	"github.com/meshfed/meshfed/internal/cadir"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/internal/supervise"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -163,16 +164,7 @@ func (a *Authority) Run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
-	t := time.NewTicker(a.cfg.ReloadInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			_, _ = a.Reload()
-		}
-	}
+	return supervise.Every(ctx, a.cfg.ReloadInterval, func() { _, _ = a.Reload() })
 }
 
 // Reload re-reads the cacerts directory if its content changed since it was

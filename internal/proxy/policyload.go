@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/internal/policy"
+	"github.com/meshfed/meshfed/internal/supervise"
 )
 
 // DefaultPolicyPoll is how often a PolicyLoader looks for changes in its
@@ -114,7 +115,7 @@ func (p *PolicyLoader) Run(ctx context.Context, interval time.Duration) {
 	if p.dir == "" {
 		return
 	}
-	every(ctx, interval, func() {
+	supervise.Every(ctx, interval, func() {
 		if _, err := p.ReloadDir(); err != nil {
 			p.log.Error(err.Error())
 		}

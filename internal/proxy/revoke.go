@@ -3,6 +3,8 @@ package proxy
 import (
 	"context"
 	"time"
+
+	"github.com/meshfed/meshfed/internal/supervise"
 )
 
 // recheckInterval is how often the sidecar checks the peers of its open
@@ -72,19 +74,5 @@ func (s *Sidecar) recheck() int {
 
 // rechecking runs recheck every recheckInterval until ctx is done.
 func (s *Sidecar) rechecking(ctx context.Context) {
-	every(ctx, recheckInterval, func() { s.recheck() })
-}
-
-// every calls f every interval until ctx is done.
-func every(ctx context.Context, interval time.Duration, f func()) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			f()
-		}
-	}
+	supervise.Every(ctx, recheckInterval, func() { s.recheck() })
 }

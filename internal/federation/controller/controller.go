@@ -384,16 +384,7 @@ func (c *Controller) Close() {
 
 // maintain runs tick on every TickInterval.
 func (c *Controller) maintain(ctx context.Context) error {
-	t := time.NewTicker(c.cfg.TickInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			c.tick()
-		}
-	}
+	return supervise.Every(ctx, c.cfg.TickInterval, c.tick)
 }
 
 // tick does one round of maintenance; tests call it instead of waiting.

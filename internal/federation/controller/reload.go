@@ -8,10 +8,10 @@ import (
 	"reflect"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/meshfed/meshfed/internal/federation/virtualmesh"
 	"github.com/meshfed/meshfed/internal/pemfile"
+	"github.com/meshfed/meshfed/internal/supervise"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -165,14 +165,5 @@ func diffMembers(a, b *virtualmesh.VirtualMesh) (added, removed []string) {
 
 // watchMesh calls ReloadMesh every ReloadInterval until ctx is done.
 func (c *Controller) watchMesh(ctx context.Context) error {
-	t := time.NewTicker(c.cfg.ReloadInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			_, _ = c.ReloadMesh()
-		}
-	}
+	return supervise.Every(ctx, c.cfg.ReloadInterval, func() { _, _ = c.ReloadMesh() })
 }
