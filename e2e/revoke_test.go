@@ -159,3 +159,25 @@ func (p proxiedEcho) refusesNew(t *testing.T) {
 		t.Fatalf("a new connection read %d bytes, %v; want it refused", n, err)
 	}
 }
+
+// echoesNew opens a new connection through the proxies and checks that it
+// echoes.
+func (p proxiedEcho) echoesNew() error {
+	c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", p.outPort))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, "again"); err != nil {
+		return err
+	}
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(c, got); err != nil {
+		return err
+	}
+	if string(got) != "again" {
+		return fmt.Errorf("echoed %q", got)
+	}
+	return nil
+}

@@ -490,15 +490,16 @@ func TestVirtualMeshJoinAndRootRotationNoFailedHandshakes(t *testing.T) {
 	t.Logf("the test took %.1fs", time.Since(start).Seconds())
 }
 
-// TestVirtualMeshMemberRemovedWithoutRestart: east and west join a
+// TestVirtualMeshMemberRemovedAndAddedBackWithoutRestart: east and west join a
 // VirtualMesh, and a TCP connection from east's workload goes through east's
 // outbound proxy and west's inbound proxy to an echo app of west. The
 // operator then removes west from spec.meshes in the file the controller
 // runs with, and restarts nothing: the controller reads the file again and
 // refuses west, east's server stops federating with west, the bundle leaves
 // east's workloads, and east's proxy closes the open connection; a new one
-// is refused.
-func TestVirtualMeshMemberRemovedWithoutRestart(t *testing.T) {
+// is refused. West is then added back and given a new token in its token
+// file: it joins again by itself, and connections go through once more.
+func TestVirtualMeshMemberRemovedAndAddedBackWithoutRestart(t *testing.T) {
 	dir := t.TempDir()
 	eastTD, westTD := reviewsEast.TrustDomain(), ratingsWest.TrustDomain()
 	ctrl, ctrlAddr, ctrlSock := startController(t, dir)
@@ -516,6 +517,7 @@ func TestVirtualMeshMemberRemovedWithoutRestart(t *testing.T) {
 	p := echoThroughProxies(t, dir, east.workload, west.workload)
 
 	removedAt := time.Now()
+	serial1 := virtualMeshStatusOf(t, dir, ctrlSock).serials()["west.example"]
 	writeFile(t, filepath.Join(dir, "vm.yaml"), strings.Replace(virtualMeshYAML, `  - name: istiod-istio-system-west
     namespace: service-mesh-hub
     trustDomain: west.example
@@ -546,6 +548,28 @@ func TestVirtualMeshMemberRemovedWithoutRestart(t *testing.T) {
 	// East still trusts its own domain through the shared root.
 	if !trusts(eastSrc, root, eastTD) || chainsTo(eastSrc, root) != nil {
 		t.Error("east's workload lost its own trust domain's bundle or SVID")
+	}
+
+	// West added back: the controller knows the domain again but not the
+	// member, which joins again with the new token written to its file.
+	addedAt := time.Now()
+	writeFile(t, filepath.Join(dir, "vm.yaml"), virtualMeshYAML)
+	waitFor(t, 30*time.Second, "the controller to read west back", func() bool {
+		return len(virtualMeshStatusOf(t, dir, ctrlSock).Members) == 2
+	})
+	writeFile(t, west.tokenFile, meshfed(t, dir, "federation", "token", "create", "--admin-socket", ctrlSock, "--trust-domain", "west.example").stdout)
+	waitFor(t, 90*time.Second, "west to join again and east's workload to trust it", func() bool {
+		st := virtualMeshStatusOf(t, dir, ctrlSock)
+		_, err := eastSrc.GetX509BundleForTrustDomain(westTD)
+		return len(st.Members) == 2 && st.Members[1].Joined && err == nil
+	})
+	if serial2 := virtualMeshStatusOf(t, dir, ctrlSock).serials()["west.example"]; serial2 == "" || serial2 == serial1 {
+		t.Errorf("west's intermediate after joining again: %q, before: %q", serial2, serial1)
+	}
+	waitFor(t, 30*time.Second, "a new connection through both proxies to echo", func() bool { return p.echoesNew() == nil })
+	t.Logf("west joined again and served %s after it was added back", time.Since(addedAt).Round(time.Millisecond))
+	if !strings.Contains(west.server.logs.String(), "joined the VirtualMesh again") {
+		t.Error("west's server does not log joining again")
 	}
 	ctrl.mustRun(t)
 	for _, d := range []*daemon{p.client, p.server} {

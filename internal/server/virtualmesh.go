@@ -35,28 +35,17 @@ func (s *Server) startVirtualMesh() error {
 	return nil
 }
 
-// newMember makes the member, reading the join token file as it is now: an
-// operator may write it after the server started, and the next attempt to
-// join uses it.
+// newMember makes the member. It reads the join token file whenever it
+// needs a token: an operator may write it after the server started (or, for
+// a member removed from the VirtualMesh and added back, write a new one), and
+// the next attempt to join uses it.
 func (s *Server) newMember() (*member.Member, error) {
 	vm := s.set.federation.vm
-	var token string
-	if vm.JoinTokenFile != "" {
-		data, err := pemfile.ReadFile(vm.JoinTokenFile, maxTokenFileBytes)
-		switch {
-		case errors.Is(err, os.ErrNotExist):
-			// Needed only until the first join; the member says so if it is.
-		case err != nil:
-			return nil, fmt.Errorf("server: federation.virtual_mesh.join_token_file: %w", err)
-		default:
-			token = strings.TrimSpace(string(data))
-		}
-	}
 	return member.New(member.Config{
 		TrustDomain:      s.set.td,
 		Controller:       vm.Controller,
 		ControllerCAFile: vm.ControllerCAFile,
-		Token:            token,
+		TokenSource:      func() (string, error) { return readJoinToken(vm.JoinTokenFile) },
 		Dir:              s.set.federation.vmDir,
 		KeyType:          s.set.keyType,
 		Address:          s.grpcLn.Addr().String(),
@@ -68,6 +57,22 @@ func (s *Server) newMember() (*member.Member, error) {
 		// live certificates or agents moves on within seconds.
 		ReportInterval: virtualMeshReportInterval,
 	})
+}
+
+// readJoinToken reads a join token file; a file that is not there (or no
+// file configured) is no token yet.
+func readJoinToken(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	data, err := pemfile.ReadFile(path, maxTokenFileBytes)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return "", nil // needed only to join; the member says so when it is
+	case err != nil:
+		return "", fmt.Errorf("server: federation.virtual_mesh.join_token_file: %w", err)
+	}
+	return strings.TrimSpace(string(data)), nil
 }
 
 // virtualMeshReportInterval is how often the member reports to the

@@ -233,7 +233,7 @@ func TestMemberAuthentication(t *testing.T) {
 		{"signed by the root itself", east, e.issue(server(east), rootCA),
 			"PermissionDenied: federation controller: the SVID spiffe://east.example/meshfed/server is not issued through an intermediate for east.example"},
 		{"member that has not joined", west, e.issue(server(west), underRoot(t, rootCA, west)),
-			`PermissionDenied: federation controller: west.example has not joined VirtualMesh "virtual-mesh"; join with a token first`},
+			`FailedPrecondition: federation controller: west.example has not joined VirtualMesh "virtual-mesh"; join with a token first`},
 		{"the member", east, e.svid, "ok"},
 	}
 	for _, tc := range cases {

@@ -142,7 +142,7 @@ func TestReloadMeshRemovesAndAddsMembers(t *testing.T) {
 	h2.mustReload(true)
 	w.h = h2
 	w.roots = h2.rootsFile()
-	if got := statusText(w.report(&pb.MemberReport{})); got != `PermissionDenied: federation controller: west.example has not joined VirtualMesh "virtual-mesh"; join with a token first` {
+	if got := statusText(w.report(&pb.MemberReport{})); got != `FailedPrecondition: federation controller: west.example has not joined VirtualMesh "virtual-mesh"; join with a token first` {
 		t.Errorf("west added back, with its old SVID: %s", got)
 	}
 	h2.member(west).mustJoin().mustReport(&pb.MemberReport{AppliedGeneration: 3})

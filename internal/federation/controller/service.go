@@ -149,10 +149,19 @@ func (c *Controller) authenticate(ctx context.Context, method string) (spiffeid.
 	if !throughIntermediate(chains, td) {
 		return refuse(codes.PermissionDenied, "the SVID %s is not issued through an intermediate for %s", id, td.Name())
 	}
-	if !joined {
-		return refuse(codes.PermissionDenied, "%s has not joined VirtualMesh %q; join with a token first", td.Name(), c.name)
+	if !joined { // as errNotJoined
+		return refuse(codes.FailedPrecondition, "%s has not joined VirtualMesh %q; join with a token first", td.Name(), c.name)
 	}
 	return td, nil
+}
+
+// errNotJoined is the refusal of a call from a member the controller has no
+// record of: it never joined, or it was removed from spec.meshes since (and
+// maybe added back). FailedPrecondition, unlike the PermissionDenied of a
+// trust domain that is not a member, tells the member that a join with a
+// new token is what it takes.
+func errNotJoined(td spiffeid.TrustDomain, mesh string) error {
+	return status.Errorf(codes.FailedPrecondition, "federation controller: %s has not joined VirtualMesh %q; join with a token first", td.Name(), mesh)
 }
 
 // throughIntermediate reports whether a verified chain runs leaf,
@@ -318,8 +327,8 @@ func (s *controllerService) RenewIntermediate(ctx context.Context, req *pb.Renew
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	m := c.st.Members[td.Name()]
-	if m == nil { // authenticate checked; members are dropped only at start
-		return nil, status.Errorf(codes.PermissionDenied, "federation controller: %s has not joined", td.Name())
+	if m == nil { // authenticate checked, but a reload may have dropped it since
+		return nil, errNotJoined(td, c.name)
 	}
 	for _, old := range m.Intermediates {
 		if cert, err := x509.ParseCertificate(old.Cert); err == nil && samePublicKey(pub, cert.PublicKey) {
@@ -389,8 +398,8 @@ func (s *controllerService) Report(ctx context.Context, req *pb.MemberReport) (*
 	now := c.clock()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.st.Members[td.Name()] == nil {
-		return nil, status.Errorf(codes.PermissionDenied, "federation controller: %s has not joined", td.Name())
+	if c.st.Members[td.Name()] == nil { // dropped by a reload since authenticate
+		return nil, errNotJoined(td, c.name)
 	}
 	if err := c.update(func(next *state) error {
 		m := next.Members[td.Name()]

@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,19 +38,23 @@ spec:
 
 // startController runs the real VirtualMesh controller on 127.0.0.1:0 with
 // the fake clock, and returns it with a client of its admin socket.
-func startController(t *testing.T, clk *fakeClock) (*controller.Controller, pb.AdminClient) {
+func startController(t *testing.T, clk *fakeClock, edit ...func(*controller.Config)) (*controller.Controller, pb.AdminClient) {
 	t.Helper()
 	vm, err := virtualmesh.Parse("test.yaml", []byte(testMesh))
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := controller.New(controller.Config{
+	cfg := controller.Config{
 		Mesh:         vm,
 		DataDir:      t.TempDir(),
 		Listen:       "127.0.0.1:0",
 		Clock:        clk.Now,
 		TickInterval: time.Hour, // no maintenance during the test
-	})
+	}
+	for _, f := range edit {
+		f(&cfg)
+	}
+	c, err := controller.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,6 +75,18 @@ func startController(t *testing.T, clk *fakeClock) (*controller.Controller, pb.A
 	return c, pb.NewAdminClient(conn)
 }
 
+// controllerEnv is a member's environment beside the real controller c.
+func controllerEnv(t *testing.T, clk *fakeClock, c *controller.Controller) *memberEnv {
+	return &memberEnv{
+		clk:    clk,
+		addr:   c.Addr().String(),
+		caFile: c.RootCertFile(),
+		dir:    filepath.Join(t.TempDir(), "virtualmesh"),
+		logs:   newLogRecorder(),
+		states: make(chan State, 100),
+	}
+}
+
 // TestWithController joins the real controller with a token from its admin
 // socket and follows a whole rotation of the shared root, which the
 // controller advances on the member's reports alone: the new root is
@@ -82,14 +100,7 @@ func TestWithController(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &memberEnv{
-		clk:    clk,
-		addr:   c.Addr().String(),
-		caFile: c.RootCertFile(),
-		dir:    filepath.Join(t.TempDir(), "virtualmesh"),
-		logs:   newLogRecorder(),
-		states: make(chan State, 100),
-	}
+	e := controllerEnv(t, clk, c)
 	m := e.member(t, tok.GetToken(), func(cfg *Config) {
 		cfg.Report = func() Report { return Report{Agents: 1, AgentsCurrent: 1} }
 	})
@@ -158,5 +169,126 @@ func TestWithController(t *testing.T) {
 	if ms.GetTrustDomain() != "east.example" || !ms.GetJoined() || ms.GetIntermediateSerial() != st.IntermediateSerial ||
 		ms.GetRootSubjectKeyId() != st.RootSubjectKeyID {
 		t.Errorf("controller's view of the member: %v", ms)
+	}
+}
+
+// TestJoinAgainAfterRemovedAndAddedBack: a member is removed from
+// spec.meshes and added back, so the controller no longer knows it and
+// refuses its still valid intermediate; the member joins again, without a
+// restart, with the next token its TokenSource gives (the spent one is
+// refused, and it says what to do).
+func TestJoinAgainAfterRemovedAndAddedBack(t *testing.T) {
+	clk := newFakeClock()
+	file := filepath.Join(t.TempDir(), "vm.yaml")
+	writeMeshFile(t, file, testMesh)
+	c, admin := startController(t, clk, func(cfg *controller.Config) {
+		cfg.MeshFile = file
+		cfg.ReloadInterval = time.Hour // the test reloads
+	})
+	ctx := context.Background()
+	newToken := func() string {
+		t.Helper()
+		tok, err := admin.CreateToken(ctx, &pb.CreateTokenRequest{TrustDomain: east.Name()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok.GetToken()
+	}
+	var mu sync.Mutex
+	token := newToken()
+	e := controllerEnv(t, clk, c)
+	reports := make(chan struct{}, 100)
+	m := e.member(t, "", func(cfg *Config) {
+		cfg.TokenSource = func() (string, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return token, nil
+		}
+		cfg.Report = func() Report {
+			reports <- struct{}{}
+			return Report{}
+		}
+	})
+	run(t, m)
+	if first := recv(t, e.states, "the state of the join"); first.Generation != 1 {
+		t.Fatalf("state after the join: %+v", first)
+	}
+	serial1 := m.Status().IntermediateSerial
+
+	reload := func(yaml string) {
+		t.Helper()
+		writeMeshFile(t, file, yaml)
+		if changed, err := c.ReloadMesh(); !changed || err != nil {
+			t.Fatalf("ReloadMesh: %v, %v", changed, err)
+		}
+	}
+	reload(strings.Replace(testMesh, "  - {name: east, namespace: service-mesh-hub, trustDomain: east.example}\n", "", 1))
+	if line := e.logs.waitLog(t, "no watch stream from the controller"); !strings.Contains(line, `east.example is not a member of VirtualMesh "virtual-mesh" (spec.meshes)`) {
+		t.Fatalf("after the removal: %s", line)
+	}
+	reload(testMesh)
+	clk.Advance(4 * time.Second) // the watch's backoff
+	if line := e.logs.waitLog(t, "the controller has no record of this member"); !strings.Contains(line, "FailedPrecondition") {
+		t.Errorf("the refusal that starts a new join: %s", line)
+	}
+	// The token file still holds the spent token.
+	if line := e.logs.waitLog(t, "joining the VirtualMesh again failed"); !strings.Contains(line, "is unknown, expired or already used") ||
+		!strings.Contains(line, "make a token with 'meshfed federation token create --trust-domain east.example'") {
+		t.Errorf("a join again with the spent token: %s", line)
+	}
+	mu.Lock()
+	token = newToken()
+	mu.Unlock()
+	clk.Advance(4 * time.Second)
+	e.logs.waitLog(t, "joined the VirtualMesh again")
+	if st := recv(t, e.states, "the state of the new join"); st.Generation != 3 || !reflect.DeepEqual(st.TrustDomains, []spiffeid.TrustDomain{east, west}) {
+		t.Errorf("state after joining again: %+v", st)
+	}
+	serial2 := m.Status().IntermediateSerial
+	if serial2 == serial1 {
+		t.Error("joining again kept the old intermediate")
+	}
+	ca, err := cadir.Load(e.dir, clk.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprintf("%x", ca.Certificate().SerialNumber) != serial2 {
+		t.Error("the directory does not hold the new intermediate")
+	}
+	cs, err := admin.Status(ctx, &pb.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ms := cs.GetMembers()[0]; !ms.GetJoined() || ms.GetIntermediateSerial() != serial2 {
+		t.Errorf("the controller's view of east: %v", ms)
+	}
+	// The member reports again, on its new intermediate: the controller
+	// knows the generation it applied only from a report. The report hook
+	// runs before each report, so by its next call the last report is
+	// done.
+	failures := strings.Count(e.logs.all(), "cannot report")
+	for i := 0; ; i++ {
+		recv(t, reports, "a report after joining again")
+		cs, err := admin.Status(ctx, &pb.StatusRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cs.GetMembers()[0].GetAppliedGeneration() == 3 {
+			break
+		}
+		if i == 5 {
+			t.Fatalf("no report of generation 3 reached the controller:\n%s", e.logs.all())
+		}
+		clk.Advance(DefaultReportInterval)
+	}
+	if n := strings.Count(e.logs.all(), "cannot report"); n != failures {
+		t.Errorf("reports failed after joining again:\n%s", e.logs.all())
+	}
+}
+
+func writeMeshFile(t *testing.T, file, yaml string) {
+	t.Helper()
+	if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	mathrand "math/rand/v2"
 	"net/url"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -41,8 +42,14 @@ type Config struct {
 	// the roots the controller sends.
 	ControllerCAFile string
 	// Token is the one-time join token; needed only while Dir holds no
-	// usable intermediate.
+	// usable intermediate, or to join again after the controller dropped
+	// this member's record (it was removed from spec.meshes, then added
+	// back).
 	Token string
+	// TokenSource, when set, is asked for the token whenever one is needed,
+	// instead of Token, so that a token written after the start is used at
+	// the next try. "" means none yet.
+	TokenSource func() (string, error)
 	// Dir is the member's VirtualMesh directory: the intermediate in
 	// Istio's cacerts layout and StateFile.
 	Dir string
@@ -264,7 +271,11 @@ func (m *Member) Start(ctx context.Context) error {
 			"not_after", in.cert().NotAfter.UTC().Format(time.RFC3339))
 		return nil
 	}
-	if m.cfg.Token == "" {
+	token, terr := m.token()
+	if terr != nil {
+		return terr
+	}
+	if token == "" {
 		hint := fmt.Sprintf("create one on the controller with 'meshfed federation token create --trust-domain %s' and start with it", m.cfg.TrustDomain)
 		if errors.Is(err, errNoIntermediate) {
 			return fmt.Errorf("member: %s holds no VirtualMesh intermediate yet and no join token was given; %s", m.cfg.Dir, hint)
@@ -274,12 +285,24 @@ func (m *Member) Start(ctx context.Context) error {
 	if !errors.Is(err, errNoIntermediate) {
 		m.log.Warn("the VirtualMesh intermediate in the directory is not usable; joining with the token", "dir", m.cfg.Dir, "reason", err.Error())
 	}
-	return m.join(ctx)
+	return m.join(ctx, token)
+}
+
+// token is the join token to use now: TokenSource's, or Token.
+func (m *Member) token() (string, error) {
+	if m.cfg.TokenSource != nil {
+		t, err := m.cfg.TokenSource()
+		if err != nil {
+			return "", fmt.Errorf("member: join token: %w", err)
+		}
+		return t, nil
+	}
+	return m.cfg.Token, nil
 }
 
 // join spends the token for a first intermediate, over TLS that verifies the
 // controller with ControllerCAFile.
-func (m *Member) join(ctx context.Context) error {
+func (m *Member) join(ctx context.Context, token string) error {
 	if m.cfg.ControllerCAFile == "" {
 		return errors.New("member: the first join needs the controller's CA file (root-cert.pem in the controller's data directory)")
 	}
@@ -287,31 +310,11 @@ func (m *Member) join(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("member: controller CA file: %w", err)
 	}
-	key, csr, err := m.newCSR()
+	in, s, err := m.joinWith(ctx, token, func() []*x509.Certificate { return roots })
 	if err != nil {
 		return err
-	}
-	conn, err := m.dial(func() []*x509.Certificate { return roots }, nil)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	cctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
-	defer cancel()
-	resp, err := pb.NewControllerClient(conn).Join(cctx, &pb.JoinRequest{
-		Token:       m.cfg.Token,
-		TrustDomain: m.cfg.TrustDomain.Name(),
-		Csr:         csr,
-		Address:     m.cfg.Address,
-	})
-	if err != nil {
-		return fmt.Errorf("member: join at %s failed: %w", m.cfg.Controller, err)
 	}
 	now := m.clock()
-	in, s, err := checkResponse(resp, m.cfg.TrustDomain, key, m.cfg.Clock)
-	if err != nil {
-		return err
-	}
 	if err := writeDir(m.cfg.Dir, in, s); err != nil {
 		return err
 	}
@@ -322,6 +325,64 @@ func (m *Member) join(ctx context.Context) error {
 		"serial", in.serial(), "root_skid", fmt.Sprintf("%x", in.root.SubjectKeyId),
 		"not_after", in.cert().NotAfter.UTC().Format(time.RFC3339))
 	return nil
+}
+
+// rejoin joins again with the token there is now, verifying the controller
+// against the roots the member trusts now and those of ControllerCAFile,
+// and writes the new intermediate with the state applied (the caller
+// applies the new one).
+func (m *Member) rejoin(ctx context.Context) (*intermediate, *State, error) {
+	token, err := m.token()
+	if err != nil {
+		return nil, nil, err
+	}
+	if token == "" {
+		return nil, nil, errors.New("member: no join token")
+	}
+	roots := m.controllerRoots()
+	if m.cfg.ControllerCAFile != "" {
+		// After a rotation it missed, the member's roots are stale; the
+		// operator may hand it the controller's root-cert.pem again.
+		if more, err := pemfile.ReadCertificates(m.cfg.ControllerCAFile); err == nil {
+			roots = append(slices.Clip(roots), more...)
+		}
+	}
+	in, s, err := m.joinWith(ctx, token, func() []*x509.Certificate { return roots })
+	if err != nil {
+		return nil, nil, err
+	}
+	applied, _ := m.states()
+	if err := writeDir(m.cfg.Dir, in, applied); err != nil {
+		return nil, nil, err
+	}
+	return in, s, nil
+}
+
+// joinWith spends token for an intermediate for a new key, over TLS that
+// verifies the controller against roots, and checks what comes back. It
+// writes nothing.
+func (m *Member) joinWith(ctx context.Context, token string, roots func() []*x509.Certificate) (*intermediate, *State, error) {
+	key, csr, err := m.newCSR()
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := m.dial(roots, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer conn.Close()
+	cctx, cancel := context.WithTimeout(ctx, m.cfg.CallTimeout)
+	defer cancel()
+	resp, err := pb.NewControllerClient(conn).Join(cctx, &pb.JoinRequest{
+		Token:       token,
+		TrustDomain: m.cfg.TrustDomain.Name(),
+		Csr:         csr,
+		Address:     m.cfg.Address,
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("member: join at %s failed: %w", m.cfg.Controller, err)
+	}
+	return checkResponse(resp, m.cfg.TrustDomain, key, m.cfg.Clock)
 }
 
 // newCSR makes a new key for an intermediate and a CSR for it. The CSR names

@@ -12,7 +12,9 @@ import (
 	"github.com/meshfed/meshfed/internal/tlspolicy"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 )
 
 // maxMessageBytes bounds a message from the controller: MaxRoots and
@@ -73,10 +75,25 @@ type loop struct {
 	applyFailures int
 
 	reportAt time.Time
+
+	// rejoin is set when the controller has no record of this member
+	// (FailedPrecondition): nothing else is tried until a join with a
+	// token succeeds.
+	rejoin         bool
+	rejoinAt       time.Time
+	rejoinFailures int
 }
 
 // step does whatever is due at now.
 func (l *loop) step(ctx context.Context, now time.Time) {
+	if l.rejoin {
+		if !now.Before(l.rejoinAt) {
+			l.joinAgain(ctx, now)
+		}
+		if l.rejoin {
+			return
+		}
+	}
 	if reason := l.renewReason(now); reason != "" {
 		l.renew(ctx, now, reason)
 	}
@@ -103,6 +120,9 @@ func (l *loop) step(ctx context.Context, now time.Time) {
 
 // next is the earliest deadline after step.
 func (l *loop) next(now time.Time) time.Time {
+	if l.rejoin {
+		return l.rejoinAt
+	}
 	t := l.reportAt
 	earlier := func(u time.Time) {
 		if u.Before(t) {
@@ -161,6 +181,7 @@ func (l *loop) renew(ctx context.Context, now time.Time, reason string) {
 		return
 	}
 	if err != nil {
+		l.checkRecord(err)
 		l.renewFailures++
 		wait := backoff(l.renewFailures, m.cfg.MinBackoff, m.cfg.MaxBackoff, m.cfg.Jitter, m.rand())
 		l.renewRetryAt = now.Add(wait)
@@ -291,6 +312,7 @@ func (l *loop) report(ctx context.Context, now time.Time) {
 	case err == nil:
 		m.contact(now)
 	case ctx.Err() == nil: // not a shutdown
+		l.checkRecord(err)
 		m.failed("cannot report to the controller", fmt.Errorf("member: report: %w", err))
 	}
 }
@@ -446,7 +468,51 @@ func (l *loop) watchEnded(ctx context.Context, now time.Time, err error) {
 	if ctx.Err() != nil {
 		return // Run is ending
 	}
+	l.checkRecord(err)
 	l.watchFailed(now, fmt.Errorf("member: watch stream from the controller ended: %w", err))
+}
+
+// checkRecord sets rejoin when err says the controller has no record of
+// this member: it was removed from spec.meshes and added back, so its
+// intermediate, still valid, no longer counts, and only a join with a new
+// token makes it a member again.
+func (l *loop) checkRecord(err error) {
+	if l.rejoin || status.Code(err) != codes.FailedPrecondition {
+		return
+	}
+	l.rejoin = true
+	l.rejoinAt = time.Time{}
+	l.closeSession()
+	l.m.log.Warn("the controller has no record of this member (removed from spec.meshes and added back?); joining again with the join token", "error", err.Error())
+}
+
+// joinAgain joins with the token the member has now, over TLS that verifies
+// the controller against the roots it trusts now, and takes up the new
+// intermediate and state as a renewal does; or backs off.
+func (l *loop) joinAgain(ctx context.Context, now time.Time) {
+	m := l.m
+	in, s, err := m.rejoin(ctx)
+	if err != nil && ctx.Err() != nil {
+		return
+	}
+	if err != nil {
+		l.rejoinFailures++
+		wait := backoff(l.rejoinFailures, m.cfg.MinBackoff, m.cfg.MaxBackoff, m.cfg.Jitter, m.rand())
+		l.rejoinAt = now.Add(wait)
+		m.failed("joining the VirtualMesh again failed; give the member a new join token", fmt.Errorf("%w (retrying in %s; make a token with 'meshfed federation token create --trust-domain %s')", err, wait, m.cfg.TrustDomain))
+		return
+	}
+	old := m.current()
+	m.setIntermediate(in)
+	m.contact(now)
+	l.rejoin, l.rejoinFailures = false, 0
+	l.watchFailures, l.reconnectAt = 0, time.Time{}
+	l.renewFailures, l.renewRetryAt = 0, time.Time{}
+	l.closeSession() // its SVID came from the old intermediate
+	m.log.Info("joined the VirtualMesh again", "virtual_mesh", s.Name, "serial", in.serial(), "previous_serial", old.serial(),
+		"root_skid", fmt.Sprintf("%x", in.root.SubjectKeyId), "not_after", in.cert().NotAfter.UTC().Format(time.RFC3339))
+	m.setLatest(s)
+	l.apply(ctx, now, s)
 }
 
 func (l *loop) watchFailed(now time.Time, err error) {
