@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/http/httptrace"
 	"strings"
 	"sync"
@@ -46,11 +47,17 @@ func clockedPair(t *testing.T) (w *world, clock *gwClock, ca *pki.CA, upSrc, out
 	return w, clock, ca, w.source(svidAt(t, ca, infraTeam, 2)), w.source(svidAt(t, ca, clientID, 3))
 }
 
-// svidAt is an SVID for id from ca.
+// svidAt is an SVID for id from ca, of pki's default lifetime.
 func svidAt(t *testing.T, ca *pki.CA, id string, slot int) *x509svid.SVID {
 	t.Helper()
+	return svidFor(t, ca, id, slot, 0)
+}
+
+// svidFor is an SVID for id from ca that lives ttl (0: pki's default).
+func svidFor(t *testing.T, ca *pki.CA, id string, slot int, ttl time.Duration) *x509svid.SVID {
+	t.Helper()
 	k := key(t, pki.ECP256, slot)
-	chain, err := ca.SignX509SVID(pki.SVIDRequest{ID: spiffeid.RequireFromString(id), PublicKey: k.Public()})
+	chain, err := ca.SignX509SVID(pki.SVIDRequest{ID: spiffeid.RequireFromString(id), PublicKey: k.Public(), TTL: ttl})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -501,6 +508,9 @@ func TestGatewayIngressStaleConnection(t *testing.T) {
 // body (which cannot be read twice) gets the 421.
 func TestHTTPOutboundRetriesRefusedConnection(t *testing.T) {
 	_, upClock, upCA, upSrc, outSrc := clockedPair(t)
+	// The upstream's SVID is valid by both clocks throughout: a proxy
+	// presents no SVID its own clock finds expired.
+	upSrc.svid.Store(svidFor(t, upCA, infraTeam, 2, 24*time.Hour))
 	app, _ := httpApp(t)
 	// The upstream's idle closes are recorded, never run: an idle connection
 	// it closed at once (its clock is past the client's expiry) would leave
@@ -774,4 +784,59 @@ func TestMaxConnectionDuration(t *testing.T) {
 			t.Fatalf("want the pool renewed once:\n%s", m)
 		}
 	})
+}
+
+// TestExpiredOwnSVIDIsNotPresented: once this workload's SVID has expired
+// (the agent is gone, and the source keeps the last SVID it had), the
+// sidecar presents it to nobody. Against a lenient upstream, which would
+// take it, the outbound pool would otherwise open a connection per request,
+// each one stale at once, and log a renewal each time.
+func TestExpiredOwnSVIDIsNotPresented(t *testing.T) {
+	_, clock, ca, _, outSrc := clockedPair(t)
+	upSVID := svidFor(t, ca, infraTeam, 2, 24*time.Hour)
+	cert := tls.Certificate{PrivateKey: upSVID.PrivateKey, Leaf: upSVID.Certificates[0]}
+	for _, c := range upSVID.Certificates {
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	var handshakes atomic.Int64
+	lenient := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "lenient saw %s", r.URL.Path)
+	}))
+	lenient.TLS = &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.RequestClientCert, // takes any client certificate, expired or not
+		VerifyConnection: func(tls.ConnectionState) error {
+			handshakes.Add(1)
+			return nil
+		},
+	}
+	lenient.StartTLS()
+	t.Cleanup(lenient.Close)
+	hook, settle := followPool(t, "datastore")
+	out := startSidecar(t, proxy.Config{Source: outSrc, Clock: clock.Now, Outbound: []proxy.OutboundConfig{
+		{Name: "datastore", Service: "datastore", Upstream: lenient.Listener.Addr().String(), AllowedIDs: []string{infraTeam}, Protocol: proxy.ProtocolHTTP},
+	}}, hook)
+	client := &http.Client{Timeout: waitBudget, Transport: &http.Transport{DisableKeepAlives: true}}
+	base := "http://" + out.addr(0)
+	if code, body, _ := get(t, client, base+"/a", nil); code != 200 || body != "lenient saw /a" {
+		t.Fatalf("with a valid SVID: %d %q", code, body)
+	}
+	settle()
+
+	clock.Advance(2 * time.Hour) // the client SVID has expired; the upstream's has not
+	for _, path := range []string{"/b", "/c", "/d"} {
+		if code, _, _ := get(t, client, base+path, nil); code != http.StatusServiceUnavailable {
+			t.Fatalf("%s with an expired SVID: %d, want 503", path, code)
+		}
+	}
+	waitLog(t, out, "result=upstream_failed", "this workload's X.509-SVID spiffe://a.example/ns/default/sa/client expired at")
+	if n := handshakes.Load(); n != 1 {
+		t.Errorf("the upstream saw %d handshakes, want only the first request's", n)
+	}
+	if n := strings.Count(out.logs.String(), "renewing the upstream connections"); n != 1 {
+		t.Errorf("the pool was renewed %d times, want once (its connection's chain expired):\n%s", n, out.logs.String())
+	}
+	if m := scrape(t, out); !strings.Contains(m, `meshfed_proxy_stale_connections_total{listener="datastore",reason="expired"} 1`+"\n") {
+		t.Errorf("want one expired generation counted:\n%s", m)
+	}
 }

@@ -63,6 +63,7 @@ func ServerTLS(src Source, authorize Authorizer) *tls.Config {
 		},
 	}
 	cfg.VerifyConnection = verifyPeer(src, authorize, "client", cfg)
+	certs.cfg = cfg
 	return cfg
 }
 
@@ -89,9 +90,10 @@ func ClientTLS(src Source, authorize Authorizer) *tls.Config {
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			return certs.get()
 		},
-		ClientSessionCache: tls.NewLRUClientSessionCache(0),
+		ClientSessionCache: svidSessions{inner: tls.NewLRUClientSessionCache(0), certs: certs},
 	}
 	cfg.VerifyConnection = verifyPeer(src, authorize, "server", cfg)
+	certs.cfg = cfg
 	return cfg
 }
 
@@ -124,11 +126,47 @@ func verifyPeer(bundles x509bundle.Source, authorize Authorizer, role string, cf
 	}
 }
 
+// svidSessions is a client session cache that resumes a session only under
+// the SVID it was made with, and none once the SVID has expired. A resumed
+// handshake presents no certificate: the server takes the client's from the
+// session, so without this a session made before a rotation would go on
+// presenting the SVID it replaced, and an expired one, to any server lenient
+// enough to resume it.
+type svidSessions struct {
+	inner tls.ClientSessionCache
+	certs *certCache
+}
+
+func (s svidSessions) Get(key string) (*tls.ClientSessionState, bool) {
+	k, ok := s.key(key)
+	if !ok {
+		return nil, false
+	}
+	return s.inner.Get(k)
+}
+
+func (s svidSessions) Put(key string, cs *tls.ClientSessionState) {
+	if k, ok := s.key(key); ok {
+		s.inner.Put(k, cs)
+	}
+}
+
+// key is the cache key of a session with key made under the SVID in use
+// now; false if there is none to present.
+func (s svidSessions) key(key string) (string, bool) {
+	cert, err := s.certs.get()
+	if err != nil {
+		return "", false
+	}
+	return key + "\x00" + cert.Leaf.SerialNumber.Text(16), true
+}
+
 // certCache turns the source's SVID into a tls.Certificate, rebuilding it only
 // when the source hands out a different SVID (workloadapi.X509Source returns
 // the same pointer until it rotates).
 type certCache struct {
 	src  x509svid.Source
+	cfg  *tls.Config // its Time, if set, is the clock that finds the SVID expired
 	last atomic.Pointer[cachedCert]
 }
 
@@ -144,6 +182,17 @@ func (c *certCache) get() (*tls.Certificate, error) {
 	}
 	if svid == nil || len(svid.Certificates) == 0 || svid.PrivateKey == nil {
 		return nil, errors.New("proxy: no X.509-SVID to present: the source returned an empty one")
+	}
+	// A source keeps the last SVID it had when the agent goes away. Past
+	// its expiry no meshfed peer accepts it, and a lenient one would take
+	// an identity no longer vouched for; neither is worth a handshake.
+	now := time.Now
+	if c.cfg != nil && c.cfg.Time != nil {
+		now = c.cfg.Time
+	}
+	if exp := svid.Certificates[0].NotAfter; !now().Before(exp) {
+		return nil, fmt.Errorf("proxy: this workload's X.509-SVID %s expired at %s and the Workload API has not replaced it (is the agent running?); presenting none",
+			svid.ID, exp.UTC().Format(time.RFC3339))
 	}
 	if last := c.last.Load(); last != nil && last.svid == svid {
 		return last.cert, nil

@@ -310,6 +310,57 @@ func TestResumedSessionIsChecked(t *testing.T) {
 	}
 }
 
+// TestSessionResumedOnlyUnderItsSVID: a resumed handshake presents no
+// certificate (the server takes the client's from the session), so the
+// client resumes a session only under the SVID it was made with: after a
+// rotation the next handshake is full and presents the new SVID, and once
+// the SVID has expired nothing is presented or resumed.
+func TestSessionResumedOnlyUnderItsSVID(t *testing.T) {
+	w := newWorld(t, pki.ECP256)
+	for _, version := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		t.Run(tls.VersionName(version), func(t *testing.T) {
+			clientSrc := w.source(w.caA.svid(t, idFrontend, pki.ECP256, 3, pkix.Name{}))
+			// Made after the client's, so it expires no earlier.
+			server := proxy.ServerTLS(w.source(w.caA.svid(t, idBackend, pki.ECP256, 2, pkix.Name{})), tlsconfig.AuthorizeAny())
+			client := proxy.ClientTLS(clientSrc, tlsconfig.AuthorizeAny())
+			client.MaxVersion = version
+			client.ServerName = "backend" // the session cache key; each handshake has a new port
+			steps := []struct {
+				name    string
+				before  func()
+				resumed bool
+			}{
+				{"first", func() {}, false},
+				{"same SVID", func() {}, true},
+				{"after a rotation", func() { clientSrc.svid.Store(w.caA.svid(t, idFrontend, pki.ECP256, 4, pkix.Name{})) }, false},
+				{"same new SVID", func() {}, true},
+			}
+			for _, st := range steps {
+				st.before()
+				ss, cs, serr, cerr := handshake(t, server, client)
+				if serr != nil || cerr != nil {
+					t.Fatalf("%s: server %v, client %v", st.name, serr, cerr)
+				}
+				if cs.DidResume != st.resumed || ss.DidResume != st.resumed {
+					t.Fatalf("%s: resumed client %v server %v, want %v", st.name, cs.DidResume, ss.DidResume, st.resumed)
+				}
+				if got, want := ss.PeerCertificates[0].SerialNumber, clientSrc.svid.Load().Certificates[0].SerialNumber; got.Cmp(want) != 0 {
+					t.Fatalf("%s: the server saw client certificate %x, want the SVID in use %x", st.name, got, want)
+				}
+			}
+			expiry := clientSrc.svid.Load().Certificates[0].NotAfter
+			client.Time = func() time.Time { return expiry }
+			ss, _, _, cerr := handshake(t, server, client)
+			if cerr == nil || !strings.Contains(cerr.Error(), "proxy: this workload's X.509-SVID "+idFrontend+" expired at "+expiry.UTC().Format(time.RFC3339)) {
+				t.Errorf("at the SVID's expiry: client error %v, want the expiry named", cerr)
+			}
+			if ss.DidResume {
+				t.Error("at the SVID's expiry the session was resumed")
+			}
+		})
+	}
+}
+
 // TestRotation swaps the server's SVID and then the client's bundle while a
 // connection is open: the open connection carries on, and each new handshake
 // sees the new state.
