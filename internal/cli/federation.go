@@ -244,6 +244,8 @@ phase, and per member trust domain: its address, its intermediate (serial,
 expiry, the root it chains to), last contact, the state generation it has
 applied, how many of its agents have the current roots, and its live SVIDs per
 root. "waiting for" names who still keeps the rotation from its next phase.
+When the controller refused its VirtualMesh file as it is on disk now, the
+status says why; the VirtualMesh read before stays in use.
 
 Against a meshfed server's admin socket it shows that server's own roots
 (active, published, retiring), the phase of their rotation, its agents and its
@@ -339,6 +341,7 @@ type federationStatus struct {
 	Generation    uint64                   `json:"generation"`
 	RotationPhase string                   `json:"rotation_phase"`
 	WaitingFor    string                   `json:"waiting_for"`
+	ConfigError   string                   `json:"config_error,omitempty"` // the VirtualMesh file refused
 	Roots         []federationRootStatus   `json:"roots"`
 	Members       []federationMemberStatus `json:"members"`
 }
@@ -374,7 +377,8 @@ func unixTime(s int64) string {
 
 func federationStatusView(st *pb.StatusResponse) federationStatus {
 	v := federationStatus{Name: st.GetName(), Kind: st.GetKind(), Generation: st.GetGeneration(), RotationPhase: st.GetRotationPhase(), WaitingFor: st.GetWaitingFor(),
-		Roots: []federationRootStatus{}, Members: []federationMemberStatus{}}
+		ConfigError: st.GetConfigError(),
+		Roots:       []federationRootStatus{}, Members: []federationMemberStatus{}}
 	for _, r := range st.GetRoots() {
 		rv := federationRootStatus{SubjectKeyID: r.GetSubjectKeyId(), State: r.GetState(), ExpiresAt: unixTime(r.GetExpiresAt())}
 		if c, err := x509.ParseCertificate(r.GetCertificate()); err == nil {
@@ -403,7 +407,11 @@ func printFederationStatus(w io.Writer, format string, st *pb.StatusResponse) er
 			kind = "Trust domain"
 		}
 		fmt.Fprintf(w, "%s %s, generation %d, rotation phase %s\n", kind, v.Name, v.Generation, v.RotationPhase)
-		fmt.Fprintf(w, "waiting for: %s\n\n", orDash(v.WaitingFor))
+		fmt.Fprintf(w, "waiting for: %s\n", orDash(v.WaitingFor))
+		if v.ConfigError != "" {
+			fmt.Fprintf(w, "VirtualMesh file refused, the one read before stays in use: %s\n", v.ConfigError)
+		}
+		fmt.Fprintln(w)
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ROOT (SUBJECT KEY ID)\tSTATE\tEXPIRES\tSUBJECT")
 		for _, r := range v.Roots {

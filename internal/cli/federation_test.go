@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 
+	pb "github.com/meshfed/meshfed/internal/api/federationv1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -229,5 +230,27 @@ func TestFederationUsageAndFailures(t *testing.T) {
 		if code != tc.code || !strings.HasPrefix(stderr, tc.stderr) || stdout != "" {
 			t.Errorf("meshfed %s: exit %d, stdout %q, stderr %q\nwant exit %d and %q", strings.Join(tc.args, " "), code, stdout, stderr, tc.code, tc.stderr)
 		}
+	}
+}
+
+// A VirtualMesh file the controller refused is the second line of the
+// status, and config_error in JSON.
+func TestFederationStatusShowsRefusedFile(t *testing.T) {
+	st := &pb.StatusResponse{Name: "virtual-mesh", Generation: 2, RotationPhase: "stable",
+		ConfigError: "virtualmesh: vm.yaml:3: spec.federashun: unknown field"}
+	var text, js bytes.Buffer
+	if err := printFederationStatus(&text, "", st); err != nil {
+		t.Fatal(err)
+	}
+	if want := "VirtualMesh virtual-mesh, generation 2, rotation phase stable\nwaiting for: -\n" +
+		"VirtualMesh file refused, the one read before stays in use: virtualmesh: vm.yaml:3: spec.federashun: unknown field\n\n"; !strings.HasPrefix(text.String(), want) {
+		t.Errorf("text:\n%s\nwant it to start with:\n%s", text.String(), want)
+	}
+	if err := printFederationStatus(&js, "json", st); err != nil {
+		t.Fatal(err)
+	}
+	var v federationStatus
+	if err := json.Unmarshal(js.Bytes(), &v); err != nil || v.ConfigError != st.ConfigError {
+		t.Errorf("json config_error %q, %v", v.ConfigError, err)
 	}
 }

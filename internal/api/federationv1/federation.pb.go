@@ -810,7 +810,11 @@ type StatusResponse struct {
 	Generation uint64 `protobuf:"varint,6,opt,name=generation,proto3" json:"generation,omitempty"`
 	// "trust_domain" when a meshfed server answers about its own root
 	// (bundle federation); empty from a VirtualMesh controller.
-	Kind          string `protobuf:"bytes,7,opt,name=kind,proto3" json:"kind,omitempty"`
+	Kind string `protobuf:"bytes,7,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Why the controller refused the VirtualMesh file as it is on disk now
+	// (it does not parse, or renames the VirtualMesh); the VirtualMesh read
+	// before stays in use. Empty when the file in use is the one on disk.
+	ConfigError   string `protobuf:"bytes,8,opt,name=config_error,json=configError,proto3" json:"config_error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -890,6 +894,13 @@ func (x *StatusResponse) GetGeneration() uint64 {
 func (x *StatusResponse) GetKind() string {
 	if x != nil {
 		return x.Kind
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetConfigError() string {
+	if x != nil {
+		return x.ConfigError
 	}
 	return ""
 }
@@ -1007,7 +1018,7 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x0eagents_current\x18\v \x01(\x03R\ragentsCurrent\x1aB\n" +
 	"\x14LiveSvidsByRootEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\x98\x02\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xbb\x02\n" +
 	"\x0eStatusResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x127\n" +
 	"\x05roots\x18\x02 \x03(\v2!.meshfed.federation.v1.RootStatusR\x05roots\x12=\n" +
@@ -1018,7 +1029,8 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x06 \x01(\x04R\n" +
 	"generation\x12\x12\n" +
-	"\x04kind\x18\a \x01(\tR\x04kind\")\n" +
+	"\x04kind\x18\a \x01(\tR\x04kind\x12!\n" +
+	"\fconfig_error\x18\b \x01(\tR\vconfigError\")\n" +
 	"\x11RotateRootRequest\x12\x14\n" +
 	"\x05force\x18\x01 \x01(\bR\x05force2\x86\x03\n" +
 	"\n" +

@@ -141,6 +141,10 @@ type Controller struct {
 	reloadMu sync.Mutex
 	meshSeen [sha256.Size]byte
 	meshErr  error
+	// refused is meshErr's text for Status, "" when the file in use is
+	// the one on disk (atomic: Status holds mu, which ReloadMesh takes
+	// inside reloadMu).
+	refused atomic.Pointer[string]
 
 	ln, adminLn             net.Listener
 	grpcServer, adminServer *grpc.Server
@@ -601,6 +605,9 @@ func (c *Controller) status() *pb.StatusResponse {
 		RotationPhase: string(st.Phase),
 		WaitingFor:    strings.Join(st.waitingFor(c.skids(), c.clock()), "; "),
 		Generation:    st.Generation,
+	}
+	if r := c.refused.Load(); r != nil {
+		resp.ConfigError = *r
 	}
 	for _, rec := range st.Roots {
 		r := c.roots[rec.Number]

@@ -109,6 +109,7 @@ func (c *Controller) ReloadMesh() (bool, error) {
 		return false, c.refuseMesh(digest, fmt.Errorf("metadata.name changed from %q to %q: a controller serves one VirtualMesh, whose name is its SPIFFE trust domain; put the name back, or run another controller with its own --data-dir", c.name, vm.Name))
 	}
 	c.meshSeen, c.meshErr = digest, nil
+	c.refused.Store(nil)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	old := c.mesh()
@@ -142,6 +143,8 @@ func (c *Controller) ReloadMesh() (bool, error) {
 func (c *Controller) refuseMesh(digest [sha256.Size]byte, err error) error {
 	if digest != c.meshSeen {
 		c.meshSeen, c.meshErr = digest, err
+		msg := err.Error()
+		c.refused.Store(&msg)
 		c.log.Error("VirtualMesh reload refused; the one in use stays", "file", c.cfg.MeshFile, "error", err)
 	}
 	return err

@@ -183,8 +183,12 @@ func TestReloadMeshRefusals(t *testing.T) {
 			if n := strings.Count(logs.String(), "VirtualMesh reload refused; the one in use stays"); n != before+1 {
 				t.Errorf("logged %d times, want once:\n%s", n-before, logs.String())
 			}
-			if st := h.status(); st.GetGeneration() != 1 || !slices.Equal(memberNames(st), []string{"east.example", "west.example"}) {
+			st := h.status()
+			if st.GetGeneration() != 1 || !slices.Equal(memberNames(st), []string{"east.example", "west.example"}) {
 				t.Errorf("after the refusal: generation %d, members %v", st.GetGeneration(), memberNames(st))
+			}
+			if _, err := h.c.ReloadMesh(); st.GetConfigError() == "" || st.GetConfigError() != err.Error() {
+				t.Errorf("status config_error %q, want the refusal %v", st.GetConfigError(), err)
 			}
 		})
 	}
@@ -193,7 +197,7 @@ func TestReloadMeshRefusals(t *testing.T) {
 	}
 	writeMesh(t, file, withoutWestWithNorth)
 	h.mustReload(true)
-	if st := h.status(); st.GetGeneration() != 2 || !slices.Equal(memberNames(st), []string{"east.example", "north.example"}) {
-		t.Errorf("the good file after the refusals: generation %d, members %v", st.GetGeneration(), memberNames(st))
+	if st := h.status(); st.GetGeneration() != 2 || !slices.Equal(memberNames(st), []string{"east.example", "north.example"}) || st.GetConfigError() != "" {
+		t.Errorf("the good file after the refusals: generation %d, members %v, config_error %q", st.GetGeneration(), memberNames(st), st.GetConfigError())
 	}
 }
