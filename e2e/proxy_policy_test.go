@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -245,6 +246,20 @@ func TestProxyHTTPPolicy(t *testing.T) {
 			t.Errorf("server proxy /metrics lacks %s", want)
 		}
 	}
+	// SIGHUP reads the policy directory at once and stops nothing.
+	os.Remove(filepath.Join(p.policies, "broken.yaml"))
+	os.Remove(filepath.Join(p.policies, "deny.yaml"))
+	if err := p.serverProxy.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the policy directory to be read again on SIGHUP", func() bool {
+		return strings.Contains(p.serverProxy.logs.String(), "SIGHUP: reading the policy directory again")
+	})
+	waitFor(t, 10*time.Second, "the DENY to be lifted", func() bool {
+		code, _ := p.get(t, p.viaOutbound("/r"))
+		return code == 200
+	})
+	p.serverProxy.mustRun(t)
 	for _, d := range []*daemon{p.client, p.serverProxy} {
 		if s := d.logs.String(); strings.Contains(s, good[:40]) || strings.Contains(s, forged[:40]) || strings.Contains(s, "PRIVATE KEY") {
 			t.Errorf("%s logged a token or key material", d.name)

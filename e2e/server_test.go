@@ -225,14 +225,22 @@ func TestServerHTTPSWebBundleEndpoint(t *testing.T) {
 	}
 }
 
-func TestServerCACertsHotReload(t *testing.T) {
-	dir := t.TempDir()
+// startCACertsServer runs a server of east.example in dir on an Istio
+// cacerts directory (dir/cacerts, under a root in dir/root) polled every
+// interval, and returns it with its admin socket.
+func startCACertsServer(t *testing.T, dir, interval string) (*serverProc, string) {
+	t.Helper()
 	meshfed(t, dir, "ca", "create-root", "--out", "root")
 	meshfed(t, dir, "ca", "istio-cacerts", "--ca", "root", "--trust-domain", "east.example", "--out", "cacerts")
-	os.WriteFile(filepath.Join(dir, "server.yaml"), []byte("ca:\n  reload_interval: 100ms\n"), 0o644)
+	writeFile(t, filepath.Join(dir, "server.yaml"), "ca:\n  reload_interval: "+interval+"\n")
 	sock := filepath.Join(dir, "admin.sock")
-	srv := startServer(t, dir, "--config", "server.yaml", "--trust-domain", "east.example", "--data-dir", "east",
-		"--admin-socket", sock, "--cacerts-dir", "cacerts")
+	return startServer(t, dir, "--config", "server.yaml", "--trust-domain", "east.example", "--data-dir", "east",
+		"--admin-socket", sock, "--cacerts-dir", "cacerts"), sock
+}
+
+func TestServerCACertsHotReload(t *testing.T) {
+	dir := t.TempDir()
+	srv, sock := startCACertsServer(t, dir, "100ms")
 	first := servingIssuer(t, dir, srv)
 
 	// A new intermediate in place of the old: taken without a restart, and
@@ -257,6 +265,28 @@ func TestServerCACertsHotReload(t *testing.T) {
 	}
 	if strings.Contains(srv.logs.String(), string(good[:40])) {
 		t.Error("key material in the log")
+	}
+	meshfed(t, dir, "token", "create", "--admin-socket", sock, "--spiffe-id", "spiffe://east.example/node/x")
+}
+
+// TestServerSIGHUPReadsCACertsAgain: with the cacerts directory polled only
+// hourly, SIGHUP makes the server read it at once; the server goes on.
+func TestServerSIGHUPReadsCACertsAgain(t *testing.T) {
+	dir := t.TempDir()
+	srv, sock := startCACertsServer(t, dir, "1h")
+	meshfed(t, dir, "ca", "istio-cacerts", "--ca", "root", "--trust-domain", "east.example", "--out", "cacerts", "--force")
+	inter, err := pemfile.ReadCertificates(filepath.Join(dir, "cacerts", "ca-cert.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the server to sign with the new intermediate after SIGHUP", func() bool {
+		return servingIssuer(t, dir, srv).Equal(inter[0])
+	})
+	if !strings.Contains(srv.logs.String(), "SIGHUP: reading the CA's directory (cacerts or VirtualMesh) again") {
+		t.Errorf("no SIGHUP line in the log:\n%s", srv.logs.String())
 	}
 	meshfed(t, dir, "token", "create", "--admin-socket", sock, "--spiffe-id", "spiffe://east.example/node/x")
 }

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -522,6 +523,7 @@ func TestVirtualMeshMemberRemovedAndAddedBackWithoutRestart(t *testing.T) {
     namespace: service-mesh-hub
     trustDomain: west.example
 `, "", 1))
+	hangup(t, ctrl.cmd.Process) // read it now, not at the next poll
 	waitFor(t, 30*time.Second, "west's bundle to leave east's workloads", func() bool {
 		_, err := eastSrc.GetX509BundleForTrustDomain(westTD)
 		return err != nil
@@ -554,6 +556,7 @@ func TestVirtualMeshMemberRemovedAndAddedBackWithoutRestart(t *testing.T) {
 	// member, which joins again with the new token written to its file.
 	addedAt := time.Now()
 	writeFile(t, filepath.Join(dir, "vm.yaml"), virtualMeshYAML)
+	hangup(t, ctrl.cmd.Process)
 	waitFor(t, 30*time.Second, "the controller to read west back", func() bool {
 		return len(virtualMeshStatusOf(t, dir, ctrlSock).Members) == 2
 	})
@@ -571,6 +574,20 @@ func TestVirtualMeshMemberRemovedAndAddedBackWithoutRestart(t *testing.T) {
 	if !strings.Contains(west.server.logs.String(), "joined the VirtualMesh again") {
 		t.Error("west's server does not log joining again")
 	}
+	if n := strings.Count(ctrl.logs.String(), "SIGHUP: reading the VirtualMesh file again"); n != 2 {
+		t.Errorf("the controller logged %d SIGHUPs, want 2", n)
+	}
+	// SIGHUP stops no daemon: the agent and the proxy (which has no policy
+	// directory) reread nothing, and go on serving.
+	hangup(t, east.agent.cmd.Process)
+	hangup(t, p.client.cmd.Process)
+	waitFor(t, 10*time.Second, "the agent and the proxy to log their SIGHUP", func() bool {
+		const nothing = "SIGHUP: nothing is read again; restart to change the configuration"
+		return strings.Contains(east.agent.logs.String(), nothing) && strings.Contains(p.client.logs.String(), nothing)
+	})
+	if err := p.echoesNew(); err != nil {
+		t.Errorf("through both proxies after SIGHUP: %v", err)
+	}
 	ctrl.mustRun(t)
 	for _, d := range []*daemon{p.client, p.server} {
 		d.mustRun(t)
@@ -580,5 +597,13 @@ func TestVirtualMeshMemberRemovedAndAddedBackWithoutRestart(t *testing.T) {
 		if m.server.cmd.ProcessState != nil {
 			t.Errorf("%s server exited", m.td)
 		}
+	}
+}
+
+// hangup sends SIGHUP to a daemon.
+func hangup(t *testing.T, p *os.Process) {
+	t.Helper()
+	if err := p.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -58,7 +58,10 @@ tokens rotate); the server derives the identity from the token, and every
 local caller gets that one SVID.
 
 Any SPIFFE Workload API client works: go-spiffe, SPIRE's tools, Envoy via a
-SPIFFE-aware helper, or 'meshfed svid fetch'.`,
+SPIFFE-aware helper, or 'meshfed svid fetch'.
+
+The agent stops on SIGINT or SIGTERM. SIGHUP is logged and changes nothing:
+its configuration is read at start.`,
 		Example: `  meshfed agent --server 127.0.0.1:8443 --trust-bundle east/ca/ca.pem --join-token "$TOKEN" \
     --data-dir /var/lib/meshfed/agent --socket /run/meshfed/agent.sock
   # also keep files for a workload that reads them, reloading it on change
@@ -131,6 +134,7 @@ SPIFFE-aware helper, or 'meshfed svid fetch'.`,
 				return err
 			}
 			defer a.Close()
+			onHangup(ctx, logger, "", nil)
 			if err := a.Start(ctx); err != nil {
 				return err
 			}

@@ -81,8 +81,9 @@ or takes an existing one from PEM files (files: {rootCertFile, rootKeyFile},
 relative to the config file). A root in a Kubernetes secret is refused: give
 files. autoRestartPods is accepted and not needed.
 
-The file is read again whenever it changes (it is checked every 5s), and
-applied without a restart: a mesh added to spec.meshes can be given a join
+The file is read again whenever it changes (it is checked every 5s, and at
+once on SIGHUP, which never stops the controller), and applied without a
+restart: a mesh added to spec.meshes can be given a join
 token; a mesh removed is refused from its next call on, its record and
 unused tokens are dropped, and every other member stops trusting its trust
 domain (their workloads lose its bundle, and meshfed proxies close their
@@ -145,6 +146,7 @@ rotate-root from this uid and root.`,
 			}
 			progress(c, "VirtualMesh %s: controller API %s as %s, admin socket %s; members trust %s",
 				vm.Name, ctl.Addr(), ctl.ID(), ctl.AdminSocket(), ctl.RootCertFile())
+			onHangup(ctx, logger, "the VirtualMesh file", func() { _, _ = ctl.ReloadMesh() })
 			return ctl.Run(ctx)
 		},
 	}

@@ -52,8 +52,8 @@ by the agent; server_policies: false turns it off):
     RequestAuthentication validates the JWT (invalid: 401) and
     AuthorizationPolicy decides (denied: 403 "RBAC: access denied"); the app
     gets X-Forwarded-Client-Cert naming the mTLS peer.
-A change to the directory (polled every second) or on the server takes
-effect without a restart; a set that does not build is refused, with the
+A change to the directory (polled every second, and read at once on SIGHUP,
+which never stops the proxy) or on the server takes effect without a restart; a set that does not build is refused, with the
 file and line in the log, and the last good one stays in force.
 
 Outbound listeners (outbound: listen, service, upstream, allowed_ids, protocol)
@@ -153,6 +153,15 @@ See docs/configuration.md for every key and what each listener enforces.`,
 				return err
 			}
 			go loader.Run(ctx, proxy.DefaultPolicyPoll)
+			if fc.Policies == "" {
+				onHangup(ctx, logger, "", nil)
+			} else {
+				onHangup(ctx, logger, "the policy directory", func() {
+					if _, err := loader.ReloadDir(); err != nil {
+						logger.Error(err.Error())
+					}
+				})
+			}
 			ctx, cancel := context.WithCancel(ctx)
 			defer cancel()
 			metricsDone := make(chan error, 1)

@@ -39,8 +39,9 @@ uids; on --metrics-listen, /metrics, /healthz and /readyz.
 
 The CA is a root generated on first start and kept in --data-dir, or Istio's
 plug-in cacerts directory (--cacerts-dir), re-read without a restart when it
-changes. State lives in SQLite in --data-dir, or in Postgres (--datastore
-postgres://…) shared by several servers of the domain.
+changes (and at once on SIGHUP, which never stops the server). State lives
+in SQLite in --data-dir, or in Postgres (--datastore postgres://…) shared by
+several servers of the domain.
 
 Flags override the --config file; docs/configuration.md lists every key.`,
 		Example: `  meshfed server --trust-domain east.example --data-dir ./east
@@ -85,6 +86,7 @@ Flags override the --config file; docs/configuration.md lists every key.`,
 			}
 			a := srv.Addrs()
 			progress(c, "meshfed server for %s: signing API %s, bundle endpoint %s, admin socket %s", srv.TrustDomain(), a.Listen, a.BundleListen, a.AdminSocket)
+			onHangup(ctx, logger, "the CA's directory (cacerts or VirtualMesh)", srv.ReloadCA)
 			return srv.Run(ctx)
 		},
 	}

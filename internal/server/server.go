@@ -294,6 +294,12 @@ func (s *Server) Addrs() Addrs {
 // TrustDomain is the trust domain served.
 func (s *Server) TrustDomain() spiffeid.TrustDomain { return s.set.td }
 
+// ReloadCA reads the CA's directory again now (ca.mode cacerts, or the
+// VirtualMesh intermediate), as the poll every ca.reload_interval does; a
+// refused replacement is logged and the CA in use keeps signing. With a
+// self-signed root there is nothing to read.
+func (s *Server) ReloadCA() { _, _ = s.auth.Reload() }
+
 // Run serves until ctx is done or a part fails; then it stops every part and
 // returns the first failure (nil on a clean stop).
 func (s *Server) Run(ctx context.Context) error {
