@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
@@ -516,6 +518,11 @@ func TestVirtualMeshMemberRemovedAndAddedBackWithoutRestart(t *testing.T) {
 			trusts(eastSrc, root, eastTD, westTD) && trusts(westSrc, root, eastTD, westTD)
 	})
 	p := echoThroughProxies(t, dir, east.workload, west.workload)
+	// JWT-SVIDs too: east's workload validates west's, with the keys west
+	// reported to the controller.
+	waitFor(t, 30*time.Second, "east's workload to validate a JWT-SVID of west", func() bool {
+		return jwtAcross(t, west.workload, east.workload) == nil
+	})
 
 	removedAt := time.Now()
 	serial1 := virtualMeshStatusOf(t, dir, ctrlSock).serials()["west.example"]
@@ -547,6 +554,9 @@ func TestVirtualMeshMemberRemovedAndAddedBackWithoutRestart(t *testing.T) {
 	waitFor(t, 10*time.Second, "west's server to be told it is no longer a member", func() bool {
 		return strings.Contains(west.server.logs.String(), `west.example is not a member of VirtualMesh \"virtual-mesh\" (spec.meshes)`)
 	})
+	if err := jwtAcross(t, west.workload, east.workload); err == nil || !strings.Contains(err.Error(), `jwtsvid: no bundle found for trust domain "west.example"`) {
+		t.Errorf("east validating west's JWT-SVID after the removal: %v", err)
+	}
 	// East still trusts its own domain through the shared root.
 	if !trusts(eastSrc, root, eastTD) || chainsTo(eastSrc, root) != nil {
 		t.Error("east's workload lost its own trust domain's bundle or SVID")
@@ -598,6 +608,20 @@ func TestVirtualMeshMemberRemovedAndAddedBackWithoutRestart(t *testing.T) {
 			t.Errorf("%s server exited", m.td)
 		}
 	}
+}
+
+// jwtAcross fetches a JWT-SVID for audience "across" from the Workload API
+// at from and validates it with the one at to, both with go-spiffe's client.
+func jwtAcross(t *testing.T, from, to string) error {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	svid, err := workloadapi.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "across"}, workloadapi.WithAddr("unix://"+from))
+	if err != nil {
+		t.Fatalf("fetching a JWT-SVID from %s: %v", from, err)
+	}
+	_, err = workloadapi.ValidateJWTSVID(ctx, svid.Marshal(), "across", workloadapi.WithAddr("unix://"+to))
+	return err
 }
 
 // hangup sends SIGHUP to a daemon.

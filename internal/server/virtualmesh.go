@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -11,6 +12,7 @@ import (
 
 	pb "github.com/meshfed/meshfed/internal/api/serverv1"
 	"github.com/meshfed/meshfed/internal/bundle"
+	"github.com/meshfed/meshfed/internal/federation/jwtkeys"
 	"github.com/meshfed/meshfed/internal/federation/member"
 	"github.com/meshfed/meshfed/internal/pemfile"
 	"github.com/meshfed/meshfed/internal/store"
@@ -134,11 +136,37 @@ func (s *Server) virtualMeshReport() member.Report {
 		s.log.Error("counting live SVIDs for the VirtualMesh report failed", "error", err)
 	}
 	r.Agents, r.AgentsCurrent = s.watchers.counts(s.view.Load())
+	r.JWTAuthorities = s.jwtKeysForMembers(context.Background())
 	return r
 }
 
+// jwtKeysForMembers are this trust domain's unexpired JWT-SVID signing keys,
+// which the controller passes on so that the other members validate this
+// domain's JWT-SVIDs.
+func (s *Server) jwtKeysForMembers(ctx context.Context) []jwtkeys.Key {
+	auths, err := s.store.LocalAuthorities(ctx)
+	if err != nil {
+		s.log.Error("reading the JWT-SVID keys for the VirtualMesh report failed", "error", err)
+		return nil
+	}
+	now := s.clock()
+	var out []jwtkeys.Key
+	for _, a := range auths.JWT {
+		if !now.Before(a.NotAfter) {
+			continue
+		}
+		pub, err := x509.ParsePKIXPublicKey(a.PublicKeyDER)
+		if err != nil {
+			continue // buildBundle logs it
+		}
+		out = append(out, jwtkeys.Key{ID: a.KeyID, Public: pub, DER: a.PublicKeyDER, ExpiresAt: a.NotAfter})
+	}
+	return out
+}
+
 // virtualMeshBundles are the federated bundles of the other members of this
-// domain's VirtualMesh: the shared roots, for every workload; or, with
+// domain's VirtualMesh: the shared roots and the member's unexpired JWT-SVID
+// keys, for every workload; or, with
 // enforceAccessControl, only for the workloads whose entries federate with
 // that member's trust domain. Without the bundle a workload cannot verify a
 // peer of that domain, so cross-mesh traffic is denied unless an entry
@@ -149,6 +177,7 @@ func (s *Server) virtualMeshBundles() ([]*pb.Bundle, error) {
 		return nil, nil
 	}
 	var out []*pb.Bundle
+	now := s.clock()
 	for _, td := range st.TrustDomains {
 		if td == s.set.td {
 			continue
@@ -156,6 +185,14 @@ func (s *Server) virtualMeshBundles() ([]*pb.Bundle, error) {
 		b, err := bundle.FromCertificates(td, st.Roots)
 		if err != nil {
 			return nil, err
+		}
+		for _, k := range st.JWTAuthorities[td] {
+			if !k.ExpiresAt.IsZero() && !now.Before(k.ExpiresAt) {
+				continue
+			}
+			if err := b.AddJWTAuthority(k.ID, k.Public); err != nil {
+				return nil, err
+			}
 		}
 		b.SetSequenceNumber(st.Generation)
 		data, err := b.Marshal()

@@ -12,8 +12,11 @@ import (
 	pb "github.com/meshfed/meshfed/internal/api/serverv1"
 	"github.com/meshfed/meshfed/internal/bundle"
 	"github.com/meshfed/meshfed/internal/federation/controller"
+	"github.com/meshfed/meshfed/internal/federation/jwtkeys"
 	"github.com/meshfed/meshfed/internal/federation/member"
 	"github.com/meshfed/meshfed/internal/federation/virtualmesh"
+	"github.com/meshfed/meshfed/internal/testjwt"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -175,5 +178,39 @@ func TestVirtualMeshEnforceAccessControl(t *testing.T) {
 		if len(got) != 1 || got[0].GetTrustDomain() != "west.example" || got[0].GetAllWorkloads() == enforce || got[0].GetSequence() != 3 {
 			t.Errorf("enforceAccessControl %v: %v", enforce, got)
 		}
+	}
+}
+
+// A member reports its own JWT-SVID keys, and the other members' keys the
+// controller sent go into their federated bundles, expired ones left out.
+func TestVirtualMeshJWTKeys(t *testing.T) {
+	h := start(t, nil)
+	own := h.srv.virtualMeshReport().JWTAuthorities
+	published := h.srv.bundle.Load().JWTAuthorities()
+	if len(own) != 1 || len(published) != 1 || published[own[0].ID] == nil {
+		t.Fatalf("reported keys %+v, published %v; want the server's one key", own, published)
+	}
+	key, der := testjwt.NewKey(t)
+	now := h.srv.clock()
+	west := spiffeid.RequireTrustDomainFromString("west.example")
+	roots := h.srv.auth.CA().Roots()
+	h.srv.vmState.Store(&member.State{Name: "vm", Roots: roots, SigningRoot: roots[0], Generation: 4,
+		TrustDomains: []spiffeid.TrustDomain{h.srv.TrustDomain(), west},
+		JWTAuthorities: map[spiffeid.TrustDomain][]jwtkeys.Key{west: {
+			{ID: "current", Public: key.Public(), DER: der, ExpiresAt: now.Add(time.Hour)},
+			{ID: "expired", Public: key.Public(), DER: der, ExpiresAt: now.Add(-time.Second)},
+			{ID: "no-expiry", Public: key.Public(), DER: der},
+		}}})
+	got, err := h.srv.virtualMeshBundles()
+	if err != nil || len(got) != 1 {
+		t.Fatalf("bundles %v, %v", got, err)
+	}
+	b, err := spiffebundle.Parse(west, got[0].GetSpiffeBundle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := b.JWTAuthorities()
+	if len(keys) != 2 || keys["current"] == nil || keys["no-expiry"] == nil || len(b.X509Authorities()) != len(roots) {
+		t.Errorf("west's bundle: JWT keys %v, %d X.509 authorities", keys, len(b.X509Authorities()))
 	}
 }

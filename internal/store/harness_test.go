@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshfed/meshfed/internal/store"
+	"github.com/meshfed/meshfed/internal/testjwt"
 	"github.com/meshfed/meshfed/internal/testpg"
 )
 
@@ -168,13 +169,6 @@ func caDER(t *testing.T, name string, notAfter time.Time, isCA bool) []byte {
 // publicKeyDER makes a PKIX-encoded P-256 public key.
 func publicKeyDER(t *testing.T) []byte {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKIXPublicKey(key.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, der := testjwt.NewKey(t)
 	return der
 }

@@ -3,6 +3,10 @@
 package testjwt
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"testing"
 
 	"github.com/go-jose/go-jose/v4"
@@ -30,4 +34,19 @@ func Sign(t testing.TB, alg jose.SignatureAlgorithm, key any, kid, typ string, c
 		t.Fatal(err)
 	}
 	return tok
+}
+
+// NewKey returns a new ECDSA P-256 key, as meshfed's server signs JWT-SVIDs
+// with, and its public key in PKIX DER, as bundles and reports carry it.
+func NewKey(t testing.TB) (*ecdsa.PrivateKey, []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, der
 }

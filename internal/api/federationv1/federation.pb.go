@@ -253,9 +253,13 @@ type FederationState struct {
 	// The rotation phase, as `meshfed federation status` names it.
 	RotationPhase string `protobuf:"bytes,6,opt,name=rotation_phase,json=rotationPhase,proto3" json:"rotation_phase,omitempty"`
 	// Bumped on every change.
-	Generation    uint64 `protobuf:"varint,7,opt,name=generation,proto3" json:"generation,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Generation uint64 `protobuf:"varint,7,opt,name=generation,proto3" json:"generation,omitempty"`
+	// The JWT-SVID signing keys of each member trust domain, as the member
+	// last reported them, so that every member can validate the others'
+	// JWT-SVIDs. Members without keys are left out.
+	JwtAuthorities []*MemberJWTAuthorities `protobuf:"bytes,8,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *FederationState) Reset() {
@@ -337,6 +341,129 @@ func (x *FederationState) GetGeneration() uint64 {
 	return 0
 }
 
+func (x *FederationState) GetJwtAuthorities() []*MemberJWTAuthorities {
+	if x != nil {
+		return x.JwtAuthorities
+	}
+	return nil
+}
+
+// A JWT-SVID signing key.
+type JWTAuthority struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The kid JWT-SVIDs name it by.
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The public key, PKIX DER.
+	PublicKey []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// When the member stops signing with it and drops it (unix seconds).
+	ExpiresAt     int64 `protobuf:"varint,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWTAuthority) Reset() {
+	*x = JWTAuthority{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTAuthority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTAuthority) ProtoMessage() {}
+
+func (x *JWTAuthority) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTAuthority.ProtoReflect.Descriptor instead.
+func (*JWTAuthority) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *JWTAuthority) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *JWTAuthority) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *JWTAuthority) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
+type MemberJWTAuthorities struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	Authorities   []*JWTAuthority        `protobuf:"bytes,2,rep,name=authorities,proto3" json:"authorities,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberJWTAuthorities) Reset() {
+	*x = MemberJWTAuthorities{}
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberJWTAuthorities) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberJWTAuthorities) ProtoMessage() {}
+
+func (x *MemberJWTAuthorities) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberJWTAuthorities.ProtoReflect.Descriptor instead.
+func (*MemberJWTAuthorities) Descriptor() ([]byte, []int) {
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *MemberJWTAuthorities) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *MemberJWTAuthorities) GetAuthorities() []*JWTAuthority {
+	if x != nil {
+		return x.Authorities
+	}
+	return nil
+}
+
 type MemberReport struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The generation of the FederationState the member has applied.
@@ -351,13 +478,16 @@ type MemberReport struct {
 	// have received the member's current bundle.
 	Agents        int64 `protobuf:"varint,5,opt,name=agents,proto3" json:"agents,omitempty"`
 	AgentsCurrent int64 `protobuf:"varint,6,opt,name=agents_current,json=agentsCurrent,proto3" json:"agents_current,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The member's own trust domain's unexpired JWT-SVID signing keys, which
+	// the controller passes on to every member (FederationState).
+	JwtAuthorities []*JWTAuthority `protobuf:"bytes,7,rep,name=jwt_authorities,json=jwtAuthorities,proto3" json:"jwt_authorities,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *MemberReport) Reset() {
 	*x = MemberReport{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[5]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -369,7 +499,7 @@ func (x *MemberReport) String() string {
 func (*MemberReport) ProtoMessage() {}
 
 func (x *MemberReport) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[5]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -382,7 +512,7 @@ func (x *MemberReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberReport.ProtoReflect.Descriptor instead.
 func (*MemberReport) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{5}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *MemberReport) GetAppliedGeneration() uint64 {
@@ -427,6 +557,13 @@ func (x *MemberReport) GetAgentsCurrent() int64 {
 	return 0
 }
 
+func (x *MemberReport) GetJwtAuthorities() []*JWTAuthority {
+	if x != nil {
+		return x.JwtAuthorities
+	}
+	return nil
+}
+
 type ReportResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -435,7 +572,7 @@ type ReportResponse struct {
 
 func (x *ReportResponse) Reset() {
 	*x = ReportResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[6]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -447,7 +584,7 @@ func (x *ReportResponse) String() string {
 func (*ReportResponse) ProtoMessage() {}
 
 func (x *ReportResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[6]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -460,7 +597,7 @@ func (x *ReportResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportResponse.ProtoReflect.Descriptor instead.
 func (*ReportResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{6}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{8}
 }
 
 type CreateTokenRequest struct {
@@ -473,7 +610,7 @@ type CreateTokenRequest struct {
 
 func (x *CreateTokenRequest) Reset() {
 	*x = CreateTokenRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[7]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -485,7 +622,7 @@ func (x *CreateTokenRequest) String() string {
 func (*CreateTokenRequest) ProtoMessage() {}
 
 func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[7]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -498,7 +635,7 @@ func (x *CreateTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateTokenRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{7}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CreateTokenRequest) GetTrustDomain() string {
@@ -525,7 +662,7 @@ type CreateTokenResponse struct {
 
 func (x *CreateTokenResponse) Reset() {
 	*x = CreateTokenResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[8]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -537,7 +674,7 @@ func (x *CreateTokenResponse) String() string {
 func (*CreateTokenResponse) ProtoMessage() {}
 
 func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[8]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -550,7 +687,7 @@ func (x *CreateTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateTokenResponse.ProtoReflect.Descriptor instead.
 func (*CreateTokenResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{8}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateTokenResponse) GetToken() string {
@@ -575,7 +712,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[9]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -587,7 +724,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[9]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -600,7 +737,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{9}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{11}
 }
 
 type RootStatus struct {
@@ -617,7 +754,7 @@ type RootStatus struct {
 
 func (x *RootStatus) Reset() {
 	*x = RootStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[10]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -629,7 +766,7 @@ func (x *RootStatus) String() string {
 func (*RootStatus) ProtoMessage() {}
 
 func (x *RootStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[10]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -642,7 +779,7 @@ func (x *RootStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RootStatus.ProtoReflect.Descriptor instead.
 func (*RootStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{10}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RootStatus) GetCertificate() []byte {
@@ -693,7 +830,7 @@ type MemberStatus struct {
 
 func (x *MemberStatus) Reset() {
 	*x = MemberStatus{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[11]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +842,7 @@ func (x *MemberStatus) String() string {
 func (*MemberStatus) ProtoMessage() {}
 
 func (x *MemberStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[11]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +855,7 @@ func (x *MemberStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberStatus.ProtoReflect.Descriptor instead.
 func (*MemberStatus) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{11}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *MemberStatus) GetTrustDomain() string {
@@ -821,7 +958,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[12]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -833,7 +970,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[12]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -846,7 +983,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{12}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StatusResponse) GetName() string {
@@ -914,7 +1051,7 @@ type RotateRootRequest struct {
 
 func (x *RotateRootRequest) Reset() {
 	*x = RotateRootRequest{}
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[13]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -926,7 +1063,7 @@ func (x *RotateRootRequest) String() string {
 func (*RotateRootRequest) ProtoMessage() {}
 
 func (x *RotateRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[13]
+	mi := &file_meshfed_federation_v1_federation_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -939,7 +1076,7 @@ func (x *RotateRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRootRequest.ProtoReflect.Descriptor instead.
 func (*RotateRootRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{13}
+	return file_meshfed_federation_v1_federation_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RotateRootRequest) GetForce() bool {
@@ -965,7 +1102,7 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\n" +
 	"cert_chain\x18\x01 \x03(\fR\tcertChain\x12<\n" +
 	"\x05state\x18\x02 \x01(\v2&.meshfed.federation.v1.FederationStateR\x05state\"\x0e\n" +
-	"\fWatchRequest\"\x80\x02\n" +
+	"\fWatchRequest\"\xd6\x02\n" +
 	"\x0fFederationState\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05roots\x18\x02 \x03(\fR\x05roots\x12!\n" +
@@ -975,14 +1112,25 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x0erotation_phase\x18\x06 \x01(\tR\rrotationPhase\x12\x1e\n" +
 	"\n" +
 	"generation\x18\a \x01(\x04R\n" +
-	"generation\"\x90\x03\n" +
+	"generation\x12T\n" +
+	"\x0fjwt_authorities\x18\b \x03(\v2+.meshfed.federation.v1.MemberJWTAuthoritiesR\x0ejwtAuthorities\"c\n" +
+	"\fJWTAuthority\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x03 \x01(\x03R\texpiresAt\"\x80\x01\n" +
+	"\x14MemberJWTAuthorities\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12E\n" +
+	"\vauthorities\x18\x02 \x03(\v2#.meshfed.federation.v1.JWTAuthorityR\vauthorities\"\xde\x03\n" +
 	"\fMemberReport\x12-\n" +
 	"\x12applied_generation\x18\x01 \x01(\x04R\x11appliedGeneration\x12/\n" +
 	"\x13intermediate_serial\x18\x02 \x01(\tR\x12intermediateSerial\x126\n" +
 	"\x17intermediate_expires_at\x18\x03 \x01(\x03R\x15intermediateExpiresAt\x12e\n" +
 	"\x12live_svids_by_root\x18\x04 \x03(\v28.meshfed.federation.v1.MemberReport.LiveSvidsByRootEntryR\x0fliveSvidsByRoot\x12\x16\n" +
 	"\x06agents\x18\x05 \x01(\x03R\x06agents\x12%\n" +
-	"\x0eagents_current\x18\x06 \x01(\x03R\ragentsCurrent\x1aB\n" +
+	"\x0eagents_current\x18\x06 \x01(\x03R\ragentsCurrent\x12L\n" +
+	"\x0fjwt_authorities\x18\a \x03(\v2#.meshfed.federation.v1.JWTAuthorityR\x0ejwtAuthorities\x1aB\n" +
 	"\x14LiveSvidsByRootEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\x10\n" +
@@ -1057,50 +1205,55 @@ func file_meshfed_federation_v1_federation_proto_rawDescGZIP() []byte {
 	return file_meshfed_federation_v1_federation_proto_rawDescData
 }
 
-var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_meshfed_federation_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_meshfed_federation_v1_federation_proto_goTypes = []any{
 	(*JoinRequest)(nil),              // 0: meshfed.federation.v1.JoinRequest
 	(*RenewIntermediateRequest)(nil), // 1: meshfed.federation.v1.RenewIntermediateRequest
 	(*IntermediateResponse)(nil),     // 2: meshfed.federation.v1.IntermediateResponse
 	(*WatchRequest)(nil),             // 3: meshfed.federation.v1.WatchRequest
 	(*FederationState)(nil),          // 4: meshfed.federation.v1.FederationState
-	(*MemberReport)(nil),             // 5: meshfed.federation.v1.MemberReport
-	(*ReportResponse)(nil),           // 6: meshfed.federation.v1.ReportResponse
-	(*CreateTokenRequest)(nil),       // 7: meshfed.federation.v1.CreateTokenRequest
-	(*CreateTokenResponse)(nil),      // 8: meshfed.federation.v1.CreateTokenResponse
-	(*StatusRequest)(nil),            // 9: meshfed.federation.v1.StatusRequest
-	(*RootStatus)(nil),               // 10: meshfed.federation.v1.RootStatus
-	(*MemberStatus)(nil),             // 11: meshfed.federation.v1.MemberStatus
-	(*StatusResponse)(nil),           // 12: meshfed.federation.v1.StatusResponse
-	(*RotateRootRequest)(nil),        // 13: meshfed.federation.v1.RotateRootRequest
-	nil,                              // 14: meshfed.federation.v1.MemberReport.LiveSvidsByRootEntry
-	nil,                              // 15: meshfed.federation.v1.MemberStatus.LiveSvidsByRootEntry
+	(*JWTAuthority)(nil),             // 5: meshfed.federation.v1.JWTAuthority
+	(*MemberJWTAuthorities)(nil),     // 6: meshfed.federation.v1.MemberJWTAuthorities
+	(*MemberReport)(nil),             // 7: meshfed.federation.v1.MemberReport
+	(*ReportResponse)(nil),           // 8: meshfed.federation.v1.ReportResponse
+	(*CreateTokenRequest)(nil),       // 9: meshfed.federation.v1.CreateTokenRequest
+	(*CreateTokenResponse)(nil),      // 10: meshfed.federation.v1.CreateTokenResponse
+	(*StatusRequest)(nil),            // 11: meshfed.federation.v1.StatusRequest
+	(*RootStatus)(nil),               // 12: meshfed.federation.v1.RootStatus
+	(*MemberStatus)(nil),             // 13: meshfed.federation.v1.MemberStatus
+	(*StatusResponse)(nil),           // 14: meshfed.federation.v1.StatusResponse
+	(*RotateRootRequest)(nil),        // 15: meshfed.federation.v1.RotateRootRequest
+	nil,                              // 16: meshfed.federation.v1.MemberReport.LiveSvidsByRootEntry
+	nil,                              // 17: meshfed.federation.v1.MemberStatus.LiveSvidsByRootEntry
 }
 var file_meshfed_federation_v1_federation_proto_depIdxs = []int32{
 	4,  // 0: meshfed.federation.v1.IntermediateResponse.state:type_name -> meshfed.federation.v1.FederationState
-	14, // 1: meshfed.federation.v1.MemberReport.live_svids_by_root:type_name -> meshfed.federation.v1.MemberReport.LiveSvidsByRootEntry
-	15, // 2: meshfed.federation.v1.MemberStatus.live_svids_by_root:type_name -> meshfed.federation.v1.MemberStatus.LiveSvidsByRootEntry
-	10, // 3: meshfed.federation.v1.StatusResponse.roots:type_name -> meshfed.federation.v1.RootStatus
-	11, // 4: meshfed.federation.v1.StatusResponse.members:type_name -> meshfed.federation.v1.MemberStatus
-	0,  // 5: meshfed.federation.v1.Controller.Join:input_type -> meshfed.federation.v1.JoinRequest
-	1,  // 6: meshfed.federation.v1.Controller.RenewIntermediate:input_type -> meshfed.federation.v1.RenewIntermediateRequest
-	3,  // 7: meshfed.federation.v1.Controller.Watch:input_type -> meshfed.federation.v1.WatchRequest
-	5,  // 8: meshfed.federation.v1.Controller.Report:input_type -> meshfed.federation.v1.MemberReport
-	7,  // 9: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
-	9,  // 10: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
-	13, // 11: meshfed.federation.v1.Admin.RotateRoot:input_type -> meshfed.federation.v1.RotateRootRequest
-	2,  // 12: meshfed.federation.v1.Controller.Join:output_type -> meshfed.federation.v1.IntermediateResponse
-	2,  // 13: meshfed.federation.v1.Controller.RenewIntermediate:output_type -> meshfed.federation.v1.IntermediateResponse
-	4,  // 14: meshfed.federation.v1.Controller.Watch:output_type -> meshfed.federation.v1.FederationState
-	6,  // 15: meshfed.federation.v1.Controller.Report:output_type -> meshfed.federation.v1.ReportResponse
-	8,  // 16: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
-	12, // 17: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
-	12, // 18: meshfed.federation.v1.Admin.RotateRoot:output_type -> meshfed.federation.v1.StatusResponse
-	12, // [12:19] is the sub-list for method output_type
-	5,  // [5:12] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	6,  // 1: meshfed.federation.v1.FederationState.jwt_authorities:type_name -> meshfed.federation.v1.MemberJWTAuthorities
+	5,  // 2: meshfed.federation.v1.MemberJWTAuthorities.authorities:type_name -> meshfed.federation.v1.JWTAuthority
+	16, // 3: meshfed.federation.v1.MemberReport.live_svids_by_root:type_name -> meshfed.federation.v1.MemberReport.LiveSvidsByRootEntry
+	5,  // 4: meshfed.federation.v1.MemberReport.jwt_authorities:type_name -> meshfed.federation.v1.JWTAuthority
+	17, // 5: meshfed.federation.v1.MemberStatus.live_svids_by_root:type_name -> meshfed.federation.v1.MemberStatus.LiveSvidsByRootEntry
+	12, // 6: meshfed.federation.v1.StatusResponse.roots:type_name -> meshfed.federation.v1.RootStatus
+	13, // 7: meshfed.federation.v1.StatusResponse.members:type_name -> meshfed.federation.v1.MemberStatus
+	0,  // 8: meshfed.federation.v1.Controller.Join:input_type -> meshfed.federation.v1.JoinRequest
+	1,  // 9: meshfed.federation.v1.Controller.RenewIntermediate:input_type -> meshfed.federation.v1.RenewIntermediateRequest
+	3,  // 10: meshfed.federation.v1.Controller.Watch:input_type -> meshfed.federation.v1.WatchRequest
+	7,  // 11: meshfed.federation.v1.Controller.Report:input_type -> meshfed.federation.v1.MemberReport
+	9,  // 12: meshfed.federation.v1.Admin.CreateToken:input_type -> meshfed.federation.v1.CreateTokenRequest
+	11, // 13: meshfed.federation.v1.Admin.Status:input_type -> meshfed.federation.v1.StatusRequest
+	15, // 14: meshfed.federation.v1.Admin.RotateRoot:input_type -> meshfed.federation.v1.RotateRootRequest
+	2,  // 15: meshfed.federation.v1.Controller.Join:output_type -> meshfed.federation.v1.IntermediateResponse
+	2,  // 16: meshfed.federation.v1.Controller.RenewIntermediate:output_type -> meshfed.federation.v1.IntermediateResponse
+	4,  // 17: meshfed.federation.v1.Controller.Watch:output_type -> meshfed.federation.v1.FederationState
+	8,  // 18: meshfed.federation.v1.Controller.Report:output_type -> meshfed.federation.v1.ReportResponse
+	10, // 19: meshfed.federation.v1.Admin.CreateToken:output_type -> meshfed.federation.v1.CreateTokenResponse
+	14, // 20: meshfed.federation.v1.Admin.Status:output_type -> meshfed.federation.v1.StatusResponse
+	14, // 21: meshfed.federation.v1.Admin.RotateRoot:output_type -> meshfed.federation.v1.StatusResponse
+	15, // [15:22] is the sub-list for method output_type
+	8,  // [8:15] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_federation_v1_federation_proto_init() }
@@ -1114,7 +1267,7 @@ func file_meshfed_federation_v1_federation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_federation_v1_federation_proto_rawDesc), len(file_meshfed_federation_v1_federation_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

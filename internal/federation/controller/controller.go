@@ -594,6 +594,17 @@ func (c *Controller) federationState() *pb.FederationState {
 	for _, r := range st.Roots {
 		m.Roots = append(m.Roots, r.Cert)
 	}
+	for _, td := range slices.Sorted(maps.Keys(st.Members)) {
+		mr := st.Members[td]
+		if len(mr.JWTAuthorities) == 0 {
+			continue
+		}
+		keys := &pb.MemberJWTAuthorities{TrustDomain: td}
+		for _, a := range mr.JWTAuthorities {
+			keys.Authorities = append(keys.Authorities, &pb.JWTAuthority{KeyId: a.KeyID, PublicKey: a.PublicKey, ExpiresAt: a.ExpiresAt})
+		}
+		m.JwtAuthorities = append(m.JwtAuthorities, keys)
+	}
 	return m
 }
 

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"os"
@@ -11,6 +12,7 @@ import (
 
 	pb "github.com/meshfed/meshfed/internal/api/federationv1"
 	"github.com/meshfed/meshfed/internal/federation/virtualmesh"
+	"github.com/meshfed/meshfed/internal/testjwt"
 )
 
 // withoutWestWithNorth is testMesh with west removed from spec.meshes and
@@ -199,5 +201,50 @@ func TestReloadMeshRefusals(t *testing.T) {
 	h.mustReload(true)
 	if st := h.status(); st.GetGeneration() != 2 || !slices.Equal(memberNames(st), []string{"east.example", "north.example"}) || st.GetConfigError() != "" {
 		t.Errorf("the good file after the refusals: generation %d, members %v, config_error %q", st.GetGeneration(), memberNames(st), st.GetConfigError())
+	}
+}
+
+// A member's JWT-SVID keys, reported, reach every member in the next state;
+// the same keys reported again change nothing, bad ones are refused, and a
+// removed member's keys leave with it.
+func TestMemberJWTKeysPassedOn(t *testing.T) {
+	dir := t.TempDir()
+	h, file := fileHarness(t, dir, &fakeClock{now: t0}, &syncWriter{w: &strings.Builder{}})
+	e := h.member(east).mustJoin()
+	w := h.member(west).mustJoin()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := e.client().Watch(ctx, &pb.WatchRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := stream.Recv(); err != nil || len(st.GetJwtAuthorities()) != 0 {
+		t.Fatalf("first state: %v, %v", st, err)
+	}
+	_, der := testjwt.NewKey(t)
+	keys := []*pb.JWTAuthority{{KeyId: "west-1", PublicKey: der, ExpiresAt: t0.Add(day).Unix()}}
+	w.mustReport(&pb.MemberReport{JwtAuthorities: keys})
+	st, err := stream.Recv()
+	if err != nil || st.GetGeneration() != 2 || len(st.GetJwtAuthorities()) != 1 {
+		t.Fatalf("after west reported a key: %v, %v", st, err)
+	}
+	if got := st.GetJwtAuthorities()[0]; got.GetTrustDomain() != "west.example" || len(got.GetAuthorities()) != 1 ||
+		got.GetAuthorities()[0].GetKeyId() != "west-1" || !bytes.Equal(got.GetAuthorities()[0].GetPublicKey(), der) ||
+		got.GetAuthorities()[0].GetExpiresAt() != t0.Add(day).Unix() {
+		t.Errorf("west's keys as sent: %v", got)
+	}
+	w.mustReport(&pb.MemberReport{JwtAuthorities: keys})
+	if g := h.status().GetGeneration(); g != 2 {
+		t.Errorf("the same keys again bumped the generation to %d", g)
+	}
+	bad := []*pb.JWTAuthority{{KeyId: "west-2", PublicKey: []byte("not a key")}}
+	if got := statusText(w.report(&pb.MemberReport{JwtAuthorities: bad})); !strings.HasPrefix(got, `InvalidArgument: federation controller: report: JWT authority "west-2": public key does not parse`) {
+		t.Errorf("a report with a bad key: %s", got)
+	}
+
+	writeMesh(t, file, withoutWestWithNorth)
+	h.mustReload(true)
+	if st, err := stream.Recv(); err != nil || len(st.GetJwtAuthorities()) != 0 {
+		t.Errorf("after west left: %v, %v; want no JWT keys", st, err)
 	}
 }

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/tls"
@@ -9,12 +10,14 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/meshfed/meshfed/internal/adminsock"
 	pb "github.com/meshfed/meshfed/internal/api/federationv1"
 	"github.com/meshfed/meshfed/internal/credential"
+	"github.com/meshfed/meshfed/internal/federation/jwtkeys"
 	"github.com/meshfed/meshfed/internal/pemfile"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/internal/tlspolicy"
@@ -395,6 +398,14 @@ func (s *controllerService) Report(ctx context.Context, req *pb.MemberReport) (*
 	if err := checkReport(req); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "federation controller: report: %v", err)
 	}
+	keys, err := jwtkeys.Parse(req.GetJwtAuthorities())
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "federation controller: report: %v", err)
+	}
+	jwtRecords := make([]jwtAuthorityRecord, 0, len(keys))
+	for _, a := range jwtkeys.ToProto(keys) {
+		jwtRecords = append(jwtRecords, jwtAuthorityRecord{KeyID: a.GetKeyId(), PublicKey: a.GetPublicKey(), ExpiresAt: a.GetExpiresAt()})
+	}
 	now := c.clock()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -412,6 +423,14 @@ func (s *controllerService) Report(ctx context.Context, req *pb.MemberReport) (*
 			LiveSVIDsByRoot:       maps.Clone(req.GetLiveSvidsByRoot()),
 			Agents:                req.GetAgents(),
 			AgentsCurrent:         req.GetAgentsCurrent(),
+		}
+		if !slices.EqualFunc(m.JWTAuthorities, jwtRecords, func(a, b jwtAuthorityRecord) bool {
+			return a.KeyID == b.KeyID && a.ExpiresAt == b.ExpiresAt && bytes.Equal(a.PublicKey, b.PublicKey)
+		}) {
+			// Every member is sent the new keys.
+			m.JWTAuthorities = jwtRecords
+			next.bump()
+			c.log.Info("member JWT-SVID keys changed; passing them on", "trust_domain", td.Name(), "keys", len(jwtRecords))
 		}
 		return nil
 	}); err != nil {

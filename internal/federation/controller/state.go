@@ -82,6 +82,15 @@ type memberRecord struct {
 	// current one. Expired ones are pruned, the current one never.
 	Intermediates []intermediateRecord `json:"intermediates"`
 	Report        *reportRecord        `json:"report,omitempty"`
+	// JWTAuthorities are the JWT-SVID keys the member last reported, by
+	// key ID, which every member is sent.
+	JWTAuthorities []jwtAuthorityRecord `json:"jwt_authorities,omitempty"`
+}
+
+type jwtAuthorityRecord struct {
+	KeyID     string `json:"key_id"`
+	PublicKey []byte `json:"public_key"` // PKIX DER
+	ExpiresAt int64  `json:"expires_at,omitempty"`
 }
 
 type intermediateRecord struct {

@@ -15,7 +15,9 @@ import (
 	pb "github.com/meshfed/meshfed/internal/api/federationv1"
 	"github.com/meshfed/meshfed/internal/cadir"
 	"github.com/meshfed/meshfed/internal/federation/controller"
+	"github.com/meshfed/meshfed/internal/federation/jwtkeys"
 	"github.com/meshfed/meshfed/internal/federation/virtualmesh"
+	"github.com/meshfed/meshfed/internal/testjwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -290,5 +292,30 @@ func writeMeshFile(t *testing.T, file, yaml string) {
 	t.Helper()
 	if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestJWTKeysThroughTheController: the JWT-SVID keys a member reports come
+// back in the next state, for its trust domain, as every member gets them.
+func TestJWTKeysThroughTheController(t *testing.T) {
+	clk := newFakeClock()
+	c, admin := startController(t, clk)
+	tok, err := admin.CreateToken(context.Background(), &pb.CreateTokenRequest{TrustDomain: east.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, der := testjwt.NewKey(t)
+	want := jwtkeys.Key{ID: "east-1", Public: key.Public(), DER: der, ExpiresAt: clk.Now().Add(time.Hour).Truncate(time.Second)}
+	e := controllerEnv(t, clk, c)
+	m := e.member(t, tok.GetToken(), func(cfg *Config) {
+		cfg.Report = func() Report { return Report{JWTAuthorities: []jwtkeys.Key{want}} }
+	})
+	run(t, m)
+	if first := recv(t, e.states, "the state of the join"); len(first.JWTAuthorities) != 0 {
+		t.Fatalf("the join's state has JWT keys: %+v", first.JWTAuthorities)
+	}
+	st := recv(t, e.states, "the state with east's keys")
+	if st.Generation != 2 || !jwtkeys.Equal(st.JWTAuthorities[east], []jwtkeys.Key{want}) || len(st.JWTAuthorities) != 1 {
+		t.Fatalf("state %d with JWT keys %+v; want east's key", st.Generation, st.JWTAuthorities)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	pb "github.com/meshfed/meshfed/internal/api/federationv1"
+	"github.com/meshfed/meshfed/internal/federation/jwtkeys"
 	"github.com/meshfed/meshfed/internal/pemfile"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -105,10 +106,14 @@ type Config struct {
 
 // State is a federation state as the controller sends it, verified.
 type State struct {
-	Name                 string              // the VirtualMesh's name
-	Roots                []*x509.Certificate // every root to trust now; two during a rotation
-	SigningRoot          *x509.Certificate   // the root new intermediates are signed under; one of Roots
-	TrustDomains         []spiffeid.TrustDomain
+	Name         string              // the VirtualMesh's name
+	Roots        []*x509.Certificate // every root to trust now; two during a rotation
+	SigningRoot  *x509.Certificate   // the root new intermediates are signed under; one of Roots
+	TrustDomains []spiffeid.TrustDomain
+	// JWTAuthorities are the JWT-SVID signing keys of the member trust
+	// domains that sign JWT-SVIDs (this one's included), as each last
+	// reported them.
+	JWTAuthorities       map[spiffeid.TrustDomain][]jwtkeys.Key
 	EnforceAccessControl bool
 	Phase                string // the rotation phase
 	Generation           uint64
@@ -122,6 +127,9 @@ type Report struct {
 	// Agents is how many agents are connected; AgentsCurrent how many of
 	// them have received the current bundle.
 	Agents, AgentsCurrent int64
+	// JWTAuthorities are this trust domain's unexpired JWT-SVID signing
+	// keys, which the controller passes on to the other members.
+	JWTAuthorities []jwtkeys.Key
 }
 
 // Status is what the member knows about its membership.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	pb "github.com/meshfed/meshfed/internal/api/federationv1"
+	"github.com/meshfed/meshfed/internal/federation/jwtkeys"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/internal/tlspolicy"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -307,6 +308,7 @@ func (l *loop) report(ctx context.Context, now time.Time) {
 		LiveSvidsByRoot:       r.LiveSVIDsByRoot,
 		Agents:                r.Agents,
 		AgentsCurrent:         r.AgentsCurrent,
+		JwtAuthorities:        jwtkeys.ToProto(r.JWTAuthorities),
 	})
 	switch {
 	case err == nil:

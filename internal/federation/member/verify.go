@@ -6,9 +6,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"time"
 
 	pb "github.com/meshfed/meshfed/internal/api/federationv1"
+	"github.com/meshfed/meshfed/internal/federation/jwtkeys"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -92,6 +95,29 @@ func stateFromProto(m *pb.FederationState) (*State, error) {
 		}
 		s.TrustDomains = append(s.TrustDomains, td)
 	}
+	if n := len(m.GetJwtAuthorities()); n > len(s.TrustDomains) {
+		return nil, fmt.Errorf("JWT authorities of %d trust domains; there are %d members", n, len(s.TrustDomains))
+	}
+	for _, mk := range m.GetJwtAuthorities() {
+		td, err := spiffeid.TrustDomainFromString(mk.GetTrustDomain())
+		if err != nil {
+			return nil, fmt.Errorf("JWT authorities of trust domain %q: %w", mk.GetTrustDomain(), err)
+		}
+		if !slices.Contains(s.TrustDomains, td) {
+			return nil, fmt.Errorf("JWT authorities of %s, which is not a member", td)
+		}
+		if _, dup := s.JWTAuthorities[td]; dup {
+			return nil, fmt.Errorf("JWT authorities of %s twice", td)
+		}
+		keys, err := jwtkeys.Parse(mk.GetAuthorities())
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", td, err)
+		}
+		if s.JWTAuthorities == nil {
+			s.JWTAuthorities = map[spiffeid.TrustDomain][]jwtkeys.Key{}
+		}
+		s.JWTAuthorities[td] = keys
+	}
 	return s, nil
 }
 
@@ -109,6 +135,9 @@ func stateToProto(s *State) *pb.FederationState {
 	}
 	for _, td := range s.TrustDomains {
 		m.TrustDomains = append(m.TrustDomains, td.Name())
+		if keys := s.JWTAuthorities[td]; len(keys) > 0 {
+			m.JwtAuthorities = append(m.JwtAuthorities, &pb.MemberJWTAuthorities{TrustDomain: td.Name(), Authorities: jwtkeys.ToProto(keys)})
+		}
 	}
 	return m
 }
@@ -308,5 +337,5 @@ func sameState(a, b *State) bool {
 			return false
 		}
 	}
-	return true
+	return maps.EqualFunc(a.JWTAuthorities, b.JWTAuthorities, jwtkeys.Equal)
 }
