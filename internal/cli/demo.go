@@ -35,10 +35,13 @@ east, a small HTTPS ratings app in west).
   4. model B: a fresh pair, north.example and south.example, federates
      through bundle endpoints (bundle set, bundle refresh); each side
      verifies the other with the other domain's bundle;
+  5. Istio policy at meshfed proxy sidecars, across north and south: with
+     PeerAuthentication STRICT and an AuthorizationPolicy allowing only
+     reviews, reviews' call goes through (ratings gets X-Forwarded-Client-Cert),
+     plaintext is turned away, and another principal with a valid SVID gets
+     403; 'meshfed policy explain' says why;
   6. the shared root rotates while reviews keeps calling ratings: every call
      must succeed.
-
-(Step 5 of the story, policy, needs the proxy, which is not built yet.)
 
 Every line marked ✓ is a check the demo just ran; a step that does not turn
 out as told fails the demo (exit 1) and is named. At the end, or on Ctrl-C,

@@ -262,7 +262,7 @@ func (c *Controller) loadOrCreate() error {
 		var r *root
 		var rec rootRecord
 		if f := vm.Root.Files; f != nil {
-			r, rec, err = rootFromFiles(f, now)
+			r, rec, err = rootFromFiles(f, 1, now)
 		} else {
 			r, rec, err = newRoot(dir, c.name, 1, *vm.Root.Generated, now)
 		}
@@ -508,10 +508,17 @@ func (c *Controller) startRotation(by string) error {
 		n = max(n, rec.Number)
 	}
 	n++
-	tmpl := nextRootTemplate(c.mesh(), c.roots[c.st.signing().Number].cert)
+	vm := c.mesh()
+	tmpl := nextRootTemplate(vm, c.roots[c.st.signing().Number].cert)
+	current := c.currentRoots()
 	c.mu.Unlock()
 
-	r, rec, err := newRoot(c.cfg.DataDir, c.name, n, tmpl, now)
+	source := "files"
+	r, rec, err := nextRootFromFiles(vm, current, n, now)
+	if err == nil && r == nil {
+		source = "generated"
+		r, rec, err = newRoot(c.cfg.DataDir, c.name, n, tmpl, now)
+	}
 	if err != nil {
 		return err
 	}
@@ -529,7 +536,7 @@ func (c *Controller) startRotation(by string) error {
 	if err := c.writeRootCerts(); err != nil {
 		c.log.Error("writing root-cert.pem failed", "error", err)
 	}
-	c.log.Info("root rotation started: new root published beside the active one", "by", by, "phase", string(PhasePublishing),
+	c.log.Info("root rotation started: new root published beside the active one", "by", by, "source", source, "phase", string(PhasePublishing),
 		"generation", c.st.Generation, "new_root", r.skid, "new_root_subject", r.cert.Subject.String(),
 		"new_root_not_after", r.cert.NotAfter.UTC().Format(time.RFC3339))
 	c.autoAdvance(now)

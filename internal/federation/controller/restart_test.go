@@ -2,6 +2,8 @@ package controller
 
 import (
 	"context"
+	"crypto"
+	"crypto/x509"
 	"os"
 	"path/filepath"
 	"slices"
@@ -308,5 +310,86 @@ func TestRestartWithExpiredRetiringRoot(t *testing.T) {
 	h2 := start(t, dir, clock, manual)
 	if got := h2.status(); got.GetRotationPhase() != "retiring" || !slices.Equal(rootsOf(got), rootsOf(st)) {
 		t.Errorf("after the restart: %s, %v", got.GetRotationPhase(), rootsOf(got))
+	}
+}
+
+// A VirtualMesh whose root is given as files rotates to the next root
+// given as files: the operator points the files at the next root (the
+// controller reads the file again) and starts the rotation. A file that
+// still holds the root in use makes the next root generated, as before;
+// one holding a root with the key of a root in use is refused.
+func TestRotationToNextRootFromFiles(t *testing.T) {
+	op := t.TempDir()
+	writeRoot := func(name string, key crypto.Signer, cn string) *x509.Certificate {
+		t.Helper()
+		root, err := pki.CreateRoot(pki.RootRequest{Signer: key, Organization: "acme", CommonName: cn, TTL: 100 * day, Now: t0})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pemKey, _ := pemfile.EncodePrivateKey(key)
+		if err := pemfile.WriteFiles(op, pemfile.File{Name: name + ".pem", Data: pemfile.EncodeCertificates(root), Mode: 0o644},
+			pemfile.File{Name: name + ".key", Data: pemKey, Mode: 0o600}); err != nil {
+			t.Fatal(err)
+		}
+		return root
+	}
+	key1 := newKey(t)
+	root1 := writeRoot("root1", key1, "acme root 1")
+	writeRoot("root1-again", key1, "acme root 1 again") // the same key
+	root2 := writeRoot("root2", newKey(t), "acme root 2")
+	filesMesh := func(name string) string {
+		return strings.Replace(testMesh, "generated: {ttlDays: 356, orgName: service-mesh-hub}",
+			"files: {rootCertFile: "+filepath.Join(op, name+".pem")+", rootKeyFile: "+filepath.Join(op, name+".key")+"}", 1)
+	}
+	dir := t.TempDir()
+	writeMesh(t, filepath.Join(dir, "vm.yaml"), filesMesh("root1"))
+	logs := &syncWriter{w: &strings.Builder{}}
+	h, file := fileHarness(t, dir, &fakeClock{now: t0}, logs)
+	if got := h.rootsFile(); len(got) != 1 || !got[0].Equal(root1) {
+		t.Fatal("root-cert.pem does not hold the operator's first root")
+	}
+	h.member(east).mustJoin()
+
+	writeMesh(t, file, filesMesh("root1-again"))
+	h.mustReload(true)
+	_, err := h.admin.RotateRoot(context.Background(), &pb.RotateRootRequest{})
+	if got := statusText(err); !strings.Contains(got, "the next root in "+filepath.Join(op, "root1-again.pem")+" has the subject key ID "+skid(root1)+" of a root in use; the next root needs a key of its own") {
+		t.Errorf("a next root with the old key: %s", got)
+	}
+
+	writeMesh(t, file, filesMesh("root2"))
+	h.mustReload(true)
+	st := rotate(t, h, false)
+	if !slices.Equal(rootsOf(st), []rootView{{skid(root1), "active"}, {skid(root2), "published"}}) {
+		t.Fatalf("after rotate-root: %v", rootsOf(st))
+	}
+	if !strings.Contains(logs.String(), "source=files") {
+		t.Errorf("the log does not say where the new root came from:\n%s", logs.String())
+	}
+	if _, err := os.Stat(filepath.Join(h.dir, "root-2.key")); !os.IsNotExist(err) {
+		t.Errorf("the operator's next key was copied into the data dir: %v", err)
+	}
+	rotate(t, h, true)
+	rotate(t, h, true)
+	st = rotate(t, h, true)
+	if st.GetRotationPhase() != "stable" || !slices.Equal(rootsOf(st), []rootView{{skid(root2), "active"}}) {
+		t.Fatalf("after the rotation: %s, %v", st.GetRotationPhase(), rootsOf(st))
+	}
+	if got := h.rootsFile(); len(got) != 1 || !got[0].Equal(root2) {
+		t.Error("root-cert.pem does not hold the operator's second root alone")
+	}
+	for _, name := range []string{"root1.key", "root2.key"} {
+		if _, err := os.Stat(filepath.Join(op, name)); err != nil {
+			t.Errorf("the operator's %s: %v", name, err)
+		}
+	}
+
+	// The files still hold the root in use: the next one is generated.
+	st = rotate(t, h, false)
+	if len(st.GetRoots()) != 2 || !strings.HasSuffix(st.GetRoots()[1].GetState(), "published") {
+		t.Fatalf("the next rotation: %v", rootsOf(st))
+	}
+	if _, err := os.Stat(filepath.Join(h.dir, "root-3.key")); err != nil {
+		t.Errorf("the generated root's key: %v", err)
 	}
 }

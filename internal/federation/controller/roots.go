@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
@@ -61,9 +62,9 @@ func newRoot(dir, name string, n int, tmpl virtualmesh.GeneratedRoot, now time.T
 	return r, rootRecord{Number: n, Cert: cert.Raw, KeyFile: file, State: RootActive}, nil
 }
 
-// rootFromFiles reads an operator's root (number 1). Its key stays where it
-// is; the state names the file.
-func rootFromFiles(f *virtualmesh.RootFiles, now time.Time) (*root, rootRecord, error) {
+// rootFromFiles reads an operator's root as root number n. Its key stays
+// where it is; the state names the file.
+func rootFromFiles(f *virtualmesh.RootFiles, n int, now time.Time) (*root, rootRecord, error) {
 	certs, err := pemfile.ReadCertificates(f.CertFile)
 	if err != nil {
 		return nil, rootRecord{}, fmt.Errorf("federation controller: rootCertFile: %w", err)
@@ -72,7 +73,7 @@ func rootFromFiles(f *virtualmesh.RootFiles, now time.Time) (*root, rootRecord, 
 	if err != nil {
 		return nil, rootRecord{}, fmt.Errorf("federation controller: rootKeyFile: %w", err)
 	}
-	rec := rootRecord{Number: 1, Cert: certs[0].Raw, KeyFile: keyFile, State: RootActive}
+	rec := rootRecord{Number: n, Cert: certs[0].Raw, KeyFile: keyFile, State: RootActive}
 	r, err := loadRoot("", rec, now)
 	if err != nil {
 		return nil, rootRecord{}, err
@@ -112,6 +113,37 @@ func loadRoot(dir string, rec rootRecord, now time.Time) (*root, error) {
 		return nil, fmt.Errorf("federation controller: root %d: %w", rec.Number, err)
 	}
 	return &root{number: rec.Number, cert: cert, signer: key, skid: skid(cert)}, nil
+}
+
+// nextRootFromFiles is the next root of a rotation when the VirtualMesh gives
+// the root as files that now hold another root than those in use (the
+// operator put the next root's files there, or pointed the VirtualMesh at
+// them): that root, as number n. It returns nil, and no error, when there
+// are no files or they still hold a root in use: a root is then generated.
+// The new root must have a key of its own, since members name roots by
+// their subject key ID.
+func nextRootFromFiles(vm *virtualmesh.VirtualMesh, current []*x509.Certificate, n int, now time.Time) (*root, rootRecord, error) {
+	f := vm.Root.Files
+	if f == nil {
+		return nil, rootRecord{}, nil
+	}
+	certs, err := pemfile.ReadCertificates(f.CertFile)
+	if err != nil {
+		return nil, rootRecord{}, fmt.Errorf("federation controller: the next root: rootCertFile: %w", err)
+	}
+	for _, c := range current {
+		if c.Equal(certs[0]) {
+			return nil, rootRecord{}, nil
+		}
+		if bytes.Equal(c.SubjectKeyId, certs[0].SubjectKeyId) {
+			return nil, rootRecord{}, fmt.Errorf("federation controller: the next root in %s has the subject key ID %s of a root in use; the next root needs a key of its own", f.CertFile, skid(c))
+		}
+	}
+	r, rec, err := rootFromFiles(f, n, now)
+	if err != nil {
+		return nil, rootRecord{}, fmt.Errorf("federation controller: the next root: %w", err)
+	}
+	return r, rec, nil
 }
 
 // nextRootTemplate is what a rotation's new root is made like: the
