@@ -511,10 +511,11 @@ func (c *Controller) startRotation(by string) error {
 	vm := c.mesh()
 	tmpl := nextRootTemplate(vm, c.roots[c.st.signing().Number].cert)
 	current := c.currentRoots()
+	retired := slices.Clone(c.st.RetiredRoots)
 	c.mu.Unlock()
 
 	source := "files"
-	r, rec, err := nextRootFromFiles(vm, current, n, now)
+	r, rec, err := nextRootFromFiles(vm, current, retired, n, now)
 	if err == nil && r == nil {
 		source = "generated"
 		r, rec, err = newRoot(c.cfg.DataDir, c.name, n, tmpl, now)

@@ -317,7 +317,8 @@ func TestRestartWithExpiredRetiringRoot(t *testing.T) {
 // given as files: the operator points the files at the next root (the
 // controller reads the file again) and starts the rotation. A file that
 // still holds the root in use makes the next root generated, as before;
-// one holding a root with the key of a root in use is refused.
+// one holding a root with the key of a root in use, or a root a rotation
+// retired, is refused.
 func TestRotationToNextRootFromFiles(t *testing.T) {
 	op := t.TempDir()
 	writeRoot := func(name string, key crypto.Signer, cn string) *x509.Certificate {
@@ -383,6 +384,16 @@ func TestRotationToNextRootFromFiles(t *testing.T) {
 			t.Errorf("the operator's %s: %v", name, err)
 		}
 	}
+
+	// The retired first root is not taken back.
+	writeMesh(t, file, filesMesh("root1"))
+	h.mustReload(true)
+	_, err = h.admin.RotateRoot(context.Background(), &pb.RotateRootRequest{})
+	if got := statusText(err); !strings.Contains(got, "the next root in "+filepath.Join(op, "root1.pem")+" is root "+skid(root1)+", which a rotation retired; a retired root is not trusted again") {
+		t.Errorf("the retired root as the next one: %s", got)
+	}
+	writeMesh(t, file, filesMesh("root2"))
+	h.mustReload(true)
 
 	// The files still hold the root in use: the next one is generated.
 	st = rotate(t, h, false)

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/meshfed/meshfed/internal/federation/virtualmesh"
@@ -121,8 +122,8 @@ func loadRoot(dir string, rec rootRecord, now time.Time) (*root, error) {
 // them): that root, as number n. It returns nil, and no error, when there
 // are no files or they still hold a root in use: a root is then generated.
 // The new root must have a key of its own, since members name roots by
-// their subject key ID.
-func nextRootFromFiles(vm *virtualmesh.VirtualMesh, current []*x509.Certificate, n int, now time.Time) (*root, rootRecord, error) {
+// their subject key ID, and must not be one a rotation retired.
+func nextRootFromFiles(vm *virtualmesh.VirtualMesh, current []*x509.Certificate, retired []string, n int, now time.Time) (*root, rootRecord, error) {
 	f := vm.Root.Files
 	if f == nil {
 		return nil, rootRecord{}, nil
@@ -138,6 +139,9 @@ func nextRootFromFiles(vm *virtualmesh.VirtualMesh, current []*x509.Certificate,
 		if bytes.Equal(c.SubjectKeyId, certs[0].SubjectKeyId) {
 			return nil, rootRecord{}, fmt.Errorf("federation controller: the next root in %s has the subject key ID %s of a root in use; the next root needs a key of its own", f.CertFile, skid(c))
 		}
+	}
+	if id := skid(certs[0]); slices.Contains(retired, id) {
+		return nil, rootRecord{}, fmt.Errorf("federation controller: the next root in %s is root %s, which a rotation retired; a retired root is not trusted again (intermediates signed under it would be): give a new root", f.CertFile, id)
 	}
 	r, rec, err := rootFromFiles(f, n, now)
 	if err != nil {

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"crypto/x509"
 	"fmt"
 	"slices"
 	"time"
@@ -92,6 +93,9 @@ func (st *state) advance() (dropped []rootRecord) {
 		st.Roots = slices.DeleteFunc(st.Roots, func(r rootRecord) bool {
 			if r.State == RootRetiring {
 				dropped = append(dropped, r)
+				if c, err := x509.ParseCertificate(r.Cert); err == nil {
+					st.RetiredRoots = append(st.RetiredRoots, skid(c))
+				}
 				return true
 			}
 			return false

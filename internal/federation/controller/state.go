@@ -51,6 +51,10 @@ type state struct {
 	EnforceAccessControl bool                     `json:"enforce_access_control"`
 	Tokens               []tokenRecord            `json:"tokens"`
 	Members              map[string]*memberRecord `json:"members"`
+	// RetiredRoots are the subject key IDs (hex) of the roots rotations
+	// dropped, so that none is trusted again as a next root from files:
+	// intermediates signed under it would be trusted again with it.
+	RetiredRoots []string `json:"retired_roots,omitempty"`
 }
 
 // rootRecord is one shared root, by number (1, 2, … as rotations make
