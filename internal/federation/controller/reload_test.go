@@ -248,3 +248,24 @@ func TestMemberJWTKeysPassedOn(t *testing.T) {
 		t.Errorf("after west left: %v, %v; want no JWT keys", st, err)
 	}
 }
+
+// A rotation waiting for a member that is gone moves on by itself once the
+// member is removed from spec.meshes, without --force.
+func TestRemovingAMemberUnblocksARotation(t *testing.T) {
+	dir := t.TempDir()
+	h, file := fileHarness(t, dir, &fakeClock{now: t0}, &syncWriter{w: &strings.Builder{}})
+	e := h.member(east).mustJoin()
+	h.member(west).mustJoin() // and then never reports again
+	rotate(t, h, false)
+	e.mustReport(&pb.MemberReport{AppliedGeneration: 2, Agents: 1, AgentsCurrent: 1})
+	if st := h.status(); st.GetRotationPhase() != "publishing" || !strings.Contains(st.GetWaitingFor(), "west.example") {
+		t.Fatalf("before the removal: phase %s, waiting for %q", st.GetRotationPhase(), st.GetWaitingFor())
+	}
+	writeMesh(t, file, withoutWestWithNorth)
+	h.mustReload(true)
+	// East applies the new generation; the phase advances by itself.
+	e.mustReport(&pb.MemberReport{AppliedGeneration: 3, Agents: 1, AgentsCurrent: 1})
+	if st := h.status(); st.GetRotationPhase() != "reissuing" || strings.Contains(st.GetWaitingFor(), "west.example") {
+		t.Errorf("after west was removed: phase %s, waiting for %q; want reissuing, waiting for east only", st.GetRotationPhase(), st.GetWaitingFor())
+	}
+}
