@@ -272,3 +272,73 @@ federation:
 		t.Errorf("east's workload SVID is issued by %q", issuer)
 	}
 }
+
+// TestFederatesWithReloadedOnSIGHUP: east starts with no bundle endpoint
+// peer; west's bundle endpoint is added to east's configuration file and
+// east gets SIGHUP: it fetches west's bundle at once, with no restart.
+// Removed again, west is no longer fetched, and its bundle stays.
+func TestFederatesWithReloadedOnSIGHUP(t *testing.T) {
+	dir := t.TempDir()
+	eastPort, westPort := freePort(t), freePort(t)
+	east := startDomain(t, dir, "east.example", eastPort, "{}\n", reviewsEast, "west.example")
+	west := startDomain(t, dir, "west.example", westPort, "{}\n", ratingsWest, "east.example")
+	exchangeBundles(t, dir, east, west) // the trust that authenticates west's endpoint
+	westRow := func() bundleListRow {
+		t.Helper()
+		var out struct {
+			Bundles []bundleListRow `json:"bundles"`
+		}
+		if err := json.Unmarshal([]byte(meshfed(t, dir, "bundle", "list", "--admin-socket", east.sock, "-o", "json").stdout), &out); err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range out.Bundles {
+			if r.TrustDomain == "west.example" {
+				return r
+			}
+		}
+		t.Fatal("east lists no bundle of west.example")
+		return bundleListRow{}
+	}
+	if r := westRow(); r.Source != "bundle set" || r.Endpoint != "" {
+		t.Fatalf("before: %+v", r)
+	}
+
+	writeFile(t, filepath.Join(dir, "east.yaml"), fmt.Sprintf(`federation:
+  federates_with:
+  - trust_domain: west.example
+    bundle_endpoint_url: https://127.0.0.1:%d
+    endpoint_spiffe_id: spiffe://west.example/meshfed/server
+`, westPort))
+	hangup(t, east.server.cmd.Process)
+	waitFor(t, 20*time.Second, "east to fetch west's bundle from its endpoint", func() bool {
+		r := westRow()
+		return r.Source == "federates_with" && r.LastSuccess != "" && r.LastError == ""
+	})
+	if !strings.Contains(east.server.logs.String(), `peers=1 added=west.example changed="" removed=""`) {
+		t.Errorf("east does not log the reload:\n%s", east.server.logs.String())
+	}
+
+	writeFile(t, filepath.Join(dir, "east.yaml"), "{}\n")
+	hangup(t, east.server.cmd.Process)
+	waitFor(t, 20*time.Second, "west to leave east's peers, its bundle kept", func() bool {
+		r := westRow()
+		return r.Source == "bundle set" && r.Endpoint == "" && r.Authorities == 1
+	})
+	if !strings.Contains(east.server.logs.String(), "a federation peer was removed: its bundle is no longer fetched, and stays trusted until 'meshfed bundle delete TD'") {
+		t.Errorf("east does not warn about the removed peer:\n%s", east.server.logs.String())
+	}
+	east.agent.mustRun(t)
+	if east.server.cmd.ProcessState != nil {
+		t.Error("east's server exited")
+	}
+}
+
+// bundleListRow is one bundle of 'meshfed bundle list -o json'.
+type bundleListRow struct {
+	TrustDomain string `json:"trust_domain"`
+	Authorities int    `json:"x509_authorities"`
+	Source      string `json:"source"`
+	Endpoint    string `json:"bundle_endpoint_url"`
+	LastSuccess string `json:"last_success"`
+	LastError   string `json:"last_error"`
+}

@@ -285,7 +285,7 @@ func TestServerSIGHUPReadsCACertsAgain(t *testing.T) {
 	waitFor(t, 10*time.Second, "the server to sign with the new intermediate after SIGHUP", func() bool {
 		return servingIssuer(t, dir, srv).Equal(inter[0])
 	})
-	if !strings.Contains(srv.logs.String(), "SIGHUP: reading the CA's directory (cacerts or VirtualMesh) again") {
+	if !strings.Contains(srv.logs.String(), "SIGHUP: reading the CA's directory (cacerts or VirtualMesh) and the federation section of --config again") {
 		t.Errorf("no SIGHUP line in the log:\n%s", srv.logs.String())
 	}
 	meshfed(t, dir, "token", "create", "--admin-socket", sock, "--spiffe-id", "spiffe://east.example/node/x")

@@ -43,6 +43,11 @@ changes (and at once on SIGHUP, which never stops the server). State lives
 in SQLite in --data-dir, or in Postgres (--datastore postgres://…) shared by
 several servers of the domain.
 
+SIGHUP also reads --config again and applies its federation.federates_with
+and https_web_roots_file: a new bundle endpoint peer is fetched at once, a
+removed one no longer fetched (its bundle stays trusted until 'meshfed bundle
+delete'). Every other key takes effect at the next restart.
+
 Flags override the --config file; docs/configuration.md lists every key.`,
 		Example: `  meshfed server --trust-domain east.example --data-dir ./east
   meshfed server --trust-domain east.example --data-dir ./east --listen 127.0.0.1:8443 \
@@ -86,7 +91,19 @@ Flags override the --config file; docs/configuration.md lists every key.`,
 			}
 			a := srv.Addrs()
 			progress(c, "meshfed server for %s: signing API %s, bundle endpoint %s, admin socket %s", srv.TrustDomain(), a.Listen, a.BundleListen, a.AdminSocket)
-			onHangup(ctx, logger, "the CA's directory (cacerts or VirtualMesh)", srv.ReloadCA)
+			onHangup(ctx, logger, "the CA's directory (cacerts or VirtualMesh) and the federation section of --config", func() {
+				srv.ReloadCA()
+				if configPath == "" {
+					return
+				}
+				fc, err := server.LoadConfig(configPath)
+				if err == nil {
+					err = srv.ReloadFederation(fc.Federation)
+				}
+				if err != nil {
+					logger.Error("SIGHUP: the federation section of the configuration is refused; the one in use stays", "error", err)
+				}
+			})
 			return srv.Run(ctx)
 		},
 	}

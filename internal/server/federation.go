@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"time"
 
 	pb "github.com/meshfed/meshfed/internal/api/serverv1"
@@ -74,22 +76,13 @@ func (c FederationConfig) validate(own spiffeid.TrustDomain, dataDir string) (fe
 	return f, nil
 }
 
-// startFederation builds the bundle fetcher when peers are configured.
+// startFederation builds the bundle fetcher, with no peers too: a reload
+// (ReloadFederation) may add some.
 func (s *Server) startFederation() error {
 	f := s.set.federation
-	if len(f.peers) == 0 {
-		return nil
-	}
-	var roots *x509.CertPool
-	if f.webRoots != "" {
-		certs, err := pemfile.ReadCertificates(f.webRoots)
-		if err != nil {
-			return fmt.Errorf("server: federation.https_web_roots_file: %w", err)
-		}
-		roots = x509.NewCertPool()
-		for _, c := range certs {
-			roots.AddCert(c)
-		}
+	roots, err := webRootPool(f.webRoots)
+	if err != nil {
+		return err
 	}
 	r, err := fetcher.New(fetcher.Config{
 		Peers:    f.peers,
@@ -103,6 +96,59 @@ func (s *Server) startFederation() error {
 		return err
 	}
 	s.fetcher = r
+	return nil
+}
+
+// webRootPool reads federation.https_web_roots_file; nil (the system's
+// roots) when path is "".
+func webRootPool(path string) (*x509.CertPool, error) {
+	if path == "" {
+		return nil, nil
+	}
+	certs, err := pemfile.ReadCertificates(path)
+	if err != nil {
+		return nil, fmt.Errorf("server: federation.https_web_roots_file: %w", err)
+	}
+	roots := x509.NewCertPool()
+	for _, c := range certs {
+		roots.AddCert(c)
+	}
+	return roots, nil
+}
+
+// ReloadFederation applies federation.federates_with and
+// federation.https_web_roots_file of fc, as a restart with them would,
+// without one: a new peer, or one whose endpoint changed, is fetched at
+// once; a removed one is no longer fetched, and its bundle stays trusted
+// until 'meshfed bundle delete' (as after a restart). federation.virtual_mesh
+// is read at start only. A refused section changes nothing.
+func (s *Server) ReloadFederation(fc FederationConfig) error {
+	f, err := fc.validate(s.set.td, s.set.dataDir)
+	if err != nil {
+		return err
+	}
+	roots, err := webRootPool(f.webRoots)
+	if err != nil {
+		return err
+	}
+	added, changed, removed, err := s.fetcher.SetPeers(f.peers, roots)
+	if err != nil {
+		return err
+	}
+	names := func(tds []spiffeid.TrustDomain) string {
+		out := make([]string, len(tds))
+		for i, td := range tds {
+			out[i] = td.Name()
+		}
+		return strings.Join(out, ",")
+	}
+	s.log.Info("federation peers reloaded", "peers", len(f.peers), "added", names(added), "changed", names(changed), "removed", names(removed))
+	for _, td := range removed {
+		s.log.Warn("a federation peer was removed: its bundle is no longer fetched, and stays trusted until 'meshfed bundle delete TD'", "trust_domain", td.Name())
+	}
+	if !reflect.DeepEqual(f.vm, s.set.federation.vm) {
+		s.log.Warn("federation.virtual_mesh differs from the one in use; it is read at start only: restart to change it")
+	}
 	return nil
 }
 
@@ -178,7 +224,7 @@ func (a *adminService) RefreshFederatedBundle(ctx context.Context, req *pb.Refre
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "server: trust_domain %q: %v", req.GetTrustDomain(), err)
 	}
-	if a.s.fetcher == nil {
+	if len(a.s.fetcher.Status()) == 0 {
 		return nil, status.Errorf(codes.FailedPrecondition, "server: %s has no bundle endpoint configured (federation.federates_with is empty)", td.Name())
 	}
 	refreshErr := a.s.fetcher.Refresh(ctx, td)

@@ -1,6 +1,9 @@
 package fetcher
 
-import "time"
+import (
+	"crypto/x509"
+	"time"
+)
 
 // Hooks into a Refresher for the tests of package fetcher_test.
 
@@ -17,3 +20,6 @@ func LongPollsStarted(r *Refresher) int { return int(r.pollsStarted.Load()) }
 // Wake makes Run look at the schedule again, as Refresh does: a test that
 // moved the injected clock calls it, since Run's timer runs on the real one.
 func Wake(r *Refresher) { r.poke() }
+
+// RootCAsOf is the roots r verifies https_web endpoints with.
+func RootCAsOf(r *Refresher) *x509.CertPool { return r.rootCAs.Load() }

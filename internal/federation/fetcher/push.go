@@ -23,11 +23,13 @@ func (r *Refresher) startLongPollLocked(ps *peerState, now time.Time) {
 	r.pollers++
 	id := r.pollers
 	ps.poller = id
-	ctx := r.runCtx
+	ctx, stop := context.WithCancel(r.runCtx)
+	ps.stopPoll = stop
 	r.pollsStarted.Add(1)
 	r.pollsRunning.Add(1)
 	r.polls.Go(func() {
 		defer r.pollsRunning.Add(-1)
+		defer stop()
 		r.longPolls(ctx, ps, id)
 	})
 }
@@ -100,8 +102,11 @@ func (r *Refresher) longPoll(ctx context.Context, ps *peerState, id uint64) bool
 	defer ps.busy.Unlock()
 	now := r.clock()
 	r.mu.Lock()
-	overtaken := ps.answers != answers
+	overtaken, removed := ps.answers != answers, ps.removed
 	r.mu.Unlock()
+	if removed {
+		return false // SetPeers dropped the peer: store nothing of it
+	}
 	if overtaken {
 		// A scheduled fetch or Refresh recorded a 200 while this request
 		// waited, and its answer may be the newer one: storing this one

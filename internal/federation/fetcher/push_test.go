@@ -774,3 +774,60 @@ func TestNewLongPollWait(t *testing.T) {
 		}
 	}
 }
+
+// TestSetPeers: a peer removed by SetPeers has its held long poll ended and
+// nothing of it is stored after SetPeers returns, even if its bundle
+// changes; added back, it is fetched at once; the same configuration again
+// changes nothing; a peer whose endpoint changed is fetched again at once.
+func TestSetPeers(t *testing.T) {
+	f := startPush(t, speaksPush, 0)
+	f.peer.waitHeld(t, "v1")
+	peer := fetcher.Peer{TrustDomain: west, URL: f.peer.url, Profile: fetcher.ProfileHTTPSWeb}
+	roots := fetcher.RootCAsOf(f.r)
+
+	added, changed, removed, err := f.r.SetPeers(nil, roots)
+	if err != nil || len(added)+len(changed) != 0 || !reflect.DeepEqual(removed, []spiffeid.TrustDomain{west}) {
+		t.Fatalf("SetPeers(none): added %v, changed %v, removed %v, %v", added, changed, removed, err)
+	}
+	waitFor(t, "the removed peer's long poll to end", func() bool {
+		return fetcher.LongPollsRunning(f.r) == 0 && f.peer.inFlight.Load() == 0
+	})
+	f.peer.set(t, "v2", f.v2)
+	if len(f.r.Status()) != 0 {
+		t.Errorf("status after the removal: %+v", f.r.Status())
+	}
+	if err := f.r.Refresh(context.Background(), west); errText(err) != `fetcher: "west.example" is not a configured federation peer` {
+		t.Errorf("Refresh of the removed peer: %v", err)
+	}
+	f.checkStored(t, f.v1, 1, 1) // v2 was not fetched
+
+	if added, _, _, err := f.r.SetPeers([]fetcher.Peer{peer}, roots); err != nil || !reflect.DeepEqual(added, []spiffeid.TrustDomain{west}) {
+		t.Fatalf("SetPeers(west) again: added %v, %v", added, err)
+	}
+	f.peer.waitHeld(t, "v2") // fetched at once, then long-polled
+	f.checkStored(t, f.v2, 2, 2)
+	started := fetcher.LongPollsStarted(f.r)
+
+	if a, c, r, err := f.r.SetPeers([]fetcher.Peer{peer}, roots); err != nil || len(a)+len(c)+len(r) != 0 {
+		t.Fatalf("the same peers again: added %v, changed %v, removed %v, %v", a, c, r, err)
+	}
+	if got := fetcher.LongPollsStarted(f.r); got != started {
+		t.Errorf("the same peers again started %d long polls", got-started)
+	}
+
+	moved := peer
+	moved.URL = f.peer.url + "/bundle"
+	if _, c, _, err := f.r.SetPeers([]fetcher.Peer{moved}, roots); err != nil || !reflect.DeepEqual(c, []spiffeid.TrustDomain{west}) {
+		t.Fatalf("a new URL: changed %v, %v", c, err)
+	}
+	waitFor(t, "the moved peer to be fetched and long-polled again", func() bool {
+		return fetcher.LongPollsStarted(f.r) == started+1 && fetcher.LongPollsRunning(f.r) == 1
+	})
+	if st := f.r.Status(); len(st) != 1 || st[0].URL != moved.URL {
+		t.Errorf("status after the move: %+v", st)
+	}
+
+	if _, _, _, err := f.r.SetPeers([]fetcher.Peer{peer, peer}, roots); err == nil || err.Error() != "fetcher: west.example: configured twice; give one bundle endpoint per trust domain" {
+		t.Errorf("a peer twice: %v", err)
+	}
+}

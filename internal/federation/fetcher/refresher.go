@@ -52,6 +52,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -129,11 +130,11 @@ const longPollSpacing = 250 * time.Millisecond
 const maxParallelFetches = 4
 
 // Refresher fetches the bundles of its peers on schedule. Make one with New;
-// call Run once, or drive it with RefreshDue. Its methods are safe for
-// concurrent use.
+// call Run once, or drive it with RefreshDue; SetPeers changes the peers
+// while it runs. Its methods are safe for concurrent use.
 type Refresher struct {
 	store    Store
-	rootCAs  *x509.CertPool
+	rootCAs  atomic.Pointer[x509.CertPool] // nil: the system's roots
 	clock    pki.Clock
 	log      *slog.Logger
 	timeout  time.Duration
@@ -142,6 +143,8 @@ type Refresher struct {
 	wait     time.Duration // Config.LongPollWait
 	spacing  time.Duration // longPollSpacing; tests shorten it
 
+	// peers and byTD are guarded by mu; SetPeers replaces them, so a pass
+	// works on a copy (peerList).
 	peers []*peerState // in configuration order
 	byTD  map[spiffeid.TrustDomain]*peerState
 	wake  chan struct{} // a schedule changed outside a pass; Run looks again
@@ -175,8 +178,12 @@ type peerState struct {
 	etagBundle  *spiffebundle.Bundle // the bundle that 200 carried
 	answers     uint64               // 200s recorded; a long poll that saw it change was overtaken
 	push        pushState
-	pushOffAt   time.Time // when push became pushOff
-	poller      uint64    // id of the running long poll; 0 when none runs
+	pushOffAt   time.Time          // when push became pushOff
+	poller      uint64             // id of the running long poll; 0 when none runs
+	stopPoll    context.CancelFunc // ends the running long poll's request
+	// removed is set by SetPeers when the peer leaves the configuration:
+	// nothing of it is stored from then on. Set with busy and mu held.
+	removed bool
 }
 
 // New checks cfg and fills in the defaults. It fetches nothing.
@@ -186,7 +193,6 @@ func New(cfg Config) (*Refresher, error) {
 	}
 	r := &Refresher{
 		store:    cfg.Store,
-		rootCAs:  cfg.RootCAs,
 		clock:    cfg.Clock,
 		log:      cfg.Logger,
 		timeout:  cfg.Timeout,
@@ -227,18 +233,102 @@ func New(cfg Config) (*Refresher, error) {
 	if r.sched.min > r.sched.max {
 		return nil, fmt.Errorf("fetcher: MinRefresh %s is longer than MaxRefresh %s", r.sched.min, r.sched.max)
 	}
+	if err := checkPeers(cfg.Peers); err != nil {
+		return nil, err
+	}
+	r.rootCAs.Store(cfg.RootCAs)
 	for _, p := range cfg.Peers {
-		if err := p.Validate(); err != nil {
-			return nil, err
-		}
-		if _, dup := r.byTD[p.TrustDomain]; dup {
-			return nil, fmt.Errorf("fetcher: %s: configured twice; give one bundle endpoint per trust domain", p.TrustDomain.Name())
-		}
 		ps := &peerState{peer: p}
 		r.peers = append(r.peers, ps)
 		r.byTD[p.TrustDomain] = ps
 	}
 	return r, nil
+}
+
+func checkPeers(peers []Peer) error {
+	seen := map[spiffeid.TrustDomain]bool{}
+	for _, p := range peers {
+		if err := p.Validate(); err != nil {
+			return err
+		}
+		if seen[p.TrustDomain] {
+			return fmt.Errorf("fetcher: %s: configured twice; give one bundle endpoint per trust domain", p.TrustDomain.Name())
+		}
+		seen[p.TrustDomain] = true
+	}
+	return nil
+}
+
+// SetPeers replaces the peers and the roots of https_web endpoints, as a
+// restart with that configuration would, without one: a peer that is new,
+// or whose endpoint changed (URL, profile or endpoint SPIFFE ID), is fetched
+// at once; one that is unchanged keeps its schedule and long poll; one that
+// left is no longer fetched, and its long poll ends. Bundles already stored
+// stay (`meshfed bundle delete` removes one). When SetPeers returns, nothing
+// more of a peer that left will be stored, so a delete that follows sticks.
+// It reports the trust domains added, changed and removed.
+func (r *Refresher) SetPeers(peers []Peer, rootCAs *x509.CertPool) (added, changed, removed []spiffeid.TrustDomain, err error) {
+	if err := checkPeers(peers); err != nil {
+		return nil, nil, nil, err
+	}
+	r.rootCAs.Store(rootCAs)
+	r.mu.Lock()
+	old := r.byTD
+	next := make([]*peerState, 0, len(peers))
+	byTD := make(map[spiffeid.TrustDomain]*peerState, len(peers))
+	var gone []*peerState
+	for _, p := range peers {
+		ps, ok := old[p.TrustDomain]
+		switch {
+		case !ok:
+			ps = &peerState{peer: p}
+			added = append(added, p.TrustDomain)
+		case ps.peer != p:
+			gone = append(gone, ps)
+			ps = &peerState{peer: p}
+			changed = append(changed, p.TrustDomain)
+		}
+		next = append(next, ps)
+		byTD[p.TrustDomain] = ps
+	}
+	for td, ps := range old {
+		if _, ok := byTD[td]; !ok {
+			gone = append(gone, ps)
+			removed = append(removed, td)
+		}
+	}
+	r.peers, r.byTD = next, byTD
+	for _, ps := range gone {
+		if ps.stopPoll != nil {
+			ps.stopPoll()
+		}
+	}
+	r.mu.Unlock()
+	// Wait for a fetch of each peer that left to finish, then mark it, so
+	// that no later answer of it is stored.
+	for _, ps := range gone {
+		ps.busy.Lock()
+		r.mu.Lock()
+		ps.removed = true
+		r.mu.Unlock()
+		ps.busy.Unlock()
+	}
+	r.poke()
+	return added, changed, removed, nil
+}
+
+// peerList is a copy of the peers, for a pass.
+func (r *Refresher) peerList() []*peerState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.peers)
+}
+
+// gone reports whether SetPeers dropped ps. The caller holds ps.busy.
+func (r *Refresher) gone(ps *peerState) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return ps.removed
 }
 
 // Run fetches every peer at once, then each again when it is due, waiting
@@ -294,7 +384,7 @@ func (r *Refresher) RefreshDue(ctx context.Context) time.Time {
 	now := r.clock()
 	sem := make(chan struct{}, maxParallelFetches)
 	var wg sync.WaitGroup
-	for _, ps := range r.peers {
+	for _, ps := range r.peerList() {
 		if !r.isDue(now, ps) {
 			continue
 		}
@@ -317,7 +407,9 @@ func (r *Refresher) RefreshDue(ctx context.Context) time.Time {
 // what went wrong, if anything. It is for an operator's command; the
 // schedule starts again from this attempt.
 func (r *Refresher) Refresh(ctx context.Context, td spiffeid.TrustDomain) error {
+	r.mu.Lock()
 	ps, ok := r.byTD[td]
+	r.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("fetcher: %q is not a configured federation peer", td.Name())
 	}
@@ -417,6 +509,9 @@ func (r *Refresher) nextDue() time.Time {
 // attempt fetches one peer, on schedule or for Refresh, and records the
 // outcome. The caller holds ps.busy, from reading the store to recording.
 func (r *Refresher) attempt(ctx context.Context, ps *peerState) error {
+	if r.gone(ps) {
+		return fmt.Errorf("fetcher: %q is no longer a configured federation peer", ps.peer.TrustDomain.Name())
+	}
 	now := r.clock()
 	r.mu.Lock()
 	tag, tagged := ps.etag, ps.etagBundle
@@ -574,7 +669,7 @@ func (r *Refresher) prepare(ctx context.Context, peer Peer, tag string, tagged *
 	req := request{
 		stored:    stored,
 		storeRead: readErr == nil,
-		opts:      FetchOptions{RootCAs: r.rootCAs, Timeout: r.timeout, Clock: r.clock},
+		opts:      FetchOptions{RootCAs: r.rootCAs.Load(), Timeout: r.timeout, Clock: r.clock},
 	}
 	if peer.Profile == ProfileHTTPSSPIFFE {
 		// Read now, not cached: an operator's `meshfed bundle set`, or a
