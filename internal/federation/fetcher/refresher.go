@@ -154,6 +154,8 @@ type Refresher struct {
 	pollsRunning atomic.Int64   // long-poll goroutines alive (for tests)
 	pollsStarted atomic.Int64   // long-poll goroutines ever started (for tests)
 
+	setMu sync.Mutex // serializes SetPeers
+
 	mu sync.Mutex // guards the fields of every peerState marked so, and:
 	// runCtx is Run's context while Run runs, nil otherwise: long polls
 	// start only then, and end with it.
@@ -272,6 +274,8 @@ func (r *Refresher) SetPeers(peers []Peer, rootCAs *x509.CertPool) (added, chang
 		return nil, nil, nil, err
 	}
 	r.rootCAs.Store(rootCAs)
+	r.setMu.Lock()
+	defer r.setMu.Unlock()
 	r.mu.Lock()
 	old := r.byTD
 	next := make([]*peerState, 0, len(peers))
@@ -291,21 +295,22 @@ func (r *Refresher) SetPeers(peers []Peer, rootCAs *x509.CertPool) (added, chang
 		next = append(next, ps)
 		byTD[p.TrustDomain] = ps
 	}
-	for td, ps := range old {
-		if _, ok := byTD[td]; !ok {
+	for _, ps := range r.peers {
+		if _, ok := byTD[ps.peer.TrustDomain]; !ok {
 			gone = append(gone, ps)
-			removed = append(removed, td)
+			removed = append(removed, ps.peer.TrustDomain)
 		}
 	}
-	r.peers, r.byTD = next, byTD
 	for _, ps := range gone {
 		if ps.stopPoll != nil {
 			ps.stopPoll()
 		}
 	}
 	r.mu.Unlock()
-	// Wait for a fetch of each peer that left to finish, then mark it, so
-	// that no later answer of it is stored.
+	// Wait for a fetch of each peer that left (or whose endpoint changed)
+	// to finish, then mark it, so that no later answer of it is stored;
+	// only then can a fetch of the new configuration of its trust domain
+	// begin, so that two never store that trust domain at once.
 	for _, ps := range gone {
 		ps.busy.Lock()
 		r.mu.Lock()
@@ -313,6 +318,9 @@ func (r *Refresher) SetPeers(peers []Peer, rootCAs *x509.CertPool) (added, chang
 		r.mu.Unlock()
 		ps.busy.Unlock()
 	}
+	r.mu.Lock()
+	r.peers, r.byTD = next, byTD
+	r.mu.Unlock()
 	r.poke()
 	return added, changed, removed, nil
 }
