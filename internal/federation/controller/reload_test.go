@@ -3,6 +3,7 @@ package controller
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -237,6 +238,17 @@ func TestMemberJWTKeysPassedOn(t *testing.T) {
 	if g := h.status().GetGeneration(); g != 2 {
 		t.Errorf("the same keys again bumped the generation to %d", g)
 	}
+	// East's keys may not take the members' keys past the bound.
+	defer func(old int) { maxStateJWTBytes = old }(maxStateJWTBytes)
+	maxStateJWTBytes = 2 * (len("west-1") + len(der))
+	big := []*pb.JWTAuthority{{KeyId: "east-1", PublicKey: der}, {KeyId: "east-2", PublicKey: der}}
+	if got := statusText(e.report(&pb.MemberReport{JwtAuthorities: big})); got != fmt.Sprintf("InvalidArgument: federation controller: report: with these JWT authorities the members' keys would take %d bytes of every federation state; at most %d", 3*(len("west-1")+len(der)), maxStateJWTBytes) {
+		t.Errorf("a report past the bound: %s", got)
+	}
+	e.mustReport(&pb.MemberReport{JwtAuthorities: big[:1]}) // exactly at it
+	if st, err := stream.Recv(); err != nil || len(st.GetJwtAuthorities()) != 2 {
+		t.Fatalf("after east reported one key: %v, %v", st, err)
+	}
 	bad := []*pb.JWTAuthority{{KeyId: "west-2", PublicKey: []byte("not a key")}}
 	if got := statusText(w.report(&pb.MemberReport{JwtAuthorities: bad})); !strings.HasPrefix(got, `InvalidArgument: federation controller: report: JWT authority "west-2": public key does not parse`) {
 		t.Errorf("a report with a bad key: %s", got)
@@ -244,8 +256,8 @@ func TestMemberJWTKeysPassedOn(t *testing.T) {
 
 	writeMesh(t, file, withoutWestWithNorth)
 	h.mustReload(true)
-	if st, err := stream.Recv(); err != nil || len(st.GetJwtAuthorities()) != 0 {
-		t.Errorf("after west left: %v, %v; want no JWT keys", st, err)
+	if st, err := stream.Recv(); err != nil || len(st.GetJwtAuthorities()) != 1 || st.GetJwtAuthorities()[0].GetTrustDomain() != "east.example" {
+		t.Errorf("after west left: %v, %v; want east's keys only", st, err)
 	}
 }
 

@@ -51,6 +51,10 @@ const (
 	maxReportField = 128
 )
 
+// maxStateJWTBytes bounds the members' JWT-SVID keys in one federation
+// state (jwtkeys.MaxTotalBytes; tests lower it).
+var maxStateJWTBytes = jwtkeys.MaxTotalBytes
+
 // transportCredentials is the Controller API's TLS: the serving certificate
 // of the moment, and a client certificate requested but not required (Join
 // has none). The client certificate is verified per call, against the roots
@@ -411,6 +415,17 @@ func (s *controllerService) Report(ctx context.Context, req *pb.MemberReport) (*
 	defer c.mu.Unlock()
 	if c.st.Members[td.Name()] == nil { // dropped by a reload since authenticate
 		return nil, errNotJoined(td, c.name)
+	}
+	total := jwtkeys.Size(keys)
+	for name, m := range c.st.Members {
+		if name != td.Name() {
+			for _, a := range m.JWTAuthorities {
+				total += len(a.KeyID) + len(a.PublicKey)
+			}
+		}
+	}
+	if total > maxStateJWTBytes {
+		return nil, status.Errorf(codes.InvalidArgument, "federation controller: report: with these JWT authorities the members' keys would take %d bytes of every federation state; at most %d", total, maxStateJWTBytes)
 	}
 	if err := c.update(func(next *state) error {
 		m := next.Members[td.Name()]

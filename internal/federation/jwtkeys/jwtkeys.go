@@ -18,15 +18,30 @@ import (
 )
 
 // Bounds. A trust domain signs with one key, two or three around a
-// rotation.
+// rotation. Every member is sent every member's keys in each federation
+// state, so the keys of all members together are bounded too.
 const (
 	// MaxKeys bounds the keys of one trust domain.
-	MaxKeys = 32
+	MaxKeys = 8
 	// MaxKeyIDBytes bounds a key ID.
 	MaxKeyIDBytes = 255
-	// MaxKeyBytes bounds a PKIX public key: RSA-8192 is about 1 KiB.
-	MaxKeyBytes = 8 << 10
+	// MaxKeyBytes bounds a PKIX public key: RSA-8192 is about 1.1 KiB,
+	// P-256 91 bytes.
+	MaxKeyBytes = 2 << 10
+	// MaxTotalBytes bounds the key IDs and keys of all members in one
+	// federation state: a thousand members with two P-384 keys each take
+	// about 300 KiB. The controller refuses a report that would go past it.
+	MaxTotalBytes = 1 << 20
 )
+
+// Size is what keys count against MaxTotalBytes.
+func Size(keys []Key) int {
+	n := 0
+	for _, k := range keys {
+		n += len(k.ID) + len(k.DER)
+	}
+	return n
+}
 
 // Key is one parsed JWT-SVID signing key.
 type Key struct {

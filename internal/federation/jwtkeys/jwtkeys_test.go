@@ -54,10 +54,10 @@ func TestParse(t *testing.T) {
 		list []*pb.JWTAuthority
 		want string
 	}{
-		{"too many", many, "33 JWT authorities; at most 32"},
+		{"too many", many, "9 JWT authorities; at most 8"},
 		{"no key ID", []*pb.JWTAuthority{{PublicKey: good[0].PublicKey}}, "JWT authority key ID of 0 bytes; want 1 to 255"},
 		{"long key ID", []*pb.JWTAuthority{{KeyId: strings.Repeat("k", 256), PublicKey: good[0].PublicKey}}, "JWT authority key ID of 256 bytes; want 1 to 255"},
-		{"big key", []*pb.JWTAuthority{{KeyId: "a", PublicKey: make([]byte, MaxKeyBytes+1)}}, `JWT authority "a": public key of 8193 bytes; at most 8192`},
+		{"big key", []*pb.JWTAuthority{{KeyId: "a", PublicKey: make([]byte, MaxKeyBytes+1)}}, `JWT authority "a": public key of 2049 bytes; at most 2048`},
 		{"garbage key", []*pb.JWTAuthority{{KeyId: "a", PublicKey: []byte{0x30, 0x01, 0x00}}}, `JWT authority "a": public key does not parse: `},
 		{"weak key", []*pb.JWTAuthority{{KeyId: "a", PublicKey: pkix(t, &small.PublicKey)}}, `JWT authority "a": pki: RSA key of 1024 bits`},
 		{"negative expiry", []*pb.JWTAuthority{{KeyId: "a", PublicKey: good[0].PublicKey, ExpiresAt: -1}}, `JWT authority "a": negative expires_at`},

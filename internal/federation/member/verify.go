@@ -38,6 +38,10 @@ const (
 	MaxNameBytes = 253
 )
 
+// maxStateJWTBytes bounds the JWT-SVID keys of one federation state
+// (jwtkeys.MaxTotalBytes; tests lower it).
+var maxStateJWTBytes = jwtkeys.MaxTotalBytes
+
 // ControllerPath is the path of the SPIFFE ID a VirtualMesh controller
 // presents.
 const ControllerPath = "/meshfed/federation-controller"
@@ -95,6 +99,7 @@ func stateFromProto(m *pb.FederationState) (*State, error) {
 		}
 		s.TrustDomains = append(s.TrustDomains, td)
 	}
+	total := 0
 	if n := len(m.GetJwtAuthorities()); n > len(s.TrustDomains) {
 		return nil, fmt.Errorf("JWT authorities of %d trust domains; there are %d members", n, len(s.TrustDomains))
 	}
@@ -112,6 +117,9 @@ func stateFromProto(m *pb.FederationState) (*State, error) {
 		keys, err := jwtkeys.Parse(mk.GetAuthorities())
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", td, err)
+		}
+		if total += jwtkeys.Size(keys); total > maxStateJWTBytes {
+			return nil, fmt.Errorf("JWT authorities of more than %d bytes", maxStateJWTBytes)
 		}
 		if s.JWTAuthorities == nil {
 			s.JWTAuthorities = map[spiffeid.TrustDomain][]jwtkeys.Key{}

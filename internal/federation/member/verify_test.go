@@ -1,6 +1,7 @@
 package member
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -36,6 +37,8 @@ func TestStateJWTAuthorities(t *testing.T) {
 	if s2, _ := stateFromProto(other); sameState(s, s2) {
 		t.Error("states with other JWT keys are the same")
 	}
+	defer func(old int) { maxStateJWTBytes = old }(maxStateJWTBytes)
+	maxStateJWTBytes = len("w1") + len(der) // west's one key, and no more
 	for _, tc := range []struct {
 		name string
 		m    *pb.FederationState
@@ -47,6 +50,8 @@ func TestStateJWTAuthorities(t *testing.T) {
 		{"bad key", with(&pb.MemberJWTAuthorities{TrustDomain: "west.example", Authorities: []*pb.JWTAuthority{{KeyId: "w1", PublicKey: []byte{1}}}}),
 			`west.example: JWT authority "w1": public key does not parse`},
 		{"more than members", with(westKeys, westKeys, westKeys), "JWT authorities of 3 trust domains; there are 2 members"},
+		{"too many bytes", with(westKeys, &pb.MemberJWTAuthorities{TrustDomain: "east.example", Authorities: westKeys.Authorities}),
+			fmt.Sprintf("JWT authorities of more than %d bytes", len("w1")+len(der))},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := stateFromProto(tc.m); err == nil || !strings.HasPrefix(err.Error(), tc.want) {
