@@ -247,7 +247,9 @@ expiry, the root it chains to), last contact, the state generation it has
 applied, how many of its agents have the current roots, and its live SVIDs per
 root. "waiting for" names who still keeps the rotation from its next phase.
 When the controller refused its VirtualMesh file as it is on disk now, the
-status says why; the VirtualMesh read before stays in use.
+status says why; the VirtualMesh read before stays in use. JWT KEYS counts
+the JWT-SVID keys each member reported, which every member is sent (their
+key IDs are in the JSON).
 
 Against a meshfed server's admin socket it shows that server's own roots
 (active, published, retiring), the phase of their rotation, its agents and its
@@ -368,6 +370,7 @@ type federationMemberStatus struct {
 	Agents                int64            `json:"agents"`
 	AgentsCurrent         int64            `json:"agents_current"`
 	LiveSVIDsByRoot       map[string]int64 `json:"live_svids_by_root,omitempty"`
+	JWTKeyIDs             []string         `json:"jwt_key_ids,omitempty"`
 }
 
 func unixTime(s int64) string {
@@ -395,7 +398,7 @@ func federationStatusView(st *pb.StatusResponse) federationStatus {
 			IntermediateSerial: m.GetIntermediateSerial(), IntermediateExpiresAt: unixTime(m.GetIntermediateExpiresAt()),
 			RootSubjectKeyID: m.GetRootSubjectKeyId(), LastContact: unixTime(m.GetLastContact()),
 			AppliedGeneration: m.GetAppliedGeneration(), Agents: m.GetAgents(), AgentsCurrent: m.GetAgentsCurrent(),
-			LiveSVIDsByRoot: m.GetLiveSvidsByRoot(),
+			LiveSVIDsByRoot: m.GetLiveSvidsByRoot(), JWTKeyIDs: m.GetJwtKeyIds(),
 		})
 	}
 	return v
@@ -420,15 +423,25 @@ func printFederationStatus(w io.Writer, format string, st *pb.StatusResponse) er
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.SubjectKeyID, r.State, r.ExpiresAt, r.Subject)
 		}
 		fmt.Fprintln(tw)
-		fmt.Fprintln(tw, "MEMBER\tADDRESS\tJOINED\tINTERMEDIATE\tEXPIRES\tROOT\tLAST CONTACT\tAPPLIED\tAGENTS CURRENT\tLIVE SVIDS BY ROOT")
+		// A server's own root has no members passing JWT-SVID keys on.
+		jwtColumn := v.Kind != "trust_domain"
+		header := "MEMBER\tADDRESS\tJOINED\tINTERMEDIATE\tEXPIRES\tROOT\tLAST CONTACT\tAPPLIED\tAGENTS CURRENT\tLIVE SVIDS BY ROOT"
+		if jwtColumn {
+			header += "\tJWT KEYS"
+		}
+		fmt.Fprintln(tw, header)
 		for _, m := range v.Members {
 			joined, agents := "no", "-"
 			if m.Joined {
 				joined, agents = "yes", fmt.Sprintf("%d/%d", m.AgentsCurrent, m.Agents)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.TrustDomain, orDash(m.Address), joined,
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", m.TrustDomain, orDash(m.Address), joined,
 				orDash(m.IntermediateSerial), orDash(m.IntermediateExpiresAt), orDash(short(m.RootSubjectKeyID)),
 				orDash(m.LastContact), generationText(m), agents, liveText(m.LiveSVIDsByRoot))
+			if jwtColumn {
+				fmt.Fprintf(tw, "\t%d", len(m.JWTKeyIDs))
+			}
+			fmt.Fprintln(tw)
 		}
 		return tw.Flush()
 	})

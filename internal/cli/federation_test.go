@@ -151,9 +151,9 @@ func TestFederationCommands(t *testing.T) {
 		"ROOT (SUBJECT KEY ID) STATE EXPIRES SUBJECT",
 		first + " active " + st.Roots[0].ExpiresAt + " CN=virtual-mesh root CA 1,O=meshfed",
 		"",
-		"MEMBER ADDRESS JOINED INTERMEDIATE EXPIRES ROOT LAST CONTACT APPLIED AGENTS CURRENT LIVE SVIDS BY ROOT",
-		"kind2 127.0.0.1:8443 no - - - - - - -",
-		"kind3 - no - - - - - - -",
+		"MEMBER ADDRESS JOINED INTERMEDIATE EXPIRES ROOT LAST CONTACT APPLIED AGENTS CURRENT LIVE SVIDS BY ROOT JWT KEYS",
+		"kind2 127.0.0.1:8443 no - - - - - - - 0",
+		"kind3 - no - - - - - - - 0",
 		"",
 	}
 	if code != 0 || strings.Join(lines, "\n") != strings.Join(want, "\n") {

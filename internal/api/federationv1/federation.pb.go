@@ -824,8 +824,11 @@ type MemberStatus struct {
 	LiveSvidsByRoot   map[string]int64 `protobuf:"bytes,9,rep,name=live_svids_by_root,json=liveSvidsByRoot,proto3" json:"live_svids_by_root,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	Agents            int64            `protobuf:"varint,10,opt,name=agents,proto3" json:"agents,omitempty"`
 	AgentsCurrent     int64            `protobuf:"varint,11,opt,name=agents_current,json=agentsCurrent,proto3" json:"agents_current,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The key IDs of the JWT-SVID keys the member last reported, which the
+	// controller passes on to every member.
+	JwtKeyIds     []string `protobuf:"bytes,12,rep,name=jwt_key_ids,json=jwtKeyIds,proto3" json:"jwt_key_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MemberStatus) Reset() {
@@ -933,6 +936,13 @@ func (x *MemberStatus) GetAgentsCurrent() int64 {
 		return x.AgentsCurrent
 	}
 	return 0
+}
+
+func (x *MemberStatus) GetJwtKeyIds() []string {
+	if x != nil {
+		return x.JwtKeyIds
+	}
+	return nil
 }
 
 type StatusResponse struct {
@@ -1150,7 +1160,7 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x0esubject_key_id\x18\x02 \x01(\tR\fsubjectKeyId\x12\x1d\n" +
 	"\n" +
 	"expires_at\x18\x03 \x01(\x03R\texpiresAt\x12\x14\n" +
-	"\x05state\x18\x04 \x01(\tR\x05state\"\xb7\x04\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\"\xd7\x04\n" +
 	"\fMemberStatus\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x16\n" +
@@ -1163,7 +1173,8 @@ const file_meshfed_federation_v1_federation_proto_rawDesc = "" +
 	"\x12live_svids_by_root\x18\t \x03(\v28.meshfed.federation.v1.MemberStatus.LiveSvidsByRootEntryR\x0fliveSvidsByRoot\x12\x16\n" +
 	"\x06agents\x18\n" +
 	" \x01(\x03R\x06agents\x12%\n" +
-	"\x0eagents_current\x18\v \x01(\x03R\ragentsCurrent\x1aB\n" +
+	"\x0eagents_current\x18\v \x01(\x03R\ragentsCurrent\x12\x1e\n" +
+	"\vjwt_key_ids\x18\f \x03(\tR\tjwtKeyIds\x1aB\n" +
 	"\x14LiveSvidsByRootEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xbb\x02\n" +

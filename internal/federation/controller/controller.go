@@ -647,6 +647,9 @@ func (c *Controller) status() *pb.StatusResponse {
 				ms.IntermediateExpiresAt = cur.NotAfter.Unix()
 				ms.RootSubjectKeyId = cur.Root
 			}
+			for _, a := range m.JWTAuthorities {
+				ms.JwtKeyIds = append(ms.JwtKeyIds, a.KeyID)
+			}
 			if r := m.Report; r != nil {
 				ms.AppliedGeneration = r.AppliedGeneration
 				ms.LiveSvidsByRoot = maps.Clone(r.LiveSVIDsByRoot)

@@ -235,8 +235,8 @@ func TestMemberJWTKeysPassedOn(t *testing.T) {
 		t.Errorf("west's keys as sent: %v", got)
 	}
 	w.mustReport(&pb.MemberReport{JwtAuthorities: keys})
-	if g := h.status().GetGeneration(); g != 2 {
-		t.Errorf("the same keys again bumped the generation to %d", g)
+	if st := h.status(); st.GetGeneration() != 2 || !slices.Equal(st.GetMembers()[1].GetJwtKeyIds(), []string{"west-1"}) {
+		t.Errorf("after the same keys again: generation %d (want 2, unchanged), west's key IDs in the status %v", st.GetGeneration(), st.GetMembers()[1].GetJwtKeyIds())
 	}
 	// East's keys may not take the members' keys past the bound.
 	defer func(old int) { maxStateJWTBytes = old }(maxStateJWTBytes)
