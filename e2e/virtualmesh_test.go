@@ -207,21 +207,22 @@ federation:
 // startController runs 'meshfed federation run' on vm.yaml in dir (written
 // with virtualMeshYAML), its data in dir/ctrl, intermediates of 10 minutes
 // and no scheduled rotation, and waits until it serves. It returns the
-// controller, its address and its admin socket.
-func startController(t *testing.T, dir string) (*daemon, string, string) {
+// controller, its address, its admin socket and the address of its metrics.
+func startController(t *testing.T, dir string) (ctrl *daemon, addr, sock, metrics string) {
 	t.Helper()
 	writeFile(t, filepath.Join(dir, "vm.yaml"), virtualMeshYAML)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	ctrl := startDaemon(t, dir, "federation controller", meshfedBin, "federation", "run", "--config", "vm.yaml", "--data-dir", "ctrl",
-		"--listen", addr, "--intermediate-ttl", "10m", "--rotate-root-before", "off")
-	sock := filepath.Join(dir, "ctrl", "admin.sock")
+	addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	metrics = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	ctrl = startDaemon(t, dir, "federation controller", meshfedBin, "federation", "run", "--config", "vm.yaml", "--data-dir", "ctrl",
+		"--listen", addr, "--intermediate-ttl", "10m", "--rotate-root-before", "off", "--metrics-listen", metrics)
+	sock = filepath.Join(dir, "ctrl", "admin.sock")
 	waitFor(t, 30*time.Second, "the controller's admin socket and root-cert.pem", func() bool {
 		ctrl.mustRun(t)
 		_, errSock := os.Stat(sock)
 		_, errRoot := os.Stat(filepath.Join(dir, "ctrl", "root-cert.pem"))
 		return errSock == nil && errRoot == nil && strings.Contains(ctrl.logs.String(), "federation controller started")
 	})
-	return ctrl, addr, sock
+	return ctrl, addr, sock, metrics
 }
 
 // chainsTo checks that src's SVID verifies against root alone.
@@ -305,7 +306,7 @@ func TestVirtualMeshJoinAndRootRotationNoFailedHandshakes(t *testing.T) {
 	// 1. The controller, with a generated root. Intermediates live longer
 	// than the test (a member renews at half their life), so the only
 	// re-issue is the rotation's; no rotation starts on a schedule.
-	ctrl, ctrlAddr, ctrlSock := startController(t, dir)
+	ctrl, ctrlAddr, ctrlSock, _ := startController(t, dir)
 	root1, skid1 := virtualMeshStatusOf(t, dir, ctrlSock).onlyRoot(t)
 	if got, _ := pemfile.ReadCertificates(filepath.Join(dir, "ctrl", "root-cert.pem")); len(got) != 1 || !got[0].Equal(root1) {
 		t.Fatal("root-cert.pem does not hold exactly the root the status shows")
@@ -505,7 +506,7 @@ func TestVirtualMeshJoinAndRootRotationNoFailedHandshakes(t *testing.T) {
 func TestVirtualMeshMemberRemovedAndAddedBackWithoutRestart(t *testing.T) {
 	dir := t.TempDir()
 	eastTD, westTD := reviewsEast.TrustDomain(), ratingsWest.TrustDomain()
-	ctrl, ctrlAddr, ctrlSock := startController(t, dir)
+	ctrl, ctrlAddr, ctrlSock, ctrlMetrics := startController(t, dir)
 	root, _ := virtualMeshStatusOf(t, dir, ctrlSock).onlyRoot(t)
 	east := startMember(t, dir, ctrlAddr, ctrlSock, reviewsEast)
 	west := startMember(t, dir, ctrlAddr, ctrlSock, ratingsWest)
@@ -550,6 +551,10 @@ func TestVirtualMeshMemberRemovedAndAddedBackWithoutRestart(t *testing.T) {
 	}
 	if st := virtualMeshStatusOf(t, dir, ctrlSock); len(st.Members) != 1 || st.Members[0].TrustDomain != "east.example" {
 		t.Errorf("status members after the removal: %+v", st.Members)
+	}
+	if metrics, _ := curl(t, dir, "-sS", "--max-time", "10", "http://"+ctrlMetrics+"/metrics"); !strings.Contains(metrics, `meshfed_federation_member_joined{trust_domain="east.example"} 1`) ||
+		strings.Contains(metrics, `trust_domain="west.example"`) {
+		t.Errorf("the controller's metrics after the removal:\n%s", metrics)
 	}
 	waitFor(t, 10*time.Second, "west's server to be told it is no longer a member", func() bool {
 		return strings.Contains(west.server.logs.String(), `west.example is not a member of VirtualMesh \"virtual-mesh\" (spec.meshes)`)

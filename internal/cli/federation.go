@@ -65,6 +65,7 @@ func newFederationRun() *cobra.Command {
 	var (
 		configPath, dataDir, listen, adminSocket string
 		rotateBefore, logLevel, logFormat        string
+		metricsListen                            string
 		interTTL, servingTTL                     time.Duration
 		manual                                   bool
 	)
@@ -114,7 +115,10 @@ each advancing by itself when every member reports it may, or only by
 active root has less than --rotate-root-before left.
 
 The admin socket (default <data-dir>/admin.sock, 0600) takes token, status and
-rotate-root from this uid and root.`,
+rotate-root from this uid and root. --metrics-listen serves Prometheus
+metrics (meshfed_federation_*: generation, rotation phase, root expiries,
+each member's joined state, last contact, applied generation and
+intermediate expiry, a refused VirtualMesh file) and /healthz.`,
 		Example: `  meshfed federation run --config virtualmesh.yaml
   meshfed federation run --config virtualmesh.yaml --data-dir /var/lib/meshfed/vm --listen 0.0.0.0:9443 \
     --intermediate-ttl 90d --rotate-root-before 60d`,
@@ -147,6 +151,15 @@ rotate-root from this uid and root.`,
 			progress(c, "VirtualMesh %s: controller API %s as %s, admin socket %s; members trust %s",
 				vm.Name, ctl.Addr(), ctl.ID(), ctl.AdminSocket(), ctl.RootCertFile())
 			onHangup(ctx, logger, "the VirtualMesh file", func() { _, _ = ctl.ReloadMesh() })
+			if metricsListen != "" {
+				stopMetrics, err := serveMetrics(ctx, metricsListen, ctl.Handler())
+				if err != nil {
+					ctl.Close()
+					return fmt.Errorf("federation controller: --metrics-listen: %w", err)
+				}
+				defer stopMetrics()
+				logger.Info("federation controller: metrics", "metrics_listen", metricsListen)
+			}
 			return ctl.Run(ctx)
 		},
 	}
@@ -159,6 +172,7 @@ rotate-root from this uid and root.`,
 	f.Var(newTTL(&servingTTL, controller.DefaultServingTTL), "serving-ttl", "lifetime of the controller's own serving certificate (re-issued at half of it)")
 	f.StringVar(&rotateBefore, "rotate-root-before", "30d", `start a root rotation when the active root has less than this left (at most half its life); "off" never`)
 	f.BoolVar(&manual, "manual-rotation", false, "advance rotation phases only with 'meshfed federation rotate-root'")
+	f.StringVar(&metricsListen, "metrics-listen", "", "address of /metrics and /healthz, e.g. 127.0.0.1:9987 (default: none)")
 	f.StringVar(&logLevel, "log-level", "", "debug, info (default), warn or error")
 	f.StringVar(&logFormat, "log-format", "", "text (default) or json")
 	required(c, "config")
