@@ -53,8 +53,9 @@ by the agent; server_policies: false turns it off):
     AuthorizationPolicy decides (denied: 403 "RBAC: access denied"); the app
     gets X-Forwarded-Client-Cert naming the mTLS peer.
 A change to the directory (polled every second, and read at once on SIGHUP,
-which never stops the proxy) or on the server takes effect without a restart; a set that does not build is refused, with the
-file and line in the log, and the last good one stays in force.
+which never stops the proxy) or on the server takes effect without a restart;
+a set that does not build is refused, with the file and line in the log, and
+the last good one stays in force.
 
 Outbound listeners (outbound: listen, service, upstream, allowed_ids, protocol)
 take plaintext from the local app and open mTLS to upstream, refusing a server

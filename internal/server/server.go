@@ -38,6 +38,7 @@ import (
 	"github.com/meshfed/meshfed/internal/bundleendpoint"
 	"github.com/meshfed/meshfed/internal/credential"
 	"github.com/meshfed/meshfed/internal/federation/fetcher"
+	"github.com/meshfed/meshfed/internal/federation/jwtkeys"
 	"github.com/meshfed/meshfed/internal/federation/member"
 	"github.com/meshfed/meshfed/internal/grpcflow"
 	"github.com/meshfed/meshfed/internal/pki"
@@ -83,9 +84,12 @@ type Server struct {
 	revision atomic.Int64
 	changes  *broadcaster
 	svids    svidMemo           // SVID credentials verified, per chain and revision
-	fetcher  *fetcher.Refresher // nil without federation.federates_with
+	fetcher  *fetcher.Refresher // the bundle endpoint peers (federates_with; SIGHUP replaces them)
 	member   *member.Member     // nil without federation.virtual_mesh
 	vmState  atomic.Pointer[member.State]
+	// reportedJWTKeys are the JWT-SVID keys last reported to the
+	// VirtualMesh controller (jwtKeysForMembers).
+	reportedJWTKeys atomic.Pointer[[]jwtkeys.Key]
 	// localGen counts changes to the bundles that are not in the store (a
 	// VirtualMesh state); builtGen is the one the published bundle has.
 	localGen, builtGen atomic.Int64

@@ -143,10 +143,15 @@ func (s *Server) virtualMeshReport() member.Report {
 // jwtKeysForMembers are this trust domain's unexpired JWT-SVID signing keys,
 // which the controller passes on so that the other members validate this
 // domain's JWT-SVIDs.
+// When the store cannot be read it reports the keys it reported last, so
+// that a passing store error does not withdraw them from every member.
 func (s *Server) jwtKeysForMembers(ctx context.Context) []jwtkeys.Key {
 	auths, err := s.store.LocalAuthorities(ctx)
 	if err != nil {
-		s.log.Error("reading the JWT-SVID keys for the VirtualMesh report failed", "error", err)
+		s.log.Error("reading the JWT-SVID keys for the VirtualMesh report failed; reporting the last ones read", "error", err)
+		if last := s.reportedJWTKeys.Load(); last != nil {
+			return *last
+		}
 		return nil
 	}
 	now := s.clock()
@@ -161,6 +166,7 @@ func (s *Server) jwtKeysForMembers(ctx context.Context) []jwtkeys.Key {
 		}
 		out = append(out, jwtkeys.Key{ID: a.KeyID, Public: pub, DER: a.PublicKeyDER, ExpiresAt: a.NotAfter})
 	}
+	s.reportedJWTKeys.Store(&out)
 	return out
 }
 

@@ -190,6 +190,12 @@ func TestVirtualMeshJWTKeys(t *testing.T) {
 	if len(own) != 1 || len(published) != 1 || published[own[0].ID] == nil {
 		t.Fatalf("reported keys %+v, published %v; want the server's one key", own, published)
 	}
+	// A store that cannot be read does not withdraw the keys reported.
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	if got := h.srv.jwtKeysForMembers(gone); !jwtkeys.Equal(got, own) {
+		t.Errorf("with the store unreadable: %+v, want the keys reported last", got)
+	}
 	key, der := testjwt.NewKey(t)
 	now := h.srv.clock()
 	west := spiffeid.RequireTrustDomainFromString("west.example")
