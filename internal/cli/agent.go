@@ -3,16 +3,12 @@ package cli
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"strings"
 	"sync"
 	"syscall"
-	"time"
 
 	"github.com/meshfed/meshfed/internal/agent"
 	"github.com/meshfed/meshfed/internal/agent/attest"
@@ -170,21 +166,11 @@ its configuration is read at start.`,
 				runs = append(runs, fw.Run)
 			}
 			if metricsListen != "" {
-				ln, err := net.Listen("tcp", metricsListen)
+				serve, err := listenMetrics(metricsListen, a.Handler())
 				if err != nil {
 					return fmt.Errorf("--metrics-listen: %w", err)
 				}
-				hs := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
-				runs = append(runs, func(ctx context.Context) error {
-					go func() {
-						<-ctx.Done()
-						hs.Close()
-					}()
-					if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-						return err
-					}
-					return nil
-				})
+				runs = append(runs, serve)
 			}
 			progress(c, "meshfed agent %s: Workload API on %s", a.NodeID(), socket)
 			ctx, cancel := context.WithCancel(ctx)

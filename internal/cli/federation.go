@@ -151,16 +151,15 @@ intermediate expiry, a refused VirtualMesh file) and /healthz.`,
 			progress(c, "VirtualMesh %s: controller API %s as %s, admin socket %s; members trust %s",
 				vm.Name, ctl.Addr(), ctl.ID(), ctl.AdminSocket(), ctl.RootCertFile())
 			onHangup(ctx, logger, "the VirtualMesh file", func() { _, _ = ctl.ReloadMesh() })
+			var serve func(context.Context) error
 			if metricsListen != "" {
-				stopMetrics, err := serveMetrics(ctx, metricsListen, ctl.Handler())
-				if err != nil {
+				if serve, err = listenMetrics(metricsListen, ctl.Handler()); err != nil {
 					ctl.Close()
 					return fmt.Errorf("federation controller: --metrics-listen: %w", err)
 				}
-				defer stopMetrics()
 				logger.Info("federation controller: metrics", "metrics_listen", metricsListen)
 			}
-			return ctl.Run(ctx)
+			return runBeside(ctx, ctl.Run, serve)
 		},
 	}
 	f := c.Flags()

@@ -2,11 +2,8 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -163,29 +160,11 @@ See docs/configuration.md for every key and what each listener enforces.`,
 					}
 				})
 			}
-			ctx, cancel := context.WithCancel(ctx)
-			defer cancel()
-			metricsDone := make(chan error, 1)
+			var serve func(context.Context) error
 			if fc.MetricsListen != "" {
-				ln, err := net.Listen("tcp", fc.MetricsListen)
-				if err != nil {
+				if serve, err = listenMetrics(fc.MetricsListen, sc.Handler()); err != nil {
 					return fmt.Errorf("proxy: metrics_listen: %w", err)
 				}
-				hs := &http.Server{Handler: sc.Handler(), ReadHeaderTimeout: 5 * time.Second}
-				go func() {
-					<-ctx.Done()
-					hs.Close()
-				}()
-				go func() {
-					err := hs.Serve(ln)
-					if errors.Is(err, http.ErrServerClosed) {
-						err = nil
-					}
-					metricsDone <- err
-					cancel()
-				}()
-			} else {
-				metricsDone <- nil
 			}
 			id := "(no SVID)"
 			if src == nil {
@@ -204,12 +183,7 @@ See docs/configuration.md for every key and what each listener enforces.`,
 				}
 			}
 			progress(c, "meshfed proxy %s: %s", id, strings.Join(parts, ", "))
-			err = sc.Run(ctx)
-			cancel()
-			if merr := <-metricsDone; err == nil {
-				err = merr
-			}
-			return err
+			return runBeside(ctx, sc.Run, serve)
 		},
 	}
 	f := c.Flags()

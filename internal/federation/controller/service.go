@@ -407,8 +407,12 @@ func (s *controllerService) Report(ctx context.Context, req *pb.MemberReport) (*
 		return nil, status.Errorf(codes.InvalidArgument, "federation controller: report: %v", err)
 	}
 	jwtRecords := make([]jwtAuthorityRecord, 0, len(keys))
-	for _, a := range jwtkeys.ToProto(keys) {
-		jwtRecords = append(jwtRecords, jwtAuthorityRecord{KeyID: a.GetKeyId(), PublicKey: a.GetPublicKey(), ExpiresAt: a.GetExpiresAt()})
+	for _, k := range keys {
+		rec := jwtAuthorityRecord{KeyID: k.ID, PublicKey: k.DER}
+		if !k.ExpiresAt.IsZero() {
+			rec.ExpiresAt = k.ExpiresAt.Unix()
+		}
+		jwtRecords = append(jwtRecords, rec)
 	}
 	now := c.clock()
 	c.mu.Lock()
