@@ -4,9 +4,12 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // Issued is one row of the audit log: a certificate a server signed.
@@ -25,6 +28,23 @@ type Issued struct {
 	// RootKeyID is the hex subject key ID of the root the certificate
 	// chains to ("" if unknown).
 	RootKeyID string
+	// RenewsNode is set when the certificate is a node's own SVID renewed
+	// with the SVID of this serial (hex), SPIFFEID being the node's: the
+	// row is then committed together with the node's record naming the
+	// certificate as its new SVID (see Node), and only if the record admits
+	// the SVID presented; otherwise nothing is written and RecordIssued
+	// returns why (ErrNotFound, ErrNodeBanned or ErrNodeSVIDSuperseded).
+	// Not kept in the row.
+	RenewsNode string
+}
+
+// auditRow is a row queued for the group commit.
+type auditRow struct {
+	Issued
+	node spiffeid.ID // when RenewsNode is set
+	// refused is set by the commit when the node's record did not admit
+	// RenewsNode: the row was not written.
+	refused bool
 }
 
 // AuditFilter selects audit rows; zero fields match every row.
@@ -48,7 +68,7 @@ func (s *Store) RecordIssued(ctx context.Context, r Issued) error {
 	return s.recordIssued(ctx, r, nil)
 }
 
-func (s *Store) recordIssued(ctx context.Context, r Issued, e *expectation[Issued]) error {
+func (s *Store) recordIssued(ctx context.Context, r Issued, e *expectation[*auditRow]) error {
 	serial, err := normalizeSerial("issued certificate serial", r.Serial)
 	if err != nil {
 		return err
@@ -85,8 +105,24 @@ func (s *Store) recordIssued(ctx context.Context, r Issued, e *expectation[Issue
 		r.IssuedAt = s.now()
 	}
 	r.Serial = serial
-	if err := s.audit.do(ctx, r, e); err != nil {
+	row := &auditRow{Issued: r}
+	if r.RenewsNode != "" {
+		if row.RenewsNode, err = normalizeSerial("renewed node's serial number", r.RenewsNode); err != nil {
+			return err
+		}
+		if row.node, err = spiffeid.FromString(r.SPIFFEID); err != nil {
+			return invalidf("renewed node %q is not a SPIFFE ID: %v", r.SPIFFEID, err)
+		}
+	}
+	if err := s.audit.do(ctx, row, e); err != nil {
 		return fmt.Errorf("store: recording issued certificate %s: %w", serial, err)
+	}
+	if row.refused {
+		if _, err := s.whyNotNode(ctx, row.node, row.RenewsNode); err != nil {
+			return err
+		}
+		// Admitted since: another server recorded the switch meanwhile.
+		return fmt.Errorf("store: node %s: SVID %s: %w", row.node, row.RenewsNode, ErrNodeSVIDSuperseded)
 	}
 	return nil
 }
@@ -104,7 +140,7 @@ func (s *Store) ExpectIssued() *IssuedExpectation {
 // IssuedExpectation is a row of the audit log announced by ExpectIssued.
 type IssuedExpectation struct {
 	s *Store
-	e *expectation[Issued]
+	e *expectation[*auditRow]
 }
 
 // Record is RecordIssued, settling the announcement as the row is queued.
@@ -126,18 +162,68 @@ func (s *Store) AnnouncedIssued() int {
 	return s.audit.expected
 }
 
-// insertIssued writes audit rows, already checked, in one statement: all
-// of them or none.
-func (s *Store) insertIssued(ctx context.Context, rows []Issued) error {
+// writeAudit commits a batch of audit rows, already checked: all of them or
+// none. A batch with node renewals is one transaction: each renewal first
+// updates its node's record if the record admits the SVID presented
+// (renewNodeSQL), a row whose update matched nothing is marked refused and
+// left out, then the other rows are inserted.
+func (s *Store) writeAudit(ctx context.Context, rows []*auditRow) error {
+	// Prepared before the transaction takes the writer pool's connection.
 	stmt, err := s.insertIssuedStmt(ctx, len(rows))
 	if err != nil {
 		return err
 	}
+	if !slices.ContainsFunc(rows, func(r *auditRow) bool { return r.RenewsNode != "" }) {
+		return insertIssued(ctx, stmt.ExecContext, rows)
+	}
+	renew, err := s.renewNodeStmt(ctx)
+	if err != nil {
+		return err
+	}
+	return s.writeTx(ctx, func(tx *sql.Tx) error {
+		keep := make([]*auditRow, 0, len(rows))
+		txRenew := tx.StmtContext(ctx, renew)
+		defer txRenew.Close()
+		for _, r := range rows {
+			r.refused = false
+			if r.RenewsNode != "" {
+				res, err := txRenew.ExecContext(ctx, r.node.String(), r.RenewsNode, r.Serial, millis(r.NotAfter))
+				if err != nil {
+					return fmt.Errorf("renewing node %s: %w", r.node, err)
+				}
+				if n, err := res.RowsAffected(); err != nil {
+					return err
+				} else if n == 0 {
+					r.refused = true
+					continue
+				}
+			}
+			keep = append(keep, r)
+		}
+		switch len(keep) {
+		case 0:
+			return nil
+		case len(rows):
+			txStmt := tx.StmtContext(ctx, stmt)
+			defer txStmt.Close()
+			return insertIssued(ctx, txStmt.ExecContext, keep)
+		}
+		// A refused renewal, which is rare: a statement for the rest.
+		q := insertIssuedSQL(len(keep))
+		return insertIssued(ctx, func(ctx context.Context, args ...any) (sql.Result, error) {
+			return tx.ExecContext(ctx, q, args...)
+		}, keep)
+	})
+}
+
+// insertIssued writes audit rows with exec, the INSERT of len(rows) rows
+// (insertIssuedSQL): all of them or none.
+func insertIssued(ctx context.Context, exec func(context.Context, ...any) (sql.Result, error), rows []*auditRow) error {
 	args := make([]any, 0, 8*len(rows))
 	for _, r := range rows {
 		args = append(args, r.Serial, r.SPIFFEID, r.CredentialKind, r.Caller, r.ServerID, millis(r.IssuedAt), millis(r.NotAfter), r.RootKeyID)
 	}
-	if _, err := stmt.ExecContext(ctx, args...); err != nil {
+	if _, err := exec(ctx, args...); err != nil {
 		if len(rows) > 1 {
 			return fmt.Errorf("committing it with %d other audit rows: %w", len(rows)-1, err)
 		}
@@ -146,15 +232,22 @@ func (s *Store) insertIssued(ctx context.Context, rows []Issued) error {
 	return nil
 }
 
-// insertIssuedStmt returns the INSERT of n audit rows, prepared once per n
-// (at most maxAuditBatch statements) on the writer pool: parsing and
-// planning it cost SQLite about as much as inserting a row.
-func (s *Store) insertIssuedStmt(ctx context.Context, n int) (*sql.Stmt, error) {
+// renewNodeStmt returns renewNodeSQL prepared on the writer pool.
+func (s *Store) renewNodeStmt(ctx context.Context) (*sql.Stmt, error) {
 	s.stmtMu.Lock()
 	defer s.stmtMu.Unlock()
-	if st, ok := s.insertStmts[n]; ok {
-		return st, nil
+	if s.renewStmt == nil {
+		st, err := s.w.PrepareContext(ctx, renewNodeSQL)
+		if err != nil {
+			return nil, err
+		}
+		s.renewStmt = st
 	}
+	return s.renewStmt, nil
+}
+
+// insertIssuedSQL is the INSERT of n audit rows.
+func insertIssuedSQL(n int) string {
 	var q strings.Builder
 	q.WriteString(`INSERT INTO issued (serial, spiffe_id, credential_kind, caller, server_id, issued_at, not_after, root_key_id) VALUES `)
 	for i := range n {
@@ -164,7 +257,19 @@ func (s *Store) insertIssuedStmt(ctx context.Context, n int) (*sql.Stmt, error) 
 		a := 8 * i
 		fmt.Fprintf(&q, "($%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d)", a+1, a+2, a+3, a+4, a+5, a+6, a+7, a+8)
 	}
-	st, err := s.w.PrepareContext(ctx, q.String())
+	return q.String()
+}
+
+// insertIssuedStmt returns insertIssuedSQL(n), prepared once per n (at most
+// maxAuditBatch statements) on the writer pool: parsing and planning it cost
+// SQLite about as much as inserting a row.
+func (s *Store) insertIssuedStmt(ctx context.Context, n int) (*sql.Stmt, error) {
+	s.stmtMu.Lock()
+	defer s.stmtMu.Unlock()
+	if st, ok := s.insertStmts[n]; ok {
+		return st, nil
+	}
+	st, err := s.w.PrepareContext(ctx, insertIssuedSQL(n))
 	if err != nil {
 		return nil, err
 	}

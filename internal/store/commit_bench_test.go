@@ -21,16 +21,16 @@ func BenchmarkInsertIssued(b *testing.B) {
 	for _, n := range []int{1, 2, 4, 8, 16, 32} {
 		b.Run(fmt.Sprintf("rows=%d", n), func(b *testing.B) {
 			s := openBenchStore(b)
-			rows := make([]Issued, n)
+			rows := make([]*auditRow, n)
 			serial := 0
 			cpu := benchCPU()
 			b.ResetTimer()
 			for b.Loop() {
 				for i := range rows {
 					serial++
-					rows[i] = benchRow(fmt.Sprintf("%x", serial), serial)
+					rows[i] = &auditRow{Issued: benchRow(fmt.Sprintf("%x", serial), serial)}
 				}
-				if err := s.insertIssued(context.Background(), rows); err != nil {
+				if err := s.writeAudit(context.Background(), rows); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -57,7 +57,7 @@ func BenchmarkInsertIssuedSerials(b *testing.B) {
 			s := openBenchStore(b)
 			n := 0
 			commit := func() {
-				rows := make([]Issued, perCommit)
+				rows := make([]*auditRow, perCommit)
 				for i := range rows {
 					n++
 					var serial [16]byte
@@ -67,9 +67,9 @@ func BenchmarkInsertIssuedSerials(b *testing.B) {
 					if order == "time-ordered" {
 						binary.BigEndian.PutUint64(serial[:8], uint64(n))
 					}
-					rows[i] = benchRow(hex.EncodeToString(serial[:]), n)
+					rows[i] = &auditRow{Issued: benchRow(hex.EncodeToString(serial[:]), n)}
 				}
-				if err := s.insertIssued(context.Background(), rows); err != nil {
+				if err := s.writeAudit(context.Background(), rows); err != nil {
 					b.Fatal(err)
 				}
 			}

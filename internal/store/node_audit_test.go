@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/internal/store"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // TestNodes: upsert inserts then replaces; get and list return what was
@@ -64,6 +65,177 @@ func TestNodes(t *testing.T) {
 		} {
 			checkErr(t, tt.name, d.s.UpsertNode(ctx, tt.n), tt.want)
 		}
+	})
+}
+
+// renewNode records a renewal of node, presenting the SVID of serial
+// presented, to the SVID of serial next, as the server does (an audit row
+// with RenewsNode), and returns the node's record.
+func renewNode(s *store.Store, node spiffeid.ID, presented, next string, nextExpires time.Time) (store.Node, error) {
+	ctx := context.Background()
+	if err := s.RecordIssued(ctx, store.Issued{Serial: next, SPIFFEID: node.String(), CredentialKind: "x509-svid", NotAfter: nextExpires, RenewsNode: presented}); err != nil {
+		return store.Node{}, err
+	}
+	return s.GetNode(ctx, node)
+}
+
+// TestNodeLifecycle: a join-token node's renewals keep one lineage of
+// SVIDs (the one in use and the one just signed; any other is refused), a
+// ban refuses renewal and attestation until an eviction, and only a ban or
+// an eviction moves the revision.
+func TestNodeLifecycle(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, d *testDB) {
+		ctx := context.Background()
+		if err := d.s.UpsertNode(ctx, store.Node{SPIFFEID: node1, CredentialKind: "join_token", SerialNumber: "a1", ExpiresAt: t0.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		want := store.Node{SPIFFEID: node1, AttestedAt: t0, CredentialKind: "join_token", SerialNumber: "a1", ExpiresAt: t0.Add(time.Hour)}
+
+		// Renewed with a1 in use: b2 is pending, a1 still in use.
+		got, err := renewNode(d.s, node1, "A1", "b2", t0.Add(2*time.Hour))
+		want.NewSerialNumber, want.NewExpiresAt = "b2", t0.Add(2*time.Hour)
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Fatalf("RenewNode(a1):\n got %+v, %v\nwant %+v", got, err, want)
+		}
+		// The response was lost; the node renews with a1 again: c3 replaces b2.
+		got, err = renewNode(d.s, node1, "a1", "c3", t0.Add(3*time.Hour))
+		want.NewSerialNumber, want.NewExpiresAt = "c3", t0.Add(3*time.Hour)
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Fatalf("RenewNode(a1) again:\n got %+v, %v\nwant %+v", got, err, want)
+		}
+		_, err = d.s.UseNodeSVID(ctx, node1, "b2", t0.Add(2*time.Hour))
+		checkErr(t, "UseNodeSVID(b2, replaced)", err, "store: node spiffe://east.example/spire/agent/join_token/node1: SVID b2: not the node's current SVID")
+		if !errors.Is(err, store.ErrNodeSVIDSuperseded) {
+			t.Errorf("%v is not ErrNodeSVIDSuperseded", err)
+		}
+		// The node presents c3: it is the one in use from now on.
+		got, err = d.s.UseNodeSVID(ctx, node1, "c3", t0.Add(3*time.Hour))
+		want = store.Node{SPIFFEID: node1, AttestedAt: t0, CredentialKind: "join_token", SerialNumber: "c3", ExpiresAt: t0.Add(3 * time.Hour)}
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Fatalf("UseNodeSVID(c3):\n got %+v, %v\nwant %+v", got, err, want)
+		}
+		// Another server saw it first: the record as it is.
+		if got, err := d.s.UseNodeSVID(ctx, node1, "c3", t0.Add(3*time.Hour)); err != nil || !reflect.DeepEqual(got, want) {
+			t.Errorf("UseNodeSVID(c3) twice:\n got %+v, %v\nwant %+v", got, err, want)
+		}
+		// a1 is gone for good: a copy of it can neither renew nor be used.
+		_, err = renewNode(d.s, node1, "a1", "d4", t0.Add(4*time.Hour))
+		checkErr(t, "RenewNode(a1, superseded)", err, "store: node spiffe://east.example/spire/agent/join_token/node1: SVID a1: not the node's current SVID")
+		// Renewing with the pending SVID makes it the one in use first.
+		if _, err := renewNode(d.s, node1, "c3", "d4", t0.Add(4*time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		got, err = renewNode(d.s, node1, "d4", "e5", t0.Add(5*time.Hour))
+		want = store.Node{SPIFFEID: node1, AttestedAt: t0, CredentialKind: "join_token", SerialNumber: "d4", ExpiresAt: t0.Add(4 * time.Hour),
+			NewSerialNumber: "e5", NewExpiresAt: t0.Add(5 * time.Hour)}
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Fatalf("RenewNode(d4, pending):\n got %+v, %v\nwant %+v", got, err, want)
+		}
+		if rev := mustRevision(t, d.s); rev != 0 {
+			t.Errorf("renewals moved the revision to %d", rev)
+		}
+
+		// A ban: refused everything, attestation included, until evicted.
+		banned, err := d.s.BanNode(ctx, node1)
+		want.BannedAt = t0
+		if err != nil || !reflect.DeepEqual(banned, want) {
+			t.Fatalf("BanNode:\n got %+v, %v\nwant %+v", banned, err, want)
+		}
+		if rev := mustRevision(t, d.s); rev != 1 {
+			t.Errorf("revision after the ban: %d, want 1", rev)
+		}
+		if again, err := d.s.BanNode(ctx, node1); err != nil || !reflect.DeepEqual(again, want) || mustRevision(t, d.s) != 1 {
+			t.Errorf("BanNode again: %+v, %v, revision %d; want the record unchanged and revision 1", again, err, mustRevision(t, d.s))
+		}
+		_, err = renewNode(d.s, node1, "d4", "f6", t0.Add(6*time.Hour))
+		checkErr(t, "RenewNode(banned)", err, "store: node spiffe://east.example/spire/agent/join_token/node1: banned")
+		if rows, err := d.s.ListIssued(ctx, store.AuditFilter{Serial: "f6"}); err != nil || len(rows) != 0 {
+			t.Errorf("a refused renewal left audit rows %v, %v", rows, err)
+		}
+		if !errors.Is(err, store.ErrNodeBanned) {
+			t.Errorf("%v is not ErrNodeBanned", err)
+		}
+		_, err = d.s.UseNodeSVID(ctx, node1, "e5", t0.Add(5*time.Hour))
+		checkErr(t, "UseNodeSVID(banned)", err, "store: node spiffe://east.example/spire/agent/join_token/node1: banned")
+		err = d.s.UpsertNode(ctx, store.Node{SPIFFEID: node1, CredentialKind: "join_token", SerialNumber: "f6", ExpiresAt: t0.Add(time.Hour)})
+		checkErr(t, "UpsertNode(banned)", err, "store: node spiffe://east.example/spire/agent/join_token/node1: banned")
+		if got, err := d.s.GetNode(ctx, node1); err != nil || !reflect.DeepEqual(got, want) {
+			t.Errorf("a refused attestation changed the record:\n got %+v, %v\nwant %+v", got, err, want)
+		}
+
+		// Eviction deletes the record, ban and all; the node may attest again.
+		if err := d.s.DeleteNode(ctx, node1); err != nil {
+			t.Fatal(err)
+		}
+		if rev := mustRevision(t, d.s); rev != 2 {
+			t.Errorf("revision after the eviction: %d, want 2", rev)
+		}
+		_, err = renewNode(d.s, node1, "d4", "f6", t0.Add(6*time.Hour))
+		checkErr(t, "RenewNode(evicted)", err, "store: node spiffe://east.example/spire/agent/join_token/node1: not found")
+		checkErr(t, "DeleteNode(evicted)", d.s.DeleteNode(ctx, node1), "store: node spiffe://east.example/spire/agent/join_token/node1: not found")
+		_, err = d.s.BanNode(ctx, node2)
+		checkErr(t, "BanNode(unknown)", err, "store: node spiffe://east.example/spire/agent/join_token/node2: not found")
+		if rev := mustRevision(t, d.s); rev != 2 {
+			t.Errorf("refused evictions and bans moved the revision to %d", rev)
+		}
+		if err := d.s.UpsertNode(ctx, store.Node{SPIFFEID: node1, CredentialKind: "join_token", SerialNumber: "f6", ExpiresAt: t0.Add(time.Hour)}); err != nil {
+			t.Errorf("attesting after the eviction: %v", err)
+		}
+
+		for _, tt := range []struct {
+			name string
+			err  error
+			want string
+		}{
+			{"renew, serial not hex", func() error { _, err := renewNode(d.s, node1, "zz", "1", t0); return err }(), `store: renewed node's serial number "zz" is not hexadecimal`},
+			{"renew, no new serial", func() error { _, err := renewNode(d.s, node1, "f6", "", t0); return err }(), "store: issued certificate serial is empty"},
+			{"renew, no expiry", func() error { _, err := renewNode(d.s, node1, "f6", "1", time.Time{}); return err }(), "store: issued certificate 1 has no expiry"},
+			{"use, no ID", func() error { _, err := d.s.UseNodeSVID(ctx, spiffeid.ID{}, "1", t0); return err }(), "store: node SPIFFE ID is empty"},
+			{"use, no expiry", func() error { _, err := d.s.UseNodeSVID(ctx, node1, "f6", time.Time{}); return err }(), "store: node spiffe://east.example/spire/agent/join_token/node1: the SVID presented has no expiry"},
+			{"evict, no ID", d.s.DeleteNode(ctx, spiffeid.ID{}), "store: node SPIFFE ID is empty"},
+		} {
+			checkErr(t, tt.name, tt.err, tt.want)
+		}
+	})
+}
+
+// TestNodeLifecycleMigration: nodes attested before the schema kept one
+// lineage of node SVIDs (version 3) had renewed without their records
+// following; after the migration each adopts the first SVID it presents,
+// and only that lineage from then on.
+func TestNodeLifecycleMigration(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, d *testDB) {
+		ctx := context.Background()
+		if err := d.s.UpsertNode(ctx, store.Node{SPIFFEID: node1, CredentialKind: "join_token", SerialNumber: "a1", ExpiresAt: t0.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		// Back to version 3, as a database of an older meshfed with this
+		// node in it was, then open it again.
+		raw := rawDB(t, d)
+		for _, q := range []string{
+			`ALTER TABLE nodes DROP COLUMN banned_at`,
+			`ALTER TABLE nodes DROP COLUMN new_expires_at`,
+			`ALTER TABLE nodes DROP COLUMN new_serial_number`,
+			`DELETE FROM goose_db_version WHERE version_id = 4`,
+		} {
+			if _, err := raw.ExecContext(ctx, q); err != nil {
+				t.Fatalf("%s: %v", q, err)
+			}
+		}
+		s := d.open(t)
+		if got, err := s.GetNode(ctx, node1); err != nil || got.SerialNumber != "" {
+			t.Fatalf("after the migration: %+v, %v; want no serial in use", got, err)
+		}
+		// The node has renewed to b2 since it attested with a1.
+		got, err := s.UseNodeSVID(ctx, node1, "b2", t0.Add(2*time.Hour))
+		want := store.Node{SPIFFEID: node1, AttestedAt: t0, CredentialKind: "join_token", SerialNumber: "b2", ExpiresAt: t0.Add(2 * time.Hour)}
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Fatalf("UseNodeSVID(b2):\n got %+v, %v\nwant %+v", got, err, want)
+		}
+		_, err = s.UseNodeSVID(ctx, node1, "a1", t0.Add(time.Hour))
+		checkErr(t, "UseNodeSVID(a1) once b2 was adopted", err, "store: node spiffe://east.example/spire/agent/join_token/node1: SVID a1: not the node's current SVID")
 	})
 }
 

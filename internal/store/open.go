@@ -88,7 +88,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s.clock, s.log = cfg.Clock, cfg.Logger
-	s.audit = newGroupCommit(maxAuditBatch, s.insertIssued)
+	s.audit = newGroupCommit(maxAuditBatch, s.writeAudit)
 	s.audit.delay = max(cfg.AuditCommitDelay, 0)
 	s.audit.observe = cfg.OnAuditCommit
 	if err := s.migrate(ctx); err != nil {

@@ -22,7 +22,7 @@ import (
 )
 
 // schemaVersion is the newest migration; bump it with each new one.
-const schemaVersion = 3
+const schemaVersion = 4
 
 // TestOpenRefusesBadConfig pins the errors for datastores that cannot work,
 // and that none of them shows a password.
@@ -221,7 +221,7 @@ func TestOpenRefusesNewerSchema(t *testing.T) {
 			t.Fatal("Open succeeded")
 		}
 		msg := err.Error()
-		if !strings.HasPrefix(msg, "store: the schema of ") || !strings.HasSuffix(msg, " is version 999, newer than this meshfed knows (3); upgrade meshfed") {
+		if !strings.HasPrefix(msg, "store: the schema of ") || !strings.HasSuffix(msg, " is version 999, newer than this meshfed knows (4); upgrade meshfed") {
 			t.Errorf("error = %q", msg)
 		}
 	})
@@ -367,7 +367,8 @@ func TestOpenLogs(t *testing.T) {
 		`msg="store: applied migration" version=1 file=00001_initial.sql`,
 		`msg="store: applied migration" version=2 file=00002_issued_root.sql`,
 		`msg="store: applied migration" version=3 file=00003_policies.sql`,
-		`msg="store: opened" backend=postgres database=` + u.Host + u.Path + ` schema_version=3`,
+		`msg="store: applied migration" version=4 file=00004_node_lifecycle.sql`,
+		`msg="store: opened" backend=postgres database=` + u.Host + u.Path + ` schema_version=4`,
 	} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("logs lack %q:\n%s", want, logs)

@@ -23,6 +23,14 @@ var (
 	ErrTokenInvalid = errors.New("join token is unknown, expired or already used")
 	// ErrInvalid: an argument is malformed or over its bound.
 	ErrInvalid = errors.New("invalid argument")
+	// ErrNodeBanned: the node is banned ('meshfed node ban') and may neither
+	// renew nor attest again until it is evicted.
+	ErrNodeBanned = errors.New("banned")
+	// ErrNodeSVIDSuperseded: the node SVID presented is neither the one its
+	// record says it uses nor the one its last renewal signed: the node
+	// renewed or attested again since, so that SVID is in use elsewhere or
+	// left behind.
+	ErrNodeSVIDSuperseded = errors.New("not the node's current SVID")
 )
 
 // invalidError is an input the store refuses before touching the database.
@@ -81,10 +89,11 @@ type Store struct {
 	clock    func() time.Time
 	log      *slog.Logger
 	location string // the database, for messages: a path, or host:port/db
-	audit    *groupCommit[Issued]
+	audit    *groupCommit[*auditRow]
 
 	stmtMu      sync.Mutex
 	insertStmts map[int]*sql.Stmt // by rows: see insertIssuedStmt
+	renewStmt   *sql.Stmt         // renewNodeSQL, once prepared
 }
 
 // Backend names the database kind: "sqlite" or "postgres".
@@ -97,6 +106,9 @@ func (s *Store) Close() error {
 		_ = st.Close()
 	}
 	s.insertStmts = nil
+	if s.renewStmt != nil {
+		_ = s.renewStmt.Close()
+	}
 	s.stmtMu.Unlock()
 	err := s.w.Close()
 	if s.r != s.w {
@@ -118,7 +130,7 @@ func (s *Store) Ping(ctx context.Context) error {
 
 // Revision is a counter that increases on every change to registration
 // entries, this trust domain's authorities, federated bundles or policies,
-// in the same transaction as the change. Polling it is one primary-key read, so servers
+// and on a node's eviction or ban, in the same transaction as the change. Polling it is one primary-key read, so servers
 // sharing a database can each watch it and push changes to their agents.
 func (s *Store) Revision(ctx context.Context) (int64, error) {
 	var rev int64
