@@ -244,10 +244,7 @@ func (a *adminService) ListNodes(ctx context.Context, _ *pb.ListNodesRequest) (*
 	}
 	resp := &pb.ListNodesResponse{}
 	for _, n := range nodes {
-		resp.Nodes = append(resp.Nodes, &pb.AttestedNode{
-			SpiffeId: n.SPIFFEID.String(), AttestedAt: n.AttestedAt.Unix(), CredentialKind: n.CredentialKind,
-			Serial: n.SerialNumber, ExpiresAt: n.ExpiresAt.Unix(),
-		})
+		resp.Nodes = append(resp.Nodes, nodeMessage(n))
 	}
 	return resp, nil
 }

@@ -71,8 +71,12 @@ func takeAnnounced(ctx context.Context) *store.IssuedExpectation {
 
 // signSVID signs csr for the identity ident was verified to hold. The CSR
 // proves possession of its key and may name that same identity or none; the
-// identity itself comes only from ident. The returned error is a gRPC status.
-func (s *Server) signSVID(ctx context.Context, ident credential.Identity, csr *x509.CertificateRequest, ttl time.Duration, dns []string) (*issued, error) {
+// identity itself comes only from ident. renews is set when a node renews
+// its own SVID (one lineage: oneLineage) presenting the SVID of that serial:
+// the audit row then records the new SVID in the node's record too, if the
+// record still admits the one presented (store.Issued.RenewsNode). The
+// returned error is a gRPC status.
+func (s *Server) signSVID(ctx context.Context, ident credential.Identity, csr *x509.CertificateRequest, ttl time.Duration, dns []string, renews string) (*issued, error) {
 	start := time.Now()
 	kind := string(ident.Kind)
 	// A commit of the audit log starting while this is signed may wait for
@@ -122,8 +126,13 @@ func (s *Server) signSVID(ctx context.Context, ident credential.Identity, csr *x
 		IssuedAt:       s.clock(),
 		NotAfter:       leaf.NotAfter,
 		RootKeyID:      hex.EncodeToString(ca.RootKeyID()),
+		RenewsNode:     renews,
 	})
 	s.metrics.observeStore("record_issued", storeStart)
+	if renews != "" && nodeRefusal(err) {
+		s.metrics.observeIssue(kind, "denied", start)
+		return nil, s.nodeRefused(ident.ID, renews, err)
+	}
 	if err != nil {
 		// An SVID that is not in the audit log is not handed out.
 		s.metrics.observeIssue(kind, "error", start)

@@ -34,7 +34,7 @@ func (i *istioService) CreateCertificate(ctx context.Context, req *istioca.Istio
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	out, err := s.signSVID(ctx, ident, csr, time.Duration(req.GetValidityDuration())*time.Second, nil)
+	out, err := s.signSVID(ctx, ident, csr, time.Duration(req.GetValidityDuration())*time.Second, nil, "")
 	if err != nil {
 		return nil, err
 	}

@@ -140,10 +140,11 @@ func readOrCreateJWTKey(path string) (*ecdsa.PrivateKey, error) {
 
 func (n *nodeService) SignJWTSVID(ctx context.Context, req *pb.SignJWTSVIDRequest) (*pb.JWTSVID, error) {
 	s := n.s
-	node, err := s.nodeCredential(ctx)
+	call, err := s.nodeCaller(ctx, true)
 	if err != nil {
 		return nil, err
 	}
+	node := call.ident
 	if err := checkJWTAudience(req.GetAudience()); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}

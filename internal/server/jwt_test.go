@@ -2,7 +2,7 @@ package server
 
 import (
 	"context"
-	"crypto/tls"
+	"crypto/x509"
 	"os"
 	"path/filepath"
 	"slices"
@@ -30,20 +30,12 @@ func attestNode(t *testing.T, h *harness, nodeID string) pb.NodeClient {
 // attestNodeUntil is attestNode, also returning when the node SVID expires.
 func attestNodeUntil(t *testing.T, h *harness, nodeID string) (pb.NodeClient, time.Time) {
 	t.Helper()
-	ctx := context.Background()
-	tok, err := h.admin(t).CreateJoinToken(ctx, &pb.CreateJoinTokenRequest{SpiffeId: nodeID})
+	cert := attestNodeCert(t, h, nodeID)
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, csr := newCSR(t)
-	resp, err := pb.NewNodeClient(h.dial(t, nil)).AttestNode(ctx, &pb.AttestNodeRequest{
-		Credential: &pb.AttestNodeRequest_JoinToken{JoinToken: tok.GetToken()}, Csr: csr,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pb.NewNodeClient(h.dial(t, &tls.Certificate{Certificate: resp.GetSvid().GetCertChain(), PrivateKey: key})),
-		time.Unix(resp.GetSvid().GetExpiresAt(), 0)
+	return pb.NewNodeClient(h.dial(t, &cert)), leaf.NotAfter
 }
 
 // publishedBundle is the bundle as the admin API (and `meshfed bundle show`)

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"time"
 
@@ -48,19 +47,29 @@ func (n *nodeService) AttestNode(ctx context.Context, req *pb.AttestNodeRequest)
 	if err != nil {
 		return nil, err
 	}
+	// A banned node signs nothing; the record checks it again below, in
+	// case it was banned meanwhile.
+	if n, err := s.store.GetNode(ctx, ident.ID); err == nil && n.Banned() {
+		return nil, s.nodeRefused(ident.ID, "", store.ErrNodeBanned)
+	} else if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, s.nodeRefused(ident.ID, "", err)
+	}
 	ttl := time.Duration(req.GetTtlSeconds()) * time.Second
 	if ttl <= 0 {
 		ttl = s.set.nodeTTL
 	}
-	out, err := s.signSVID(ctx, ident, csr, ttl, nil)
+	out, err := s.signSVID(ctx, ident, csr, ttl, nil, "")
 	if err != nil {
 		return nil, err
 	}
 	leaf := out.chain[0]
 	if err := s.store.UpsertNode(ctx, store.Node{
 		SPIFFEID: ident.ID, AttestedAt: s.clock(), CredentialKind: string(ident.Kind),
-		SerialNumber: fmt.Sprintf("%x", leaf.SerialNumber), ExpiresAt: leaf.NotAfter,
+		SerialNumber: serialHex(leaf), ExpiresAt: leaf.NotAfter,
 	}); err != nil {
+		if errors.Is(err, store.ErrNodeBanned) {
+			return nil, s.nodeRefused(ident.ID, "", err)
+		}
 		s.log.Error("recording the attested node failed", "node", ident.ID.String(), "error", err)
 		return nil, status.Error(codes.Unavailable, "server: the store is unavailable; retry")
 	}
@@ -73,12 +82,22 @@ func (n *nodeService) AttestNode(ctx context.Context, req *pb.AttestNodeRequest)
 
 func (n *nodeService) SignX509SVID(ctx context.Context, req *pb.SignX509SVIDRequest) (*pb.SignX509SVIDResponse, error) {
 	s := n.s
-	node, err := s.nodeCredential(ctx)
+	call, err := s.nodeCaller(ctx, true)
 	if err != nil {
 		return nil, err
 	}
+	node := call.ident
 	if len(req.GetRequests()) == 0 || len(req.GetRequests()) > MaxSVIDRequests {
 		return nil, status.Errorf(codes.InvalidArgument, "server: send 1 to %d SVID requests, not %d", MaxSVIDRequests, len(req.GetRequests()))
+	}
+	own := 0
+	for _, r := range req.GetRequests() {
+		if r.GetEntryId() == "" {
+			own++
+		}
+	}
+	if own > 1 {
+		return nil, status.Errorf(codes.InvalidArgument, "server: %d requests for the node's own SVID; a call renews it once at most", own)
 	}
 	resp := &pb.SignX509SVIDResponse{}
 	for _, r := range req.GetRequests() {
@@ -101,7 +120,11 @@ func (n *nodeService) SignX509SVID(ctx context.Context, req *pb.SignX509SVIDRequ
 		case ttl <= 0:
 			ttl = s.set.nodeTTL // a node renewing its own SVID
 		}
-		out, err := s.signSVID(ctx, ident, csr, ttl, dns)
+		renewing := ""
+		if e == nil {
+			renewing = renews(call) // the node's record will name the new SVID
+		}
+		out, err := s.signSVID(ctx, ident, csr, ttl, dns, renewing)
 		if err != nil {
 			return nil, err
 		}
@@ -145,7 +168,7 @@ func (s *Server) entryIdentity(ctx context.Context, node credential.Identity, en
 }
 
 func (n *nodeService) FetchBundles(ctx context.Context, _ *pb.FetchBundlesRequest) (*pb.FetchBundlesResponse, error) {
-	if _, err := n.s.callerSVID(ctx, "server: present this trust domain's SVID"); err != nil {
+	if _, err := n.s.nodeCaller(ctx, false); err != nil {
 		return nil, err
 	}
 	local, fed, err := n.s.bundles(ctx)
@@ -159,11 +182,11 @@ func (n *nodeService) FetchBundles(ctx context.Context, _ *pb.FetchBundlesReques
 func (n *nodeService) Watch(_ *pb.WatchRequest, stream pb.Node_WatchServer) error {
 	s := n.s
 	ctx := stream.Context()
-	node, err := s.callerSVID(ctx, "server: present this trust domain's SVID")
+	call, err := s.nodeCaller(ctx, false)
 	if err != nil {
 		return err
 	}
-	callerID := node.ID
+	node, callerID := call.ident, call.ident.ID
 	s.metrics.watchers.Inc()
 	defer s.metrics.watchers.Dec()
 	id := s.watchers.add()
@@ -177,6 +200,11 @@ func (n *nodeService) Watch(_ *pb.WatchRequest, stream pb.Node_WatchServer) erro
 			if now := s.clock(); now.After(node.Expires) {
 				return status.Errorf(codes.Unauthenticated, "server: the SVID this stream was opened with expired at %s; reconnect with a current SVID",
 					node.Expires.UTC().Format(time.RFC3339))
+			}
+			// An eviction or a ban moves the revision, so the view; a
+			// stream of an SVID the node renewed away from ends too.
+			if _, err := s.admitNode(ctx, callerID, call.leaf); err != nil {
+				return err
 			}
 			snap, err := s.snapshot(ctx, callerID)
 			if err != nil {

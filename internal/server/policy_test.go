@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/tls"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -41,16 +40,7 @@ spec:
 // stream after its first snapshot, and that snapshot.
 func watchAsNode(t *testing.T, h *harness, ctx context.Context) (pb.Node_WatchClient, *pb.WatchResponse) {
 	t.Helper()
-	tok, err := h.admin(t).CreateJoinToken(ctx, &pb.CreateJoinTokenRequest{SpiffeId: "spiffe://east.example/node/host-1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, csr := newCSR(t)
-	resp, err := pb.NewNodeClient(h.dial(t, nil)).AttestNode(ctx, &pb.AttestNodeRequest{Credential: &pb.AttestNodeRequest_JoinToken{JoinToken: tok.GetToken()}, Csr: csr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert := tls.Certificate{Certificate: resp.GetSvid().GetCertChain(), PrivateKey: key}
+	cert := attestNodeCert(t, h, "spiffe://east.example/node/host-1")
 	stream, err := pb.NewNodeClient(h.dial(t, &cert)).Watch(ctx, &pb.WatchRequest{})
 	if err != nil {
 		t.Fatal(err)

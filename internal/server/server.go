@@ -84,6 +84,7 @@ type Server struct {
 	revision atomic.Int64
 	changes  *broadcaster
 	svids    svidMemo           // SVID credentials verified, per chain and revision
+	nodes    nodeCache          // node records, per revision (admitNode)
 	fetcher  *fetcher.Refresher // the bundle endpoint peers (federates_with; SIGHUP replaces them)
 	member   *member.Member     // nil without federation.virtual_mesh
 	vmState  atomic.Pointer[member.State]

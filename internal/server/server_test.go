@@ -326,16 +326,7 @@ func TestWatchPushesChanges(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	nodeID := "spiffe://east.example/node/host-1"
-	tok, err := admin.CreateJoinToken(ctx, &pb.CreateJoinTokenRequest{SpiffeId: nodeID})
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, csr := newCSR(t)
-	resp, err := pb.NewNodeClient(h.dial(t, nil)).AttestNode(ctx, &pb.AttestNodeRequest{Credential: &pb.AttestNodeRequest_JoinToken{JoinToken: tok.GetToken()}, Csr: csr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert := tls.Certificate{Certificate: resp.GetSvid().GetCertChain(), PrivateKey: key}
+	cert := attestNodeCert(t, h, nodeID)
 	stream, err := pb.NewNodeClient(h.dial(t, &cert)).Watch(ctx, &pb.WatchRequest{})
 	if err != nil {
 		t.Fatal(err)

@@ -2110,10 +2110,16 @@ type AttestedNode struct {
 	SpiffeId       string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
 	AttestedAt     int64                  `protobuf:"varint,2,opt,name=attested_at,json=attestedAt,proto3" json:"attested_at,omitempty"`
 	CredentialKind string                 `protobuf:"bytes,3,opt,name=credential_kind,json=credentialKind,proto3" json:"credential_kind,omitempty"`
-	Serial         string                 `protobuf:"bytes,4,opt,name=serial,proto3" json:"serial,omitempty"`
-	ExpiresAt      int64                  `protobuf:"varint,5,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The SVID the node uses (lowercase hex serial, Unix expiry).
+	Serial    string `protobuf:"bytes,4,opt,name=serial,proto3" json:"serial,omitempty"`
+	ExpiresAt int64  `protobuf:"varint,5,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// The SVID its last renewal signed, until the node first presents it.
+	NewSerial    string `protobuf:"bytes,6,opt,name=new_serial,json=newSerial,proto3" json:"new_serial,omitempty"`
+	NewExpiresAt int64  `protobuf:"varint,7,opt,name=new_expires_at,json=newExpiresAt,proto3" json:"new_expires_at,omitempty"`
+	// When it was banned (Unix seconds); 0 unless banned.
+	BannedAt      int64 `protobuf:"varint,8,opt,name=banned_at,json=bannedAt,proto3" json:"banned_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AttestedNode) Reset() {
@@ -2181,6 +2187,151 @@ func (x *AttestedNode) GetExpiresAt() int64 {
 	return 0
 }
 
+func (x *AttestedNode) GetNewSerial() string {
+	if x != nil {
+		return x.NewSerial
+	}
+	return ""
+}
+
+func (x *AttestedNode) GetNewExpiresAt() int64 {
+	if x != nil {
+		return x.NewExpiresAt
+	}
+	return 0
+}
+
+func (x *AttestedNode) GetBannedAt() int64 {
+	if x != nil {
+		return x.BannedAt
+	}
+	return 0
+}
+
+type EvictNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvictNodeRequest) Reset() {
+	*x = EvictNodeRequest{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvictNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvictNodeRequest) ProtoMessage() {}
+
+func (x *EvictNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvictNodeRequest.ProtoReflect.Descriptor instead.
+func (*EvictNodeRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *EvictNodeRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+type EvictNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvictNodeResponse) Reset() {
+	*x = EvictNodeResponse{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvictNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvictNodeResponse) ProtoMessage() {}
+
+func (x *EvictNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvictNodeResponse.ProtoReflect.Descriptor instead.
+func (*EvictNodeResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{36}
+}
+
+type BanNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BanNodeRequest) Reset() {
+	*x = BanNodeRequest{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BanNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BanNodeRequest) ProtoMessage() {}
+
+func (x *BanNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BanNodeRequest.ProtoReflect.Descriptor instead.
+func (*BanNodeRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *BanNodeRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
 type ListNodesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2189,7 +2340,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[35]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2201,7 +2352,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[35]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2214,7 +2365,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{35}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{38}
 }
 
 type ListNodesResponse struct {
@@ -2226,7 +2377,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[36]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2238,7 +2389,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[36]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2251,7 +2402,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{36}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListNodesResponse) GetNodes() []*AttestedNode {
@@ -2274,7 +2425,7 @@ type PolicyFile struct {
 
 func (x *PolicyFile) Reset() {
 	*x = PolicyFile{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[37]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2286,7 +2437,7 @@ func (x *PolicyFile) String() string {
 func (*PolicyFile) ProtoMessage() {}
 
 func (x *PolicyFile) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[37]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2299,7 +2450,7 @@ func (x *PolicyFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
 func (*PolicyFile) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{37}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PolicyFile) GetName() string {
@@ -2327,7 +2478,7 @@ type ApplyPoliciesRequest struct {
 
 func (x *ApplyPoliciesRequest) Reset() {
 	*x = ApplyPoliciesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[38]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2339,7 +2490,7 @@ func (x *ApplyPoliciesRequest) String() string {
 func (*ApplyPoliciesRequest) ProtoMessage() {}
 
 func (x *ApplyPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[38]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2352,7 +2503,7 @@ func (x *ApplyPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{38}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ApplyPoliciesRequest) GetFiles() []*PolicyFile {
@@ -2382,7 +2533,7 @@ type AppliedPolicy struct {
 
 func (x *AppliedPolicy) Reset() {
 	*x = AppliedPolicy{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[39]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2394,7 +2545,7 @@ func (x *AppliedPolicy) String() string {
 func (*AppliedPolicy) ProtoMessage() {}
 
 func (x *AppliedPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[39]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2407,7 +2558,7 @@ func (x *AppliedPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedPolicy.ProtoReflect.Descriptor instead.
 func (*AppliedPolicy) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{39}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *AppliedPolicy) GetKind() string {
@@ -2448,7 +2599,7 @@ type ApplyPoliciesResponse struct {
 
 func (x *ApplyPoliciesResponse) Reset() {
 	*x = ApplyPoliciesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[40]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2460,7 +2611,7 @@ func (x *ApplyPoliciesResponse) String() string {
 func (*ApplyPoliciesResponse) ProtoMessage() {}
 
 func (x *ApplyPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[40]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2473,7 +2624,7 @@ func (x *ApplyPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{40}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ApplyPoliciesResponse) GetPolicies() []*AppliedPolicy {
@@ -2498,7 +2649,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[41]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2510,7 +2661,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[41]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2523,7 +2674,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{41}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{44}
 }
 
 type ListPoliciesResponse struct {
@@ -2536,7 +2687,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[42]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2548,7 +2699,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[42]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2561,7 +2712,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{42}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*Policy {
@@ -2589,7 +2740,7 @@ type DeletePolicyRequest struct {
 
 func (x *DeletePolicyRequest) Reset() {
 	*x = DeletePolicyRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[43]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2601,7 +2752,7 @@ func (x *DeletePolicyRequest) String() string {
 func (*DeletePolicyRequest) ProtoMessage() {}
 
 func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[43]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2614,7 +2765,7 @@ func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{43}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *DeletePolicyRequest) GetKind() string {
@@ -2647,7 +2798,7 @@ type DeletePolicyResponse struct {
 
 func (x *DeletePolicyResponse) Reset() {
 	*x = DeletePolicyResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[44]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2659,7 +2810,7 @@ func (x *DeletePolicyResponse) String() string {
 func (*DeletePolicyResponse) ProtoMessage() {}
 
 func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[44]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2672,7 +2823,7 @@ func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{44}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *DeletePolicyResponse) GetPolicyRevision() int64 {
@@ -2834,7 +2985,7 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\x05since\x18\x02 \x01(\x03R\x05since\x12\x14\n" +
 	"\x05limit\x18\x03 \x01(\x05R\x05limit\"G\n" +
 	"\x12ListIssuedResponse\x121\n" +
-	"\x06issued\x18\x01 \x03(\v2\x19.meshfed.server.v1.IssuedR\x06issued\"\xac\x01\n" +
+	"\x06issued\x18\x01 \x03(\v2\x19.meshfed.server.v1.IssuedR\x06issued\"\x8e\x02\n" +
 	"\fAttestedNode\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1f\n" +
 	"\vattested_at\x18\x02 \x01(\x03R\n" +
@@ -2842,7 +2993,16 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\x0fcredential_kind\x18\x03 \x01(\tR\x0ecredentialKind\x12\x16\n" +
 	"\x06serial\x18\x04 \x01(\tR\x06serial\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x05 \x01(\x03R\texpiresAt\"\x12\n" +
+	"expires_at\x18\x05 \x01(\x03R\texpiresAt\x12\x1d\n" +
+	"\n" +
+	"new_serial\x18\x06 \x01(\tR\tnewSerial\x12$\n" +
+	"\x0enew_expires_at\x18\a \x01(\x03R\fnewExpiresAt\x12\x1b\n" +
+	"\tbanned_at\x18\b \x01(\x03R\bbannedAt\"/\n" +
+	"\x10EvictNodeRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"\x13\n" +
+	"\x11EvictNodeResponse\"-\n" +
+	"\x0eBanNodeRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"\x12\n" +
 	"\x10ListNodesRequest\"J\n" +
 	"\x11ListNodesResponse\x125\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x1f.meshfed.server.v1.AttestedNodeR\x05nodes\"4\n" +
@@ -2877,7 +3037,7 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\fSignX509SVID\x12&.meshfed.server.v1.SignX509SVIDRequest\x1a'.meshfed.server.v1.SignX509SVIDResponse\x12P\n" +
 	"\vSignJWTSVID\x12%.meshfed.server.v1.SignJWTSVIDRequest\x1a\x1a.meshfed.server.v1.JWTSVID\x12_\n" +
 	"\fFetchBundles\x12&.meshfed.server.v1.FetchBundlesRequest\x1a'.meshfed.server.v1.FetchBundlesResponse\x12L\n" +
-	"\x05Watch\x12\x1f.meshfed.server.v1.WatchRequest\x1a .meshfed.server.v1.WatchResponse0\x012\x9d\v\n" +
+	"\x05Watch\x12\x1f.meshfed.server.v1.WatchRequest\x1a .meshfed.server.v1.WatchResponse0\x012\xc4\f\n" +
 	"\x05Admin\x12h\n" +
 	"\x0fCreateJoinToken\x12).meshfed.server.v1.CreateJoinTokenRequest\x1a*.meshfed.server.v1.CreateJoinTokenResponse\x12N\n" +
 	"\vCreateEntry\x12%.meshfed.server.v1.CreateEntryRequest\x1a\x18.meshfed.server.v1.Entry\x12H\n" +
@@ -2891,7 +3051,9 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\x16RefreshFederatedBundle\x120.meshfed.server.v1.RefreshFederatedBundleRequest\x1a!.meshfed.server.v1.FederationPeer\x12Y\n" +
 	"\n" +
 	"ListIssued\x12$.meshfed.server.v1.ListIssuedRequest\x1a%.meshfed.server.v1.ListIssuedResponse\x12V\n" +
-	"\tListNodes\x12#.meshfed.server.v1.ListNodesRequest\x1a$.meshfed.server.v1.ListNodesResponse\x12b\n" +
+	"\tListNodes\x12#.meshfed.server.v1.ListNodesRequest\x1a$.meshfed.server.v1.ListNodesResponse\x12V\n" +
+	"\tEvictNode\x12#.meshfed.server.v1.EvictNodeRequest\x1a$.meshfed.server.v1.EvictNodeResponse\x12M\n" +
+	"\aBanNode\x12!.meshfed.server.v1.BanNodeRequest\x1a\x1f.meshfed.server.v1.AttestedNode\x12b\n" +
 	"\rApplyPolicies\x12'.meshfed.server.v1.ApplyPoliciesRequest\x1a(.meshfed.server.v1.ApplyPoliciesResponse\x12_\n" +
 	"\fListPolicies\x12&.meshfed.server.v1.ListPoliciesRequest\x1a'.meshfed.server.v1.ListPoliciesResponse\x12_\n" +
 	"\fDeletePolicy\x12&.meshfed.server.v1.DeletePolicyRequest\x1a'.meshfed.server.v1.DeletePolicyResponseB;Z9github.com/meshfed/meshfed/internal/api/serverv1;serverv1b\x06proto3"
@@ -2908,7 +3070,7 @@ func file_meshfed_server_v1_server_proto_rawDescGZIP() []byte {
 	return file_meshfed_server_v1_server_proto_rawDescData
 }
 
-var file_meshfed_server_v1_server_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_meshfed_server_v1_server_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_meshfed_server_v1_server_proto_goTypes = []any{
 	(*X509SVID)(nil),                      // 0: meshfed.server.v1.X509SVID
 	(*Bundle)(nil),                        // 1: meshfed.server.v1.Bundle
@@ -2945,16 +3107,19 @@ var file_meshfed_server_v1_server_proto_goTypes = []any{
 	(*ListIssuedRequest)(nil),             // 32: meshfed.server.v1.ListIssuedRequest
 	(*ListIssuedResponse)(nil),            // 33: meshfed.server.v1.ListIssuedResponse
 	(*AttestedNode)(nil),                  // 34: meshfed.server.v1.AttestedNode
-	(*ListNodesRequest)(nil),              // 35: meshfed.server.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),             // 36: meshfed.server.v1.ListNodesResponse
-	(*PolicyFile)(nil),                    // 37: meshfed.server.v1.PolicyFile
-	(*ApplyPoliciesRequest)(nil),          // 38: meshfed.server.v1.ApplyPoliciesRequest
-	(*AppliedPolicy)(nil),                 // 39: meshfed.server.v1.AppliedPolicy
-	(*ApplyPoliciesResponse)(nil),         // 40: meshfed.server.v1.ApplyPoliciesResponse
-	(*ListPoliciesRequest)(nil),           // 41: meshfed.server.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),          // 42: meshfed.server.v1.ListPoliciesResponse
-	(*DeletePolicyRequest)(nil),           // 43: meshfed.server.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),          // 44: meshfed.server.v1.DeletePolicyResponse
+	(*EvictNodeRequest)(nil),              // 35: meshfed.server.v1.EvictNodeRequest
+	(*EvictNodeResponse)(nil),             // 36: meshfed.server.v1.EvictNodeResponse
+	(*BanNodeRequest)(nil),                // 37: meshfed.server.v1.BanNodeRequest
+	(*ListNodesRequest)(nil),              // 38: meshfed.server.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),             // 39: meshfed.server.v1.ListNodesResponse
+	(*PolicyFile)(nil),                    // 40: meshfed.server.v1.PolicyFile
+	(*ApplyPoliciesRequest)(nil),          // 41: meshfed.server.v1.ApplyPoliciesRequest
+	(*AppliedPolicy)(nil),                 // 42: meshfed.server.v1.AppliedPolicy
+	(*ApplyPoliciesResponse)(nil),         // 43: meshfed.server.v1.ApplyPoliciesResponse
+	(*ListPoliciesRequest)(nil),           // 44: meshfed.server.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),          // 45: meshfed.server.v1.ListPoliciesResponse
+	(*DeletePolicyRequest)(nil),           // 46: meshfed.server.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),          // 47: meshfed.server.v1.DeletePolicyResponse
 }
 var file_meshfed_server_v1_server_proto_depIdxs = []int32{
 	2,  // 0: meshfed.server.v1.Entry.selectors:type_name -> meshfed.server.v1.Selector
@@ -2974,8 +3139,8 @@ var file_meshfed_server_v1_server_proto_depIdxs = []int32{
 	27, // 14: meshfed.server.v1.ListFederatedBundlesResponse.peers:type_name -> meshfed.server.v1.FederationPeer
 	31, // 15: meshfed.server.v1.ListIssuedResponse.issued:type_name -> meshfed.server.v1.Issued
 	34, // 16: meshfed.server.v1.ListNodesResponse.nodes:type_name -> meshfed.server.v1.AttestedNode
-	37, // 17: meshfed.server.v1.ApplyPoliciesRequest.files:type_name -> meshfed.server.v1.PolicyFile
-	39, // 18: meshfed.server.v1.ApplyPoliciesResponse.policies:type_name -> meshfed.server.v1.AppliedPolicy
+	40, // 17: meshfed.server.v1.ApplyPoliciesRequest.files:type_name -> meshfed.server.v1.PolicyFile
+	42, // 18: meshfed.server.v1.ApplyPoliciesResponse.policies:type_name -> meshfed.server.v1.AppliedPolicy
 	15, // 19: meshfed.server.v1.ListPoliciesResponse.policies:type_name -> meshfed.server.v1.Policy
 	4,  // 20: meshfed.server.v1.Node.AttestNode:input_type -> meshfed.server.v1.AttestNodeRequest
 	7,  // 21: meshfed.server.v1.Node.SignX509SVID:input_type -> meshfed.server.v1.SignX509SVIDRequest
@@ -2993,32 +3158,36 @@ var file_meshfed_server_v1_server_proto_depIdxs = []int32{
 	29, // 33: meshfed.server.v1.Admin.DeleteFederatedBundle:input_type -> meshfed.server.v1.DeleteFederatedBundleRequest
 	28, // 34: meshfed.server.v1.Admin.RefreshFederatedBundle:input_type -> meshfed.server.v1.RefreshFederatedBundleRequest
 	32, // 35: meshfed.server.v1.Admin.ListIssued:input_type -> meshfed.server.v1.ListIssuedRequest
-	35, // 36: meshfed.server.v1.Admin.ListNodes:input_type -> meshfed.server.v1.ListNodesRequest
-	38, // 37: meshfed.server.v1.Admin.ApplyPolicies:input_type -> meshfed.server.v1.ApplyPoliciesRequest
-	41, // 38: meshfed.server.v1.Admin.ListPolicies:input_type -> meshfed.server.v1.ListPoliciesRequest
-	43, // 39: meshfed.server.v1.Admin.DeletePolicy:input_type -> meshfed.server.v1.DeletePolicyRequest
-	5,  // 40: meshfed.server.v1.Node.AttestNode:output_type -> meshfed.server.v1.AttestNodeResponse
-	8,  // 41: meshfed.server.v1.Node.SignX509SVID:output_type -> meshfed.server.v1.SignX509SVIDResponse
-	10, // 42: meshfed.server.v1.Node.SignJWTSVID:output_type -> meshfed.server.v1.JWTSVID
-	12, // 43: meshfed.server.v1.Node.FetchBundles:output_type -> meshfed.server.v1.FetchBundlesResponse
-	14, // 44: meshfed.server.v1.Node.Watch:output_type -> meshfed.server.v1.WatchResponse
-	17, // 45: meshfed.server.v1.Admin.CreateJoinToken:output_type -> meshfed.server.v1.CreateJoinTokenResponse
-	3,  // 46: meshfed.server.v1.Admin.CreateEntry:output_type -> meshfed.server.v1.Entry
-	3,  // 47: meshfed.server.v1.Admin.GetEntry:output_type -> meshfed.server.v1.Entry
-	21, // 48: meshfed.server.v1.Admin.ListEntries:output_type -> meshfed.server.v1.ListEntriesResponse
-	23, // 49: meshfed.server.v1.Admin.DeleteEntry:output_type -> meshfed.server.v1.DeleteEntryResponse
-	1,  // 50: meshfed.server.v1.Admin.GetBundle:output_type -> meshfed.server.v1.Bundle
-	26, // 51: meshfed.server.v1.Admin.ListFederatedBundles:output_type -> meshfed.server.v1.ListFederatedBundlesResponse
-	1,  // 52: meshfed.server.v1.Admin.SetFederatedBundle:output_type -> meshfed.server.v1.Bundle
-	30, // 53: meshfed.server.v1.Admin.DeleteFederatedBundle:output_type -> meshfed.server.v1.DeleteFederatedBundleResponse
-	27, // 54: meshfed.server.v1.Admin.RefreshFederatedBundle:output_type -> meshfed.server.v1.FederationPeer
-	33, // 55: meshfed.server.v1.Admin.ListIssued:output_type -> meshfed.server.v1.ListIssuedResponse
-	36, // 56: meshfed.server.v1.Admin.ListNodes:output_type -> meshfed.server.v1.ListNodesResponse
-	40, // 57: meshfed.server.v1.Admin.ApplyPolicies:output_type -> meshfed.server.v1.ApplyPoliciesResponse
-	42, // 58: meshfed.server.v1.Admin.ListPolicies:output_type -> meshfed.server.v1.ListPoliciesResponse
-	44, // 59: meshfed.server.v1.Admin.DeletePolicy:output_type -> meshfed.server.v1.DeletePolicyResponse
-	40, // [40:60] is the sub-list for method output_type
-	20, // [20:40] is the sub-list for method input_type
+	38, // 36: meshfed.server.v1.Admin.ListNodes:input_type -> meshfed.server.v1.ListNodesRequest
+	35, // 37: meshfed.server.v1.Admin.EvictNode:input_type -> meshfed.server.v1.EvictNodeRequest
+	37, // 38: meshfed.server.v1.Admin.BanNode:input_type -> meshfed.server.v1.BanNodeRequest
+	41, // 39: meshfed.server.v1.Admin.ApplyPolicies:input_type -> meshfed.server.v1.ApplyPoliciesRequest
+	44, // 40: meshfed.server.v1.Admin.ListPolicies:input_type -> meshfed.server.v1.ListPoliciesRequest
+	46, // 41: meshfed.server.v1.Admin.DeletePolicy:input_type -> meshfed.server.v1.DeletePolicyRequest
+	5,  // 42: meshfed.server.v1.Node.AttestNode:output_type -> meshfed.server.v1.AttestNodeResponse
+	8,  // 43: meshfed.server.v1.Node.SignX509SVID:output_type -> meshfed.server.v1.SignX509SVIDResponse
+	10, // 44: meshfed.server.v1.Node.SignJWTSVID:output_type -> meshfed.server.v1.JWTSVID
+	12, // 45: meshfed.server.v1.Node.FetchBundles:output_type -> meshfed.server.v1.FetchBundlesResponse
+	14, // 46: meshfed.server.v1.Node.Watch:output_type -> meshfed.server.v1.WatchResponse
+	17, // 47: meshfed.server.v1.Admin.CreateJoinToken:output_type -> meshfed.server.v1.CreateJoinTokenResponse
+	3,  // 48: meshfed.server.v1.Admin.CreateEntry:output_type -> meshfed.server.v1.Entry
+	3,  // 49: meshfed.server.v1.Admin.GetEntry:output_type -> meshfed.server.v1.Entry
+	21, // 50: meshfed.server.v1.Admin.ListEntries:output_type -> meshfed.server.v1.ListEntriesResponse
+	23, // 51: meshfed.server.v1.Admin.DeleteEntry:output_type -> meshfed.server.v1.DeleteEntryResponse
+	1,  // 52: meshfed.server.v1.Admin.GetBundle:output_type -> meshfed.server.v1.Bundle
+	26, // 53: meshfed.server.v1.Admin.ListFederatedBundles:output_type -> meshfed.server.v1.ListFederatedBundlesResponse
+	1,  // 54: meshfed.server.v1.Admin.SetFederatedBundle:output_type -> meshfed.server.v1.Bundle
+	30, // 55: meshfed.server.v1.Admin.DeleteFederatedBundle:output_type -> meshfed.server.v1.DeleteFederatedBundleResponse
+	27, // 56: meshfed.server.v1.Admin.RefreshFederatedBundle:output_type -> meshfed.server.v1.FederationPeer
+	33, // 57: meshfed.server.v1.Admin.ListIssued:output_type -> meshfed.server.v1.ListIssuedResponse
+	39, // 58: meshfed.server.v1.Admin.ListNodes:output_type -> meshfed.server.v1.ListNodesResponse
+	36, // 59: meshfed.server.v1.Admin.EvictNode:output_type -> meshfed.server.v1.EvictNodeResponse
+	34, // 60: meshfed.server.v1.Admin.BanNode:output_type -> meshfed.server.v1.AttestedNode
+	43, // 61: meshfed.server.v1.Admin.ApplyPolicies:output_type -> meshfed.server.v1.ApplyPoliciesResponse
+	45, // 62: meshfed.server.v1.Admin.ListPolicies:output_type -> meshfed.server.v1.ListPoliciesResponse
+	47, // 63: meshfed.server.v1.Admin.DeletePolicy:output_type -> meshfed.server.v1.DeletePolicyResponse
+	42, // [42:64] is the sub-list for method output_type
+	20, // [20:42] is the sub-list for method input_type
 	20, // [20:20] is the sub-list for extension type_name
 	20, // [20:20] is the sub-list for extension extendee
 	0,  // [0:20] is the sub-list for field type_name
@@ -3039,7 +3208,7 @@ func file_meshfed_server_v1_server_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_server_v1_server_proto_rawDesc), len(file_meshfed_server_v1_server_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   45,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

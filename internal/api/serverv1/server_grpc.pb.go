@@ -323,6 +323,8 @@ const (
 	Admin_RefreshFederatedBundle_FullMethodName = "/meshfed.server.v1.Admin/RefreshFederatedBundle"
 	Admin_ListIssued_FullMethodName             = "/meshfed.server.v1.Admin/ListIssued"
 	Admin_ListNodes_FullMethodName              = "/meshfed.server.v1.Admin/ListNodes"
+	Admin_EvictNode_FullMethodName              = "/meshfed.server.v1.Admin/EvictNode"
+	Admin_BanNode_FullMethodName                = "/meshfed.server.v1.Admin/BanNode"
 	Admin_ApplyPolicies_FullMethodName          = "/meshfed.server.v1.Admin/ApplyPolicies"
 	Admin_ListPolicies_FullMethodName           = "/meshfed.server.v1.Admin/ListPolicies"
 	Admin_DeletePolicy_FullMethodName           = "/meshfed.server.v1.Admin/DeletePolicy"
@@ -348,6 +350,13 @@ type AdminClient interface {
 	RefreshFederatedBundle(ctx context.Context, in *RefreshFederatedBundleRequest, opts ...grpc.CallOption) (*FederationPeer, error)
 	ListIssued(ctx context.Context, in *ListIssuedRequest, opts ...grpc.CallOption) (*ListIssuedResponse, error)
 	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
+	// EvictNode deletes a node's record (lifting a ban): every server of the
+	// trust domain refuses its SVIDs from its next call (within a second on
+	// the others), ends its Watch stream, and it must attest again.
+	EvictNode(ctx context.Context, in *EvictNodeRequest, opts ...grpc.CallOption) (*EvictNodeResponse, error)
+	// BanNode refuses a node's SVIDs as EvictNode does, and its attestation
+	// too, until it is evicted. It returns the node's record.
+	BanNode(ctx context.Context, in *BanNodeRequest, opts ...grpc.CallOption) (*AttestedNode, error)
 	// ApplyPolicies parses and validates every document of the files, checks
 	// that the stored set with them builds, and stores them all or none
 	// (kubectl apply's upsert: a document is created, or replaced by kind,
@@ -486,6 +495,26 @@ func (c *adminClient) ListNodes(ctx context.Context, in *ListNodesRequest, opts 
 	return out, nil
 }
 
+func (c *adminClient) EvictNode(ctx context.Context, in *EvictNodeRequest, opts ...grpc.CallOption) (*EvictNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EvictNodeResponse)
+	err := c.cc.Invoke(ctx, Admin_EvictNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) BanNode(ctx context.Context, in *BanNodeRequest, opts ...grpc.CallOption) (*AttestedNode, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AttestedNode)
+	err := c.cc.Invoke(ctx, Admin_BanNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) ApplyPolicies(ctx context.Context, in *ApplyPoliciesRequest, opts ...grpc.CallOption) (*ApplyPoliciesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ApplyPoliciesResponse)
@@ -536,6 +565,13 @@ type AdminServer interface {
 	RefreshFederatedBundle(context.Context, *RefreshFederatedBundleRequest) (*FederationPeer, error)
 	ListIssued(context.Context, *ListIssuedRequest) (*ListIssuedResponse, error)
 	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
+	// EvictNode deletes a node's record (lifting a ban): every server of the
+	// trust domain refuses its SVIDs from its next call (within a second on
+	// the others), ends its Watch stream, and it must attest again.
+	EvictNode(context.Context, *EvictNodeRequest) (*EvictNodeResponse, error)
+	// BanNode refuses a node's SVIDs as EvictNode does, and its attestation
+	// too, until it is evicted. It returns the node's record.
+	BanNode(context.Context, *BanNodeRequest) (*AttestedNode, error)
 	// ApplyPolicies parses and validates every document of the files, checks
 	// that the stored set with them builds, and stores them all or none
 	// (kubectl apply's upsert: a document is created, or replaced by kind,
@@ -589,6 +625,12 @@ func (UnimplementedAdminServer) ListIssued(context.Context, *ListIssuedRequest) 
 }
 func (UnimplementedAdminServer) ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListNodes not implemented")
+}
+func (UnimplementedAdminServer) EvictNode(context.Context, *EvictNodeRequest) (*EvictNodeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EvictNode not implemented")
+}
+func (UnimplementedAdminServer) BanNode(context.Context, *BanNodeRequest) (*AttestedNode, error) {
+	return nil, status.Error(codes.Unimplemented, "method BanNode not implemented")
 }
 func (UnimplementedAdminServer) ApplyPolicies(context.Context, *ApplyPoliciesRequest) (*ApplyPoliciesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ApplyPolicies not implemented")
@@ -836,6 +878,42 @@ func _Admin_ListNodes_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_EvictNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EvictNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).EvictNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_EvictNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).EvictNode(ctx, req.(*EvictNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_BanNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BanNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).BanNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_BanNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).BanNode(ctx, req.(*BanNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_ApplyPolicies_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ApplyPoliciesRequest)
 	if err := dec(in); err != nil {
@@ -944,6 +1022,14 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListNodes",
 			Handler:    _Admin_ListNodes_Handler,
+		},
+		{
+			MethodName: "EvictNode",
+			Handler:    _Admin_EvictNode_Handler,
+		},
+		{
+			MethodName: "BanNode",
+			Handler:    _Admin_BanNode_Handler,
 		},
 		{
 			MethodName: "ApplyPolicies",
