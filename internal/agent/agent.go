@@ -62,6 +62,11 @@ type Config struct {
 	ServerAddr  string // host:port of the server's signing API
 	TrustBundle string // bootstrap: the server's trust domain's bundle (PEM or SPIFFE JSON)
 	JoinToken   string // one-time; needed only when the data dir holds no valid node SVID
+	// JoinTokenFile, if set, holds the join token instead, and is read again
+	// each time the agent must attest: when the server has evicted the node
+	// or no longer accepts its SVID, writing a new token there lets it attest
+	// again without a restart.
+	JoinTokenFile string
 	// TokenFile selects sidecar mode: one agent per workload, whose identity
 	// the server derives from the service-account token in this file. The
 	// file is read again for every attestation (tokens rotate), and the
@@ -97,6 +102,19 @@ type Agent struct {
 	// a server that reported revision 0 (logged once per revision); only
 	// the Watch loop touches it.
 	keptPolicies int64
+
+	// refused is the server's reason for refusing the node itself (an
+	// ErrorInfo reason of serverv1), empty while it is accepted; Sync then
+	// attests again (reattest, refused.go). spentToken is the last join
+	// token the agent attested with or the server refused, not tried again.
+	// wake makes Run call Sync at once; reconnected wakes the Watch loop
+	// from its backoff after connect.
+	refused      string
+	spentToken   string
+	saidNoToken  bool // errNoFreshToken logged since the last try
+	reattestNext time.Time
+	wake         chan struct{}
+	reconnected  chan struct{}
 }
 
 // New prepares an agent; Run attests (if needed) and serves.
@@ -116,7 +134,8 @@ func New(cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent: data dir: %w", err)
 	}
-	a := &Agent{cfg: cfg, clock: cfg.Clock, log: cfg.Logger, Cache: newCache(cfg.Clock)}
+	a := &Agent{cfg: cfg, clock: cfg.Clock, log: cfg.Logger, Cache: newCache(cfg.Clock),
+		wake: make(chan struct{}, 1), reconnected: make(chan struct{}, 1)}
 	a.metrics = newMetrics(a)
 	a.Cache.fetchJWT = a.JWTSVID
 	return a, nil
@@ -143,16 +162,20 @@ func (a *Agent) Start(ctx context.Context) error {
 	}
 	if a.cfg.TokenFile != "" {
 		// Sidecar mode always proves itself with the current token.
-		if err := a.attest(ctx); err != nil {
+		if err := a.attest(ctx, ""); err != nil {
 			return err
 		}
 		return a.connect()
 	}
 	if node == nil {
-		if a.cfg.JoinToken == "" {
+		token, err := a.joinToken()
+		if err != nil {
+			return err
+		}
+		if token == "" {
 			return fmt.Errorf("agent: %s holds no valid node SVID and no --join-token was given; make one with 'meshfed token create'", a.cfg.DataDir)
 		}
-		if err := a.attest(ctx); err != nil {
+		if err := a.attest(ctx, token); err != nil {
 			return err
 		}
 	} else {
@@ -221,9 +244,10 @@ func (a *Agent) NodeID() spiffeid.ID {
 	return a.node.ID
 }
 
-// attest trades the join token for a node SVID, over TLS that verifies the
-// server with the bootstrap bundle.
-func (a *Agent) attest(ctx context.Context) error {
+// attest trades the join token (in sidecar mode, the service-account token
+// file's) for a node SVID, over TLS that verifies the server with the
+// bootstrap bundle.
+func (a *Agent) attest(ctx context.Context, joinToken string) error {
 	conn, err := a.dial(false)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
@@ -233,7 +257,7 @@ func (a *Agent) attest(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	req := &pb.AttestNodeRequest{Credential: &pb.AttestNodeRequest_JoinToken{JoinToken: a.cfg.JoinToken}, Csr: csr}
+	req := &pb.AttestNodeRequest{Credential: &pb.AttestNodeRequest_JoinToken{JoinToken: joinToken}, Csr: csr}
 	if a.cfg.TokenFile != "" {
 		token, err := a.readToken()
 		if err != nil {
@@ -265,6 +289,11 @@ func (a *Agent) attest(ctx context.Context) error {
 	}
 	if a.cfg.TokenFile != "" {
 		a.Cache.setSidecar(svid)
+	}
+	if joinToken != "" {
+		a.mu.Lock()
+		a.spentToken = joinToken
+		a.mu.Unlock()
 	}
 	a.log.Info("attested", "node", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter.UTC().Format(time.RFC3339))
 	return nil
@@ -401,6 +430,10 @@ func (a *Agent) connect() error {
 	if old != nil {
 		old.Close()
 	}
+	select {
+	case a.reconnected <- struct{}{}:
+	default:
+	}
 	return nil
 }
 
@@ -469,6 +502,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		case <-a.Cache.entriesChanged():
 			t.Stop()
+		case <-a.wake:
+			t.Stop()
 		case <-t.C:
 		}
 	}
@@ -483,15 +518,25 @@ func (a *Agent) watch(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
+		a.noteRefusal(err)
 		if _, now := a.nodeClient(); now != gen {
 			backoff = time.Second
 			continue // the agent reconnected with a renewed node SVID
 		}
-		a.log.Warn("watch stream ended; reconnecting", "error", err, "in", backoff.String())
+		// Refused, the same SVID would be refused again: only the
+		// connection attesting again makes (reattest) is worth a try.
+		var retry <-chan time.Time
+		if a.Refused() == "" {
+			a.log.Warn("watch stream ended; reconnecting", "error", err, "in", backoff.String())
+			retry = time.After(backoff)
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-a.reconnected:
+			backoff = time.Second
+			continue
+		case <-retry:
 		}
 		backoff = min(backoff*2, a.cfg.MaxBackoff)
 	}
@@ -576,6 +621,47 @@ func (a *Agent) renewOtherRoots(root []byte) {
 func (a *Agent) Sync(ctx context.Context) time.Time {
 	now := a.clock()
 	next := now.Add(time.Hour)
+	if a.Refused() != "" {
+		// Nothing renews while the server refuses the node.
+		a.mu.Lock()
+		due := !now.Before(a.reattestNext)
+		a.mu.Unlock()
+		if due {
+			err := a.reattest(ctx)
+			wait := a.cfg.MaxBackoff
+			switch {
+			case errors.Is(err, errNoFreshToken):
+				// Logged once per token; the file is looked at again soon.
+				wait = tokenPoll
+				a.mu.Lock()
+				first := !a.saidNoToken
+				a.saidNoToken = true
+				a.mu.Unlock()
+				if first {
+					a.log.Error("cannot attest again; serving the SVIDs still valid", "error", err)
+				}
+			case err != nil:
+				a.metrics.renewal("node", err)
+				a.log.Warn("attesting again failed; serving the SVIDs still valid, and retrying", "error", err, "in", wait.String())
+				a.mu.Lock()
+				a.saidNoToken = false
+				a.mu.Unlock()
+			default:
+				a.metrics.renewal("node", nil)
+			}
+			if err != nil {
+				a.mu.Lock()
+				a.reattestNext = now.Add(wait)
+				a.mu.Unlock()
+			}
+		}
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.refused != "" {
+			return a.reattestNext
+		}
+		return now
+	}
 	a.mu.Lock()
 	hasNode := a.node != nil
 	nodeDue := hasNode && !now.Before(a.nodeNext)
@@ -584,6 +670,7 @@ func (a *Agent) Sync(ctx context.Context) time.Time {
 	if nodeDue {
 		err := a.renewNode(ctx)
 		a.metrics.renewal("node", err)
+		a.noteRefusal(err)
 		if err != nil {
 			a.log.Warn("renewing the node SVID failed; will retry", "error", err)
 			a.mu.Lock()
@@ -611,7 +698,7 @@ func (a *Agent) Sync(ctx context.Context) time.Time {
 
 func (a *Agent) renewNode(ctx context.Context) error {
 	if a.cfg.TokenFile != "" {
-		if err := a.attest(ctx); err != nil {
+		if err := a.attest(ctx, ""); err != nil {
 			return err
 		}
 		return a.connect()
@@ -664,6 +751,7 @@ func (a *Agent) renewEntries(ctx context.Context, ids []string) {
 	resp, err := client.SignX509SVID(ctx, req)
 	now := a.clock()
 	if err != nil {
+		a.noteRefusal(err)
 		a.metrics.renewals.WithLabelValues("workload", "error").Add(float64(len(ids)))
 		for _, id := range ids {
 			a.Cache.failed(id, now, a.cfg.MaxBackoff, err)
@@ -707,6 +795,7 @@ func (a *Agent) JWTSVID(ctx context.Context, entryID string, audience []string) 
 	defer cancel()
 	resp, err := client.SignJWTSVID(ctx, &pb.SignJWTSVIDRequest{EntryId: entryID, Audience: audience})
 	if err != nil {
+		a.noteRefusal(err)
 		return nil, fmt.Errorf("agent: the server signed no JWT-SVID for entry %s: %w", entryID, err)
 	}
 	keys := a.Cache.localJWTBundle()

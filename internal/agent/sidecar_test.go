@@ -101,7 +101,7 @@ func TestSidecarModeReReadsTheTokenFile(t *testing.T) {
 	// A token for another service account is refused: a sidecar's identity
 	// does not change under it.
 	write(saToken(t, key, "default", "ratings", time.Now().Add(time.Hour)))
-	if err := a.attest(context.Background()); err == nil || !strings.Contains(err.Error(), "restart it to change identity") {
+	if err := a.attest(context.Background(), ""); err == nil || !strings.Contains(err.Error(), "restart it to change identity") {
 		t.Fatalf("identity change: %v", err)
 	}
 }

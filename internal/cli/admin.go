@@ -640,19 +640,38 @@ when it expires.`,
 
 func newNodeCommand() *cobra.Command {
 	c := &cobra.Command{
-		Use:     "node",
-		Short:   "Agents (nodes) that attested to a server",
-		Long:    `Agents that attested to the server: their SPIFFE ID, how they attested, and their node SVID.`,
-		Example: `  meshfed node list --admin-socket east/admin.sock`,
+		Use:   "node",
+		Short: "Agents (nodes) that attested to a server: list, evict, ban",
+		Long: `Agents that attested to the server: their SPIFFE ID, how they attested, and their node SVID.
+
+A node that attested with a join token has one node SVID in use at a time:
+after a renewal the server takes the new SVID from its first use and refuses
+the old one (and any copy of it) from then on, so a node SVID copied off a
+host stops working at the node's next renewal, and the node itself is
+refused (and logs so) if the copy renewed first. Nodes attested with a
+service-account token (agents in sidecar mode) share their identity with the
+other replicas of their workload and are not held to one SVID.
+
+'meshfed node evict' deletes a node's record: every server of the trust
+domain refuses its SVIDs from its next call (within a second on the others),
+its Watch stream ends, and it must attest again with a new join token (an
+agent reads its --join-token-file again for one, without a restart); its
+SVIDs from before stay refused. 'meshfed node ban' refuses it the same way
+and refuses its attestation too, until 'meshfed node evict' lifts the ban.
+Workload SVIDs the node already handed out stay valid until they expire.`,
+		Example: `  meshfed node list --admin-socket east/admin.sock
+  meshfed node evict --admin-socket east/admin.sock --spiffe-id spiffe://east.example/node/host-1
+  meshfed node ban --admin-socket east/admin.sock --spiffe-id spiffe://east.example/node/host-1`,
 	}
 	var (
 		admin adminFlags
 		out   string
 	)
 	list := &cobra.Command{
-		Use:     "list --admin-socket PATH",
-		Short:   "List attested agents",
-		Long:    `List the agents that attested to the server.`,
+		Use:   "list --admin-socket PATH",
+		Short: "List attested agents",
+		Long: `List the agents that attested to the server. STATE is "active", "renewed"
+(its last renewal's SVID is not in use yet) or "banned".`,
 		Example: `  meshfed node list --admin-socket east/admin.sock -o json`,
 		Args:    exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -666,10 +685,10 @@ func newNodeCommand() *cobra.Command {
 				json.Unmarshal(raw, &v)
 				return printData(c.OutOrStdout(), out, map[string]any{"nodes": v}, func(w io.Writer) error {
 					tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-					fmt.Fprintln(tw, "SPIFFE ID\tATTESTED\tCREDENTIAL\tSVID EXPIRES")
+					fmt.Fprintln(tw, "SPIFFE ID\tATTESTED\tCREDENTIAL\tSVID EXPIRES\tSTATE")
 					for _, n := range resp.GetNodes() {
-						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", n.GetSpiffeId(), time.Unix(n.GetAttestedAt(), 0).UTC().Format(time.RFC3339),
-							n.GetCredentialKind(), time.Unix(n.GetExpiresAt(), 0).UTC().Format(time.RFC3339))
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.GetSpiffeId(), time.Unix(n.GetAttestedAt(), 0).UTC().Format(time.RFC3339),
+							n.GetCredentialKind(), time.Unix(n.GetExpiresAt(), 0).UTC().Format(time.RFC3339), nodeState(n))
 					}
 					return tw.Flush()
 				})
@@ -678,6 +697,82 @@ func newNodeCommand() *cobra.Command {
 	}
 	admin.add(list)
 	outputFlag(list, &out)
-	c.AddCommand(list)
+	c.AddCommand(list, newNodeEvict(), newNodeBan())
+	return c
+}
+
+// nodeState is the STATE column of 'meshfed node list'.
+func nodeState(n *pb.AttestedNode) string {
+	switch {
+	case n.GetBannedAt() != 0:
+		return "banned"
+	case n.GetNewSerial() != "":
+		return "renewed"
+	}
+	return "active"
+}
+
+func newNodeEvict() *cobra.Command {
+	var (
+		admin adminFlags
+		id    string
+	)
+	c := &cobra.Command{
+		Use:   "evict --admin-socket PATH --spiffe-id ID",
+		Short: "Evict a node: refuse its SVIDs until it attests again",
+		Long: `Delete a node's record, lifting a ban. Every server of the trust domain
+refuses the node's SVIDs from its next call, and it must attest again with a
+new join token ('meshfed token create --spiffe-id ID'). Its SVIDs from before
+the eviction stay refused, so evicting a node whose key leaked and attesting
+it again shuts out the copy.`,
+		Example: `  meshfed node evict --admin-socket east/admin.sock --spiffe-id spiffe://east.example/node/host-1`,
+		Args:    exactArgs(0, "no arguments (the node is --spiffe-id)"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if id == "" {
+				return usagef("--spiffe-id is required: the node to evict (see 'meshfed node list')")
+			}
+			return admin.call(c, func(ctx context.Context, client pb.AdminClient) error {
+				if _, err := client.EvictNode(ctx, &pb.EvictNodeRequest{SpiffeId: id}); err != nil {
+					return err
+				}
+				fmt.Fprintf(c.OutOrStdout(), "evicted node %s\n", id)
+				return nil
+			})
+		},
+	}
+	admin.add(c)
+	c.Flags().StringVar(&id, "spiffe-id", "", "the node's SPIFFE ID")
+	return c
+}
+
+func newNodeBan() *cobra.Command {
+	var (
+		admin adminFlags
+		id    string
+	)
+	c := &cobra.Command{
+		Use:   "ban --admin-socket PATH --spiffe-id ID",
+		Short: "Ban a node: refuse its SVIDs and its attestation until it is evicted",
+		Long: `Ban a node: every server of the trust domain refuses its SVIDs from its next
+call, and refuses it attesting again, with any token, until 'meshfed node
+evict' lifts the ban.`,
+		Example: `  meshfed node ban --admin-socket east/admin.sock --spiffe-id spiffe://east.example/node/host-1`,
+		Args:    exactArgs(0, "no arguments (the node is --spiffe-id)"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if id == "" {
+				return usagef("--spiffe-id is required: the node to ban (see 'meshfed node list')")
+			}
+			return admin.call(c, func(ctx context.Context, client pb.AdminClient) error {
+				n, err := client.BanNode(ctx, &pb.BanNodeRequest{SpiffeId: id})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(c.OutOrStdout(), "banned node %s at %s\n", id, time.Unix(n.GetBannedAt(), 0).UTC().Format(time.RFC3339))
+				return nil
+			})
+		},
+	}
+	admin.add(c)
+	c.Flags().StringVar(&id, "spiffe-id", "", "the node's SPIFFE ID")
 	return c
 }

@@ -112,6 +112,7 @@ its configuration is read at start.`,
 					return fmt.Errorf("--join-token-file: %w", err)
 				}
 				cfg.JoinToken = string(bytes.TrimSpace(data))
+				cfg.JoinTokenFile = tokenFile
 			}
 			logger, err := newLogger(c, logLevel, logFmt)
 			if err != nil {
@@ -201,7 +202,7 @@ its configuration is read at start.`,
 	f.StringVar(&cfg.ServerAddr, "server", "", "the server's signing API, host:port")
 	f.StringVar(&cfg.TrustBundle, "trust-bundle", "", "the server's trust domain bundle (PEM or SPIFFE JSON), to verify the server on first start")
 	f.StringVar(&cfg.JoinToken, "join-token", "", "one-time join token (only needed until the node SVID is in --data-dir)")
-	f.StringVar(&tokenFile, "join-token-file", "", "read the join token from this file instead")
+	f.StringVar(&tokenFile, "join-token-file", "", "read the join token from this file instead; read again whenever the agent must attest again (after 'meshfed node evict'), so a new token written there needs no restart")
 	f.StringVar(&cfg.TokenFile, "token-file", "", "sidecar mode: the workload's service-account token file, re-read for every attestation; the server derives the identity from it")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "directory for the node SVID (0600) and the last trust bundle")
 	f.StringVar(&socket, "socket", "", "the Workload API unix socket to serve")

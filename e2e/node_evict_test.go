@@ -1,0 +1,154 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	pb "github.com/meshfed/meshfed/internal/api/serverv1"
+	"github.com/meshfed/meshfed/internal/pemfile"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+)
+
+// TestNodeEvictedBannedAndCopiedSVID: a node whose key may have leaked is
+// evicted with `meshfed node evict`. The real agent learns it at once (its
+// Watch stream ends), keeps serving its workload the SVID still valid, and
+// attests again, without a restart, once a new join token is written to its
+// --join-token-file. A copy of the node SVID taken before the eviction is
+// refused by the server from then on. `meshfed node ban` refuses the node
+// and its attestation until `meshfed node evict` lifts it.
+func TestNodeEvictedBannedAndCopiedSVID(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "east", "admin.sock")
+	srv := startServer(t, dir, "--trust-domain", "east.example", "--data-dir", "east", "--admin-socket", sock)
+	const node = "spiffe://east.example/node/host-1"
+	newToken := func() string {
+		return strings.TrimSpace(meshfed(t, dir, "token", "create", "--admin-socket", sock, "--spiffe-id", node).stdout)
+	}
+	tokenFile := filepath.Join(dir, "join-token")
+	if err := os.WriteFile(tokenFile, []byte(newToken()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	meshfed(t, dir, "entry", "create", "--admin-socket", sock, "--parent-id", node,
+		"--spiffe-id", "spiffe://east.example/ns/default/sa/reviews", "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
+	wl := filepath.Join(dir, "agent", "workload.sock")
+	agent := startAgent(t, dir, "--server", srv.listen, "--trust-bundle", "east/ca/ca.pem", "--join-token-file", tokenFile,
+		"--data-dir", "agent", "--socket", wl)
+	fetch := func(what string) {
+		t.Helper()
+		waitFor(t, 30*time.Second, what, func() bool {
+			r := run(t, dir, meshfedBin, "svid", "fetch", "--socket", wl, "--timeout", "5s")
+			return r.code == 0 && strings.Contains(r.stdout, "spiffe://east.example/ns/default/sa/reviews")
+		})
+	}
+	fetch("the workload's SVID")
+	// What a thief copies off the host.
+	stolen, err := tls.LoadX509KeyPair(filepath.Join(dir, "agent", "node-svid.pem"), filepath.Join(dir, "agent", "node-svid.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	thief := nodeClient(t, dir, srv.listen, stolen)
+	if _, err := thief.FetchBundles(context.Background(), &pb.FetchBundlesRequest{}); err != nil {
+		t.Fatalf("the copied node SVID before the eviction: %v", err)
+	}
+	before := nodeList(t, dir, sock)
+
+	if out := meshfed(t, dir, "node", "evict", "--admin-socket", sock, "--spiffe-id", node).stdout; out != "evicted node "+node+"\n" {
+		t.Errorf("node evict printed %q", out)
+	}
+	waitFor(t, 10*time.Second, "the agent to learn of its eviction", func() bool {
+		s := agent.logs.String()
+		return strings.Contains(s, "the server refuses this node") && strings.Contains(s, "reason=NODE_NOT_ATTESTED") &&
+			strings.Contains(s, "the agent has no join token it has not used: make one with 'meshfed token create --spiffe-id "+node+"' and write it to "+tokenFile)
+	})
+	fetch("the SVID still valid while the node is evicted")
+
+	if err := os.WriteFile(tokenFile, []byte(newToken()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the agent to attest again with the new token", func() bool {
+		return strings.Contains(agent.logs.String(), "attested again; the server accepts this node")
+	})
+	after := nodeList(t, dir, sock)
+	if after["serial"] == before["serial"] || after["serial"] == "" {
+		t.Errorf("node SVID serial %v after attesting again, %v before; want a new one", after["serial"], before["serial"])
+	}
+	_, err = thief.FetchBundles(context.Background(), &pb.FetchBundlesRequest{})
+	if st, _ := status.FromError(err); st.Code() != codes.PermissionDenied || !strings.Contains(st.Message(), "is not the node's current one") {
+		t.Errorf("the copied node SVID after the node attested again: %v; want PermissionDenied, not the node's current one", err)
+	}
+	fetch("the workload's SVID after the node attested again")
+
+	// Banned: refused, and the agent's next token would be refused too.
+	if out := meshfed(t, dir, "node", "ban", "--admin-socket", sock, "--spiffe-id", node).stdout; !strings.HasPrefix(out, "banned node "+node+" at ") {
+		t.Errorf("node ban printed %q", out)
+	}
+	waitFor(t, 10*time.Second, "the agent to learn of its ban", func() bool {
+		return strings.Contains(agent.logs.String(), "reason=NODE_BANNED")
+	})
+	if got := nodeList(t, dir, sock); got["banned_at"] == nil {
+		t.Errorf("node list after the ban: %v", got)
+	}
+	if out := meshfed(t, dir, "node", "list", "--admin-socket", sock).stdout; !strings.Contains(out, "STATE") || !strings.Contains(out, "banned") {
+		t.Errorf("node list table:\n%s", out)
+	}
+	meshfed(t, dir, "node", "evict", "--admin-socket", sock, "--spiffe-id", node)
+	if err := os.WriteFile(tokenFile, []byte(newToken()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the agent to attest again after the ban was lifted", func() bool {
+		return strings.Count(agent.logs.String(), "attested again; the server accepts this node") == 2
+	})
+	fetch("the workload's SVID after the ban was lifted")
+
+	r := run(t, dir, meshfedBin, "node", "evict", "--admin-socket", sock)
+	if r.code != 2 || !strings.Contains(r.stderr, "--spiffe-id is required") {
+		t.Errorf("node evict without --spiffe-id: exit %d, %s", r.code, r.stderr)
+	}
+	agent.mustRun(t)
+}
+
+// nodeClient dials a server's signing API presenting cert, verifying the
+// server with east's root.
+func nodeClient(t *testing.T, dir, addr string, cert tls.Certificate) pb.NodeClient {
+	t.Helper()
+	roots, err := pemfile.ReadCertificates(filepath.Join(dir, "east", "ca", "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
+		RootCAs: pool, ServerName: "127.0.0.1", Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
+	})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return pb.NewNodeClient(conn)
+}
+
+// nodeList is the one node of `meshfed node list -o json`.
+func nodeList(t *testing.T, dir, sock string) map[string]any {
+	t.Helper()
+	var out struct {
+		Nodes []map[string]any `json:"nodes"`
+	}
+	raw := meshfed(t, dir, "node", "list", "--admin-socket", sock, "-o", "json").stdout
+	if err := json.Unmarshal([]byte(raw), &out); err != nil || len(out.Nodes) != 1 {
+		t.Fatalf("node list -o json: %v\n%s", err, raw)
+	}
+	return out.Nodes[0]
+}

@@ -1,0 +1,85 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	pb "github.com/meshfed/meshfed/internal/api/serverv1"
+)
+
+// TestEvictedNodeAttestsAgain: once the server evicts the node, the agent
+// learns it from its next call, renews nothing, keeps serving the SVID
+// still valid, and attests again as soon as its join token file holds a
+// token it has not used; then renewals go on.
+func TestEvictedNodeAttestsAgain(t *testing.T) {
+	ts, a, clock, dataDir := setup(t)
+	ctx := context.Background()
+	tokenFile := filepath.Join(dataDir, "..", "join-token")
+	a.cfg.JoinTokenFile = tokenFile
+	if err := os.WriteFile(tokenFile, []byte(a.cfg.JoinToken+"\n"), 0o600); err != nil { // the one used at start
+		t.Fatal(err)
+	}
+	pull(t, a)
+	a.Sync(ctx)
+	uid1000 := []Selector{{Type: "unix", Value: "uid:1000"}}
+	got := a.Cache.X509SVIDs(uid1000)
+	if len(got) != 1 {
+		t.Fatalf("SVIDs for uid 1000: %d", len(got))
+	}
+	first := got[0].SVID.Certificates[0]
+	firstNode := a.node.Certificates[0]
+
+	if _, err := ts.admin.EvictNode(ctx, &pb.EvictNodeRequest{SpiffeId: nodeID}); err != nil {
+		t.Fatal(err)
+	}
+	// The workload SVID's renewal is the agent's next call.
+	clock.Set(first.NotBefore.Add(first.NotAfter.Sub(first.NotBefore) * 61 / 100))
+	a.Sync(ctx)
+	if r := a.Refused(); r != pb.ReasonNodeNotAttested {
+		t.Fatalf("Refused() = %q after the eviction, want %s", r, pb.ReasonNodeNotAttested)
+	}
+	// The file still holds the spent token: not tried, and the SVID still
+	// valid is served.
+	next := a.Sync(ctx)
+	if r := a.Refused(); r != pb.ReasonNodeNotAttested {
+		t.Fatalf("Refused() = %q with a spent token", r)
+	}
+	if want := clock.Now().Add(tokenPoll); !next.Equal(want) {
+		t.Errorf("next look for a token at %s, want %s (tokenPoll)", next, want)
+	}
+	if got := a.Cache.X509SVIDs(uid1000); len(got) != 1 || !got[0].SVID.Certificates[0].Equal(first) {
+		t.Fatal("stopped serving the still-valid SVID once the node was evicted")
+	}
+	if err := a.reattest(ctx); err == nil || !strings.Contains(err.Error(), "agent: the server refuses this node (NODE_NOT_ATTESTED) and the agent has no join token it has not used: make one with 'meshfed token create --spiffe-id "+nodeID+"' and write it to "+tokenFile) {
+		t.Fatalf("reattest with the spent token: %v", err)
+	}
+
+	// A new token in the file: the next try attests again.
+	tok, err := ts.admin.CreateJoinToken(ctx, &pb.CreateJoinTokenRequest{SpiffeId: nodeID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tokenFile, []byte(tok.GetToken()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clock.Set(next)
+	a.Sync(ctx)
+	if r := a.Refused(); r != "" {
+		t.Fatalf("Refused() = %q after a new token", r)
+	}
+	if a.node.Certificates[0].Equal(firstNode) {
+		t.Fatal("the node SVID is the one from before the eviction")
+	}
+	a.Sync(ctx)
+	got = a.Cache.X509SVIDs(uid1000)
+	if len(got) != 1 || got[0].SVID.Certificates[0].Equal(first) {
+		t.Fatal("the workload SVID was not renewed after attesting again")
+	}
+	if time.Until(got[0].SVID.Certificates[0].NotAfter) <= 0 {
+		t.Fatal("renewed to an expired SVID")
+	}
+}
