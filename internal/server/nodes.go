@@ -36,11 +36,14 @@ import (
 //
 // Eviction and ban move the store revision, which every server sharing the
 // database polls (Options.PollInterval), so each refuses the node within
-// that time; the server that evicted it refuses it at once.
+// that time; the server that evicted it refuses it at once. A node's switch
+// to its renewed SVID moves no revision, so a record kept is read again
+// once it is a poll interval old: another server's record of the switch
+// refuses the old SVID here within that time too (a renewal is checked
+// against the database itself, always).
 
 // nodeCache keeps node records this server read or wrote, each for the
-// store revision current when it was read: a record counts only while the
-// revision has not moved.
+// store revision current when it was read and for at most a poll interval.
 type nodeCache struct {
 	mu sync.Mutex
 	m  map[spiffeid.ID]cachedNode
@@ -48,25 +51,28 @@ type nodeCache struct {
 
 type cachedNode struct {
 	rev  int64
+	at   time.Time // when it was read
 	node store.Node
 }
 
 // maxNodeCache bounds the cache; past it, it starts again empty.
 const maxNodeCache = 100000
 
-func (c *nodeCache) get(id spiffeid.ID, rev int64) (store.Node, bool) {
+// get returns the record of id kept at revision rev, if it was read no more
+// than maxAge before now.
+func (c *nodeCache) get(id spiffeid.ID, rev int64, now time.Time, maxAge time.Duration) (store.Node, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[id]
-	if !ok || e.rev != rev {
+	if !ok || e.rev != rev || now.Sub(e.at) > maxAge || now.Before(e.at) {
 		return store.Node{}, false
 	}
 	return e.node, true
 }
 
-// put keeps n as read at revision rev, unless a record read at a later
-// revision is kept.
-func (c *nodeCache) put(n store.Node, rev int64) {
+// put keeps n as read at revision rev at time at, unless a record read at a
+// later revision is kept.
+func (c *nodeCache) put(n store.Node, rev int64, at time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.m[n.SPIFFEID]; ok && e.rev > rev {
@@ -75,7 +81,7 @@ func (c *nodeCache) put(n store.Node, rev int64) {
 	if c.m == nil || len(c.m) >= maxNodeCache {
 		c.m = make(map[spiffeid.ID]cachedNode)
 	}
-	c.m[n.SPIFFEID] = cachedNode{rev: rev, node: n}
+	c.m[n.SPIFFEID] = cachedNode{rev: rev, at: at, node: n}
 }
 
 // oneLineage reports whether a node's SVIDs are held to one lineage: those
@@ -120,8 +126,8 @@ func (s *Server) nodeCaller(ctx context.Context, signing bool) (nodeCall, error)
 // status.
 func (s *Server) admitNode(ctx context.Context, id spiffeid.ID, leaf *x509.Certificate) (store.Node, error) {
 	serial := serialHex(leaf)
-	rev := s.revision.Load()
-	n, ok := s.nodes.get(id, rev)
+	rev, now := s.revision.Load(), s.clock()
+	n, ok := s.nodes.get(id, rev, now, s.poll)
 	if !ok || (oneLineage(n) && serial != n.SerialNumber && serial != n.NewSerialNumber) {
 		// Nothing kept, or the kept record refuses it: read it afresh,
 		// since another server may have renewed the node.
@@ -132,7 +138,7 @@ func (s *Server) admitNode(ctx context.Context, id spiffeid.ID, leaf *x509.Certi
 			return store.Node{}, s.nodeRefused(id, serial, err)
 		}
 		n = fresh
-		s.nodes.put(n, rev)
+		s.nodes.put(n, rev, now)
 	}
 	switch {
 	case n.Banned():
@@ -148,7 +154,7 @@ func (s *Server) admitNode(ctx context.Context, id spiffeid.ID, leaf *x509.Certi
 	if err != nil {
 		return n, s.nodeRefused(id, serial, err)
 	}
-	s.nodes.put(used, rev)
+	s.nodes.put(used, rev, now)
 	s.log.Debug("node uses its renewed SVID", "node", id.String(), "serial", serial)
 	return used, nil
 }

@@ -274,3 +274,38 @@ func TestNodeEvictedOnAnotherServer(t *testing.T) {
 	_, err = atB.FetchBundles(ctx, &pb.FetchBundlesRequest{})
 	wantNodeRefused(t, err, pb.ReasonNodeNotAttested, "is not an attested node")
 }
+
+// TestNodeSwitchSeenByAnotherServer: a node switches to its renewed SVID at
+// one server; another server that kept the record from before goes on
+// admitting the old SVID for no longer than its poll interval (a switch
+// moves no revision), then refuses it.
+func TestNodeSwitchSeenByAnotherServer(t *testing.T) {
+	db := "sqlite://" + filepath.Join(t.TempDir(), "shared.db")
+	shared := func(c *Config) { c.Datastore = db }
+	const poll = time.Minute
+	// b's clock moves on from the real one; what b signed at its start
+	// stays valid for the TLS clients, which use the real clock.
+	clock := &testClock{now: time.Now()}
+	a := startWith(t, Options{PollInterval: poll}, shared)
+	b := startWith(t, Options{PollInterval: poll, Clock: clock.Now}, shared)
+	ctx := context.Background()
+	s1 := attestNodeCert(t, a, hostID)
+	oldAtB := pb.NewNodeClient(b.dial(t, &s1))
+	if _, err := oldAtB.FetchBundles(ctx, &pb.FetchBundlesRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := renewNode(t, a, s1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pb.NewNodeClient(a.dial(t, &s2)).FetchBundles(ctx, &pb.FetchBundlesRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	clock.Advance(poll - time.Second)
+	if _, err := oldAtB.FetchBundles(ctx, &pb.FetchBundlesRequest{}); err != nil {
+		t.Fatalf("b within a poll interval of reading the record: %v", err)
+	}
+	clock.Advance(2 * time.Second)
+	_, err = oldAtB.FetchBundles(ctx, &pb.FetchBundlesRequest{})
+	wantNodeRefused(t, err, pb.ReasonNodeSVIDSuperseded, "is not the node's current one")
+}
