@@ -513,12 +513,12 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) watch(ctx context.Context) {
 	backoff := time.Second
 	for ctx.Err() == nil {
-		_, gen := a.nodeClient()
-		err := a.watchOnce(ctx)
+		client, gen := a.nodeClient()
+		err := a.watchOnce(ctx, client)
 		if ctx.Err() != nil {
 			return
 		}
-		a.noteRefusal(err)
+		a.noteRefusal(err, gen)
 		if _, now := a.nodeClient(); now != gen {
 			backoff = time.Second
 			continue // the agent reconnected with a renewed node SVID
@@ -542,8 +542,7 @@ func (a *Agent) watch(ctx context.Context) {
 	}
 }
 
-func (a *Agent) watchOnce(ctx context.Context) error {
-	client, _ := a.nodeClient()
+func (a *Agent) watchOnce(ctx context.Context, client pb.NodeClient) error {
 	stream, err := client.Watch(ctx, &pb.WatchRequest{})
 	if err != nil {
 		return err
@@ -668,9 +667,10 @@ func (a *Agent) Sync(ctx context.Context) time.Time {
 	nodeNext := a.nodeNext
 	a.mu.Unlock()
 	if nodeDue {
+		_, gen := a.nodeClient()
 		err := a.renewNode(ctx)
 		a.metrics.renewal("node", err)
-		a.noteRefusal(err)
+		a.noteRefusal(err, gen)
 		if err != nil {
 			a.log.Warn("renewing the node SVID failed; will retry", "error", err)
 			a.mu.Lock()
@@ -747,11 +747,11 @@ func (a *Agent) renewEntries(ctx context.Context, ids []string) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	client, _ := a.nodeClient()
+	client, gen := a.nodeClient()
 	resp, err := client.SignX509SVID(ctx, req)
 	now := a.clock()
 	if err != nil {
-		a.noteRefusal(err)
+		a.noteRefusal(err, gen)
 		a.metrics.renewals.WithLabelValues("workload", "error").Add(float64(len(ids)))
 		for _, id := range ids {
 			a.Cache.failed(id, now, a.cfg.MaxBackoff, err)
@@ -787,7 +787,7 @@ func (a *Agent) JWTSVID(ctx context.Context, entryID string, audience []string) 
 	if !ok {
 		return nil, fmt.Errorf("agent: no entry %q", entryID)
 	}
-	client, _ := a.nodeClient()
+	client, gen := a.nodeClient()
 	if client == nil {
 		return nil, errors.New("agent: not connected to a server yet")
 	}
@@ -795,7 +795,7 @@ func (a *Agent) JWTSVID(ctx context.Context, entryID string, audience []string) 
 	defer cancel()
 	resp, err := client.SignJWTSVID(ctx, &pb.SignJWTSVIDRequest{EntryId: entryID, Audience: audience})
 	if err != nil {
-		a.noteRefusal(err)
+		a.noteRefusal(err, gen)
 		return nil, fmt.Errorf("agent: the server signed no JWT-SVID for entry %s: %w", entryID, err)
 	}
 	keys := a.Cache.localJWTBundle()

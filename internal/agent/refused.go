@@ -45,14 +45,22 @@ func nodeRefusal(err error) string {
 	return ""
 }
 
-// noteRefusal records err if it is the server refusing the node, and wakes
-// Run to attest again.
-func (a *Agent) noteRefusal(err error) {
+// noteRefusal records err, from a call on connection gen (nodeClient), if
+// it is the server refusing the node, and wakes Run to attest again. A
+// refusal on an earlier connection is of an SVID the agent has left (a call
+// still in flight when it reconnected with its renewed SVID, which the
+// server then took as the node's): it says nothing of the current one.
+func (a *Agent) noteRefusal(err error, gen int) {
 	reason := nodeRefusal(err)
 	if reason == "" {
 		return
 	}
 	a.mu.Lock()
+	if gen != a.connGen {
+		a.mu.Unlock()
+		a.log.Debug("a refusal of the node SVID the agent left; ignored", "reason", reason)
+		return
+	}
 	first := a.refused == ""
 	a.refused = reason
 	a.mu.Unlock()

@@ -9,6 +9,9 @@ import (
 	"time"
 
 	pb "github.com/meshfed/meshfed/internal/api/serverv1"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // TestEvictedNodeAttestsAgain: once the server evicts the node, the agent
@@ -81,5 +84,35 @@ func TestEvictedNodeAttestsAgain(t *testing.T) {
 	}
 	if time.Until(got[0].SVID.Certificates[0].NotAfter) <= 0 {
 		t.Fatal("renewed to an expired SVID")
+	}
+}
+
+// TestRefusalOfALeftSVIDIgnored: a refusal of the node arriving on a
+// connection the agent has since replaced (a call in flight when it
+// reconnected with its renewed node SVID) leaves the agent as it is; on the
+// current connection it is taken. A PermissionDenied without the reason is
+// an ordinary refusal of one call.
+func TestRefusalOfALeftSVIDIgnored(t *testing.T) {
+	_, a, _, _ := setup(t)
+	st, err := status.New(codes.PermissionDenied, "server: node SVID 1 of "+nodeID+" is not the node's current one").
+		WithDetails(&errdetails.ErrorInfo{Reason: pb.ReasonNodeSVIDSuperseded, Domain: pb.ErrorDomain})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, gen := a.nodeClient()
+	if err := a.connect(); err != nil { // reconnected with a renewed SVID
+		t.Fatal(err)
+	}
+	a.noteRefusal(st.Err(), gen)
+	if r := a.Refused(); r != "" {
+		t.Fatalf("Refused() = %q after a refusal on the connection left", r)
+	}
+	a.noteRefusal(status.Error(codes.PermissionDenied, "server: entry x belongs to another node"), gen+1)
+	if r := a.Refused(); r != "" {
+		t.Fatalf("Refused() = %q after a PermissionDenied without a reason", r)
+	}
+	a.noteRefusal(st.Err(), gen+1)
+	if r := a.Refused(); r != pb.ReasonNodeSVIDSuperseded {
+		t.Fatalf("Refused() = %q after a refusal on the current connection", r)
 	}
 }
