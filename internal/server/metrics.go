@@ -21,6 +21,9 @@ type metrics struct {
 	// commitRows and commitWait describe the audit log's group commit.
 	commitRows prometheus.Histogram
 	commitWait prometheus.Histogram
+	// nodeRefusals counts node calls refused for the node's record, by
+	// reason (nodeRefused).
+	nodeRefusals *prometheus.CounterVec
 }
 
 func newMetrics(caNotAfter func() float64) *metrics {
@@ -62,8 +65,12 @@ func newMetrics(caNotAfter func() float64) *metrics {
 			Help:    "How long a commit of the audit log waited for the rows of certificates being signed (at most audit.commit_delay).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 12),
 		}),
+		nodeRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshfed_server_node_refusals_total",
+			Help: "Agent calls refused for the node's record, by reason: NODE_NOT_ATTESTED (never attested or evicted), NODE_BANNED, NODE_SVID_SUPERSEDED (an SVID the node renewed away from: alert on it, a copy of a node SVID may be in use).",
+		}, []string{"reason"}),
 	}
-	m.registry.MustRegister(m.issued, m.issueSeconds, m.storeSeconds, m.caNotAfter, m.watchers, m.policyChanges, m.commitRows, m.commitWait,
+	m.registry.MustRegister(m.issued, m.issueSeconds, m.storeSeconds, m.caNotAfter, m.watchers, m.policyChanges, m.commitRows, m.commitWait, m.nodeRefusals,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

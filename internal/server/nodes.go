@@ -116,7 +116,10 @@ func (s *Server) nodeCaller(ctx context.Context, signing bool) (nodeCall, error)
 	}
 	_, chain, _ := peerSVID(ctx)
 	c.leaf = chain[0]
-	c.node, err = s.admitNode(ctx, c.ident.ID, c.leaf)
+	start := time.Now()
+	if c.node, err = s.admitNode(ctx, c.ident.ID, c.leaf); err != nil && signing {
+		s.metrics.observeIssue(string(credential.KindSVID), "denied", start)
+	}
 	return c, err
 }
 
@@ -178,6 +181,7 @@ func (s *Server) nodeRefused(id spiffeid.ID, serial string, err error) error {
 		s.log.Error("reading a node's record failed", "node", id.String(), "error", err)
 		return status.Error(codes.Unavailable, "server: the store is unavailable; retry")
 	}
+	s.metrics.nodeRefusals.WithLabelValues(reason).Inc()
 	s.log.Warn("node refused", "node", id.String(), "serial", serial, "reason", reason)
 	st, derr := status.New(codes.PermissionDenied, msg).WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: pb.ErrorDomain})
 	if derr != nil {

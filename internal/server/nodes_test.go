@@ -5,7 +5,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
+	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -155,6 +158,24 @@ func TestNodeSVIDLineage(t *testing.T) {
 	workload := tls.Certificate{Certificate: signed.GetSvids()[0].GetCertChain(), PrivateKey: wkey}
 	_, err = pb.NewNodeClient(h.dial(t, &workload)).FetchBundles(ctx, &pb.FetchBundlesRequest{})
 	wantNodeRefused(t, err, pb.ReasonNodeNotAttested, "server: spiffe://east.example/ns/default/sa/reviews is not an attested node of this trust domain")
+
+	// The metrics count the refusals by reason; the two signing calls
+	// refused with s1 count as issuances denied.
+	resp, err := http.Get("http://" + h.srv.Addrs().Metrics.String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`meshfed_server_node_refusals_total{reason="NODE_NOT_ATTESTED"} 1`,
+		`meshfed_server_node_refusals_total{reason="NODE_SVID_SUPERSEDED"} 4`,
+		`meshfed_server_issuance_total{credential="x509-svid",result="denied"} 2`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 }
 
 // TestNodeEvictAndBan: an eviction refuses the node's next call and ends
