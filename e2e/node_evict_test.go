@@ -26,7 +26,8 @@ import (
 // attests again, without a restart, once a new join token is written to its
 // --join-token-file. A copy of the node SVID taken before the eviction is
 // refused by the server from then on. `meshfed node ban` refuses the node
-// and its attestation until `meshfed node evict` lifts it.
+// and its attestation until `meshfed node evict` lifts it. Last, `meshfed
+// entry update` changes the workload's entry in place.
 func TestNodeEvictedBannedAndCopiedSVID(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "east", "admin.sock")
@@ -39,8 +40,14 @@ func TestNodeEvictedBannedAndCopiedSVID(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte(newToken()+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	meshfed(t, dir, "entry", "create", "--admin-socket", sock, "--parent-id", node,
-		"--spiffe-id", "spiffe://east.example/ns/default/sa/reviews", "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
+	var entry struct {
+		ID string `json:"id"`
+	}
+	created := meshfed(t, dir, "entry", "create", "--admin-socket", sock, "--parent-id", node,
+		"--spiffe-id", "spiffe://east.example/ns/default/sa/reviews", "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()), "-o", "json").stdout
+	if err := json.Unmarshal([]byte(created), &entry); err != nil || entry.ID == "" {
+		t.Fatalf("entry create -o json: %v\n%s", err, created)
+	}
 	wl := filepath.Join(dir, "agent", "workload.sock")
 	agent := startAgent(t, dir, "--server", srv.listen, "--trust-bundle", "east/ca/ca.pem", "--join-token-file", tokenFile,
 		"--data-dir", "agent", "--socket", wl)
@@ -114,6 +121,23 @@ func TestNodeEvictedBannedAndCopiedSVID(t *testing.T) {
 	r := run(t, dir, meshfedBin, "node", "evict", "--admin-socket", sock)
 	if r.code != 2 || !strings.Contains(r.stderr, "--spiffe-id is required") {
 		t.Errorf("node evict without --spiffe-id: exit %d, %s", r.code, r.stderr)
+	}
+
+	// The entry changes in place: the workload's next SVID carries the
+	// DNS name, with no restart and the same entry ID.
+	if out := meshfed(t, dir, "entry", "update", entry.ID, "--admin-socket", sock, "--dns", "reviews.east.example").stdout; !strings.Contains(out, entry.ID) || !strings.Contains(out, "reviews.east.example") {
+		t.Errorf("entry update printed:\n%s", out)
+	}
+	waitFor(t, 30*time.Second, "the workload's SVID to carry the entry's new DNS name", func() bool {
+		if r := run(t, dir, meshfedBin, "svid", "fetch", "--socket", wl, "--out", "certs", "--timeout", "5s"); r.code != 0 {
+			return false
+		}
+		certs, err := pemfile.ReadCertificates(filepath.Join(dir, "certs", "svid.pem"))
+		return err == nil && len(certs[0].DNSNames) == 1 && certs[0].DNSNames[0] == "reviews.east.example"
+	})
+	r = run(t, dir, meshfedBin, "entry", "update", entry.ID, "--admin-socket", sock)
+	if r.code != 2 || !strings.Contains(r.stderr, "nothing to change") {
+		t.Errorf("entry update without a change: exit %d, %s", r.code, r.stderr)
 	}
 	agent.mustRun(t)
 }

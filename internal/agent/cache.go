@@ -170,8 +170,14 @@ func (c *Cache) setEntries(entries []*pb.Entry) {
 			c.entries[e.GetId()] = &entryState{entry: e}
 			continue
 		}
-		if st.entry.GetSpiffeId() != e.GetSpiffeId() || !sameStrings(st.entry.GetDnsNames(), e.GetDnsNames()) {
+		switch {
+		case st.entry.GetSpiffeId() != e.GetSpiffeId():
+			// Another identity: the old one is not served meanwhile.
 			st.svid, st.next, st.failures = nil, time.Time{}, 0
+		case !sameStrings(st.entry.GetDnsNames(), e.GetDnsNames()) || st.entry.GetX509SvidTtlSeconds() != e.GetX509SvidTtlSeconds():
+			// The same identity, signed anew now ('meshfed entry
+			// update'); the SVID held is served until the new one comes.
+			st.next, st.failures = time.Time{}, 0
 		}
 		st.entry = e
 	}

@@ -139,17 +139,45 @@ extra DNS names and the foreign trust domains whose bundles it receives.`,
     --spiffe-id spiffe://east.example/ns/default/sa/reviews --selector unix:uid:1000
   meshfed entry list --admin-socket east/admin.sock`,
 	}
-	c.AddCommand(newEntryCreate(), newEntryList(), newEntryShow(), newEntryDelete())
+	c.AddCommand(newEntryCreate(), newEntryUpdate(), newEntryList(), newEntryShow(), newEntryDelete())
 	return c
+}
+
+// entryFlags are an entry's fields as flags, for create and update.
+type entryFlags struct {
+	parent, id               string
+	selectors, dns, federate []string
+	ttl                      time.Duration
+	admin                    bool
+}
+
+// add defines the flags on c; for update, a list flag replaces the list.
+func (f *entryFlags) add(c *cobra.Command, update bool) {
+	list, ttlDefault := "(repeatable)", "default: the server's"
+	if update {
+		list, ttlDefault = `(repeatable; replaces them all; "" for none)`, "0: the server's"
+	}
+	c.Flags().StringVar(&f.parent, "parent-id", "", "SPIFFE ID of the agent (node) that serves the workload")
+	c.Flags().StringVar(&f.id, "spiffe-id", "", "SPIFFE ID the workload gets")
+	c.Flags().StringSliceVar(&f.selectors, "selector", nil, "TYPE:VALUE the workload must match "+strings.Replace(list, `; "" for none`, "", 1))
+	c.Flags().Var(newTTL(&f.ttl, 0), "x509-svid-ttl", "lifetime of the workload's X.509-SVIDs ("+ttlDefault+")")
+	c.Flags().StringSliceVar(&f.dns, "dns", nil, "extra DNS name in the SVID "+list)
+	c.Flags().StringSliceVar(&f.federate, "federates-with", nil, "foreign trust domain whose bundle the workload receives "+list)
+	c.Flags().BoolVar(&f.admin, "admin", false, "the workload may call the admin API with its SVID")
+}
+
+// printEntry prints e as 'entry show' does.
+func printEntry(c *cobra.Command, out string, e *pb.Entry) error {
+	return printData(c.OutOrStdout(), out, entryJSON(e), func(w io.Writer) error {
+		return writeEntry(w, e)
+	})
 }
 
 func newEntryCreate() *cobra.Command {
 	var (
-		admin                    adminFlags
-		parent, id, out          string
-		selectors, dns, federate []string
-		ttl                      time.Duration
-		isAdmin                  bool
+		admin adminFlags
+		f     entryFlags
+		out   string
 	)
 	c := &cobra.Command{
 		Use:   "create --admin-socket PATH --parent-id ID --spiffe-id ID --selector TYPE:VALUE",
@@ -161,36 +189,123 @@ must match every selector of an entry to get its SPIFFE ID.`,
     --spiffe-id spiffe://east.example/ns/default/sa/reviews --selector unix:uid:1000 --federates-with west.example`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
-			e := &pb.Entry{ParentId: parent, SpiffeId: id, X509SvidTtlSeconds: int64(ttl / time.Second), DnsNames: dns, FederatesWith: federate, Admin: isAdmin}
-			for _, s := range selectors {
-				typ, val, ok := strings.Cut(s, ":")
-				if !ok || typ == "" || val == "" {
-					return usagef("--selector %q: want TYPE:VALUE, e.g. unix:uid:1000", s)
-				}
-				e.Selectors = append(e.Selectors, &pb.Selector{Type: typ, Value: val})
+			e := &pb.Entry{ParentId: f.parent, SpiffeId: f.id, X509SvidTtlSeconds: int64(f.ttl / time.Second), DnsNames: f.dns, FederatesWith: f.federate, Admin: f.admin}
+			var err error
+			if e.Selectors, err = selectorFlags(f.selectors); err != nil {
+				return err
 			}
 			return admin.call(c, func(ctx context.Context, client pb.AdminClient) error {
 				created, err := client.CreateEntry(ctx, &pb.CreateEntryRequest{Entry: e})
 				if err != nil {
 					return err
 				}
-				return printData(c.OutOrStdout(), out, entryJSON(created), func(w io.Writer) error {
-					return writeEntry(w, created)
-				})
+				return printEntry(c, out, created)
 			})
 		},
 	}
 	admin.add(c)
-	c.Flags().StringVar(&parent, "parent-id", "", "SPIFFE ID of the agent (node) that serves the workload")
-	c.Flags().StringVar(&id, "spiffe-id", "", "SPIFFE ID the workload gets")
-	c.Flags().StringSliceVar(&selectors, "selector", nil, "TYPE:VALUE the workload must match (repeatable)")
-	c.Flags().Var(newTTL(&ttl, 0), "x509-svid-ttl", "lifetime of the workload's X.509-SVIDs (default: the server's)")
-	c.Flags().StringSliceVar(&dns, "dns", nil, "extra DNS name in the SVID (repeatable)")
-	c.Flags().StringSliceVar(&federate, "federates-with", nil, "foreign trust domain whose bundle the workload receives (repeatable)")
-	c.Flags().BoolVar(&isAdmin, "admin", false, "the workload may call the admin API with its SVID")
+	f.add(c, false)
 	outputFlag(c, &out)
 	required(c, "parent-id", "spiffe-id", "selector")
 	return c
+}
+
+// selectorFlags parses --selector values.
+func selectorFlags(values []string) ([]*pb.Selector, error) {
+	var out []*pb.Selector
+	for _, s := range values {
+		typ, val, ok := strings.Cut(s, ":")
+		if !ok || typ == "" || val == "" {
+			return nil, usagef("--selector %q: want TYPE:VALUE, e.g. unix:uid:1000", s)
+		}
+		out = append(out, &pb.Selector{Type: typ, Value: val})
+	}
+	return out, nil
+}
+
+func newEntryUpdate() *cobra.Command {
+	var (
+		admin adminFlags
+		f     entryFlags
+		out   string
+	)
+	c := &cobra.Command{
+		Use:   "update ID --admin-socket PATH [--spiffe-id ID] [--parent-id ID] [--selector TYPE:VALUE]... [--dns NAME]... [--federates-with TD]... [--x509-svid-ttl D] [--admin=BOOL]",
+		Short: "Change a registration entry in place",
+		Long: `Change a registration entry, keeping its ID. Each flag given replaces that
+field (a repeatable flag replaces the whole list; --dns "" and
+--federates-with "" empty it); the fields not given stay as they are. The
+entry is read, changed and written back only if nobody changed it in
+between (else: read it again and retry). Agents get the change at once: a
+new SPIFFE ID, DNS names or TTL gets the workload a new SVID, new selectors
+or federated trust domains apply at its next call.`,
+		Example: `  meshfed entry update 9f2c4e1ab0d7 --admin-socket east/admin.sock --dns reviews.default.svc --dns reviews.east.example
+  meshfed entry update 9f2c4e1ab0d7 --admin-socket east/admin.sock --federates-with ""`,
+		Args: exactArgs(1, "one entry ID"),
+		RunE: func(c *cobra.Command, args []string) error {
+			fs := c.Flags()
+			changed := false
+			for _, name := range []string{"parent-id", "spiffe-id", "selector", "x509-svid-ttl", "dns", "federates-with", "admin"} {
+				changed = changed || fs.Changed(name)
+			}
+			if !changed {
+				return usagef("nothing to change: give at least one of --spiffe-id, --parent-id, --selector, --dns, --federates-with, --x509-svid-ttl, --admin")
+			}
+			sels, err := selectorFlags(f.selectors)
+			if err != nil {
+				return err
+			}
+			return admin.call(c, func(ctx context.Context, client pb.AdminClient) error {
+				e, err := client.GetEntry(ctx, &pb.GetEntryRequest{Id: args[0]})
+				if err != nil {
+					return err
+				}
+				rev := e.GetRevision()
+				if fs.Changed("parent-id") {
+					e.ParentId = f.parent
+				}
+				if fs.Changed("spiffe-id") {
+					e.SpiffeId = f.id
+				}
+				if fs.Changed("selector") {
+					e.Selectors = sels
+				}
+				if fs.Changed("x509-svid-ttl") {
+					e.X509SvidTtlSeconds = int64(f.ttl / time.Second)
+				}
+				if fs.Changed("dns") {
+					e.DnsNames = nonEmpty(f.dns)
+				}
+				if fs.Changed("federates-with") {
+					e.FederatesWith = nonEmpty(f.federate)
+				}
+				if fs.Changed("admin") {
+					e.Admin = f.admin
+				}
+				updated, err := client.UpdateEntry(ctx, &pb.UpdateEntryRequest{Entry: e, IfRevision: rev})
+				if err != nil {
+					return err
+				}
+				return printEntry(c, out, updated)
+			})
+		},
+	}
+	admin.add(c)
+	f.add(c, true)
+	outputFlag(c, &out)
+	return c
+}
+
+// nonEmpty drops the empty strings of a list flag, so that --dns "" is no
+// names.
+func nonEmpty(values []string) []string {
+	out := make([]string, 0, len(values))
+	for _, v := range values {
+		if v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
 }
 
 func newEntryList() *cobra.Command {
@@ -249,7 +364,7 @@ func newEntryShow() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return printData(c.OutOrStdout(), out, entryJSON(e), func(w io.Writer) error { return writeEntry(w, e) })
+				return printEntry(c, out, e)
 			})
 		},
 	}

@@ -76,41 +76,51 @@ func (a *adminService) CreateJoinToken(ctx context.Context, req *pb.CreateJoinTo
 	return &pb.CreateJoinTokenResponse{Token: token, ExpiresAt: exp.Unix()}, nil
 }
 
-func (a *adminService) CreateEntry(ctx context.Context, req *pb.CreateEntryRequest) (*pb.Entry, error) {
-	s := a.s
-	m := req.GetEntry()
+// entryFromMessage checks an entry of the admin API (all but its ID,
+// creation time and revision) and turns it into the store's. The error is a
+// gRPC status.
+func (s *Server) entryFromMessage(m *pb.Entry) (store.Entry, error) {
 	if m == nil {
-		return nil, status.Error(codes.InvalidArgument, "server: no entry")
+		return store.Entry{}, status.Error(codes.InvalidArgument, "server: no entry")
 	}
 	e := store.Entry{DNSNames: m.GetDnsNames(), Admin: m.GetAdmin(), X509TTL: time.Duration(m.GetX509SvidTtlSeconds()) * time.Second}
 	var err error
 	if e.ParentID, err = s.localID(m.GetParentId(), "parent_id"); err != nil {
-		return nil, err
+		return e, err
 	}
 	if e.SPIFFEID, err = s.localID(m.GetSpiffeId(), "spiffe_id"); err != nil {
-		return nil, err
+		return e, err
 	}
 	if len(m.GetSelectors()) == 0 {
-		return nil, status.Error(codes.InvalidArgument, "server: an entry needs at least one selector, e.g. unix:uid:1000")
+		return e, status.Error(codes.InvalidArgument, "server: an entry needs at least one selector, e.g. unix:uid:1000")
 	}
 	for _, sel := range m.GetSelectors() {
 		if sel.GetType() == "" || sel.GetValue() == "" {
-			return nil, status.Errorf(codes.InvalidArgument, "server: selector %q:%q: want type:value, e.g. unix:uid:1000", sel.GetType(), sel.GetValue())
+			return e, status.Errorf(codes.InvalidArgument, "server: selector %q:%q: want type:value, e.g. unix:uid:1000", sel.GetType(), sel.GetValue())
 		}
 		e.Selectors = append(e.Selectors, store.Selector{Type: sel.GetType(), Value: sel.GetValue()})
 	}
 	if e.X509TTL < 0 || e.X509TTL > s.set.maxTTL {
-		return nil, status.Errorf(codes.InvalidArgument, "server: x509_svid_ttl %s: use 0 (server default) up to svid.max_ttl %s", e.X509TTL, s.set.maxTTL)
+		return e, status.Errorf(codes.InvalidArgument, "server: x509_svid_ttl %s: use 0 (server default) up to svid.max_ttl %s", e.X509TTL, s.set.maxTTL)
 	}
 	for _, name := range m.GetFederatesWith() {
 		td, err := spiffeid.TrustDomainFromString(name)
 		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "server: federates_with %q: %v", name, err)
+			return e, status.Errorf(codes.InvalidArgument, "server: federates_with %q: %v", name, err)
 		}
 		if td == s.set.td {
-			return nil, status.Errorf(codes.InvalidArgument, "server: federates_with %q is this server's own trust domain", name)
+			return e, status.Errorf(codes.InvalidArgument, "server: federates_with %q is this server's own trust domain", name)
 		}
 		e.FederatesWith = append(e.FederatesWith, td)
+	}
+	return e, nil
+}
+
+func (a *adminService) CreateEntry(ctx context.Context, req *pb.CreateEntryRequest) (*pb.Entry, error) {
+	s := a.s
+	e, err := s.entryFromMessage(req.GetEntry())
+	if err != nil {
+		return nil, err
 	}
 	created, err := s.store.CreateEntry(ctx, e)
 	if err != nil {
@@ -119,6 +129,22 @@ func (a *adminService) CreateEntry(ctx context.Context, req *pb.CreateEntryReque
 	s.log.Info("entry created", "id", created.ID, "spiffe_id", created.SPIFFEID.String(), "parent_id", created.ParentID.String())
 	s.changed(ctx)
 	return entryMessage(created), nil
+}
+
+func (a *adminService) UpdateEntry(ctx context.Context, req *pb.UpdateEntryRequest) (*pb.Entry, error) {
+	s := a.s
+	e, err := s.entryFromMessage(req.GetEntry())
+	if err != nil {
+		return nil, err
+	}
+	e.ID = req.GetEntry().GetId()
+	updated, err := s.store.UpdateEntry(ctx, e, req.GetIfRevision())
+	if err != nil {
+		return nil, storeStatus(err)
+	}
+	s.log.Info("entry updated", "id", updated.ID, "spiffe_id", updated.SPIFFEID.String(), "parent_id", updated.ParentID.String(), "revision", updated.Revision)
+	s.changed(ctx)
+	return entryMessage(updated), nil
 }
 
 func (a *adminService) GetEntry(ctx context.Context, req *pb.GetEntryRequest) (*pb.Entry, error) {
@@ -273,6 +299,8 @@ func storeStatus(err error) error {
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, store.ErrInvalid):
 		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, store.ErrStale):
+		return status.Error(codes.Aborted, err.Error())
 	}
 	return status.Error(codes.Unavailable, fmt.Sprintf("server: store: %v", err))
 }

@@ -104,6 +104,63 @@ func (s *Store) CreateEntry(ctx context.Context, e Entry) (Entry, error) {
 	return e, nil
 }
 
+// UpdateEntry replaces the stored entry e.ID with e (validated and
+// normalized as CreateEntry does; its creation time is kept, its revision
+// moves) and returns it as stored. With ifRevision not 0, only an entry
+// still at that revision is replaced, so that two read-modify-writes cannot
+// lose one of them: ErrStale otherwise. ErrNotFound if there is no such
+// entry; ErrAlreadyExists if another entry has the same parent, SPIFFE ID
+// and selectors.
+func (s *Store) UpdateEntry(ctx context.Context, e Entry, ifRevision int64) (Entry, error) {
+	id := e.ID
+	if id == "" || len(id) > maxEntryIDBytes {
+		return Entry{}, fmt.Errorf("store: entry %q: %w", id, ErrNotFound)
+	}
+	e, err := normalizeEntry(e)
+	if err != nil {
+		return Entry{}, err
+	}
+	selectors, dnsNames, federatesWith := encodeEntryLists(e)
+	err = s.change(ctx, false, func(tx *sql.Tx, rev int64) (int64, error) {
+		var current int64
+		var created int64
+		switch err := tx.QueryRowContext(ctx, `SELECT revision, created_at FROM entries WHERE id = $1`, id).Scan(&current, &created); {
+		case errors.Is(err, sql.ErrNoRows):
+			return 0, ErrNotFound
+		case err != nil:
+			return 0, err
+		case ifRevision != 0 && current != ifRevision:
+			return 0, fmt.Errorf("entry %q is at revision %d, not the %d it was read at; read it again: %w", id, current, ifRevision, ErrStale)
+		}
+		var other string
+		switch err := tx.QueryRowContext(ctx, `SELECT id FROM entries WHERE dedup_key = $1 AND id <> $2`, entryKey(e), id).Scan(&other); {
+		case err == nil:
+			return 0, errDuplicate
+		case !errors.Is(err, sql.ErrNoRows):
+			return 0, err
+		}
+		n, err := rowsAffected(tx.ExecContext(ctx,
+			`UPDATE entries SET parent_id = $2, spiffe_id = $3, selectors = $4, x509_ttl_ms = $5, dns_names = $6,
+			   federates_with = $7, admin = $8, revision = $9, dedup_key = $10
+			 WHERE id = $1`,
+			id, e.ParentID.String(), e.SPIFFEID.String(), selectors, e.X509TTL.Milliseconds(),
+			dnsNames, federatesWith, e.Admin, rev, entryKey(e)))
+		e.Revision, e.CreatedAt = rev, fromMillis(created)
+		return n, err
+	})
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return Entry{}, fmt.Errorf("store: entry %q: %w", id, ErrNotFound)
+	case errors.Is(err, errDuplicate):
+		return Entry{}, fmt.Errorf("store: an entry for %s under %s with selectors %s: %w", e.SPIFFEID, e.ParentID, selectorList(e.Selectors), ErrAlreadyExists)
+	case errors.Is(err, ErrStale):
+		return Entry{}, fmt.Errorf("store: %w", err)
+	case err != nil:
+		return Entry{}, fmt.Errorf("store: updating entry %q: %w", id, err)
+	}
+	return e, nil
+}
+
 // errDuplicate makes a write transaction roll back on a duplicate.
 var errDuplicate = errors.New("duplicate")
 

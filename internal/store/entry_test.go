@@ -76,6 +76,68 @@ func TestEntryCRUD(t *testing.T) {
 	})
 }
 
+// TestUpdateEntry: an update replaces every field but the ID and the
+// creation time, moves the revision, and is refused when the entry changed
+// since the revision given, when it is gone, and when it would duplicate
+// another entry; a refused update changes nothing.
+func TestUpdateEntry(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, d *testDB) {
+		ctx := context.Background()
+		first, err := d.s.CreateEntry(ctx, store.Entry{ParentID: node1, SPIFFEID: web, Selectors: []store.Selector{uid1000}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		other, err := d.s.CreateEntry(ctx, store.Entry{ParentID: node1, SPIFFEID: db, Selectors: []store.Selector{gid50}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.clock.Advance(time.Minute)
+		in := store.Entry{ID: first.ID, ParentID: node2, SPIFFEID: web, Selectors: []store.Selector{uid1000, k8sNSdef},
+			X509TTL: time.Hour, DNSNames: []string{"web.east.example"}, FederatesWith: []spiffeid.TrustDomain{west}}
+		got, err := d.s.UpdateEntry(ctx, in, first.Revision)
+		want := store.Entry{ID: first.ID, ParentID: node2, SPIFFEID: web, Selectors: []store.Selector{k8sNSdef, uid1000},
+			X509TTL: time.Hour, DNSNames: []string{"web.east.example"}, FederatesWith: []spiffeid.TrustDomain{west},
+			CreatedAt: t0, Revision: 3}
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Fatalf("UpdateEntry:\n got %+v, %v\nwant %+v", got, err, want)
+		}
+		if stored, err := d.s.GetEntry(ctx, first.ID); err != nil || !reflect.DeepEqual(stored, want) {
+			t.Errorf("GetEntry after the update:\n got %+v, %v\nwant %+v", stored, err, want)
+		}
+		if rev := mustRevision(t, d.s); rev != 3 {
+			t.Errorf("revision %d after the update, want 3", rev)
+		}
+
+		// A second writer that read the entry before the update.
+		_, err = d.s.UpdateEntry(ctx, store.Entry{ID: first.ID, ParentID: node1, SPIFFEID: web, Selectors: []store.Selector{uid1000}}, first.Revision)
+		checkErr(t, "UpdateEntry(stale)", err, fmt.Sprintf("store: entry %q is at revision 3, not the 1 it was read at; read it again: stale", first.ID))
+		if !errors.Is(err, store.ErrStale) {
+			t.Errorf("%v is not ErrStale", err)
+		}
+		// Made the same as the other entry.
+		_, err = d.s.UpdateEntry(ctx, store.Entry{ID: first.ID, ParentID: node1, SPIFFEID: db, Selectors: []store.Selector{gid50}}, 0)
+		checkErr(t, "UpdateEntry(duplicate)", err, "store: an entry for spiffe://east.example/ns/default/sa/db under "+node1.String()+" with selectors unix:gid:50: already exists")
+		_, err = d.s.UpdateEntry(ctx, store.Entry{ID: "0123", ParentID: node1, SPIFFEID: web, Selectors: []store.Selector{uid1000}}, 0)
+		checkErr(t, "UpdateEntry(unknown)", err, `store: entry "0123": not found`)
+		_, err = d.s.UpdateEntry(ctx, store.Entry{ID: first.ID, ParentID: node1, SPIFFEID: web}, 0)
+		checkErr(t, "UpdateEntry(no selectors)", err, "store: entry has no selectors; an entry needs at least one, as in unix:uid:1000")
+		if stored, err := d.s.GetEntry(ctx, first.ID); err != nil || !reflect.DeepEqual(stored, want) {
+			t.Errorf("a refused update changed the entry:\n got %+v, %v\nwant %+v", stored, err, want)
+		}
+		if stored, err := d.s.GetEntry(ctx, other.ID); err != nil || stored.Revision != 2 {
+			t.Errorf("the other entry: %+v, %v", stored, err)
+		}
+		if rev := mustRevision(t, d.s); rev != 3 {
+			t.Errorf("refused updates moved the revision to %d", rev)
+		}
+		// Revision 0 replaces whatever is stored.
+		if got, err := d.s.UpdateEntry(ctx, store.Entry{ID: first.ID, ParentID: node1, SPIFFEID: web, Selectors: []store.Selector{uid1000}}, 0); err != nil || got.Revision != 4 {
+			t.Errorf("UpdateEntry(revision 0): %+v, %v", got, err)
+		}
+	})
+}
+
 // TestEntryMinimal: an entry with only the required fields stores empty
 // lists as nil and a zero TTL (the server's default).
 func TestEntryMinimal(t *testing.T) {

@@ -23,6 +23,9 @@ var (
 	ErrTokenInvalid = errors.New("join token is unknown, expired or already used")
 	// ErrInvalid: an argument is malformed or over its bound.
 	ErrInvalid = errors.New("invalid argument")
+	// ErrStale: the record changed since the revision the caller read it
+	// at (UpdateEntry).
+	ErrStale = errors.New("stale")
 	// ErrNodeBanned: the node is banned ('meshfed node ban') and may neither
 	// renew nor attest again until it is evicted.
 	ErrNodeBanned = errors.New("banned")

@@ -1217,6 +1217,62 @@ func (x *CreateJoinTokenResponse) GetExpiresAt() int64 {
 	return 0
 }
 
+type UpdateEntryRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The entry as it is to be: id names it; created_at and revision are
+	// ignored.
+	Entry *Entry `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
+	// The revision the caller read the entry at; 0 replaces whatever is
+	// stored.
+	IfRevision    int64 `protobuf:"varint,2,opt,name=if_revision,json=ifRevision,proto3" json:"if_revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateEntryRequest) Reset() {
+	*x = UpdateEntryRequest{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateEntryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateEntryRequest) ProtoMessage() {}
+
+func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateEntryRequest.ProtoReflect.Descriptor instead.
+func (*UpdateEntryRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *UpdateEntryRequest) GetEntry() *Entry {
+	if x != nil {
+		return x.Entry
+	}
+	return nil
+}
+
+func (x *UpdateEntryRequest) GetIfRevision() int64 {
+	if x != nil {
+		return x.IfRevision
+	}
+	return 0
+}
+
 type CreateEntryRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Entry         *Entry                 `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
@@ -1226,7 +1282,7 @@ type CreateEntryRequest struct {
 
 func (x *CreateEntryRequest) Reset() {
 	*x = CreateEntryRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[18]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1238,7 +1294,7 @@ func (x *CreateEntryRequest) String() string {
 func (*CreateEntryRequest) ProtoMessage() {}
 
 func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[18]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1251,7 +1307,7 @@ func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEntryRequest.ProtoReflect.Descriptor instead.
 func (*CreateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{18}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CreateEntryRequest) GetEntry() *Entry {
@@ -1270,7 +1326,7 @@ type GetEntryRequest struct {
 
 func (x *GetEntryRequest) Reset() {
 	*x = GetEntryRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[19]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1282,7 +1338,7 @@ func (x *GetEntryRequest) String() string {
 func (*GetEntryRequest) ProtoMessage() {}
 
 func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[19]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1295,7 +1351,7 @@ func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
 func (*GetEntryRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{19}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetEntryRequest) GetId() string {
@@ -1315,7 +1371,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[20]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1327,7 +1383,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[20]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1340,7 +1396,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{20}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListEntriesRequest) GetParentId() string {
@@ -1366,7 +1422,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[21]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1378,7 +1434,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[21]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1391,7 +1447,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{21}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -1410,7 +1466,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[22]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1422,7 +1478,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[22]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1435,7 +1491,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{22}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -1453,7 +1509,7 @@ type DeleteEntryResponse struct {
 
 func (x *DeleteEntryResponse) Reset() {
 	*x = DeleteEntryResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[23]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1465,7 +1521,7 @@ func (x *DeleteEntryResponse) String() string {
 func (*DeleteEntryResponse) ProtoMessage() {}
 
 func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[23]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1478,7 +1534,7 @@ func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{23}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{24}
 }
 
 type GetBundleRequest struct {
@@ -1489,7 +1545,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[24]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1501,7 +1557,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[24]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1514,7 +1570,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{24}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{25}
 }
 
 type ListFederatedBundlesRequest struct {
@@ -1525,7 +1581,7 @@ type ListFederatedBundlesRequest struct {
 
 func (x *ListFederatedBundlesRequest) Reset() {
 	*x = ListFederatedBundlesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[25]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1537,7 +1593,7 @@ func (x *ListFederatedBundlesRequest) String() string {
 func (*ListFederatedBundlesRequest) ProtoMessage() {}
 
 func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[25]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1550,7 +1606,7 @@ func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederatedBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListFederatedBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{25}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{26}
 }
 
 type ListFederatedBundlesResponse struct {
@@ -1564,7 +1620,7 @@ type ListFederatedBundlesResponse struct {
 
 func (x *ListFederatedBundlesResponse) Reset() {
 	*x = ListFederatedBundlesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[26]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1576,7 +1632,7 @@ func (x *ListFederatedBundlesResponse) String() string {
 func (*ListFederatedBundlesResponse) ProtoMessage() {}
 
 func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[26]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1589,7 +1645,7 @@ func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederatedBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListFederatedBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{26}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListFederatedBundlesResponse) GetBundles() []*Bundle {
@@ -1635,7 +1691,7 @@ type FederationPeer struct {
 
 func (x *FederationPeer) Reset() {
 	*x = FederationPeer{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[27]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1647,7 +1703,7 @@ func (x *FederationPeer) String() string {
 func (*FederationPeer) ProtoMessage() {}
 
 func (x *FederationPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[27]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1660,7 +1716,7 @@ func (x *FederationPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationPeer.ProtoReflect.Descriptor instead.
 func (*FederationPeer) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{27}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *FederationPeer) GetTrustDomain() string {
@@ -1784,7 +1840,7 @@ type RefreshFederatedBundleRequest struct {
 
 func (x *RefreshFederatedBundleRequest) Reset() {
 	*x = RefreshFederatedBundleRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[28]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1796,7 +1852,7 @@ func (x *RefreshFederatedBundleRequest) String() string {
 func (*RefreshFederatedBundleRequest) ProtoMessage() {}
 
 func (x *RefreshFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[28]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1809,7 +1865,7 @@ func (x *RefreshFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*RefreshFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{28}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RefreshFederatedBundleRequest) GetTrustDomain() string {
@@ -1828,7 +1884,7 @@ type DeleteFederatedBundleRequest struct {
 
 func (x *DeleteFederatedBundleRequest) Reset() {
 	*x = DeleteFederatedBundleRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[29]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1840,7 +1896,7 @@ func (x *DeleteFederatedBundleRequest) String() string {
 func (*DeleteFederatedBundleRequest) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[29]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1853,7 +1909,7 @@ func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{29}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DeleteFederatedBundleRequest) GetTrustDomain() string {
@@ -1871,7 +1927,7 @@ type DeleteFederatedBundleResponse struct {
 
 func (x *DeleteFederatedBundleResponse) Reset() {
 	*x = DeleteFederatedBundleResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[30]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1883,7 +1939,7 @@ func (x *DeleteFederatedBundleResponse) String() string {
 func (*DeleteFederatedBundleResponse) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[30]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1896,7 +1952,7 @@ func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{30}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{31}
 }
 
 type Issued struct {
@@ -1917,7 +1973,7 @@ type Issued struct {
 
 func (x *Issued) Reset() {
 	*x = Issued{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[31]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1929,7 +1985,7 @@ func (x *Issued) String() string {
 func (*Issued) ProtoMessage() {}
 
 func (x *Issued) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[31]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1942,7 +1998,7 @@ func (x *Issued) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Issued.ProtoReflect.Descriptor instead.
 func (*Issued) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{31}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Issued) GetSerial() string {
@@ -2012,7 +2068,7 @@ type ListIssuedRequest struct {
 
 func (x *ListIssuedRequest) Reset() {
 	*x = ListIssuedRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[32]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2024,7 +2080,7 @@ func (x *ListIssuedRequest) String() string {
 func (*ListIssuedRequest) ProtoMessage() {}
 
 func (x *ListIssuedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[32]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2037,7 +2093,7 @@ func (x *ListIssuedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIssuedRequest.ProtoReflect.Descriptor instead.
 func (*ListIssuedRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{32}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListIssuedRequest) GetSpiffeId() string {
@@ -2070,7 +2126,7 @@ type ListIssuedResponse struct {
 
 func (x *ListIssuedResponse) Reset() {
 	*x = ListIssuedResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[33]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2082,7 +2138,7 @@ func (x *ListIssuedResponse) String() string {
 func (*ListIssuedResponse) ProtoMessage() {}
 
 func (x *ListIssuedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[33]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2095,7 +2151,7 @@ func (x *ListIssuedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIssuedResponse.ProtoReflect.Descriptor instead.
 func (*ListIssuedResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{33}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListIssuedResponse) GetIssued() []*Issued {
@@ -2124,7 +2180,7 @@ type AttestedNode struct {
 
 func (x *AttestedNode) Reset() {
 	*x = AttestedNode{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[34]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2136,7 +2192,7 @@ func (x *AttestedNode) String() string {
 func (*AttestedNode) ProtoMessage() {}
 
 func (x *AttestedNode) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[34]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2149,7 +2205,7 @@ func (x *AttestedNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestedNode.ProtoReflect.Descriptor instead.
 func (*AttestedNode) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{34}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *AttestedNode) GetSpiffeId() string {
@@ -2217,7 +2273,7 @@ type EvictNodeRequest struct {
 
 func (x *EvictNodeRequest) Reset() {
 	*x = EvictNodeRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[35]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2229,7 +2285,7 @@ func (x *EvictNodeRequest) String() string {
 func (*EvictNodeRequest) ProtoMessage() {}
 
 func (x *EvictNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[35]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2242,7 +2298,7 @@ func (x *EvictNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictNodeRequest.ProtoReflect.Descriptor instead.
 func (*EvictNodeRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{35}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *EvictNodeRequest) GetSpiffeId() string {
@@ -2260,7 +2316,7 @@ type EvictNodeResponse struct {
 
 func (x *EvictNodeResponse) Reset() {
 	*x = EvictNodeResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[36]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2272,7 +2328,7 @@ func (x *EvictNodeResponse) String() string {
 func (*EvictNodeResponse) ProtoMessage() {}
 
 func (x *EvictNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[36]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2285,7 +2341,7 @@ func (x *EvictNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictNodeResponse.ProtoReflect.Descriptor instead.
 func (*EvictNodeResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{36}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{37}
 }
 
 type BanNodeRequest struct {
@@ -2297,7 +2353,7 @@ type BanNodeRequest struct {
 
 func (x *BanNodeRequest) Reset() {
 	*x = BanNodeRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[37]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2309,7 +2365,7 @@ func (x *BanNodeRequest) String() string {
 func (*BanNodeRequest) ProtoMessage() {}
 
 func (x *BanNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[37]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2322,7 +2378,7 @@ func (x *BanNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BanNodeRequest.ProtoReflect.Descriptor instead.
 func (*BanNodeRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{37}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *BanNodeRequest) GetSpiffeId() string {
@@ -2340,7 +2396,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[38]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2352,7 +2408,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[38]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2365,7 +2421,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{38}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{39}
 }
 
 type ListNodesResponse struct {
@@ -2377,7 +2433,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[39]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2389,7 +2445,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[39]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2402,7 +2458,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{39}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListNodesResponse) GetNodes() []*AttestedNode {
@@ -2425,7 +2481,7 @@ type PolicyFile struct {
 
 func (x *PolicyFile) Reset() {
 	*x = PolicyFile{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[40]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2437,7 +2493,7 @@ func (x *PolicyFile) String() string {
 func (*PolicyFile) ProtoMessage() {}
 
 func (x *PolicyFile) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[40]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2450,7 +2506,7 @@ func (x *PolicyFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
 func (*PolicyFile) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{40}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PolicyFile) GetName() string {
@@ -2478,7 +2534,7 @@ type ApplyPoliciesRequest struct {
 
 func (x *ApplyPoliciesRequest) Reset() {
 	*x = ApplyPoliciesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[41]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2490,7 +2546,7 @@ func (x *ApplyPoliciesRequest) String() string {
 func (*ApplyPoliciesRequest) ProtoMessage() {}
 
 func (x *ApplyPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[41]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2503,7 +2559,7 @@ func (x *ApplyPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{41}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ApplyPoliciesRequest) GetFiles() []*PolicyFile {
@@ -2533,7 +2589,7 @@ type AppliedPolicy struct {
 
 func (x *AppliedPolicy) Reset() {
 	*x = AppliedPolicy{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[42]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2545,7 +2601,7 @@ func (x *AppliedPolicy) String() string {
 func (*AppliedPolicy) ProtoMessage() {}
 
 func (x *AppliedPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[42]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2558,7 +2614,7 @@ func (x *AppliedPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedPolicy.ProtoReflect.Descriptor instead.
 func (*AppliedPolicy) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{42}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *AppliedPolicy) GetKind() string {
@@ -2599,7 +2655,7 @@ type ApplyPoliciesResponse struct {
 
 func (x *ApplyPoliciesResponse) Reset() {
 	*x = ApplyPoliciesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[43]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2611,7 +2667,7 @@ func (x *ApplyPoliciesResponse) String() string {
 func (*ApplyPoliciesResponse) ProtoMessage() {}
 
 func (x *ApplyPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[43]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2624,7 +2680,7 @@ func (x *ApplyPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{43}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ApplyPoliciesResponse) GetPolicies() []*AppliedPolicy {
@@ -2649,7 +2705,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[44]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2661,7 +2717,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[44]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2674,7 +2730,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{44}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{45}
 }
 
 type ListPoliciesResponse struct {
@@ -2687,7 +2743,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[45]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2699,7 +2755,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[45]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2712,7 +2768,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{45}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*Policy {
@@ -2740,7 +2796,7 @@ type DeletePolicyRequest struct {
 
 func (x *DeletePolicyRequest) Reset() {
 	*x = DeletePolicyRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[46]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2752,7 +2808,7 @@ func (x *DeletePolicyRequest) String() string {
 func (*DeletePolicyRequest) ProtoMessage() {}
 
 func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[46]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2765,7 +2821,7 @@ func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{46}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *DeletePolicyRequest) GetKind() string {
@@ -2798,7 +2854,7 @@ type DeletePolicyResponse struct {
 
 func (x *DeletePolicyResponse) Reset() {
 	*x = DeletePolicyResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[47]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2810,7 +2866,7 @@ func (x *DeletePolicyResponse) String() string {
 func (*DeletePolicyResponse) ProtoMessage() {}
 
 func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[47]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2823,7 +2879,7 @@ func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{47}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *DeletePolicyResponse) GetPolicyRevision() int64 {
@@ -2929,7 +2985,11 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\x17CreateJoinTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\x03R\texpiresAt\"D\n" +
+	"expires_at\x18\x02 \x01(\x03R\texpiresAt\"e\n" +
+	"\x12UpdateEntryRequest\x12.\n" +
+	"\x05entry\x18\x01 \x01(\v2\x18.meshfed.server.v1.EntryR\x05entry\x12\x1f\n" +
+	"\vif_revision\x18\x02 \x01(\x03R\n" +
+	"ifRevision\"D\n" +
 	"\x12CreateEntryRequest\x12.\n" +
 	"\x05entry\x18\x01 \x01(\v2\x18.meshfed.server.v1.EntryR\x05entry\"!\n" +
 	"\x0fGetEntryRequest\x12\x0e\n" +
@@ -3037,13 +3097,14 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\fSignX509SVID\x12&.meshfed.server.v1.SignX509SVIDRequest\x1a'.meshfed.server.v1.SignX509SVIDResponse\x12P\n" +
 	"\vSignJWTSVID\x12%.meshfed.server.v1.SignJWTSVIDRequest\x1a\x1a.meshfed.server.v1.JWTSVID\x12_\n" +
 	"\fFetchBundles\x12&.meshfed.server.v1.FetchBundlesRequest\x1a'.meshfed.server.v1.FetchBundlesResponse\x12L\n" +
-	"\x05Watch\x12\x1f.meshfed.server.v1.WatchRequest\x1a .meshfed.server.v1.WatchResponse0\x012\xc4\f\n" +
+	"\x05Watch\x12\x1f.meshfed.server.v1.WatchRequest\x1a .meshfed.server.v1.WatchResponse0\x012\x94\r\n" +
 	"\x05Admin\x12h\n" +
 	"\x0fCreateJoinToken\x12).meshfed.server.v1.CreateJoinTokenRequest\x1a*.meshfed.server.v1.CreateJoinTokenResponse\x12N\n" +
 	"\vCreateEntry\x12%.meshfed.server.v1.CreateEntryRequest\x1a\x18.meshfed.server.v1.Entry\x12H\n" +
 	"\bGetEntry\x12\".meshfed.server.v1.GetEntryRequest\x1a\x18.meshfed.server.v1.Entry\x12\\\n" +
 	"\vListEntries\x12%.meshfed.server.v1.ListEntriesRequest\x1a&.meshfed.server.v1.ListEntriesResponse\x12\\\n" +
-	"\vDeleteEntry\x12%.meshfed.server.v1.DeleteEntryRequest\x1a&.meshfed.server.v1.DeleteEntryResponse\x12K\n" +
+	"\vDeleteEntry\x12%.meshfed.server.v1.DeleteEntryRequest\x1a&.meshfed.server.v1.DeleteEntryResponse\x12N\n" +
+	"\vUpdateEntry\x12%.meshfed.server.v1.UpdateEntryRequest\x1a\x18.meshfed.server.v1.Entry\x12K\n" +
 	"\tGetBundle\x12#.meshfed.server.v1.GetBundleRequest\x1a\x19.meshfed.server.v1.Bundle\x12w\n" +
 	"\x14ListFederatedBundles\x12..meshfed.server.v1.ListFederatedBundlesRequest\x1a/.meshfed.server.v1.ListFederatedBundlesResponse\x12J\n" +
 	"\x12SetFederatedBundle\x12\x19.meshfed.server.v1.Bundle\x1a\x19.meshfed.server.v1.Bundle\x12z\n" +
@@ -3070,7 +3131,7 @@ func file_meshfed_server_v1_server_proto_rawDescGZIP() []byte {
 	return file_meshfed_server_v1_server_proto_rawDescData
 }
 
-var file_meshfed_server_v1_server_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_meshfed_server_v1_server_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_meshfed_server_v1_server_proto_goTypes = []any{
 	(*X509SVID)(nil),                      // 0: meshfed.server.v1.X509SVID
 	(*Bundle)(nil),                        // 1: meshfed.server.v1.Bundle
@@ -3090,36 +3151,37 @@ var file_meshfed_server_v1_server_proto_goTypes = []any{
 	(*Policy)(nil),                        // 15: meshfed.server.v1.Policy
 	(*CreateJoinTokenRequest)(nil),        // 16: meshfed.server.v1.CreateJoinTokenRequest
 	(*CreateJoinTokenResponse)(nil),       // 17: meshfed.server.v1.CreateJoinTokenResponse
-	(*CreateEntryRequest)(nil),            // 18: meshfed.server.v1.CreateEntryRequest
-	(*GetEntryRequest)(nil),               // 19: meshfed.server.v1.GetEntryRequest
-	(*ListEntriesRequest)(nil),            // 20: meshfed.server.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),           // 21: meshfed.server.v1.ListEntriesResponse
-	(*DeleteEntryRequest)(nil),            // 22: meshfed.server.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),           // 23: meshfed.server.v1.DeleteEntryResponse
-	(*GetBundleRequest)(nil),              // 24: meshfed.server.v1.GetBundleRequest
-	(*ListFederatedBundlesRequest)(nil),   // 25: meshfed.server.v1.ListFederatedBundlesRequest
-	(*ListFederatedBundlesResponse)(nil),  // 26: meshfed.server.v1.ListFederatedBundlesResponse
-	(*FederationPeer)(nil),                // 27: meshfed.server.v1.FederationPeer
-	(*RefreshFederatedBundleRequest)(nil), // 28: meshfed.server.v1.RefreshFederatedBundleRequest
-	(*DeleteFederatedBundleRequest)(nil),  // 29: meshfed.server.v1.DeleteFederatedBundleRequest
-	(*DeleteFederatedBundleResponse)(nil), // 30: meshfed.server.v1.DeleteFederatedBundleResponse
-	(*Issued)(nil),                        // 31: meshfed.server.v1.Issued
-	(*ListIssuedRequest)(nil),             // 32: meshfed.server.v1.ListIssuedRequest
-	(*ListIssuedResponse)(nil),            // 33: meshfed.server.v1.ListIssuedResponse
-	(*AttestedNode)(nil),                  // 34: meshfed.server.v1.AttestedNode
-	(*EvictNodeRequest)(nil),              // 35: meshfed.server.v1.EvictNodeRequest
-	(*EvictNodeResponse)(nil),             // 36: meshfed.server.v1.EvictNodeResponse
-	(*BanNodeRequest)(nil),                // 37: meshfed.server.v1.BanNodeRequest
-	(*ListNodesRequest)(nil),              // 38: meshfed.server.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),             // 39: meshfed.server.v1.ListNodesResponse
-	(*PolicyFile)(nil),                    // 40: meshfed.server.v1.PolicyFile
-	(*ApplyPoliciesRequest)(nil),          // 41: meshfed.server.v1.ApplyPoliciesRequest
-	(*AppliedPolicy)(nil),                 // 42: meshfed.server.v1.AppliedPolicy
-	(*ApplyPoliciesResponse)(nil),         // 43: meshfed.server.v1.ApplyPoliciesResponse
-	(*ListPoliciesRequest)(nil),           // 44: meshfed.server.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),          // 45: meshfed.server.v1.ListPoliciesResponse
-	(*DeletePolicyRequest)(nil),           // 46: meshfed.server.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),          // 47: meshfed.server.v1.DeletePolicyResponse
+	(*UpdateEntryRequest)(nil),            // 18: meshfed.server.v1.UpdateEntryRequest
+	(*CreateEntryRequest)(nil),            // 19: meshfed.server.v1.CreateEntryRequest
+	(*GetEntryRequest)(nil),               // 20: meshfed.server.v1.GetEntryRequest
+	(*ListEntriesRequest)(nil),            // 21: meshfed.server.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),           // 22: meshfed.server.v1.ListEntriesResponse
+	(*DeleteEntryRequest)(nil),            // 23: meshfed.server.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),           // 24: meshfed.server.v1.DeleteEntryResponse
+	(*GetBundleRequest)(nil),              // 25: meshfed.server.v1.GetBundleRequest
+	(*ListFederatedBundlesRequest)(nil),   // 26: meshfed.server.v1.ListFederatedBundlesRequest
+	(*ListFederatedBundlesResponse)(nil),  // 27: meshfed.server.v1.ListFederatedBundlesResponse
+	(*FederationPeer)(nil),                // 28: meshfed.server.v1.FederationPeer
+	(*RefreshFederatedBundleRequest)(nil), // 29: meshfed.server.v1.RefreshFederatedBundleRequest
+	(*DeleteFederatedBundleRequest)(nil),  // 30: meshfed.server.v1.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil), // 31: meshfed.server.v1.DeleteFederatedBundleResponse
+	(*Issued)(nil),                        // 32: meshfed.server.v1.Issued
+	(*ListIssuedRequest)(nil),             // 33: meshfed.server.v1.ListIssuedRequest
+	(*ListIssuedResponse)(nil),            // 34: meshfed.server.v1.ListIssuedResponse
+	(*AttestedNode)(nil),                  // 35: meshfed.server.v1.AttestedNode
+	(*EvictNodeRequest)(nil),              // 36: meshfed.server.v1.EvictNodeRequest
+	(*EvictNodeResponse)(nil),             // 37: meshfed.server.v1.EvictNodeResponse
+	(*BanNodeRequest)(nil),                // 38: meshfed.server.v1.BanNodeRequest
+	(*ListNodesRequest)(nil),              // 39: meshfed.server.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),             // 40: meshfed.server.v1.ListNodesResponse
+	(*PolicyFile)(nil),                    // 41: meshfed.server.v1.PolicyFile
+	(*ApplyPoliciesRequest)(nil),          // 42: meshfed.server.v1.ApplyPoliciesRequest
+	(*AppliedPolicy)(nil),                 // 43: meshfed.server.v1.AppliedPolicy
+	(*ApplyPoliciesResponse)(nil),         // 44: meshfed.server.v1.ApplyPoliciesResponse
+	(*ListPoliciesRequest)(nil),           // 45: meshfed.server.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),          // 46: meshfed.server.v1.ListPoliciesResponse
+	(*DeletePolicyRequest)(nil),           // 47: meshfed.server.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),          // 48: meshfed.server.v1.DeletePolicyResponse
 }
 var file_meshfed_server_v1_server_proto_depIdxs = []int32{
 	2,  // 0: meshfed.server.v1.Entry.selectors:type_name -> meshfed.server.v1.Selector
@@ -3133,64 +3195,67 @@ var file_meshfed_server_v1_server_proto_depIdxs = []int32{
 	1,  // 8: meshfed.server.v1.WatchResponse.federated:type_name -> meshfed.server.v1.Bundle
 	3,  // 9: meshfed.server.v1.WatchResponse.entries:type_name -> meshfed.server.v1.Entry
 	15, // 10: meshfed.server.v1.WatchResponse.policies:type_name -> meshfed.server.v1.Policy
-	3,  // 11: meshfed.server.v1.CreateEntryRequest.entry:type_name -> meshfed.server.v1.Entry
-	3,  // 12: meshfed.server.v1.ListEntriesResponse.entries:type_name -> meshfed.server.v1.Entry
-	1,  // 13: meshfed.server.v1.ListFederatedBundlesResponse.bundles:type_name -> meshfed.server.v1.Bundle
-	27, // 14: meshfed.server.v1.ListFederatedBundlesResponse.peers:type_name -> meshfed.server.v1.FederationPeer
-	31, // 15: meshfed.server.v1.ListIssuedResponse.issued:type_name -> meshfed.server.v1.Issued
-	34, // 16: meshfed.server.v1.ListNodesResponse.nodes:type_name -> meshfed.server.v1.AttestedNode
-	40, // 17: meshfed.server.v1.ApplyPoliciesRequest.files:type_name -> meshfed.server.v1.PolicyFile
-	42, // 18: meshfed.server.v1.ApplyPoliciesResponse.policies:type_name -> meshfed.server.v1.AppliedPolicy
-	15, // 19: meshfed.server.v1.ListPoliciesResponse.policies:type_name -> meshfed.server.v1.Policy
-	4,  // 20: meshfed.server.v1.Node.AttestNode:input_type -> meshfed.server.v1.AttestNodeRequest
-	7,  // 21: meshfed.server.v1.Node.SignX509SVID:input_type -> meshfed.server.v1.SignX509SVIDRequest
-	9,  // 22: meshfed.server.v1.Node.SignJWTSVID:input_type -> meshfed.server.v1.SignJWTSVIDRequest
-	11, // 23: meshfed.server.v1.Node.FetchBundles:input_type -> meshfed.server.v1.FetchBundlesRequest
-	13, // 24: meshfed.server.v1.Node.Watch:input_type -> meshfed.server.v1.WatchRequest
-	16, // 25: meshfed.server.v1.Admin.CreateJoinToken:input_type -> meshfed.server.v1.CreateJoinTokenRequest
-	18, // 26: meshfed.server.v1.Admin.CreateEntry:input_type -> meshfed.server.v1.CreateEntryRequest
-	19, // 27: meshfed.server.v1.Admin.GetEntry:input_type -> meshfed.server.v1.GetEntryRequest
-	20, // 28: meshfed.server.v1.Admin.ListEntries:input_type -> meshfed.server.v1.ListEntriesRequest
-	22, // 29: meshfed.server.v1.Admin.DeleteEntry:input_type -> meshfed.server.v1.DeleteEntryRequest
-	24, // 30: meshfed.server.v1.Admin.GetBundle:input_type -> meshfed.server.v1.GetBundleRequest
-	25, // 31: meshfed.server.v1.Admin.ListFederatedBundles:input_type -> meshfed.server.v1.ListFederatedBundlesRequest
-	1,  // 32: meshfed.server.v1.Admin.SetFederatedBundle:input_type -> meshfed.server.v1.Bundle
-	29, // 33: meshfed.server.v1.Admin.DeleteFederatedBundle:input_type -> meshfed.server.v1.DeleteFederatedBundleRequest
-	28, // 34: meshfed.server.v1.Admin.RefreshFederatedBundle:input_type -> meshfed.server.v1.RefreshFederatedBundleRequest
-	32, // 35: meshfed.server.v1.Admin.ListIssued:input_type -> meshfed.server.v1.ListIssuedRequest
-	38, // 36: meshfed.server.v1.Admin.ListNodes:input_type -> meshfed.server.v1.ListNodesRequest
-	35, // 37: meshfed.server.v1.Admin.EvictNode:input_type -> meshfed.server.v1.EvictNodeRequest
-	37, // 38: meshfed.server.v1.Admin.BanNode:input_type -> meshfed.server.v1.BanNodeRequest
-	41, // 39: meshfed.server.v1.Admin.ApplyPolicies:input_type -> meshfed.server.v1.ApplyPoliciesRequest
-	44, // 40: meshfed.server.v1.Admin.ListPolicies:input_type -> meshfed.server.v1.ListPoliciesRequest
-	46, // 41: meshfed.server.v1.Admin.DeletePolicy:input_type -> meshfed.server.v1.DeletePolicyRequest
-	5,  // 42: meshfed.server.v1.Node.AttestNode:output_type -> meshfed.server.v1.AttestNodeResponse
-	8,  // 43: meshfed.server.v1.Node.SignX509SVID:output_type -> meshfed.server.v1.SignX509SVIDResponse
-	10, // 44: meshfed.server.v1.Node.SignJWTSVID:output_type -> meshfed.server.v1.JWTSVID
-	12, // 45: meshfed.server.v1.Node.FetchBundles:output_type -> meshfed.server.v1.FetchBundlesResponse
-	14, // 46: meshfed.server.v1.Node.Watch:output_type -> meshfed.server.v1.WatchResponse
-	17, // 47: meshfed.server.v1.Admin.CreateJoinToken:output_type -> meshfed.server.v1.CreateJoinTokenResponse
-	3,  // 48: meshfed.server.v1.Admin.CreateEntry:output_type -> meshfed.server.v1.Entry
-	3,  // 49: meshfed.server.v1.Admin.GetEntry:output_type -> meshfed.server.v1.Entry
-	21, // 50: meshfed.server.v1.Admin.ListEntries:output_type -> meshfed.server.v1.ListEntriesResponse
-	23, // 51: meshfed.server.v1.Admin.DeleteEntry:output_type -> meshfed.server.v1.DeleteEntryResponse
-	1,  // 52: meshfed.server.v1.Admin.GetBundle:output_type -> meshfed.server.v1.Bundle
-	26, // 53: meshfed.server.v1.Admin.ListFederatedBundles:output_type -> meshfed.server.v1.ListFederatedBundlesResponse
-	1,  // 54: meshfed.server.v1.Admin.SetFederatedBundle:output_type -> meshfed.server.v1.Bundle
-	30, // 55: meshfed.server.v1.Admin.DeleteFederatedBundle:output_type -> meshfed.server.v1.DeleteFederatedBundleResponse
-	27, // 56: meshfed.server.v1.Admin.RefreshFederatedBundle:output_type -> meshfed.server.v1.FederationPeer
-	33, // 57: meshfed.server.v1.Admin.ListIssued:output_type -> meshfed.server.v1.ListIssuedResponse
-	39, // 58: meshfed.server.v1.Admin.ListNodes:output_type -> meshfed.server.v1.ListNodesResponse
-	36, // 59: meshfed.server.v1.Admin.EvictNode:output_type -> meshfed.server.v1.EvictNodeResponse
-	34, // 60: meshfed.server.v1.Admin.BanNode:output_type -> meshfed.server.v1.AttestedNode
-	43, // 61: meshfed.server.v1.Admin.ApplyPolicies:output_type -> meshfed.server.v1.ApplyPoliciesResponse
-	45, // 62: meshfed.server.v1.Admin.ListPolicies:output_type -> meshfed.server.v1.ListPoliciesResponse
-	47, // 63: meshfed.server.v1.Admin.DeletePolicy:output_type -> meshfed.server.v1.DeletePolicyResponse
-	42, // [42:64] is the sub-list for method output_type
-	20, // [20:42] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	3,  // 11: meshfed.server.v1.UpdateEntryRequest.entry:type_name -> meshfed.server.v1.Entry
+	3,  // 12: meshfed.server.v1.CreateEntryRequest.entry:type_name -> meshfed.server.v1.Entry
+	3,  // 13: meshfed.server.v1.ListEntriesResponse.entries:type_name -> meshfed.server.v1.Entry
+	1,  // 14: meshfed.server.v1.ListFederatedBundlesResponse.bundles:type_name -> meshfed.server.v1.Bundle
+	28, // 15: meshfed.server.v1.ListFederatedBundlesResponse.peers:type_name -> meshfed.server.v1.FederationPeer
+	32, // 16: meshfed.server.v1.ListIssuedResponse.issued:type_name -> meshfed.server.v1.Issued
+	35, // 17: meshfed.server.v1.ListNodesResponse.nodes:type_name -> meshfed.server.v1.AttestedNode
+	41, // 18: meshfed.server.v1.ApplyPoliciesRequest.files:type_name -> meshfed.server.v1.PolicyFile
+	43, // 19: meshfed.server.v1.ApplyPoliciesResponse.policies:type_name -> meshfed.server.v1.AppliedPolicy
+	15, // 20: meshfed.server.v1.ListPoliciesResponse.policies:type_name -> meshfed.server.v1.Policy
+	4,  // 21: meshfed.server.v1.Node.AttestNode:input_type -> meshfed.server.v1.AttestNodeRequest
+	7,  // 22: meshfed.server.v1.Node.SignX509SVID:input_type -> meshfed.server.v1.SignX509SVIDRequest
+	9,  // 23: meshfed.server.v1.Node.SignJWTSVID:input_type -> meshfed.server.v1.SignJWTSVIDRequest
+	11, // 24: meshfed.server.v1.Node.FetchBundles:input_type -> meshfed.server.v1.FetchBundlesRequest
+	13, // 25: meshfed.server.v1.Node.Watch:input_type -> meshfed.server.v1.WatchRequest
+	16, // 26: meshfed.server.v1.Admin.CreateJoinToken:input_type -> meshfed.server.v1.CreateJoinTokenRequest
+	19, // 27: meshfed.server.v1.Admin.CreateEntry:input_type -> meshfed.server.v1.CreateEntryRequest
+	20, // 28: meshfed.server.v1.Admin.GetEntry:input_type -> meshfed.server.v1.GetEntryRequest
+	21, // 29: meshfed.server.v1.Admin.ListEntries:input_type -> meshfed.server.v1.ListEntriesRequest
+	23, // 30: meshfed.server.v1.Admin.DeleteEntry:input_type -> meshfed.server.v1.DeleteEntryRequest
+	18, // 31: meshfed.server.v1.Admin.UpdateEntry:input_type -> meshfed.server.v1.UpdateEntryRequest
+	25, // 32: meshfed.server.v1.Admin.GetBundle:input_type -> meshfed.server.v1.GetBundleRequest
+	26, // 33: meshfed.server.v1.Admin.ListFederatedBundles:input_type -> meshfed.server.v1.ListFederatedBundlesRequest
+	1,  // 34: meshfed.server.v1.Admin.SetFederatedBundle:input_type -> meshfed.server.v1.Bundle
+	30, // 35: meshfed.server.v1.Admin.DeleteFederatedBundle:input_type -> meshfed.server.v1.DeleteFederatedBundleRequest
+	29, // 36: meshfed.server.v1.Admin.RefreshFederatedBundle:input_type -> meshfed.server.v1.RefreshFederatedBundleRequest
+	33, // 37: meshfed.server.v1.Admin.ListIssued:input_type -> meshfed.server.v1.ListIssuedRequest
+	39, // 38: meshfed.server.v1.Admin.ListNodes:input_type -> meshfed.server.v1.ListNodesRequest
+	36, // 39: meshfed.server.v1.Admin.EvictNode:input_type -> meshfed.server.v1.EvictNodeRequest
+	38, // 40: meshfed.server.v1.Admin.BanNode:input_type -> meshfed.server.v1.BanNodeRequest
+	42, // 41: meshfed.server.v1.Admin.ApplyPolicies:input_type -> meshfed.server.v1.ApplyPoliciesRequest
+	45, // 42: meshfed.server.v1.Admin.ListPolicies:input_type -> meshfed.server.v1.ListPoliciesRequest
+	47, // 43: meshfed.server.v1.Admin.DeletePolicy:input_type -> meshfed.server.v1.DeletePolicyRequest
+	5,  // 44: meshfed.server.v1.Node.AttestNode:output_type -> meshfed.server.v1.AttestNodeResponse
+	8,  // 45: meshfed.server.v1.Node.SignX509SVID:output_type -> meshfed.server.v1.SignX509SVIDResponse
+	10, // 46: meshfed.server.v1.Node.SignJWTSVID:output_type -> meshfed.server.v1.JWTSVID
+	12, // 47: meshfed.server.v1.Node.FetchBundles:output_type -> meshfed.server.v1.FetchBundlesResponse
+	14, // 48: meshfed.server.v1.Node.Watch:output_type -> meshfed.server.v1.WatchResponse
+	17, // 49: meshfed.server.v1.Admin.CreateJoinToken:output_type -> meshfed.server.v1.CreateJoinTokenResponse
+	3,  // 50: meshfed.server.v1.Admin.CreateEntry:output_type -> meshfed.server.v1.Entry
+	3,  // 51: meshfed.server.v1.Admin.GetEntry:output_type -> meshfed.server.v1.Entry
+	22, // 52: meshfed.server.v1.Admin.ListEntries:output_type -> meshfed.server.v1.ListEntriesResponse
+	24, // 53: meshfed.server.v1.Admin.DeleteEntry:output_type -> meshfed.server.v1.DeleteEntryResponse
+	3,  // 54: meshfed.server.v1.Admin.UpdateEntry:output_type -> meshfed.server.v1.Entry
+	1,  // 55: meshfed.server.v1.Admin.GetBundle:output_type -> meshfed.server.v1.Bundle
+	27, // 56: meshfed.server.v1.Admin.ListFederatedBundles:output_type -> meshfed.server.v1.ListFederatedBundlesResponse
+	1,  // 57: meshfed.server.v1.Admin.SetFederatedBundle:output_type -> meshfed.server.v1.Bundle
+	31, // 58: meshfed.server.v1.Admin.DeleteFederatedBundle:output_type -> meshfed.server.v1.DeleteFederatedBundleResponse
+	28, // 59: meshfed.server.v1.Admin.RefreshFederatedBundle:output_type -> meshfed.server.v1.FederationPeer
+	34, // 60: meshfed.server.v1.Admin.ListIssued:output_type -> meshfed.server.v1.ListIssuedResponse
+	40, // 61: meshfed.server.v1.Admin.ListNodes:output_type -> meshfed.server.v1.ListNodesResponse
+	37, // 62: meshfed.server.v1.Admin.EvictNode:output_type -> meshfed.server.v1.EvictNodeResponse
+	35, // 63: meshfed.server.v1.Admin.BanNode:output_type -> meshfed.server.v1.AttestedNode
+	44, // 64: meshfed.server.v1.Admin.ApplyPolicies:output_type -> meshfed.server.v1.ApplyPoliciesResponse
+	46, // 65: meshfed.server.v1.Admin.ListPolicies:output_type -> meshfed.server.v1.ListPoliciesResponse
+	48, // 66: meshfed.server.v1.Admin.DeletePolicy:output_type -> meshfed.server.v1.DeletePolicyResponse
+	44, // [44:67] is the sub-list for method output_type
+	21, // [21:44] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_server_v1_server_proto_init() }
@@ -3208,7 +3273,7 @@ func file_meshfed_server_v1_server_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_server_v1_server_proto_rawDesc), len(file_meshfed_server_v1_server_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   48,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

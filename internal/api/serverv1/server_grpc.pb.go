@@ -316,6 +316,7 @@ const (
 	Admin_GetEntry_FullMethodName               = "/meshfed.server.v1.Admin/GetEntry"
 	Admin_ListEntries_FullMethodName            = "/meshfed.server.v1.Admin/ListEntries"
 	Admin_DeleteEntry_FullMethodName            = "/meshfed.server.v1.Admin/DeleteEntry"
+	Admin_UpdateEntry_FullMethodName            = "/meshfed.server.v1.Admin/UpdateEntry"
 	Admin_GetBundle_FullMethodName              = "/meshfed.server.v1.Admin/GetBundle"
 	Admin_ListFederatedBundles_FullMethodName   = "/meshfed.server.v1.Admin/ListFederatedBundles"
 	Admin_SetFederatedBundle_FullMethodName     = "/meshfed.server.v1.Admin/SetFederatedBundle"
@@ -342,6 +343,11 @@ type AdminClient interface {
 	GetEntry(ctx context.Context, in *GetEntryRequest, opts ...grpc.CallOption) (*Entry, error)
 	ListEntries(ctx context.Context, in *ListEntriesRequest, opts ...grpc.CallOption) (*ListEntriesResponse, error)
 	DeleteEntry(ctx context.Context, in *DeleteEntryRequest, opts ...grpc.CallOption) (*DeleteEntryResponse, error)
+	// UpdateEntry replaces an entry's fields (its ID and creation time stay);
+	// agents get the change at once, renewing the SVID if its SPIFFE ID, DNS
+	// names or TTL changed. With if_revision, ABORTED if the entry changed
+	// since that revision.
+	UpdateEntry(ctx context.Context, in *UpdateEntryRequest, opts ...grpc.CallOption) (*Entry, error)
 	GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*Bundle, error)
 	ListFederatedBundles(ctx context.Context, in *ListFederatedBundlesRequest, opts ...grpc.CallOption) (*ListFederatedBundlesResponse, error)
 	SetFederatedBundle(ctx context.Context, in *Bundle, opts ...grpc.CallOption) (*Bundle, error)
@@ -419,6 +425,16 @@ func (c *adminClient) DeleteEntry(ctx context.Context, in *DeleteEntryRequest, o
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(DeleteEntryResponse)
 	err := c.cc.Invoke(ctx, Admin_DeleteEntry_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) UpdateEntry(ctx context.Context, in *UpdateEntryRequest, opts ...grpc.CallOption) (*Entry, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Entry)
+	err := c.cc.Invoke(ctx, Admin_UpdateEntry_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -557,6 +573,11 @@ type AdminServer interface {
 	GetEntry(context.Context, *GetEntryRequest) (*Entry, error)
 	ListEntries(context.Context, *ListEntriesRequest) (*ListEntriesResponse, error)
 	DeleteEntry(context.Context, *DeleteEntryRequest) (*DeleteEntryResponse, error)
+	// UpdateEntry replaces an entry's fields (its ID and creation time stay);
+	// agents get the change at once, renewing the SVID if its SPIFFE ID, DNS
+	// names or TTL changed. With if_revision, ABORTED if the entry changed
+	// since that revision.
+	UpdateEntry(context.Context, *UpdateEntryRequest) (*Entry, error)
 	GetBundle(context.Context, *GetBundleRequest) (*Bundle, error)
 	ListFederatedBundles(context.Context, *ListFederatedBundlesRequest) (*ListFederatedBundlesResponse, error)
 	SetFederatedBundle(context.Context, *Bundle) (*Bundle, error)
@@ -604,6 +625,9 @@ func (UnimplementedAdminServer) ListEntries(context.Context, *ListEntriesRequest
 }
 func (UnimplementedAdminServer) DeleteEntry(context.Context, *DeleteEntryRequest) (*DeleteEntryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteEntry not implemented")
+}
+func (UnimplementedAdminServer) UpdateEntry(context.Context, *UpdateEntryRequest) (*Entry, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateEntry not implemented")
 }
 func (UnimplementedAdminServer) GetBundle(context.Context, *GetBundleRequest) (*Bundle, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetBundle not implemented")
@@ -748,6 +772,24 @@ func _Admin_DeleteEntry_Handler(srv interface{}, ctx context.Context, dec func(i
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServer).DeleteEntry(ctx, req.(*DeleteEntryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_UpdateEntry_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateEntryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).UpdateEntry(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_UpdateEntry_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).UpdateEntry(ctx, req.(*UpdateEntryRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -994,6 +1036,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteEntry",
 			Handler:    _Admin_DeleteEntry_Handler,
+		},
+		{
+			MethodName: "UpdateEntry",
+			Handler:    _Admin_UpdateEntry_Handler,
 		},
 		{
 			MethodName: "GetBundle",
