@@ -135,6 +135,21 @@ func TestNodeEvictedBannedAndCopiedSVID(t *testing.T) {
 		certs, err := pemfile.ReadCertificates(filepath.Join(dir, "certs", "svid.pem"))
 		return err == nil && len(certs[0].DNSNames) == 1 && certs[0].DNSNames[0] == "reviews.east.example"
 	})
+	// A JWT-SVID of the workload, fetched and validated with the CLI.
+	token := strings.TrimSpace(meshfed(t, dir, "svid", "jwt", "--socket", wl, "--audience", "ratings").stdout)
+	if strings.Count(token, ".") != 2 {
+		t.Fatalf("svid jwt printed %q, want a compact JWS alone", token)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "token.jwt"), []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out := meshfed(t, dir, "svid", "validate", "--socket", wl, "--audience", "ratings", "--token-file", "token.jwt").stdout; !strings.Contains(out, "SPIFFE ID:     spiffe://east.example/ns/default/sa/reviews\n") || !strings.Contains(out, "Audience:      ratings\n") {
+		t.Errorf("svid validate printed:\n%s", out)
+	}
+	r = run(t, dir, meshfedBin, "svid", "validate", "--socket", wl, "--audience", "reviews", "--token-file", "token.jwt")
+	if r.code != 1 || !strings.Contains(r.stderr, `the token does not validate for "reviews"`) || strings.Contains(r.stderr+r.stdout, token) {
+		t.Errorf("svid validate for another audience: exit %d, %s", r.code, r.stderr)
+	}
 	r = run(t, dir, meshfedBin, "entry", "update", entry.ID, "--admin-socket", sock)
 	if r.code != 2 || !strings.Contains(r.stderr, "nothing to change") {
 		t.Errorf("entry update without a change: exit %d, %s", r.code, r.stderr)

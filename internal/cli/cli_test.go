@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -59,5 +60,34 @@ func TestUsageErrorsExitTwo(t *testing.T) {
 		if code != 2 || !strings.Contains(stderr.String(), tc.want) {
 			t.Errorf("meshfed %s: exit %d, stderr %q; want exit 2 and %q", strings.Join(tc.args, " "), code, stderr.String(), tc.want)
 		}
+	}
+}
+
+// TestReadTokenArg: 'svid validate' reads its token from a file or stdin,
+// trimmed, and refuses an empty or oversized one before it asks the agent.
+func TestReadTokenArg(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "token.jwt")
+	if err := os.WriteFile(file, []byte("  a.b.c\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readTokenArg(nil, file); err != nil || got != "a.b.c" {
+		t.Errorf("from a file: %q, %v", got, err)
+	}
+	if got, err := readTokenArg(strings.NewReader("x.y.z\n"), "-"); err != nil || got != "x.y.z" {
+		t.Errorf("from stdin: %q, %v", got, err)
+	}
+	if _, err := readTokenArg(strings.NewReader(" \n"), "-"); err == nil || err.Error() != "--token-file - is empty" {
+		t.Errorf("empty: %v", err)
+	}
+	if _, err := readTokenArg(strings.NewReader(strings.Repeat("a", maxTokenArgBytes+1)), "-"); err == nil || !strings.Contains(err.Error(), "more than 16384 bytes") {
+		t.Errorf("oversized stdin: %v", err)
+	}
+	big := filepath.Join(dir, "big.jwt")
+	if err := os.WriteFile(big, []byte(strings.Repeat("a", maxTokenArgBytes+1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readTokenArg(nil, big); err == nil || !strings.HasPrefix(err.Error(), "--token-file "+big+": ") {
+		t.Errorf("oversized file: %v", err)
 	}
 }

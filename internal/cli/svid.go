@@ -10,6 +10,7 @@ import (
 
 	"github.com/meshfed/meshfed/internal/pemfile"
 	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
 
@@ -23,7 +24,9 @@ func newSVIDCommand() *cobra.Command {
 workload running this command: the agent identifies the caller by its process
 credentials and hands out the SVIDs registered for it.`,
 		Example: `  meshfed svid fetch --socket /run/meshfed/agent.sock
-  meshfed svid fetch --socket /run/meshfed/agent.sock --out ./certs`,
+  meshfed svid fetch --socket /run/meshfed/agent.sock --out ./certs
+  TOKEN=$(meshfed svid jwt --socket /run/meshfed/agent.sock --audience ratings)
+  meshfed svid validate --socket /run/meshfed/agent.sock --audience ratings --token-file token.jwt`,
 	}
 	var (
 		socket, out, format string
@@ -40,18 +43,11 @@ each federated trust domain. The key is never printed.`,
 		Example: `  meshfed svid fetch --socket /run/meshfed/agent.sock --out ./certs`,
 		Args:    exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
-			if socket == "" {
-				return usagef("give --socket PATH (the agent's Workload API socket)")
-			}
-			target, err := unixTarget(socket)
-			if err != nil {
-				return err
-			}
 			ctx, cancel := context.WithTimeout(c.Context(), timeout)
 			defer cancel()
-			client, err := workloadapi.New(ctx, workloadapi.WithAddr(target))
+			client, err := workloadClient(ctx, socket)
 			if err != nil {
-				return fmt.Errorf("workload API at %s: %w", socket, err)
+				return err
 			}
 			defer client.Close()
 			x, err := client.FetchX509Context(ctx)
@@ -113,6 +109,145 @@ each federated trust domain. The key is never printed.`,
 	fetch.Flags().StringVar(&out, "out", "", "write svid.pem, svid_key.pem (0600) and bundle.pem into this directory")
 	fetch.Flags().Var(newTTL(&timeout, 30*time.Second), "timeout", "give up after this long")
 	outputFlag(fetch, &format)
-	c.AddCommand(fetch)
+	c.AddCommand(fetch, newSVIDJWT(), newSVIDValidate())
 	return c
+}
+
+// workloadClient connects to the Workload API at socket, for as long as ctx.
+func workloadClient(ctx context.Context, socket string) (*workloadapi.Client, error) {
+	if socket == "" {
+		return nil, usagef("give --socket PATH (the agent's Workload API socket)")
+	}
+	target, err := unixTarget(socket)
+	if err != nil {
+		return nil, err
+	}
+	client, err := workloadapi.New(ctx, workloadapi.WithAddr(target))
+	if err != nil {
+		return nil, fmt.Errorf("workload API at %s: %w", socket, err)
+	}
+	return client, nil
+}
+
+func newSVIDJWT() *cobra.Command {
+	var (
+		socket, format string
+		audiences      []string
+		timeout        time.Duration
+	)
+	c := &cobra.Command{
+		Use:   "jwt --socket PATH --audience AUD",
+		Short: "Fetch a JWT-SVID for an audience (like 'spire-agent api fetch jwt')",
+		Long: `Fetch a JWT-SVID of the caller for the given audiences over the Workload API
+and print the token alone on stdout, for a script to pass on (it is a bearer
+credential: keep it out of logs). -o json adds its SPIFFE ID and expiry.`,
+		Example: `  TOKEN=$(meshfed svid jwt --socket /run/meshfed/agent.sock --audience ratings)
+  curl -H "Authorization: Bearer $TOKEN" https://ratings.west.example/`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if len(audiences) == 0 {
+				return usagef("give --audience AUD (repeatable): whom the token is for")
+			}
+			ctx, cancel := context.WithTimeout(c.Context(), timeout)
+			defer cancel()
+			client, err := workloadClient(ctx, socket)
+			if err != nil {
+				return err
+			}
+			defer client.Close()
+			svid, err := client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audiences[0], ExtraAudiences: audiences[1:]})
+			if err != nil {
+				return fmt.Errorf("workload API at %s: %w", socket, err)
+			}
+			res := map[string]any{"spiffe_id": svid.ID.String(), "expires": svid.Expiry.UTC().Format(time.RFC3339), "audience": svid.Audience, "token": svid.Marshal()}
+			return printData(c.OutOrStdout(), format, res, func(w io.Writer) error {
+				_, err := fmt.Fprintln(w, svid.Marshal())
+				return err
+			})
+		},
+	}
+	c.Flags().StringVar(&socket, "socket", "", "the Workload API unix socket")
+	c.Flags().StringSliceVar(&audiences, "audience", nil, "audience of the token (repeatable)")
+	c.Flags().Var(newTTL(&timeout, 30*time.Second), "timeout", "give up after this long")
+	outputFlag(c, &format)
+	return c
+}
+
+func newSVIDValidate() *cobra.Command {
+	var (
+		socket, format, tokenFile, audience string
+		timeout                             time.Duration
+	)
+	c := &cobra.Command{
+		Use:   "validate --socket PATH --audience AUD --token-file FILE",
+		Short: "Validate a JWT-SVID with the agent (like 'spire-agent api validate jwt')",
+		Long: `Ask the agent to validate a JWT-SVID for an audience, with the JWT bundles the
+caller would get (its own trust domain's and those its entries federate
+with), and print its SPIFFE ID, expiry and audience (-o json: every claim).
+The token is read from a file (or stdin with "-"), not a flag, so that it
+does not show in the process list.
+A token that does not validate exits 1 with the agent's reason.`,
+		Example: `  meshfed svid validate --socket /run/meshfed/agent.sock --audience ratings --token-file token.jwt
+  echo "$TOKEN" | meshfed svid validate --socket /run/meshfed/agent.sock --audience ratings --token-file -`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if audience == "" || tokenFile == "" {
+				return usagef("give --audience AUD and --token-file FILE (- for stdin)")
+			}
+			token, err := readTokenArg(c.InOrStdin(), tokenFile)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(c.Context(), timeout)
+			defer cancel()
+			client, err := workloadClient(ctx, socket)
+			if err != nil {
+				return err
+			}
+			defer client.Close()
+			svid, err := client.ValidateJWTSVID(ctx, token, audience)
+			if err != nil {
+				return fmt.Errorf("the token does not validate for %q: %w", audience, err)
+			}
+			res := map[string]any{"spiffe_id": svid.ID.String(), "claims": svid.Claims}
+			return printData(c.OutOrStdout(), format, res, func(w io.Writer) error {
+				fmt.Fprintf(w, "SPIFFE ID:     %s\n", svid.ID)
+				fmt.Fprintf(w, "Expires:       %s\n", svid.Expiry.UTC().Format(time.RFC3339))
+				fmt.Fprintf(w, "Audience:      %s\n", strings.Join(svid.Audience, ", "))
+				return nil
+			})
+		},
+	}
+	c.Flags().StringVar(&socket, "socket", "", "the Workload API unix socket")
+	c.Flags().StringVar(&audience, "audience", "", "the audience the token must be for")
+	c.Flags().StringVar(&tokenFile, "token-file", "", `file holding the token ("-": stdin)`)
+	c.Flags().Var(newTTL(&timeout, 30*time.Second), "timeout", "give up after this long")
+	outputFlag(c, &format)
+	return c
+}
+
+// maxTokenArgBytes bounds a token read by 'svid validate'.
+const maxTokenArgBytes = 16 << 10
+
+// readTokenArg reads a token from path, or from stdin for "-", bounded
+// and trimmed.
+func readTokenArg(stdin io.Reader, path string) (string, error) {
+	var data []byte
+	var err error
+	if path == "-" {
+		data, err = io.ReadAll(io.LimitReader(stdin, maxTokenArgBytes+1))
+		if err == nil && len(data) > maxTokenArgBytes {
+			err = fmt.Errorf("more than %d bytes: not a JWT-SVID", maxTokenArgBytes)
+		}
+	} else {
+		data, err = pemfile.ReadFile(path, maxTokenArgBytes)
+	}
+	if err != nil {
+		return "", fmt.Errorf("--token-file %s: %w", path, err)
+	}
+	token := strings.TrimSpace(string(data))
+	if token == "" {
+		return "", fmt.Errorf("--token-file %s is empty", path)
+	}
+	return token, nil
 }
