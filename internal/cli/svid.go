@@ -43,65 +43,60 @@ each federated trust domain. The key is never printed.`,
 		Example: `  meshfed svid fetch --socket /run/meshfed/agent.sock --out ./certs`,
 		Args:    exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
-			ctx, cancel := context.WithTimeout(c.Context(), timeout)
-			defer cancel()
-			client, err := workloadClient(ctx, socket)
-			if err != nil {
-				return err
-			}
-			defer client.Close()
-			x, err := client.FetchX509Context(ctx)
-			if err != nil {
-				return fmt.Errorf("workload API at %s: %w", socket, err)
-			}
-			if len(x.SVIDs) == 0 {
-				return fmt.Errorf("workload API at %s returned no SVID", socket)
-			}
-			svid := x.DefaultSVID()
-			var tds []string
-			for _, b := range x.Bundles.Bundles() {
-				tds = append(tds, b.TrustDomain().Name())
-			}
-			sort.Strings(tds)
-			leaf := svid.Certificates[0]
-			type result struct {
-				SPIFFEID     string   `json:"spiffe_id"`
-				NotAfter     string   `json:"not_after"`
-				TrustDomains []string `json:"bundles"`
-				Files        []string `json:"files,omitempty"`
-			}
-			res := result{SPIFFEID: svid.ID.String(), NotAfter: leaf.NotAfter.UTC().Format(time.RFC3339), TrustDomains: tds}
-			if out != "" {
-				certs, key, err := svid.Marshal()
+			return withWorkloadAPI(c, socket, timeout, func(ctx context.Context, client *workloadapi.Client) error {
+				x, err := client.FetchX509Context(ctx)
 				if err != nil {
-					return err
+					return fmt.Errorf("workload API at %s: %w", socket, err)
 				}
-				files := []pemfile.File{
-					{Name: "svid.pem", Data: certs, Mode: pemfile.ModePublic},
-					{Name: "svid_key.pem", Data: key, Mode: pemfile.ModeKey},
+				if len(x.SVIDs) == 0 {
+					return fmt.Errorf("workload API at %s returned no SVID", socket)
 				}
+				svid := x.DefaultSVID()
+				var tds []string
 				for _, b := range x.Bundles.Bundles() {
-					name := "federated-" + b.TrustDomain().Name() + ".pem"
-					if b.TrustDomain() == svid.ID.TrustDomain() {
-						name = "bundle.pem"
-					}
-					files = append(files, pemfile.File{Name: name, Data: pemfile.EncodeCertificates(b.X509Authorities()...), Mode: pemfile.ModePublic})
+					tds = append(tds, b.TrustDomain().Name())
 				}
-				if err := pemfile.WriteFiles(out, files...); err != nil {
-					return err
+				sort.Strings(tds)
+				leaf := svid.Certificates[0]
+				type result struct {
+					SPIFFEID     string   `json:"spiffe_id"`
+					NotAfter     string   `json:"not_after"`
+					TrustDomains []string `json:"bundles"`
+					Files        []string `json:"files,omitempty"`
 				}
-				for _, f := range files {
-					res.Files = append(res.Files, f.Name)
-				}
-			}
-			return printData(c.OutOrStdout(), format, res, func(w io.Writer) error {
-				fmt.Fprintf(w, "SPIFFE ID:     %s\n", res.SPIFFEID)
-				fmt.Fprintf(w, "Expires:       %s (in %s)\n", res.NotAfter, time.Until(leaf.NotAfter).Round(time.Second))
-				fmt.Fprintf(w, "Bundles:       %s\n", strings.Join(res.TrustDomains, ", "))
+				res := result{SPIFFEID: svid.ID.String(), NotAfter: leaf.NotAfter.UTC().Format(time.RFC3339), TrustDomains: tds}
 				if out != "" {
-					fmt.Fprintf(w, "Wrote:         %s in %s\n", strings.Join(res.Files, ", "), out)
+					certs, key, err := svid.Marshal()
+					if err != nil {
+						return err
+					}
+					files := []pemfile.File{
+						{Name: "svid.pem", Data: certs, Mode: pemfile.ModePublic},
+						{Name: "svid_key.pem", Data: key, Mode: pemfile.ModeKey},
+					}
+					for _, b := range x.Bundles.Bundles() {
+						name := "federated-" + b.TrustDomain().Name() + ".pem"
+						if b.TrustDomain() == svid.ID.TrustDomain() {
+							name = "bundle.pem"
+						}
+						files = append(files, pemfile.File{Name: name, Data: pemfile.EncodeCertificates(b.X509Authorities()...), Mode: pemfile.ModePublic})
+					}
+					if err := pemfile.WriteFiles(out, files...); err != nil {
+						return err
+					}
+					for _, f := range files {
+						res.Files = append(res.Files, f.Name)
+					}
 				}
-				return nil
+				return printData(c.OutOrStdout(), format, res, func(w io.Writer) error {
+					fmt.Fprintf(w, "SPIFFE ID:     %s\n", res.SPIFFEID)
+					fmt.Fprintf(w, "Expires:       %s (in %s)\n", res.NotAfter, time.Until(leaf.NotAfter).Round(time.Second))
+					fmt.Fprintf(w, "Bundles:       %s\n", strings.Join(res.TrustDomains, ", "))
+					if out != "" {
+						fmt.Fprintf(w, "Wrote:         %s in %s\n", strings.Join(res.Files, ", "), out)
+					}
+					return nil
+				})
 			})
 		},
 	}
@@ -113,20 +108,24 @@ each federated trust domain. The key is never printed.`,
 	return c
 }
 
-// workloadClient connects to the Workload API at socket, for as long as ctx.
-func workloadClient(ctx context.Context, socket string) (*workloadapi.Client, error) {
+// withWorkloadAPI runs fn with a client of the Workload API at socket,
+// within timeout.
+func withWorkloadAPI(c *cobra.Command, socket string, timeout time.Duration, fn func(context.Context, *workloadapi.Client) error) error {
 	if socket == "" {
-		return nil, usagef("give --socket PATH (the agent's Workload API socket)")
+		return usagef("give --socket PATH (the agent's Workload API socket)")
 	}
 	target, err := unixTarget(socket)
 	if err != nil {
-		return nil, err
+		return err
 	}
+	ctx, cancel := context.WithTimeout(c.Context(), timeout)
+	defer cancel()
 	client, err := workloadapi.New(ctx, workloadapi.WithAddr(target))
 	if err != nil {
-		return nil, fmt.Errorf("workload API at %s: %w", socket, err)
+		return fmt.Errorf("workload API at %s: %w", socket, err)
 	}
-	return client, nil
+	defer client.Close()
+	return fn(ctx, client)
 }
 
 func newSVIDJWT() *cobra.Command {
@@ -148,21 +147,16 @@ credential: keep it out of logs). -o json adds its SPIFFE ID and expiry.`,
 			if len(audiences) == 0 {
 				return usagef("give --audience AUD (repeatable): whom the token is for")
 			}
-			ctx, cancel := context.WithTimeout(c.Context(), timeout)
-			defer cancel()
-			client, err := workloadClient(ctx, socket)
-			if err != nil {
-				return err
-			}
-			defer client.Close()
-			svid, err := client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audiences[0], ExtraAudiences: audiences[1:]})
-			if err != nil {
-				return fmt.Errorf("workload API at %s: %w", socket, err)
-			}
-			res := map[string]any{"spiffe_id": svid.ID.String(), "expires": svid.Expiry.UTC().Format(time.RFC3339), "audience": svid.Audience, "token": svid.Marshal()}
-			return printData(c.OutOrStdout(), format, res, func(w io.Writer) error {
-				_, err := fmt.Fprintln(w, svid.Marshal())
-				return err
+			return withWorkloadAPI(c, socket, timeout, func(ctx context.Context, client *workloadapi.Client) error {
+				svid, err := client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audiences[0], ExtraAudiences: audiences[1:]})
+				if err != nil {
+					return fmt.Errorf("workload API at %s: %w", socket, err)
+				}
+				res := map[string]any{"spiffe_id": svid.ID.String(), "expires": svid.Expiry.UTC().Format(time.RFC3339), "audience": svid.Audience, "token": svid.Marshal()}
+				return printData(c.OutOrStdout(), format, res, func(w io.Writer) error {
+					_, err := fmt.Fprintln(w, svid.Marshal())
+					return err
+				})
 			})
 		},
 	}
@@ -198,23 +192,18 @@ A token that does not validate exits 1 with the agent's reason.`,
 			if err != nil {
 				return err
 			}
-			ctx, cancel := context.WithTimeout(c.Context(), timeout)
-			defer cancel()
-			client, err := workloadClient(ctx, socket)
-			if err != nil {
-				return err
-			}
-			defer client.Close()
-			svid, err := client.ValidateJWTSVID(ctx, token, audience)
-			if err != nil {
-				return fmt.Errorf("the token does not validate for %q: %w", audience, err)
-			}
-			res := map[string]any{"spiffe_id": svid.ID.String(), "claims": svid.Claims}
-			return printData(c.OutOrStdout(), format, res, func(w io.Writer) error {
-				fmt.Fprintf(w, "SPIFFE ID:     %s\n", svid.ID)
-				fmt.Fprintf(w, "Expires:       %s\n", svid.Expiry.UTC().Format(time.RFC3339))
-				fmt.Fprintf(w, "Audience:      %s\n", strings.Join(svid.Audience, ", "))
-				return nil
+			return withWorkloadAPI(c, socket, timeout, func(ctx context.Context, client *workloadapi.Client) error {
+				svid, err := client.ValidateJWTSVID(ctx, token, audience)
+				if err != nil {
+					return fmt.Errorf("the token does not validate for %q: %w", audience, err)
+				}
+				res := map[string]any{"spiffe_id": svid.ID.String(), "claims": svid.Claims}
+				return printData(c.OutOrStdout(), format, res, func(w io.Writer) error {
+					fmt.Fprintf(w, "SPIFFE ID:     %s\n", svid.ID)
+					fmt.Fprintf(w, "Expires:       %s\n", svid.Expiry.UTC().Format(time.RFC3339))
+					fmt.Fprintf(w, "Audience:      %s\n", strings.Join(svid.Audience, ", "))
+					return nil
+				})
 			})
 		},
 	}
