@@ -13,9 +13,12 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	pb "github.com/meshfed/meshfed/internal/api/serverv1"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/internal/server"
 	"github.com/meshfed/meshfed/internal/testjwt"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 )
 
 // saToken signs a service-account token as a Kubernetes API server would.
@@ -98,6 +101,49 @@ func TestSidecarModeReReadsTheTokenFile(t *testing.T) {
 			t.Errorf("/metrics lacks %q", m)
 		}
 	}
+	// A second replica of the workload, with the same service account, is
+	// the same node identity: its attestation does not shut out the first
+	// (sidecar nodes are not held to one SVID lineage).
+	replica, err := New(Config{ServerAddr: srv.Addrs().Listen.String(), TrustBundle: filepath.Join(dir, "server", "ca", "ca.pem"),
+		TokenFile: tokenFile, DataDir: filepath.Join(dir, "replica"), Clock: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer replica.Close()
+	if err := replica.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for name, ag := range map[string]*Agent{"first": a, "replica": replica} {
+		client, _ := ag.nodeClient()
+		if _, err := client.FetchBundles(context.Background(), &pb.FetchBundlesRequest{}); err != nil {
+			t.Errorf("the %s sidecar after both attested: %v", name, err)
+		}
+	}
+
+	// Evicted, a sidecar attests again with its token at once.
+	conn, err := grpc.NewClient("unix://"+filepath.Join(dir, "admin.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := pb.NewAdminClient(conn).EvictNode(context.Background(), &pb.EvictNodeRequest{SpiffeId: want}); err != nil {
+		t.Fatal(err)
+	}
+	client, gen := a.nodeClient()
+	a.noteRefusal(a.watchOnce(context.Background(), client), gen)
+	if r := a.Refused(); r != pb.ReasonNodeNotAttested {
+		t.Fatalf("Refused() = %q after the eviction", r)
+	}
+	before := a.node.Certificates[0]
+	a.Sync(context.Background())
+	if r := a.Refused(); r != "" || a.node.Certificates[0].Equal(before) {
+		t.Fatalf("after a Sync: Refused() = %q, attested again: %v", r, !a.node.Certificates[0].Equal(before))
+	}
+	client, _ = a.nodeClient()
+	if _, err := client.FetchBundles(context.Background(), &pb.FetchBundlesRequest{}); err != nil {
+		t.Errorf("after attesting again: %v", err)
+	}
+
 	// A token for another service account is refused: a sidecar's identity
 	// does not change under it.
 	write(saToken(t, key, "default", "ratings", time.Now().Add(time.Hour)))
