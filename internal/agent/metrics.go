@@ -49,7 +49,16 @@ func newMetrics(a *Agent) *metrics {
 		}
 		return a.node.Certificates[0].NotAfter.Sub(a.clock()).Seconds()
 	})
-	m.registry.MustRegister(m.renewals, held, expiry, nodeExpiry,
+	refused := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "meshfed_agent_node_refused",
+		Help: "1 while the server refuses this node (evicted, banned, or its node SVID superseded: see the agent's log for the reason) and the agent has not attested again; it renews nothing meanwhile.",
+	}, func() float64 {
+		if a.Refused() != "" {
+			return 1
+		}
+		return 0
+	})
+	m.registry.MustRegister(m.renewals, held, expiry, nodeExpiry, refused,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,6 +58,9 @@ func TestEvictedNodeAttestsAgain(t *testing.T) {
 	if got := a.Cache.X509SVIDs(uid1000); len(got) != 1 || !got[0].SVID.Certificates[0].Equal(first) {
 		t.Fatal("stopped serving the still-valid SVID once the node was evicted")
 	}
+	if m := scrape(t, a); !strings.Contains(m, "meshfed_agent_node_refused 1\n") {
+		t.Errorf("/metrics while refused lacks meshfed_agent_node_refused 1")
+	}
 	if err := a.reattest(ctx); err == nil || !strings.Contains(err.Error(), "agent: the server refuses this node (NODE_NOT_ATTESTED) and the agent has no join token it has not used: make one with 'meshfed token create --spiffe-id "+nodeID+"' and write it to "+tokenFile) {
 		t.Fatalf("reattest with the spent token: %v", err)
 	}
@@ -73,6 +77,9 @@ func TestEvictedNodeAttestsAgain(t *testing.T) {
 	a.Sync(ctx)
 	if r := a.Refused(); r != "" {
 		t.Fatalf("Refused() = %q after a new token", r)
+	}
+	if m := scrape(t, a); !strings.Contains(m, "meshfed_agent_node_refused 0\n") {
+		t.Errorf("/metrics after attesting again lacks meshfed_agent_node_refused 0")
 	}
 	if a.node.Certificates[0].Equal(firstNode) {
 		t.Fatal("the node SVID is the one from before the eviction")
@@ -115,4 +122,12 @@ func TestRefusalOfALeftSVIDIgnored(t *testing.T) {
 	if r := a.Refused(); r != pb.ReasonNodeSVIDSuperseded {
 		t.Fatalf("Refused() = %q after a refusal on the current connection", r)
 	}
+}
+
+// scrape returns the agent's /metrics.
+func scrape(t *testing.T, a *Agent) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	a.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	return rec.Body.String()
 }
