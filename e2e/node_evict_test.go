@@ -118,6 +118,9 @@ func TestNodeEvictedBannedAndCopiedSVID(t *testing.T) {
 	})
 	fetch("the workload's SVID after the ban was lifted")
 
+	if out := meshfed(t, dir, "node", "purge", "--admin-socket", sock, "--dry-run").stdout; out != "would purge 0 node(s)\n" {
+		t.Errorf("node purge --dry-run of a live node printed %q", out)
+	}
 	r := run(t, dir, meshfedBin, "node", "evict", "--admin-socket", sock)
 	if r.code != 2 || !strings.Contains(r.stderr, "--spiffe-id is required") {
 		t.Errorf("node evict without --spiffe-id: exit %d, %s", r.code, r.stderr)

@@ -812,7 +812,7 @@ Workload SVIDs the node already handed out stay valid until they expire.`,
 	}
 	admin.add(list)
 	outputFlag(list, &out)
-	c.AddCommand(list, newNodeEvict(), newNodeBan())
+	c.AddCommand(list, newNodeEvict(), newNodeBan(), newNodePurge())
 	return c
 }
 
@@ -857,6 +857,56 @@ it again shuts out the copy.`,
 	}
 	admin.add(c)
 	c.Flags().StringVar(&id, "spiffe-id", "", "the node's SPIFFE ID")
+	return c
+}
+
+func newNodePurge() *cobra.Command {
+	var (
+		admin  adminFlags
+		out    string
+		after  time.Duration
+		dryRun bool
+	)
+	c := &cobra.Command{
+		Use:   "purge --admin-socket PATH [--expired-for 720h] [--dry-run]",
+		Short: "Delete the records of nodes whose SVIDs all expired long ago",
+		Long: `Delete the records of nodes gone for good: every SVID they hold (the one in
+use and one a renewal signed) expired more than --expired-for ago, so they
+can make no call and would have to attest again anyway. Banned nodes are
+kept, so that the ban lasts. --dry-run lists what would go.`,
+		Example: `  meshfed node purge --admin-socket east/admin.sock --expired-for 720h --dry-run`,
+		Args:    exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if after < time.Second {
+				return usagef("--expired-for %s: give at least 1s", after)
+			}
+			return admin.call(c, func(ctx context.Context, client pb.AdminClient) error {
+				resp, err := client.PurgeNodes(ctx, &pb.PurgeNodesRequest{ExpiredForSeconds: int64(after / time.Second), DryRun: dryRun})
+				if err != nil {
+					return err
+				}
+				var ids []string
+				for _, n := range resp.GetPurged() {
+					ids = append(ids, n.GetSpiffeId())
+				}
+				verb := "purged"
+				if dryRun {
+					verb = "would purge"
+				}
+				return printData(c.OutOrStdout(), out, map[string]any{"dry_run": dryRun, "nodes": ids}, func(w io.Writer) error {
+					fmt.Fprintf(w, "%s %d node(s)\n", verb, len(ids))
+					for _, id := range ids {
+						fmt.Fprintf(w, "  %s\n", id)
+					}
+					return nil
+				})
+			})
+		},
+	}
+	admin.add(c)
+	c.Flags().Var(newTTL(&after, 30*24*time.Hour), "expired-for", "how long ago a node's last SVID must have expired")
+	c.Flags().BoolVar(&dryRun, "dry-run", false, "list what would be deleted, delete nothing")
+	outputFlag(c, &out)
 	return c
 }
 

@@ -245,3 +245,23 @@ func (a *adminService) BanNode(ctx context.Context, req *pb.BanNodeRequest) (*pb
 	a.s.changed(ctx)
 	return nodeMessage(n), nil
 }
+
+func (a *adminService) PurgeNodes(ctx context.Context, req *pb.PurgeNodesRequest) (*pb.PurgeNodesResponse, error) {
+	d := time.Duration(req.GetExpiredForSeconds()) * time.Second
+	if d < time.Second {
+		return nil, status.Errorf(codes.InvalidArgument, "server: expired_for_seconds %d: give at least 1", req.GetExpiredForSeconds())
+	}
+	purged, err := a.s.store.PurgeNodes(ctx, a.s.clock().Add(-d), req.GetDryRun())
+	if err != nil {
+		return nil, storeStatus(err)
+	}
+	resp := &pb.PurgeNodesResponse{}
+	for _, n := range purged {
+		resp.Purged = append(resp.Purged, nodeMessage(n))
+	}
+	if !req.GetDryRun() && len(purged) > 0 {
+		a.s.log.Info("nodes purged", "nodes", len(purged), "expired_for", d.String())
+		a.s.changed(ctx)
+	}
+	return resp, nil
+}

@@ -330,3 +330,36 @@ func TestNodeSwitchSeenByAnotherServer(t *testing.T) {
 	_, err = oldAtB.FetchBundles(ctx, &pb.FetchBundlesRequest{})
 	wantNodeRefused(t, err, pb.ReasonNodeSVIDSuperseded, "is not the node's current one")
 }
+
+// TestPurgeNodes: the records of nodes whose SVIDs all expired longer ago
+// than asked are deleted (a dry run only lists them); a banned one stays.
+func TestPurgeNodes(t *testing.T) {
+	clock := &testClock{now: time.Now()}
+	h := startWith(t, Options{Clock: clock.Now}, nil)
+	admin := h.admin(t)
+	ctx := context.Background()
+	attestNodeCert(t, h, hostID)
+	attestNodeCert(t, h, "spiffe://east.example/node/host-2")
+	if _, err := admin.BanNode(ctx, &pb.BanNodeRequest{SpiffeId: "spiffe://east.example/node/host-2"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := admin.PurgeNodes(ctx, &pb.PurgeNodesRequest{})
+	wantStatus(t, err, codes.InvalidArgument, "server: expired_for_seconds 0: give at least 1")
+	week := int64(7 * 24 * 3600)
+	if resp, err := admin.PurgeNodes(ctx, &pb.PurgeNodesRequest{ExpiredForSeconds: week}); err != nil || len(resp.GetPurged()) != 0 {
+		t.Fatalf("purge of live nodes: %v, %v", resp, err)
+	}
+	clock.Advance(24*time.Hour + 8*24*time.Hour) // the node SVIDs (24h) expired over a week ago
+	resp, err := admin.PurgeNodes(ctx, &pb.PurgeNodesRequest{ExpiredForSeconds: week, DryRun: true})
+	if err != nil || len(resp.GetPurged()) != 1 || resp.GetPurged()[0].GetSpiffeId() != hostID {
+		t.Fatalf("dry run: %v, %v; want %s", resp, err, hostID)
+	}
+	resp, err = admin.PurgeNodes(ctx, &pb.PurgeNodesRequest{ExpiredForSeconds: week})
+	if err != nil || len(resp.GetPurged()) != 1 || resp.GetPurged()[0].GetSpiffeId() != hostID {
+		t.Fatalf("purge: %v, %v; want %s", resp, err, hostID)
+	}
+	list, err := admin.ListNodes(ctx, &pb.ListNodesRequest{})
+	if err != nil || len(list.GetNodes()) != 1 || list.GetNodes()[0].GetBannedAt() == 0 {
+		t.Errorf("left after the purge: %v, %v; want the banned node only", list.GetNodes(), err)
+	}
+}

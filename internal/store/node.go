@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -161,6 +163,43 @@ func (s *Store) DeleteNode(ctx context.Context, id spiffeid.ID) error {
 		return fmt.Errorf("store: node %s: %w", id, ErrNotFound)
 	}
 	return nil
+}
+
+// PurgeNodes deletes (or with dryRun only returns) the records of nodes
+// that are not banned and whose SVID in use, and pending one if any,
+// expired before before, and returns them ordered by SPIFFE ID. Such a
+// node can no longer make a call; deleting it moves the revision.
+func (s *Store) PurgeNodes(ctx context.Context, before time.Time, dryRun bool) ([]Node, error) {
+	const where = ` WHERE banned_at IS NULL AND expires_at < $1 AND (new_expires_at IS NULL OR new_expires_at < $1)`
+	var out []Node
+	collect := func(rows *sql.Rows, err error) (int64, error) {
+		if err != nil {
+			return 0, err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			n, err := scanNode(rows)
+			if err != nil {
+				return 0, err
+			}
+			out = append(out, n)
+		}
+		return int64(len(out)), rows.Err()
+	}
+	var err error
+	if dryRun {
+		_, err = collect(s.r.QueryContext(ctx, `SELECT `+nodeColumns+` FROM nodes`+where, millis(before)))
+	} else {
+		// What is deleted is what is returned, whatever renewed meanwhile.
+		err = s.change(ctx, false, func(tx *sql.Tx, _ int64) (int64, error) {
+			return collect(tx.QueryContext(ctx, `DELETE FROM nodes`+where+` RETURNING `+nodeColumns, millis(before)))
+		})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: purging nodes: %w", err)
+	}
+	slices.SortFunc(out, func(a, b Node) int { return strings.Compare(a.SPIFFEID.String(), b.SPIFFEID.String()) })
+	return out, nil
 }
 
 // BanNode bans the node and returns its record: its SVIDs are refused and it

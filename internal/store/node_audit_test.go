@@ -200,6 +200,61 @@ func TestNodeLifecycle(t *testing.T) {
 	})
 }
 
+// TestPurgeNodes: only records whose every SVID expired before the cut-off
+// are deleted, never a banned one; a dry run deletes nothing; a purge that
+// deletes nothing leaves the revision alone.
+func TestPurgeNodes(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, d *testDB) {
+		ctx := context.Background()
+		id := func(name string) spiffeid.ID { return spiffeid.RequireFromString("spiffe://east.example/node/" + name) }
+		long := t0.Add(-30 * 24 * time.Hour)
+		for _, n := range []store.Node{
+			{SPIFFEID: id("gone"), CredentialKind: "join-token", SerialNumber: "1", ExpiresAt: long},
+			{SPIFFEID: id("banned"), CredentialKind: "join-token", SerialNumber: "2", ExpiresAt: long},
+			{SPIFFEID: id("renewing"), CredentialKind: "join-token", SerialNumber: "3", ExpiresAt: long},
+			{SPIFFEID: id("live"), CredentialKind: "join-token", SerialNumber: "4", ExpiresAt: t0.Add(time.Hour)},
+		} {
+			if err := d.s.UpsertNode(ctx, n); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := d.s.BanNode(ctx, id("banned")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := renewNode(d.s, id("renewing"), "3", "5", t0.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		rev := mustRevision(t, d.s)
+		names := func(ns []store.Node) []string {
+			var out []string
+			for _, n := range ns {
+				out = append(out, n.SPIFFEID.Path())
+			}
+			return out
+		}
+		cut := t0.Add(-7 * 24 * time.Hour)
+		got, err := d.s.PurgeNodes(ctx, cut, true)
+		if err != nil || !reflect.DeepEqual(names(got), []string{"/node/gone"}) {
+			t.Fatalf("dry run: %v, %v; want /node/gone", names(got), err)
+		}
+		if all, _ := d.s.ListNodes(ctx); len(all) != 4 || mustRevision(t, d.s) != rev {
+			t.Fatalf("a dry run deleted: %d nodes left, revision %d (was %d)", len(all), mustRevision(t, d.s), rev)
+		}
+		got, err = d.s.PurgeNodes(ctx, cut, false)
+		if err != nil || !reflect.DeepEqual(names(got), []string{"/node/gone"}) {
+			t.Fatalf("purge: %v, %v; want /node/gone", names(got), err)
+		}
+		all, _ := d.s.ListNodes(ctx)
+		if !reflect.DeepEqual(names(all), []string{"/node/banned", "/node/live", "/node/renewing"}) || mustRevision(t, d.s) != rev+1 {
+			t.Errorf("after the purge: %v, revision %d (was %d)", names(all), mustRevision(t, d.s), rev)
+		}
+		if got, err := d.s.PurgeNodes(ctx, cut, false); err != nil || len(got) != 0 || mustRevision(t, d.s) != rev+1 {
+			t.Errorf("a purge of nothing: %v, %v, revision %d", names(got), err, mustRevision(t, d.s))
+		}
+	})
+}
+
 // TestNodeLifecycleMigration: nodes attested before the schema kept one
 // lineage of node SVIDs (version 3) had renewed without their records
 // following; after the migration each adopts the first SVID it presents,

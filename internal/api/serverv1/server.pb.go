@@ -2344,6 +2344,105 @@ func (*EvictNodeResponse) Descriptor() ([]byte, []int) {
 	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{37}
 }
 
+type PurgeNodesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Records of nodes whose SVIDs (in use and pending) all expired more
+	// than this many seconds ago are deleted; at least 1.
+	ExpiredForSeconds int64 `protobuf:"varint,1,opt,name=expired_for_seconds,json=expiredForSeconds,proto3" json:"expired_for_seconds,omitempty"`
+	// Only list what would be deleted.
+	DryRun        bool `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PurgeNodesRequest) Reset() {
+	*x = PurgeNodesRequest{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PurgeNodesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PurgeNodesRequest) ProtoMessage() {}
+
+func (x *PurgeNodesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PurgeNodesRequest.ProtoReflect.Descriptor instead.
+func (*PurgeNodesRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *PurgeNodesRequest) GetExpiredForSeconds() int64 {
+	if x != nil {
+		return x.ExpiredForSeconds
+	}
+	return 0
+}
+
+func (x *PurgeNodesRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type PurgeNodesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Purged        []*AttestedNode        `protobuf:"bytes,1,rep,name=purged,proto3" json:"purged,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PurgeNodesResponse) Reset() {
+	*x = PurgeNodesResponse{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PurgeNodesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PurgeNodesResponse) ProtoMessage() {}
+
+func (x *PurgeNodesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PurgeNodesResponse.ProtoReflect.Descriptor instead.
+func (*PurgeNodesResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *PurgeNodesResponse) GetPurged() []*AttestedNode {
+	if x != nil {
+		return x.Purged
+	}
+	return nil
+}
+
 type BanNodeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
@@ -2353,7 +2452,7 @@ type BanNodeRequest struct {
 
 func (x *BanNodeRequest) Reset() {
 	*x = BanNodeRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[38]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2365,7 +2464,7 @@ func (x *BanNodeRequest) String() string {
 func (*BanNodeRequest) ProtoMessage() {}
 
 func (x *BanNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[38]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2378,7 +2477,7 @@ func (x *BanNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BanNodeRequest.ProtoReflect.Descriptor instead.
 func (*BanNodeRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{38}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *BanNodeRequest) GetSpiffeId() string {
@@ -2396,7 +2495,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[39]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2408,7 +2507,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[39]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2421,7 +2520,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{39}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{41}
 }
 
 type ListNodesResponse struct {
@@ -2433,7 +2532,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[40]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2445,7 +2544,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[40]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2458,7 +2557,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{40}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListNodesResponse) GetNodes() []*AttestedNode {
@@ -2481,7 +2580,7 @@ type PolicyFile struct {
 
 func (x *PolicyFile) Reset() {
 	*x = PolicyFile{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[41]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2493,7 +2592,7 @@ func (x *PolicyFile) String() string {
 func (*PolicyFile) ProtoMessage() {}
 
 func (x *PolicyFile) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[41]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2506,7 +2605,7 @@ func (x *PolicyFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
 func (*PolicyFile) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{41}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PolicyFile) GetName() string {
@@ -2534,7 +2633,7 @@ type ApplyPoliciesRequest struct {
 
 func (x *ApplyPoliciesRequest) Reset() {
 	*x = ApplyPoliciesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[42]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2546,7 +2645,7 @@ func (x *ApplyPoliciesRequest) String() string {
 func (*ApplyPoliciesRequest) ProtoMessage() {}
 
 func (x *ApplyPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[42]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2559,7 +2658,7 @@ func (x *ApplyPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{42}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ApplyPoliciesRequest) GetFiles() []*PolicyFile {
@@ -2589,7 +2688,7 @@ type AppliedPolicy struct {
 
 func (x *AppliedPolicy) Reset() {
 	*x = AppliedPolicy{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[43]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2601,7 +2700,7 @@ func (x *AppliedPolicy) String() string {
 func (*AppliedPolicy) ProtoMessage() {}
 
 func (x *AppliedPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[43]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2614,7 +2713,7 @@ func (x *AppliedPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedPolicy.ProtoReflect.Descriptor instead.
 func (*AppliedPolicy) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{43}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *AppliedPolicy) GetKind() string {
@@ -2655,7 +2754,7 @@ type ApplyPoliciesResponse struct {
 
 func (x *ApplyPoliciesResponse) Reset() {
 	*x = ApplyPoliciesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[44]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2667,7 +2766,7 @@ func (x *ApplyPoliciesResponse) String() string {
 func (*ApplyPoliciesResponse) ProtoMessage() {}
 
 func (x *ApplyPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[44]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2680,7 +2779,7 @@ func (x *ApplyPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{44}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ApplyPoliciesResponse) GetPolicies() []*AppliedPolicy {
@@ -2705,7 +2804,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[45]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2717,7 +2816,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[45]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2730,7 +2829,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{45}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{47}
 }
 
 type ListPoliciesResponse struct {
@@ -2743,7 +2842,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[46]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2755,7 +2854,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[46]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2768,7 +2867,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{46}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*Policy {
@@ -2796,7 +2895,7 @@ type DeletePolicyRequest struct {
 
 func (x *DeletePolicyRequest) Reset() {
 	*x = DeletePolicyRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[47]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2808,7 +2907,7 @@ func (x *DeletePolicyRequest) String() string {
 func (*DeletePolicyRequest) ProtoMessage() {}
 
 func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[47]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2821,7 +2920,7 @@ func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{47}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *DeletePolicyRequest) GetKind() string {
@@ -2854,7 +2953,7 @@ type DeletePolicyResponse struct {
 
 func (x *DeletePolicyResponse) Reset() {
 	*x = DeletePolicyResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[48]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2866,7 +2965,7 @@ func (x *DeletePolicyResponse) String() string {
 func (*DeletePolicyResponse) ProtoMessage() {}
 
 func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[48]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2879,7 +2978,7 @@ func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{48}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *DeletePolicyResponse) GetPolicyRevision() int64 {
@@ -3060,7 +3159,12 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\tbanned_at\x18\b \x01(\x03R\bbannedAt\"/\n" +
 	"\x10EvictNodeRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"\x13\n" +
-	"\x11EvictNodeResponse\"-\n" +
+	"\x11EvictNodeResponse\"\\\n" +
+	"\x11PurgeNodesRequest\x12.\n" +
+	"\x13expired_for_seconds\x18\x01 \x01(\x03R\x11expiredForSeconds\x12\x17\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"M\n" +
+	"\x12PurgeNodesResponse\x127\n" +
+	"\x06purged\x18\x01 \x03(\v2\x1f.meshfed.server.v1.AttestedNodeR\x06purged\"-\n" +
 	"\x0eBanNodeRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"\x12\n" +
 	"\x10ListNodesRequest\"J\n" +
@@ -3097,7 +3201,7 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\fSignX509SVID\x12&.meshfed.server.v1.SignX509SVIDRequest\x1a'.meshfed.server.v1.SignX509SVIDResponse\x12P\n" +
 	"\vSignJWTSVID\x12%.meshfed.server.v1.SignJWTSVIDRequest\x1a\x1a.meshfed.server.v1.JWTSVID\x12_\n" +
 	"\fFetchBundles\x12&.meshfed.server.v1.FetchBundlesRequest\x1a'.meshfed.server.v1.FetchBundlesResponse\x12L\n" +
-	"\x05Watch\x12\x1f.meshfed.server.v1.WatchRequest\x1a .meshfed.server.v1.WatchResponse0\x012\x94\r\n" +
+	"\x05Watch\x12\x1f.meshfed.server.v1.WatchRequest\x1a .meshfed.server.v1.WatchResponse0\x012\xef\r\n" +
 	"\x05Admin\x12h\n" +
 	"\x0fCreateJoinToken\x12).meshfed.server.v1.CreateJoinTokenRequest\x1a*.meshfed.server.v1.CreateJoinTokenResponse\x12N\n" +
 	"\vCreateEntry\x12%.meshfed.server.v1.CreateEntryRequest\x1a\x18.meshfed.server.v1.Entry\x12H\n" +
@@ -3114,7 +3218,9 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"ListIssued\x12$.meshfed.server.v1.ListIssuedRequest\x1a%.meshfed.server.v1.ListIssuedResponse\x12V\n" +
 	"\tListNodes\x12#.meshfed.server.v1.ListNodesRequest\x1a$.meshfed.server.v1.ListNodesResponse\x12V\n" +
 	"\tEvictNode\x12#.meshfed.server.v1.EvictNodeRequest\x1a$.meshfed.server.v1.EvictNodeResponse\x12M\n" +
-	"\aBanNode\x12!.meshfed.server.v1.BanNodeRequest\x1a\x1f.meshfed.server.v1.AttestedNode\x12b\n" +
+	"\aBanNode\x12!.meshfed.server.v1.BanNodeRequest\x1a\x1f.meshfed.server.v1.AttestedNode\x12Y\n" +
+	"\n" +
+	"PurgeNodes\x12$.meshfed.server.v1.PurgeNodesRequest\x1a%.meshfed.server.v1.PurgeNodesResponse\x12b\n" +
 	"\rApplyPolicies\x12'.meshfed.server.v1.ApplyPoliciesRequest\x1a(.meshfed.server.v1.ApplyPoliciesResponse\x12_\n" +
 	"\fListPolicies\x12&.meshfed.server.v1.ListPoliciesRequest\x1a'.meshfed.server.v1.ListPoliciesResponse\x12_\n" +
 	"\fDeletePolicy\x12&.meshfed.server.v1.DeletePolicyRequest\x1a'.meshfed.server.v1.DeletePolicyResponseB;Z9github.com/meshfed/meshfed/internal/api/serverv1;serverv1b\x06proto3"
@@ -3131,7 +3237,7 @@ func file_meshfed_server_v1_server_proto_rawDescGZIP() []byte {
 	return file_meshfed_server_v1_server_proto_rawDescData
 }
 
-var file_meshfed_server_v1_server_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_meshfed_server_v1_server_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_meshfed_server_v1_server_proto_goTypes = []any{
 	(*X509SVID)(nil),                      // 0: meshfed.server.v1.X509SVID
 	(*Bundle)(nil),                        // 1: meshfed.server.v1.Bundle
@@ -3171,17 +3277,19 @@ var file_meshfed_server_v1_server_proto_goTypes = []any{
 	(*AttestedNode)(nil),                  // 35: meshfed.server.v1.AttestedNode
 	(*EvictNodeRequest)(nil),              // 36: meshfed.server.v1.EvictNodeRequest
 	(*EvictNodeResponse)(nil),             // 37: meshfed.server.v1.EvictNodeResponse
-	(*BanNodeRequest)(nil),                // 38: meshfed.server.v1.BanNodeRequest
-	(*ListNodesRequest)(nil),              // 39: meshfed.server.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),             // 40: meshfed.server.v1.ListNodesResponse
-	(*PolicyFile)(nil),                    // 41: meshfed.server.v1.PolicyFile
-	(*ApplyPoliciesRequest)(nil),          // 42: meshfed.server.v1.ApplyPoliciesRequest
-	(*AppliedPolicy)(nil),                 // 43: meshfed.server.v1.AppliedPolicy
-	(*ApplyPoliciesResponse)(nil),         // 44: meshfed.server.v1.ApplyPoliciesResponse
-	(*ListPoliciesRequest)(nil),           // 45: meshfed.server.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),          // 46: meshfed.server.v1.ListPoliciesResponse
-	(*DeletePolicyRequest)(nil),           // 47: meshfed.server.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),          // 48: meshfed.server.v1.DeletePolicyResponse
+	(*PurgeNodesRequest)(nil),             // 38: meshfed.server.v1.PurgeNodesRequest
+	(*PurgeNodesResponse)(nil),            // 39: meshfed.server.v1.PurgeNodesResponse
+	(*BanNodeRequest)(nil),                // 40: meshfed.server.v1.BanNodeRequest
+	(*ListNodesRequest)(nil),              // 41: meshfed.server.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),             // 42: meshfed.server.v1.ListNodesResponse
+	(*PolicyFile)(nil),                    // 43: meshfed.server.v1.PolicyFile
+	(*ApplyPoliciesRequest)(nil),          // 44: meshfed.server.v1.ApplyPoliciesRequest
+	(*AppliedPolicy)(nil),                 // 45: meshfed.server.v1.AppliedPolicy
+	(*ApplyPoliciesResponse)(nil),         // 46: meshfed.server.v1.ApplyPoliciesResponse
+	(*ListPoliciesRequest)(nil),           // 47: meshfed.server.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),          // 48: meshfed.server.v1.ListPoliciesResponse
+	(*DeletePolicyRequest)(nil),           // 49: meshfed.server.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),          // 50: meshfed.server.v1.DeletePolicyResponse
 }
 var file_meshfed_server_v1_server_proto_depIdxs = []int32{
 	2,  // 0: meshfed.server.v1.Entry.selectors:type_name -> meshfed.server.v1.Selector
@@ -3201,61 +3309,64 @@ var file_meshfed_server_v1_server_proto_depIdxs = []int32{
 	1,  // 14: meshfed.server.v1.ListFederatedBundlesResponse.bundles:type_name -> meshfed.server.v1.Bundle
 	28, // 15: meshfed.server.v1.ListFederatedBundlesResponse.peers:type_name -> meshfed.server.v1.FederationPeer
 	32, // 16: meshfed.server.v1.ListIssuedResponse.issued:type_name -> meshfed.server.v1.Issued
-	35, // 17: meshfed.server.v1.ListNodesResponse.nodes:type_name -> meshfed.server.v1.AttestedNode
-	41, // 18: meshfed.server.v1.ApplyPoliciesRequest.files:type_name -> meshfed.server.v1.PolicyFile
-	43, // 19: meshfed.server.v1.ApplyPoliciesResponse.policies:type_name -> meshfed.server.v1.AppliedPolicy
-	15, // 20: meshfed.server.v1.ListPoliciesResponse.policies:type_name -> meshfed.server.v1.Policy
-	4,  // 21: meshfed.server.v1.Node.AttestNode:input_type -> meshfed.server.v1.AttestNodeRequest
-	7,  // 22: meshfed.server.v1.Node.SignX509SVID:input_type -> meshfed.server.v1.SignX509SVIDRequest
-	9,  // 23: meshfed.server.v1.Node.SignJWTSVID:input_type -> meshfed.server.v1.SignJWTSVIDRequest
-	11, // 24: meshfed.server.v1.Node.FetchBundles:input_type -> meshfed.server.v1.FetchBundlesRequest
-	13, // 25: meshfed.server.v1.Node.Watch:input_type -> meshfed.server.v1.WatchRequest
-	16, // 26: meshfed.server.v1.Admin.CreateJoinToken:input_type -> meshfed.server.v1.CreateJoinTokenRequest
-	19, // 27: meshfed.server.v1.Admin.CreateEntry:input_type -> meshfed.server.v1.CreateEntryRequest
-	20, // 28: meshfed.server.v1.Admin.GetEntry:input_type -> meshfed.server.v1.GetEntryRequest
-	21, // 29: meshfed.server.v1.Admin.ListEntries:input_type -> meshfed.server.v1.ListEntriesRequest
-	23, // 30: meshfed.server.v1.Admin.DeleteEntry:input_type -> meshfed.server.v1.DeleteEntryRequest
-	18, // 31: meshfed.server.v1.Admin.UpdateEntry:input_type -> meshfed.server.v1.UpdateEntryRequest
-	25, // 32: meshfed.server.v1.Admin.GetBundle:input_type -> meshfed.server.v1.GetBundleRequest
-	26, // 33: meshfed.server.v1.Admin.ListFederatedBundles:input_type -> meshfed.server.v1.ListFederatedBundlesRequest
-	1,  // 34: meshfed.server.v1.Admin.SetFederatedBundle:input_type -> meshfed.server.v1.Bundle
-	30, // 35: meshfed.server.v1.Admin.DeleteFederatedBundle:input_type -> meshfed.server.v1.DeleteFederatedBundleRequest
-	29, // 36: meshfed.server.v1.Admin.RefreshFederatedBundle:input_type -> meshfed.server.v1.RefreshFederatedBundleRequest
-	33, // 37: meshfed.server.v1.Admin.ListIssued:input_type -> meshfed.server.v1.ListIssuedRequest
-	39, // 38: meshfed.server.v1.Admin.ListNodes:input_type -> meshfed.server.v1.ListNodesRequest
-	36, // 39: meshfed.server.v1.Admin.EvictNode:input_type -> meshfed.server.v1.EvictNodeRequest
-	38, // 40: meshfed.server.v1.Admin.BanNode:input_type -> meshfed.server.v1.BanNodeRequest
-	42, // 41: meshfed.server.v1.Admin.ApplyPolicies:input_type -> meshfed.server.v1.ApplyPoliciesRequest
-	45, // 42: meshfed.server.v1.Admin.ListPolicies:input_type -> meshfed.server.v1.ListPoliciesRequest
-	47, // 43: meshfed.server.v1.Admin.DeletePolicy:input_type -> meshfed.server.v1.DeletePolicyRequest
-	5,  // 44: meshfed.server.v1.Node.AttestNode:output_type -> meshfed.server.v1.AttestNodeResponse
-	8,  // 45: meshfed.server.v1.Node.SignX509SVID:output_type -> meshfed.server.v1.SignX509SVIDResponse
-	10, // 46: meshfed.server.v1.Node.SignJWTSVID:output_type -> meshfed.server.v1.JWTSVID
-	12, // 47: meshfed.server.v1.Node.FetchBundles:output_type -> meshfed.server.v1.FetchBundlesResponse
-	14, // 48: meshfed.server.v1.Node.Watch:output_type -> meshfed.server.v1.WatchResponse
-	17, // 49: meshfed.server.v1.Admin.CreateJoinToken:output_type -> meshfed.server.v1.CreateJoinTokenResponse
-	3,  // 50: meshfed.server.v1.Admin.CreateEntry:output_type -> meshfed.server.v1.Entry
-	3,  // 51: meshfed.server.v1.Admin.GetEntry:output_type -> meshfed.server.v1.Entry
-	22, // 52: meshfed.server.v1.Admin.ListEntries:output_type -> meshfed.server.v1.ListEntriesResponse
-	24, // 53: meshfed.server.v1.Admin.DeleteEntry:output_type -> meshfed.server.v1.DeleteEntryResponse
-	3,  // 54: meshfed.server.v1.Admin.UpdateEntry:output_type -> meshfed.server.v1.Entry
-	1,  // 55: meshfed.server.v1.Admin.GetBundle:output_type -> meshfed.server.v1.Bundle
-	27, // 56: meshfed.server.v1.Admin.ListFederatedBundles:output_type -> meshfed.server.v1.ListFederatedBundlesResponse
-	1,  // 57: meshfed.server.v1.Admin.SetFederatedBundle:output_type -> meshfed.server.v1.Bundle
-	31, // 58: meshfed.server.v1.Admin.DeleteFederatedBundle:output_type -> meshfed.server.v1.DeleteFederatedBundleResponse
-	28, // 59: meshfed.server.v1.Admin.RefreshFederatedBundle:output_type -> meshfed.server.v1.FederationPeer
-	34, // 60: meshfed.server.v1.Admin.ListIssued:output_type -> meshfed.server.v1.ListIssuedResponse
-	40, // 61: meshfed.server.v1.Admin.ListNodes:output_type -> meshfed.server.v1.ListNodesResponse
-	37, // 62: meshfed.server.v1.Admin.EvictNode:output_type -> meshfed.server.v1.EvictNodeResponse
-	35, // 63: meshfed.server.v1.Admin.BanNode:output_type -> meshfed.server.v1.AttestedNode
-	44, // 64: meshfed.server.v1.Admin.ApplyPolicies:output_type -> meshfed.server.v1.ApplyPoliciesResponse
-	46, // 65: meshfed.server.v1.Admin.ListPolicies:output_type -> meshfed.server.v1.ListPoliciesResponse
-	48, // 66: meshfed.server.v1.Admin.DeletePolicy:output_type -> meshfed.server.v1.DeletePolicyResponse
-	44, // [44:67] is the sub-list for method output_type
-	21, // [21:44] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	35, // 17: meshfed.server.v1.PurgeNodesResponse.purged:type_name -> meshfed.server.v1.AttestedNode
+	35, // 18: meshfed.server.v1.ListNodesResponse.nodes:type_name -> meshfed.server.v1.AttestedNode
+	43, // 19: meshfed.server.v1.ApplyPoliciesRequest.files:type_name -> meshfed.server.v1.PolicyFile
+	45, // 20: meshfed.server.v1.ApplyPoliciesResponse.policies:type_name -> meshfed.server.v1.AppliedPolicy
+	15, // 21: meshfed.server.v1.ListPoliciesResponse.policies:type_name -> meshfed.server.v1.Policy
+	4,  // 22: meshfed.server.v1.Node.AttestNode:input_type -> meshfed.server.v1.AttestNodeRequest
+	7,  // 23: meshfed.server.v1.Node.SignX509SVID:input_type -> meshfed.server.v1.SignX509SVIDRequest
+	9,  // 24: meshfed.server.v1.Node.SignJWTSVID:input_type -> meshfed.server.v1.SignJWTSVIDRequest
+	11, // 25: meshfed.server.v1.Node.FetchBundles:input_type -> meshfed.server.v1.FetchBundlesRequest
+	13, // 26: meshfed.server.v1.Node.Watch:input_type -> meshfed.server.v1.WatchRequest
+	16, // 27: meshfed.server.v1.Admin.CreateJoinToken:input_type -> meshfed.server.v1.CreateJoinTokenRequest
+	19, // 28: meshfed.server.v1.Admin.CreateEntry:input_type -> meshfed.server.v1.CreateEntryRequest
+	20, // 29: meshfed.server.v1.Admin.GetEntry:input_type -> meshfed.server.v1.GetEntryRequest
+	21, // 30: meshfed.server.v1.Admin.ListEntries:input_type -> meshfed.server.v1.ListEntriesRequest
+	23, // 31: meshfed.server.v1.Admin.DeleteEntry:input_type -> meshfed.server.v1.DeleteEntryRequest
+	18, // 32: meshfed.server.v1.Admin.UpdateEntry:input_type -> meshfed.server.v1.UpdateEntryRequest
+	25, // 33: meshfed.server.v1.Admin.GetBundle:input_type -> meshfed.server.v1.GetBundleRequest
+	26, // 34: meshfed.server.v1.Admin.ListFederatedBundles:input_type -> meshfed.server.v1.ListFederatedBundlesRequest
+	1,  // 35: meshfed.server.v1.Admin.SetFederatedBundle:input_type -> meshfed.server.v1.Bundle
+	30, // 36: meshfed.server.v1.Admin.DeleteFederatedBundle:input_type -> meshfed.server.v1.DeleteFederatedBundleRequest
+	29, // 37: meshfed.server.v1.Admin.RefreshFederatedBundle:input_type -> meshfed.server.v1.RefreshFederatedBundleRequest
+	33, // 38: meshfed.server.v1.Admin.ListIssued:input_type -> meshfed.server.v1.ListIssuedRequest
+	41, // 39: meshfed.server.v1.Admin.ListNodes:input_type -> meshfed.server.v1.ListNodesRequest
+	36, // 40: meshfed.server.v1.Admin.EvictNode:input_type -> meshfed.server.v1.EvictNodeRequest
+	40, // 41: meshfed.server.v1.Admin.BanNode:input_type -> meshfed.server.v1.BanNodeRequest
+	38, // 42: meshfed.server.v1.Admin.PurgeNodes:input_type -> meshfed.server.v1.PurgeNodesRequest
+	44, // 43: meshfed.server.v1.Admin.ApplyPolicies:input_type -> meshfed.server.v1.ApplyPoliciesRequest
+	47, // 44: meshfed.server.v1.Admin.ListPolicies:input_type -> meshfed.server.v1.ListPoliciesRequest
+	49, // 45: meshfed.server.v1.Admin.DeletePolicy:input_type -> meshfed.server.v1.DeletePolicyRequest
+	5,  // 46: meshfed.server.v1.Node.AttestNode:output_type -> meshfed.server.v1.AttestNodeResponse
+	8,  // 47: meshfed.server.v1.Node.SignX509SVID:output_type -> meshfed.server.v1.SignX509SVIDResponse
+	10, // 48: meshfed.server.v1.Node.SignJWTSVID:output_type -> meshfed.server.v1.JWTSVID
+	12, // 49: meshfed.server.v1.Node.FetchBundles:output_type -> meshfed.server.v1.FetchBundlesResponse
+	14, // 50: meshfed.server.v1.Node.Watch:output_type -> meshfed.server.v1.WatchResponse
+	17, // 51: meshfed.server.v1.Admin.CreateJoinToken:output_type -> meshfed.server.v1.CreateJoinTokenResponse
+	3,  // 52: meshfed.server.v1.Admin.CreateEntry:output_type -> meshfed.server.v1.Entry
+	3,  // 53: meshfed.server.v1.Admin.GetEntry:output_type -> meshfed.server.v1.Entry
+	22, // 54: meshfed.server.v1.Admin.ListEntries:output_type -> meshfed.server.v1.ListEntriesResponse
+	24, // 55: meshfed.server.v1.Admin.DeleteEntry:output_type -> meshfed.server.v1.DeleteEntryResponse
+	3,  // 56: meshfed.server.v1.Admin.UpdateEntry:output_type -> meshfed.server.v1.Entry
+	1,  // 57: meshfed.server.v1.Admin.GetBundle:output_type -> meshfed.server.v1.Bundle
+	27, // 58: meshfed.server.v1.Admin.ListFederatedBundles:output_type -> meshfed.server.v1.ListFederatedBundlesResponse
+	1,  // 59: meshfed.server.v1.Admin.SetFederatedBundle:output_type -> meshfed.server.v1.Bundle
+	31, // 60: meshfed.server.v1.Admin.DeleteFederatedBundle:output_type -> meshfed.server.v1.DeleteFederatedBundleResponse
+	28, // 61: meshfed.server.v1.Admin.RefreshFederatedBundle:output_type -> meshfed.server.v1.FederationPeer
+	34, // 62: meshfed.server.v1.Admin.ListIssued:output_type -> meshfed.server.v1.ListIssuedResponse
+	42, // 63: meshfed.server.v1.Admin.ListNodes:output_type -> meshfed.server.v1.ListNodesResponse
+	37, // 64: meshfed.server.v1.Admin.EvictNode:output_type -> meshfed.server.v1.EvictNodeResponse
+	35, // 65: meshfed.server.v1.Admin.BanNode:output_type -> meshfed.server.v1.AttestedNode
+	39, // 66: meshfed.server.v1.Admin.PurgeNodes:output_type -> meshfed.server.v1.PurgeNodesResponse
+	46, // 67: meshfed.server.v1.Admin.ApplyPolicies:output_type -> meshfed.server.v1.ApplyPoliciesResponse
+	48, // 68: meshfed.server.v1.Admin.ListPolicies:output_type -> meshfed.server.v1.ListPoliciesResponse
+	50, // 69: meshfed.server.v1.Admin.DeletePolicy:output_type -> meshfed.server.v1.DeletePolicyResponse
+	46, // [46:70] is the sub-list for method output_type
+	22, // [22:46] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_server_v1_server_proto_init() }
@@ -3273,7 +3384,7 @@ func file_meshfed_server_v1_server_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_server_v1_server_proto_rawDesc), len(file_meshfed_server_v1_server_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   49,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

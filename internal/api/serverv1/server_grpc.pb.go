@@ -326,6 +326,7 @@ const (
 	Admin_ListNodes_FullMethodName              = "/meshfed.server.v1.Admin/ListNodes"
 	Admin_EvictNode_FullMethodName              = "/meshfed.server.v1.Admin/EvictNode"
 	Admin_BanNode_FullMethodName                = "/meshfed.server.v1.Admin/BanNode"
+	Admin_PurgeNodes_FullMethodName             = "/meshfed.server.v1.Admin/PurgeNodes"
 	Admin_ApplyPolicies_FullMethodName          = "/meshfed.server.v1.Admin/ApplyPolicies"
 	Admin_ListPolicies_FullMethodName           = "/meshfed.server.v1.Admin/ListPolicies"
 	Admin_DeletePolicy_FullMethodName           = "/meshfed.server.v1.Admin/DeletePolicy"
@@ -363,6 +364,10 @@ type AdminClient interface {
 	// BanNode refuses a node's SVIDs as EvictNode does, and its attestation
 	// too, until it is evicted. It returns the node's record.
 	BanNode(ctx context.Context, in *BanNodeRequest, opts ...grpc.CallOption) (*AttestedNode, error)
+	// PurgeNodes deletes the records of nodes gone for good: every SVID they
+	// hold expired long ago, so they could only attest again anyway. Banned
+	// nodes are kept (the ban must last).
+	PurgeNodes(ctx context.Context, in *PurgeNodesRequest, opts ...grpc.CallOption) (*PurgeNodesResponse, error)
 	// ApplyPolicies parses and validates every document of the files, checks
 	// that the stored set with them builds, and stores them all or none
 	// (kubectl apply's upsert: a document is created, or replaced by kind,
@@ -531,6 +536,16 @@ func (c *adminClient) BanNode(ctx context.Context, in *BanNodeRequest, opts ...g
 	return out, nil
 }
 
+func (c *adminClient) PurgeNodes(ctx context.Context, in *PurgeNodesRequest, opts ...grpc.CallOption) (*PurgeNodesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PurgeNodesResponse)
+	err := c.cc.Invoke(ctx, Admin_PurgeNodes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) ApplyPolicies(ctx context.Context, in *ApplyPoliciesRequest, opts ...grpc.CallOption) (*ApplyPoliciesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ApplyPoliciesResponse)
@@ -593,6 +608,10 @@ type AdminServer interface {
 	// BanNode refuses a node's SVIDs as EvictNode does, and its attestation
 	// too, until it is evicted. It returns the node's record.
 	BanNode(context.Context, *BanNodeRequest) (*AttestedNode, error)
+	// PurgeNodes deletes the records of nodes gone for good: every SVID they
+	// hold expired long ago, so they could only attest again anyway. Banned
+	// nodes are kept (the ban must last).
+	PurgeNodes(context.Context, *PurgeNodesRequest) (*PurgeNodesResponse, error)
 	// ApplyPolicies parses and validates every document of the files, checks
 	// that the stored set with them builds, and stores them all or none
 	// (kubectl apply's upsert: a document is created, or replaced by kind,
@@ -655,6 +674,9 @@ func (UnimplementedAdminServer) EvictNode(context.Context, *EvictNodeRequest) (*
 }
 func (UnimplementedAdminServer) BanNode(context.Context, *BanNodeRequest) (*AttestedNode, error) {
 	return nil, status.Error(codes.Unimplemented, "method BanNode not implemented")
+}
+func (UnimplementedAdminServer) PurgeNodes(context.Context, *PurgeNodesRequest) (*PurgeNodesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PurgeNodes not implemented")
 }
 func (UnimplementedAdminServer) ApplyPolicies(context.Context, *ApplyPoliciesRequest) (*ApplyPoliciesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ApplyPolicies not implemented")
@@ -956,6 +978,24 @@ func _Admin_BanNode_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_PurgeNodes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PurgeNodesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).PurgeNodes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_PurgeNodes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).PurgeNodes(ctx, req.(*PurgeNodesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_ApplyPolicies_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ApplyPoliciesRequest)
 	if err := dec(in); err != nil {
@@ -1076,6 +1116,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "BanNode",
 			Handler:    _Admin_BanNode_Handler,
+		},
+		{
+			MethodName: "PurgeNodes",
+			Handler:    _Admin_PurgeNodes_Handler,
 		},
 		{
 			MethodName: "ApplyPolicies",
