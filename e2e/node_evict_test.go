@@ -149,6 +149,18 @@ func TestNodeEvictedBannedAndCopiedSVID(t *testing.T) {
 	if out := meshfed(t, dir, "svid", "validate", "--socket", wl, "--audience", "ratings", "--token-file", "token.jwt").stdout; !strings.Contains(out, "SPIFFE ID:     spiffe://east.example/ns/default/sa/reviews\n") || !strings.Contains(out, "Audience:      ratings\n") {
 		t.Errorf("svid validate printed:\n%s", out)
 	}
+	// The same token, offline, against the bundle the server publishes.
+	if err := os.WriteFile(filepath.Join(dir, "east-bundle.json"), []byte(meshfed(t, dir, "bundle", "show", "--admin-socket", sock).stdout), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out := meshfed(t, dir, "inspect", "jwt", "token.jwt", "--bundle", "east-bundle.json", "--audience", "ratings").stdout; !strings.Contains(out, "SVID:               conforms to the JWT-SVID rules\n") ||
+		!strings.Contains(out, "Verification: OK (JWT-SVID, against east-bundle.json)\n") || strings.Contains(out, token) {
+		t.Errorf("inspect jwt printed:\n%s", out)
+	}
+	r = run(t, dir, meshfedBin, "inspect", "jwt", "token.jwt", "--bundle", "east-bundle.json", "--audience", "reviews")
+	if r.code != 1 || !strings.Contains(r.stdout, "Verification: FAILED") {
+		t.Errorf("inspect jwt for another audience: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
 	r = run(t, dir, meshfedBin, "svid", "validate", "--socket", wl, "--audience", "reviews", "--token-file", "token.jwt")
 	if r.code != 1 || !strings.Contains(r.stderr, `the token does not validate for "reviews"`) || strings.Contains(r.stderr+r.stdout, token) {
 		t.Errorf("svid validate for another audience: exit %d, %s", r.code, r.stderr)

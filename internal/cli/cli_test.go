@@ -71,23 +71,23 @@ func TestReadTokenArg(t *testing.T) {
 	if err := os.WriteFile(file, []byte("  a.b.c\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := readTokenArg(nil, file); err != nil || got != "a.b.c" {
+	if got, err := readTokenArg(nil, file, "--token-file"); err != nil || got != "a.b.c" {
 		t.Errorf("from a file: %q, %v", got, err)
 	}
-	if got, err := readTokenArg(strings.NewReader("x.y.z\n"), "-"); err != nil || got != "x.y.z" {
+	if got, err := readTokenArg(strings.NewReader("x.y.z\n"), "-", "--token-file"); err != nil || got != "x.y.z" {
 		t.Errorf("from stdin: %q, %v", got, err)
 	}
-	if _, err := readTokenArg(strings.NewReader(" \n"), "-"); err == nil || err.Error() != "--token-file - is empty" {
+	if _, err := readTokenArg(strings.NewReader(" \n"), "-", "--token-file"); err == nil || err.Error() != "--token-file - is empty" {
 		t.Errorf("empty: %v", err)
 	}
-	if _, err := readTokenArg(strings.NewReader(strings.Repeat("a", maxTokenArgBytes+1)), "-"); err == nil || !strings.Contains(err.Error(), "more than 16384 bytes") {
+	if _, err := readTokenArg(strings.NewReader(strings.Repeat("a", maxTokenArgBytes+1)), "-", "--token-file"); err == nil || !strings.Contains(err.Error(), "more than 16384 bytes") {
 		t.Errorf("oversized stdin: %v", err)
 	}
 	big := filepath.Join(dir, "big.jwt")
 	if err := os.WriteFile(big, []byte(strings.Repeat("a", maxTokenArgBytes+1)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := readTokenArg(nil, big); err == nil || !strings.HasPrefix(err.Error(), "--token-file "+big+": ") {
+	if _, err := readTokenArg(nil, big, "--token-file"); err == nil || !strings.HasPrefix(err.Error(), "--token-file "+big+": ") {
 		t.Errorf("oversized file: %v", err)
 	}
 }

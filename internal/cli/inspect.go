@@ -31,9 +31,10 @@ verifies the chain and prints one verdict.
 Nothing here prints a private key.`,
 		Example: `  meshfed inspect cert reviews/cert.pem
   meshfed inspect bundle east-bundle.json
-  meshfed inspect connect reviews.east.example:443 --bundle east-bundle.json`,
+  meshfed inspect connect reviews.east.example:443 --bundle east-bundle.json
+  meshfed inspect jwt token.jwt --bundle east-bundle.json --audience ratings`,
 	}
-	c.AddCommand(newInspectCertCmd(), newInspectBundleCmd(), newInspectConnectCmd())
+	c.AddCommand(newInspectCertCmd(), newInspectBundleCmd(), newInspectConnectCmd(), newInspectJWTCmd())
 	return c
 }
 
@@ -411,6 +412,89 @@ that asks for one, as a mesh sidecar would.`,
 	c.Flags().StringVar(&keyFile, "key", "", "the private key of --cert (PEM)")
 	c.Flags().StringSliceVar(&alpn, "alpn", nil, "offer these ALPN protocols, e.g. h2,http/1.1")
 	f.addTimeout(c)
+	f.addAt(c)
+	return c
+}
+
+func newInspectJWTCmd() *cobra.Command {
+	var (
+		f        inspectFlags
+		audience string
+	)
+	c := &cobra.Command{
+		Use:   "jwt FILE|-",
+		Short: "Describe a JWT-SVID (or any JWT) and verify it with a bundle",
+		Long: `jwt reads a token in JWS compact form from FILE (or stdin with "-") and says
+what it claims, without trusting it: its SPIFFE ID (sub) and trust domain,
+audience, issuer, algorithm and key ID, validity by exp and nbf, the names
+of its other claims, and whether it conforms to the JWT-SVID specification,
+naming the rule it breaks. The token itself is never printed.
+
+With --bundle (SPIFFE bundle JSON holding the JWT authorities of the token's
+trust domain, or of --trust-domain) and --audience, it is verified as a
+validator would now: signature by the bundle's key under its kid, alg, aud
+and exp. The exit code is 1 if it fails.`,
+		Example: `  # What does this token claim?
+  meshfed inspect jwt token.jwt
+
+  # Would ratings accept it from a workload of east?
+  meshfed bundle show --admin-socket east/admin.sock > east-bundle.json
+  meshfed inspect jwt token.jwt --bundle east-bundle.json --audience ratings
+  echo "$TOKEN" | meshfed inspect jwt - -o json`,
+		Args: exactArgs(1, "one token file, or - for stdin"),
+		RunE: func(c *cobra.Command, args []string) error {
+			if err := f.check(c); err != nil {
+				return err
+			}
+			if (f.bundle == "") != (audience == "") {
+				return usagef("%s: --bundle and --audience go together: a JWT-SVID is verified for an audience", cmdName(c))
+			}
+			if f.bundle != "" && f.at != "" {
+				return usagef("%s: --at judges the description only; a token is verified as of now, so give it without --bundle", cmdName(c))
+			}
+			now, err := f.now(c)
+			if err != nil {
+				return err
+			}
+			td, err := f.td(c)
+			if err != nil {
+				return err
+			}
+			token, err := readTokenArg(c.InOrStdin(), args[0], "inspect jwt:")
+			if err != nil {
+				return err
+			}
+			j, err := inspect.DescribeJWT(token, now)
+			if err != nil {
+				return err
+			}
+			r := inspect.JWTReport{Source: args[0], Token: j}
+			if f.bundle != "" {
+				if td.IsZero() {
+					if td, err = spiffeid.TrustDomainFromString(j.TrustDomain); err != nil {
+						return fmt.Errorf("inspect jwt: the token's sub is no SPIFFE ID, so it names no trust domain whose bundle --bundle would be; give --trust-domain")
+					}
+				}
+				trust, err := inspect.LoadJWTBundle(f.bundle, td)
+				if err != nil {
+					return err
+				}
+				v := inspect.VerifyJWT(token, trust, audience)
+				r.Verdict = &v
+			}
+			if err := printData(c.OutOrStdout(), f.output, r, r.WriteText); err != nil {
+				return err
+			}
+			if r.Verdict != nil && !r.Verdict.OK() {
+				return fmt.Errorf("inspect jwt: %s does not verify: %s", args[0], r.Verdict.Reason)
+			}
+			return nil
+		},
+	}
+	f.addOutput(c)
+	c.Flags().StringVar(&f.bundle, "bundle", "", "verify the token against the JWT authorities of this SPIFFE bundle (SPIFFE JSON)")
+	c.Flags().StringVar(&f.trustDomain, "trust-domain", "", "the trust domain the bundle belongs to (default: the token's)")
+	c.Flags().StringVar(&audience, "audience", "", "the audience the verifier identifies with (with --bundle)")
 	f.addAt(c)
 	return c
 }

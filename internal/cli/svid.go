@@ -188,7 +188,7 @@ A token that does not validate exits 1 with the agent's reason.`,
 			if audience == "" || tokenFile == "" {
 				return usagef("give --audience AUD and --token-file FILE (- for stdin)")
 			}
-			token, err := readTokenArg(c.InOrStdin(), tokenFile)
+			token, err := readTokenArg(c.InOrStdin(), tokenFile, "--token-file")
 			if err != nil {
 				return err
 			}
@@ -215,12 +215,12 @@ A token that does not validate exits 1 with the agent's reason.`,
 	return c
 }
 
-// maxTokenArgBytes bounds a token read by 'svid validate'.
+// maxTokenArgBytes bounds a token read by 'svid validate' and 'inspect jwt'.
 const maxTokenArgBytes = 16 << 10
 
 // readTokenArg reads a token from path, or from stdin for "-", bounded
-// and trimmed.
-func readTokenArg(stdin io.Reader, path string) (string, error) {
+// and trimmed; label names where it came from in errors ("--token-file").
+func readTokenArg(stdin io.Reader, path, label string) (string, error) {
 	var data []byte
 	var err error
 	if path == "-" {
@@ -232,11 +232,11 @@ func readTokenArg(stdin io.Reader, path string) (string, error) {
 		data, err = pemfile.ReadFile(path, maxTokenArgBytes)
 	}
 	if err != nil {
-		return "", fmt.Errorf("--token-file %s: %w", path, err)
+		return "", fmt.Errorf("%s %s: %w", label, path, err)
 	}
 	token := strings.TrimSpace(string(data))
 	if token == "" {
-		return "", fmt.Errorf("--token-file %s is empty", path)
+		return "", fmt.Errorf("%s %s is empty", label, path)
 	}
 	return token, nil
 }

@@ -134,9 +134,15 @@ func (c Conformance) lines() []string {
 	case NotAnSVID:
 		return []string{fmt.Sprintf("not an SVID (%s)", c.Reason)}
 	case Conforms:
+		if c.Checked == "JWT-SVID" {
+			return []string{"conforms to the JWT-SVID rules"}
+		}
 		return []string{fmt.Sprintf("conforms to the X.509-SVID rules for a %s", c.Checked)}
 	}
 	out := []string{fmt.Sprintf("does NOT conform to the X.509-SVID rules for a %s:", c.Checked)}
+	if c.Checked == "JWT-SVID" {
+		out[0] = "does NOT conform to the JWT-SVID rules:"
+	}
 	for _, v := range c.Violations {
 		out = append(out, "  "+v.String())
 	}
