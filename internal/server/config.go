@@ -60,6 +60,10 @@ type AuditConfig struct {
 	// DefaultAuditCommitDelay, or "off" never to wait. With nothing else
 	// being signed a commit never waits.
 	CommitDelay string `json:"commit_delay"`
+	// Retention is how long a row is kept after the certificate it records
+	// expired: a duration, "" for DefaultAuditRetention, or "off" to keep
+	// every row for ever. Rows of certificates still valid are always kept.
+	Retention string `json:"retention"`
 }
 
 // CAConfig says where the signing CA comes from.
@@ -160,6 +164,8 @@ const (
 	DefaultNodeSVIDTTL   = 24 * time.Hour
 	DefaultJoinTokenTTL  = time.Hour
 	DefaultRefreshHint   = 5 * time.Minute
+	// DefaultAuditRetention: see AuditConfig.Retention.
+	DefaultAuditRetention = 90 * 24 * time.Hour
 	// DefaultAuditCommitDelay: see AuditConfig.CommitDelay and
 	// docs/performance.md ("Server: issuance through the gRPC API").
 	DefaultAuditCommitDelay = 3 * time.Millisecond
@@ -233,6 +239,7 @@ type settings struct {
 	jwtIssuers     []JWTIssuerConfig
 	federation     federationSettings
 	commitDelay    time.Duration
+	auditRetention time.Duration // 0: keep every row
 }
 
 // validate fills in defaults and refuses contradictions, naming the key.
@@ -358,6 +365,15 @@ func (c Config) validate() (*settings, error) {
 	default:
 		if s.commitDelay, err = duration.Parse(d); err != nil || s.commitDelay > MaxAuditCommitDelay {
 			return nil, fmt.Errorf("server: audit.commit_delay %q: use a duration up to %s, or off to commit at once", d, MaxAuditCommitDelay)
+		}
+	}
+	switch r := c.Audit.Retention; {
+	case r == "":
+		s.auditRetention = DefaultAuditRetention
+	case procruntime.IsOff(r):
+	default:
+		if s.auditRetention, err = duration.Parse(r); err != nil || s.auditRetention <= 0 {
+			return nil, fmt.Errorf("server: audit.retention %q: use a positive duration such as 90d (how long a row outlives its certificate), or off to keep every row", r)
 		}
 	}
 	if s.federation, err = c.Federation.validate(s.td, s.dataDir); err != nil {

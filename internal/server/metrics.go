@@ -24,6 +24,8 @@ type metrics struct {
 	// nodeRefusals counts node calls refused for the node's record, by
 	// reason (nodeRefused).
 	nodeRefusals *prometheus.CounterVec
+	// auditPruned counts audit rows deleted by audit.retention.
+	auditPruned prometheus.Counter
 }
 
 func newMetrics(caNotAfter func() float64) *metrics {
@@ -69,8 +71,12 @@ func newMetrics(caNotAfter func() float64) *metrics {
 			Name: "meshfed_server_node_refusals_total",
 			Help: "Agent calls refused for the node's record, by reason: NODE_NOT_ATTESTED (never attested or evicted), NODE_BANNED, NODE_SVID_SUPERSEDED (an SVID the node renewed away from: alert on it, a copy of a node SVID may be in use).",
 		}, []string{"reason"}),
+		auditPruned: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshfed_server_audit_pruned_rows_total",
+			Help: "Audit rows deleted because their certificate expired more than audit.retention ago.",
+		}),
 	}
-	m.registry.MustRegister(m.issued, m.issueSeconds, m.storeSeconds, m.caNotAfter, m.watchers, m.policyChanges, m.commitRows, m.commitWait, m.nodeRefusals,
+	m.registry.MustRegister(m.issued, m.issueSeconds, m.storeSeconds, m.caNotAfter, m.watchers, m.policyChanges, m.commitRows, m.commitWait, m.nodeRefusals, m.auditPruned,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

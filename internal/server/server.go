@@ -83,11 +83,13 @@ type Server struct {
 	bundle   atomic.Pointer[spiffebundle.Bundle] // this domain's, as published
 	revision atomic.Int64
 	changes  *broadcaster
-	svids    svidMemo           // SVID credentials verified, per chain and revision
-	nodes    nodeCache          // node records, per revision (admitNode)
-	fetcher  *fetcher.Refresher // the bundle endpoint peers (federates_with; SIGHUP replaces them)
-	member   *member.Member     // nil without federation.virtual_mesh
-	vmState  atomic.Pointer[member.State]
+	svids    svidMemo  // SVID credentials verified, per chain and revision
+	nodes    nodeCache // node records, per revision (admitNode)
+	// lastPrune is when pruneAudit last ran (Unix nanoseconds; 0: never).
+	lastPrune atomic.Int64
+	fetcher   *fetcher.Refresher // the bundle endpoint peers (federates_with; SIGHUP replaces them)
+	member    *member.Member     // nil without federation.virtual_mesh
+	vmState   atomic.Pointer[member.State]
 	// reportedJWTKeys are the JWT-SVID keys last reported to the
 	// VirtualMesh controller (jwtKeysForMembers).
 	reportedJWTKeys atomic.Pointer[[]jwtkeys.Key]
@@ -413,6 +415,44 @@ func (s *Server) tick(ctx context.Context) {
 	}
 	s.autoRotate(ctx)
 	s.retireSelfSignedRoot(ctx)
+	s.pruneAudit(ctx)
+}
+
+const (
+	// auditPruneEvery is how often the audit log is pruned (audit.retention).
+	auditPruneEvery = time.Minute
+	// auditPruneBatch rows are deleted per statement, so that the writer is
+	// never held long; auditPruneBatches of them at most per round.
+	auditPruneBatch, auditPruneBatches = 10000, 10
+)
+
+// pruneAudit deletes, once every auditPruneEvery, the audit rows of
+// certificates that expired more than audit.retention ago.
+func (s *Server) pruneAudit(ctx context.Context) {
+	now := s.clock()
+	last := s.lastPrune.Load()
+	if s.set.auditRetention == 0 || (last != 0 && now.Sub(time.Unix(0, last)) < auditPruneEvery) || !s.lastPrune.CompareAndSwap(last, now.UnixNano()) {
+		return
+	}
+	before := now.Add(-s.set.auditRetention)
+	var total int64
+	for range auditPruneBatches {
+		start := time.Now()
+		n, err := s.store.PruneIssued(ctx, before, auditPruneBatch)
+		s.metrics.observeStore("prune_issued", start)
+		if err != nil {
+			s.log.Error("pruning the audit log failed; will retry", "error", err)
+			break
+		}
+		total += n
+		if n < auditPruneBatch {
+			break
+		}
+	}
+	if total > 0 {
+		s.metrics.auditPruned.Add(float64(total))
+		s.log.Info("audit log pruned", "rows", total, "expired_before", before.UTC().Format(time.RFC3339))
+	}
 }
 
 // publishAuthorities records the roots of the CA in use in the shared store,

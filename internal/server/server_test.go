@@ -424,6 +424,8 @@ func TestConfigValidation(t *testing.T) {
 		{"trust_domain: east.example\ndata_dir: x\nca:\n  mode: cacerts\n  cacerts_dir: d\nfederation:\n  virtual_mesh:\n    controller: c:1\n    controller_ca_file: r.pem\n", "virtual_mesh needs ca.mode self-signed"},
 		{"trust_domain: east.example\ndata_dir: x\naudit:\n  commit_delay: 1s\n", `audit.commit_delay "1s": use a duration up to 100ms, or off to commit at once`},
 		{"trust_domain: east.example\ndata_dir: x\naudit:\n  commit_delay: -1ms\n", `audit.commit_delay "-1ms"`},
+		{"trust_domain: east.example\ndata_dir: x\naudit:\n  retention: forever\n", `audit.retention "forever": use a positive duration such as 90d (how long a row outlives its certificate), or off to keep every row`},
+		{"trust_domain: east.example\ndata_dir: x\naudit:\n  retention: 0s\n", `audit.retention "0s"`},
 		{"trust_domain: east.example\ndata_dir: x\nruntime:\n  gc_percnt: 5\n", `unknown field "gc_percnt"`},
 	}
 	for _, tc := range cases {
@@ -436,12 +438,12 @@ func TestConfigValidation(t *testing.T) {
 		}
 	}
 	for _, tc := range []struct {
-		yaml string
-		want time.Duration
+		yaml            string
+		want, retention time.Duration
 	}{
-		{"", DefaultAuditCommitDelay},
-		{"audit:\n  commit_delay: off\n", 0},
-		{"audit:\n  commit_delay: 5ms\n", 5 * time.Millisecond},
+		{"", DefaultAuditCommitDelay, DefaultAuditRetention},
+		{"audit:\n  commit_delay: off\n  retention: off\n", 0, 0},
+		{"audit:\n  commit_delay: 5ms\n  retention: 30d\n", 5 * time.Millisecond, 30 * 24 * time.Hour},
 	} {
 		c, err := ParseConfig("test.yaml", []byte("trust_domain: east.example\ndata_dir: x\n"+tc.yaml))
 		if err != nil {
@@ -454,8 +456,8 @@ func TestConfigValidation(t *testing.T) {
 		if set.metricsListen != DefaultMetricsListen {
 			t.Errorf("metrics listen %q, want the default", set.metricsListen)
 		}
-		if set.commitDelay != tc.want {
-			t.Errorf("%q: commit delay %v, %v; want %v", tc.yaml, set.commitDelay, err, tc.want)
+		if set.commitDelay != tc.want || set.auditRetention != tc.retention {
+			t.Errorf("%q: commit delay %v, retention %v; want %v, %v", tc.yaml, set.commitDelay, set.auditRetention, tc.want, tc.retention)
 		}
 	}
 	// An unquoted off is YAML 1.1's false; it still means off.

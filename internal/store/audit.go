@@ -280,6 +280,23 @@ func (s *Store) insertIssuedStmt(ctx context.Context, n int) (*sql.Stmt, error) 
 	return st, nil
 }
 
+// PruneIssued deletes at most limit audit rows of certificates that expired
+// before before, oldest expiry first, and returns how many it deleted (fewer
+// than limit: none is left). A row of a certificate still valid is never
+// deleted, so root rotation's count of live certificates is not touched.
+func (s *Store) PruneIssued(ctx context.Context, before time.Time, limit int) (int64, error) {
+	if limit <= 0 {
+		return 0, invalidf("audit prune limit %d: give at least 1", limit)
+	}
+	n, err := rowsAffected(s.w.ExecContext(ctx,
+		`DELETE FROM issued WHERE id IN (SELECT id FROM issued WHERE not_after < $1 ORDER BY not_after LIMIT $2)`,
+		millis(before), limit))
+	if err != nil {
+		return 0, fmt.Errorf("store: pruning the audit log: %w", err)
+	}
+	return n, nil
+}
+
 // ListIssued returns the audit rows f selects, newest first (by IssuedAt,
 // then by the order they were recorded).
 func (s *Store) ListIssued(ctx context.Context, f AuditFilter) ([]Issued, error) {

@@ -358,6 +358,46 @@ func TestAudit(t *testing.T) {
 }
 
 // TestAuditDefaultLimit: without a limit, one page is DefaultAuditLimit rows.
+// TestPruneIssued: rows of certificates that expired before the cut-off go,
+// oldest expiry first, at most the limit at a time; rows of certificates
+// still valid at the cut-off stay.
+func TestPruneIssued(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, d *testDB) {
+		ctx := context.Background()
+		for i, exp := range []time.Duration{-3 * time.Hour, -2 * time.Hour, -time.Hour, time.Hour} {
+			if err := d.s.RecordIssued(ctx, store.Issued{Serial: fmt.Sprint(i + 1), SPIFFEID: web.String(), CredentialKind: "x509-svid", IssuedAt: t0.Add(exp - time.Hour), NotAfter: t0.Add(exp)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		serials := func() []string {
+			rows, err := d.s.ListIssued(ctx, store.AuditFilter{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out []string
+			for _, r := range rows {
+				out = append(out, r.Serial)
+			}
+			return out
+		}
+		if n, err := d.s.PruneIssued(ctx, t0, 2); err != nil || n != 2 {
+			t.Fatalf("first batch: %d, %v; want 2", n, err)
+		}
+		if got := serials(); !reflect.DeepEqual(got, []string{"4", "3"}) {
+			t.Errorf("after the first batch: %v, want the two latest", got)
+		}
+		if n, err := d.s.PruneIssued(ctx, t0, 2); err != nil || n != 1 {
+			t.Fatalf("second batch: %d, %v; want 1 (the last expired)", n, err)
+		}
+		if got := serials(); !reflect.DeepEqual(got, []string{"4"}) {
+			t.Errorf("after the second batch: %v, want the valid one only", got)
+		}
+		_, err := d.s.PruneIssued(ctx, t0, 0)
+		checkErr(t, "PruneIssued(limit 0)", err, "store: audit prune limit 0: give at least 1")
+	})
+}
+
 func TestAuditDefaultLimit(t *testing.T) {
 	t.Parallel()
 	d := newTestDB(t, "sqlite")
