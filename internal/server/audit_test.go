@@ -2,8 +2,6 @@ package server
 
 import (
 	"context"
-	"io"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -58,13 +56,8 @@ func TestAuditRetention(t *testing.T) {
 	if n := issued(); n != 1 {
 		t.Fatalf("%d audit rows after the retention, want 1 (the valid one)", n)
 	}
-	resp, err := http.Get("http://" + h.srv.Addrs().Metrics.String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !strings.Contains(string(body), "meshfed_server_audit_pruned_rows_total 1\n") {
+	body := h.metricsText(t)
+	if !strings.Contains(body, "meshfed_server_audit_pruned_rows_total 1\n") {
 		t.Error("/metrics lacks meshfed_server_audit_pruned_rows_total 1")
 	}
 }

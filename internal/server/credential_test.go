@@ -9,7 +9,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -141,19 +140,14 @@ func TestIstioCredentialTable(t *testing.T) {
 	})
 
 	// The metrics count what happened, by credential kind and result.
-	resp, err := http.Get("http://" + h.srv.Addrs().Metrics.String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := h.metricsText(t)
 	for _, want := range []string{
 		`meshfed_server_issuance_total{credential="k8s-sat",result="ok"} 1`,
 		`meshfed_server_issuance_total{credential="k8s-sat",result="unauthenticated"} 11`,
 		`meshfed_server_issuance_total{credential="k8s-sat",result="invalid"} 1`,
 		"meshfed_server_ca_expiry_timestamp_seconds",
 	} {
-		if !strings.Contains(string(body), want) {
+		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
@@ -162,7 +156,7 @@ func TestIstioCredentialTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := fmt.Sprintf("meshfed_server_audit_commit_rows_sum %d\n", len(rows)); len(rows) == 0 || !strings.Contains(string(body), want) {
+	if want := fmt.Sprintf("meshfed_server_audit_commit_rows_sum %d\n", len(rows)); len(rows) == 0 || !strings.Contains(body, want) {
 		t.Errorf("/metrics lacks %q (the audit log has %d rows)", want, len(rows))
 	}
 	for _, path := range []string{"/healthz", "/readyz"} {

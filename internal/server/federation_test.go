@@ -3,8 +3,6 @@ package server
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"regexp"
 	"strings"
 	"testing"
@@ -66,22 +64,17 @@ func TestFederatesWith(t *testing.T) {
 	}
 
 	// The metrics say the same.
-	resp, err := http.Get("http://" + h.srv.Addrs().Metrics.String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := h.metricsText(t)
 	for _, want := range []string{
 		`meshfed_server_federated_bundle_failures{trust_domain="west.example"} 0`,
 		`meshfed_server_root_rotation_phase{phase="stable"} 1`,
 		`meshfed_server_root_rotation_phase{phase="publishing"} 0`,
 	} {
-		if !strings.Contains(string(body), want) {
+		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
-	if !regexp.MustCompile(`meshfed_server_federated_bundle_last_success_timestamp_seconds\{trust_domain="west.example"\} [1-9]`).Match(body) {
+	if !regexp.MustCompile(`meshfed_server_federated_bundle_last_success_timestamp_seconds\{trust_domain="west.example"\} [1-9]`).MatchString(body) {
 		t.Error("metrics show no successful fetch of west.example")
 	}
 

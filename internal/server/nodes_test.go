@@ -5,8 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"io"
-	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -161,18 +159,13 @@ func TestNodeSVIDLineage(t *testing.T) {
 
 	// The metrics count the refusals by reason; the two signing calls
 	// refused with s1 count as issuances denied.
-	resp, err := http.Get("http://" + h.srv.Addrs().Metrics.String() + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	body := h.metricsText(t)
 	for _, want := range []string{
 		`meshfed_server_node_refusals_total{reason="NODE_NOT_ATTESTED"} 1`,
 		`meshfed_server_node_refusals_total{reason="NODE_SVID_SUPERSEDED"} 4`,
 		`meshfed_server_issuance_total{credential="x509-svid",result="denied"} 2`,
 	} {
-		if !strings.Contains(string(body), want) {
+		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -120,6 +122,21 @@ func (h *harness) dial(t *testing.T, client *tls.Certificate) *grpc.ClientConn {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
+}
+
+// metricsText is the server's /metrics.
+func (h *harness) metricsText(t *testing.T) string {
+	t.Helper()
+	resp, err := http.Get("http://" + h.srv.Addrs().Metrics.String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
 }
 
 func (h *harness) jwt(t *testing.T, claims map[string]any) string {
