@@ -65,6 +65,22 @@ func TestEvictedNodeAttestsAgain(t *testing.T) {
 		t.Fatalf("reattest with the spent token: %v", err)
 	}
 
+	// A token the server does not know: tried once (then backing off as
+	// from any failed attestation), and not again while the file holds it.
+	if err := os.WriteFile(tokenFile, []byte(strings.Repeat("A", 43)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	clock.Set(next)
+	if got, want := a.Sync(ctx), next.Add(a.cfg.MaxBackoff); !got.Equal(want) {
+		t.Errorf("after an unknown token: next try at %s, want %s (MaxBackoff)", got, want)
+	}
+	next = next.Add(a.cfg.MaxBackoff)
+	clock.Set(next)
+	if got, want := a.Sync(ctx), next.Add(tokenPoll); !got.Equal(want) {
+		t.Errorf("with the refused token still in the file: next look at %s, want %s (tokenPoll, no attempt)", got, want)
+	}
+	next = next.Add(tokenPoll)
+
 	// A new token in the file: the next try attests again.
 	tok, err := ts.admin.CreateJoinToken(ctx, &pb.CreateJoinTokenRequest{SpiffeId: nodeID})
 	if err != nil {
