@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -118,6 +119,22 @@ func TestNodeEvictedBannedAndCopiedSVID(t *testing.T) {
 	})
 	fetch("the workload's SVID after the ban was lifted")
 
+	// A token that leaked before it was used is revoked by the id its
+	// creation printed; 'token list' shows it until then.
+	leaked := meshfed(t, dir, "token", "create", "--admin-socket", sock, "--spiffe-id", node)
+	tid := regexp.MustCompile(`join token (sha256:[0-9a-f]{8}) for `).FindStringSubmatch(leaked.stderr)
+	if tid == nil {
+		t.Fatalf("token create said on stderr: %q", leaked.stderr)
+	}
+	if out := meshfed(t, dir, "token", "list", "--admin-socket", sock).stdout; !strings.Contains(out, tid[1]+"  "+node) || strings.Contains(out, strings.TrimSpace(leaked.stdout)) {
+		t.Errorf("token list:\n%s", out)
+	}
+	if out := meshfed(t, dir, "token", "revoke", "--admin-socket", sock, "--spiffe-id", node, "--token", tid[1]).stdout; out != "revoked 1 join token(s) of "+node+"\n" {
+		t.Errorf("token revoke printed %q", out)
+	}
+	if out := meshfed(t, dir, "token", "list", "--admin-socket", sock).stdout; strings.Contains(out, tid[1]) {
+		t.Errorf("token list after the revocation:\n%s", out)
+	}
 	if out := meshfed(t, dir, "node", "purge", "--admin-socket", sock, "--dry-run").stdout; out != "would purge 0 node(s)\n" {
 		t.Errorf("node purge --dry-run of a live node printed %q", out)
 	}

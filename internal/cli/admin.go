@@ -92,7 +92,9 @@ func newTokenCommand() *cobra.Command {
 		Long: `A join token lets one agent attest to the server once, as the SPIFFE ID the
 token was made for. The server keeps only the token's hash; the token is shown
 once, when it is made.`,
-		Example: `  meshfed token create --admin-socket east/admin.sock --spiffe-id spiffe://east.example/node/host-1`,
+		Example: `  meshfed token create --admin-socket east/admin.sock --spiffe-id spiffe://east.example/node/host-1
+  meshfed token list --admin-socket east/admin.sock
+  meshfed token revoke --admin-socket east/admin.sock --spiffe-id spiffe://east.example/node/host-1`,
 	}
 	var (
 		admin adminFlags
@@ -114,7 +116,7 @@ Only the token is printed on stdout, so scripts can capture it:
 					return err
 				}
 				fmt.Fprintln(c.OutOrStdout(), resp.GetToken())
-				progress(c, "join token for %s, valid until %s, usable once", id, time.Unix(resp.GetExpiresAt(), 0).UTC().Format(time.RFC3339))
+				progress(c, "join token %s for %s, valid until %s, usable once", resp.GetId(), id, time.Unix(resp.GetExpiresAt(), 0).UTC().Format(time.RFC3339))
 				return nil
 			})
 		},
@@ -123,7 +125,78 @@ Only the token is printed on stdout, so scripts can capture it:
 	create.Flags().StringVar(&id, "spiffe-id", "", "SPIFFE ID the agent attests as, e.g. spiffe://east.example/node/host-1")
 	create.Flags().Var(newTTL(&ttl, 0), "ttl", "how long the token can be used (default: the server's, 1h)")
 	required(create, "spiffe-id")
-	c.AddCommand(create)
+	c.AddCommand(create, newTokenList(), newTokenRevoke())
+	return c
+}
+
+func newTokenList() *cobra.Command {
+	var (
+		admin   adminFlags
+		id, out string
+	)
+	c := &cobra.Command{
+		Use:   "list --admin-socket PATH [--spiffe-id ID]",
+		Short: "List the join tokens that could still attest a node",
+		Long: `List the join tokens not used yet and not expired. The server keeps only
+their hashes, so a token is named by its hash ("sha256:" and 8 hex digits,
+as 'token create' and the server's logs name it), never shown again.`,
+		Example: `  meshfed token list --admin-socket east/admin.sock --spiffe-id spiffe://east.example/node/host-1`,
+		Args:    exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			return admin.call(c, func(ctx context.Context, client pb.AdminClient) error {
+				resp, err := client.ListJoinTokens(ctx, &pb.ListJoinTokensRequest{SpiffeId: id})
+				if err != nil {
+					return err
+				}
+				raw, _ := json.Marshal(resp.GetTokens())
+				var v any
+				json.Unmarshal(raw, &v)
+				return printData(c.OutOrStdout(), out, map[string]any{"tokens": v}, func(w io.Writer) error {
+					tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+					fmt.Fprintln(tw, "TOKEN\tSPIFFE ID\tCREATED\tEXPIRES")
+					for _, t := range resp.GetTokens() {
+						fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.GetId(), t.GetSpiffeId(), time.Unix(t.GetCreatedAt(), 0).UTC().Format(time.RFC3339), time.Unix(t.GetExpiresAt(), 0).UTC().Format(time.RFC3339))
+					}
+					return tw.Flush()
+				})
+			})
+		},
+	}
+	admin.add(c)
+	c.Flags().StringVar(&id, "spiffe-id", "", "only the tokens for this SPIFFE ID")
+	outputFlag(c, &out)
+	return c
+}
+
+func newTokenRevoke() *cobra.Command {
+	var (
+		admin       adminFlags
+		id, tokenID string
+	)
+	c := &cobra.Command{
+		Use:   "revoke --admin-socket PATH --spiffe-id ID [--token sha256:XXXXXXXX]",
+		Short: "Revoke unused join tokens (one that leaked before it was used)",
+		Long: `Delete the unused join tokens of --spiffe-id, or only the one --token names
+(as 'token list' shows it), so that none of them can attest a node. A token
+already used is not touched: the node it attested is evicted with 'meshfed
+node evict'.`,
+		Example: `  meshfed token revoke --admin-socket east/admin.sock --spiffe-id spiffe://east.example/node/host-1 --token sha256:1f2e3d4c`,
+		Args:    exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			return admin.call(c, func(ctx context.Context, client pb.AdminClient) error {
+				resp, err := client.RevokeJoinTokens(ctx, &pb.RevokeJoinTokensRequest{SpiffeId: id, Id: tokenID})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(c.OutOrStdout(), "revoked %d join token(s) of %s\n", resp.GetRevoked(), id)
+				return nil
+			})
+		},
+	}
+	admin.add(c)
+	c.Flags().StringVar(&id, "spiffe-id", "", "the SPIFFE ID the tokens were made for")
+	c.Flags().StringVar(&tokenID, "token", "", "only this token, by the id 'token list' shows (sha256:...)")
+	required(c, "spiffe-id")
 	return c
 }
 

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"slices"
@@ -72,8 +73,58 @@ func (a *adminService) CreateJoinToken(ctx context.Context, req *pb.CreateJoinTo
 	if err := s.store.CreateJoinToken(ctx, store.JoinToken{Hash: hash, SPIFFEID: id, ExpiresAt: exp}); err != nil {
 		return nil, storeStatus(err)
 	}
-	s.log.Info("join token created", "spiffe_id", id.String(), "expires_at", exp.UTC().Format(time.RFC3339))
-	return &pb.CreateJoinTokenResponse{Token: token, ExpiresAt: exp.Unix()}, nil
+	s.log.Info("join token created", "spiffe_id", id.String(), "token", tokenID(hash), "expires_at", exp.UTC().Format(time.RFC3339))
+	return &pb.CreateJoinTokenResponse{Token: token, ExpiresAt: exp.Unix(), Id: tokenID(hash)}, nil
+}
+
+// tokenID names a join token by its hash, as the credential's errors do:
+// "sha256:" and the first 8 hex digits.
+func tokenID(hash []byte) string { return "sha256:" + hex.EncodeToString(hash[:4]) }
+
+func (a *adminService) ListJoinTokens(ctx context.Context, req *pb.ListJoinTokensRequest) (*pb.ListJoinTokensResponse, error) {
+	var id spiffeid.ID
+	if req.GetSpiffeId() != "" {
+		var err error
+		if id, err = a.s.localID(req.GetSpiffeId(), "spiffe_id"); err != nil {
+			return nil, err
+		}
+	}
+	tokens, err := a.s.store.ListJoinTokens(ctx, id, a.s.clock())
+	if err != nil {
+		return nil, storeStatus(err)
+	}
+	resp := &pb.ListJoinTokensResponse{}
+	for _, t := range tokens {
+		resp.Tokens = append(resp.Tokens, &pb.JoinTokenInfo{Id: tokenID(t.Hash), SpiffeId: t.SPIFFEID.String(), CreatedAt: t.CreatedAt.Unix(), ExpiresAt: t.ExpiresAt.Unix()})
+	}
+	return resp, nil
+}
+
+func (a *adminService) RevokeJoinTokens(ctx context.Context, req *pb.RevokeJoinTokensRequest) (*pb.RevokeJoinTokensResponse, error) {
+	id, err := a.s.localID(req.GetSpiffeId(), "spiffe_id")
+	if err != nil {
+		return nil, err
+	}
+	var prefix []byte
+	if tid := req.GetId(); tid != "" {
+		digits, ok := strings.CutPrefix(tid, "sha256:")
+		if prefix, err = hex.DecodeString(digits); !ok || err != nil || len(prefix) < 4 || len(prefix) > 32 {
+			return nil, status.Errorf(codes.InvalidArgument, "server: token id %q: want sha256: and 8 to 64 hex digits, as 'meshfed token list' shows", tid)
+		}
+	}
+	n, err := a.s.store.RevokeJoinTokens(ctx, id, prefix)
+	if err != nil {
+		return nil, storeStatus(err)
+	}
+	if n == 0 {
+		what := "no unused join token"
+		if req.GetId() != "" {
+			what = "no unused join token " + req.GetId()
+		}
+		return nil, status.Errorf(codes.NotFound, "server: %s for %s", what, id)
+	}
+	a.s.log.Info("join tokens revoked", "spiffe_id", id.String(), "tokens", n, "token", req.GetId())
+	return &pb.RevokeJoinTokensResponse{Revoked: n}, nil
 }
 
 // entryFromMessage checks an entry of the admin API (all but its ID,

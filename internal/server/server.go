@@ -419,19 +419,29 @@ func (s *Server) tick(ctx context.Context) {
 }
 
 const (
-	// auditPruneEvery is how often the audit log is pruned (audit.retention).
+	// auditPruneEvery is how often the audit log (audit.retention) and the
+	// expired join tokens are pruned.
 	auditPruneEvery = time.Minute
 	// auditPruneBatch rows are deleted per statement, so that the writer is
 	// never held long; auditPruneBatches of them at most per round.
 	auditPruneBatch, auditPruneBatches = 10000, 10
 )
 
-// pruneAudit deletes, once every auditPruneEvery, the audit rows of
-// certificates that expired more than audit.retention ago.
+// pruneAudit deletes, once every auditPruneEvery, the join tokens that
+// expired (used or not: an expired token attests nothing) and the audit
+// rows of certificates that expired more than audit.retention ago.
 func (s *Server) pruneAudit(ctx context.Context) {
 	now := s.clock()
 	last := s.lastPrune.Load()
-	if s.set.auditRetention == 0 || (last != 0 && now.Sub(time.Unix(0, last)) < auditPruneEvery) || !s.lastPrune.CompareAndSwap(last, now.UnixNano()) {
+	if (last != 0 && now.Sub(time.Unix(0, last)) < auditPruneEvery) || !s.lastPrune.CompareAndSwap(last, now.UnixNano()) {
+		return
+	}
+	if n, err := s.store.PruneJoinTokens(ctx, now); err != nil {
+		s.log.Error("pruning expired join tokens failed; will retry", "error", err)
+	} else if n > 0 {
+		s.log.Debug("expired join tokens pruned", "tokens", n)
+	}
+	if s.set.auditRetention == 0 {
 		return
 	}
 	before := now.Add(-s.set.auditRetention)

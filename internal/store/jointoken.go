@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"database/sql"
@@ -97,6 +98,94 @@ func (s *Store) PruneJoinTokens(ctx context.Context, before time.Time) (int64, e
 	n, err := res.RowsAffected()
 	if err != nil {
 		return 0, fmt.Errorf("store: pruning join tokens: %w", err)
+	}
+	return n, nil
+}
+
+// ListJoinTokens returns the tokens not used and not expired at now, for id
+// (every one if id is zero), ordered by SPIFFE ID, then expiry. They are
+// what could still attest a node; only their hashes are known.
+func (s *Store) ListJoinTokens(ctx context.Context, id spiffeid.ID, now time.Time) ([]JoinToken, error) {
+	q := `SELECT hash, spiffe_id, created_at, expires_at FROM join_tokens WHERE used_at IS NULL AND expires_at > $1`
+	args := []any{millis(now)}
+	if !id.IsZero() {
+		q += ` AND spiffe_id = $2`
+		args = append(args, id.String())
+	}
+	rows, err := s.r.QueryContext(ctx, q+` ORDER BY spiffe_id, expires_at, hash`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: listing join tokens: %w", err)
+	}
+	defer rows.Close()
+	var out []JoinToken
+	for rows.Next() {
+		var (
+			t                  JoinToken
+			sid                string
+			created, expiresAt int64
+		)
+		if err := rows.Scan(&t.Hash, &sid, &created, &expiresAt); err != nil {
+			return nil, fmt.Errorf("store: listing join tokens: %w", err)
+		}
+		if t.SPIFFEID, err = parseStoredID("join token", sid); err != nil {
+			return nil, fmt.Errorf("store: %w", err)
+		}
+		t.CreatedAt, t.ExpiresAt = fromMillis(created), fromMillis(expiresAt)
+		out = append(out, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: listing join tokens: %w", err)
+	}
+	return out, nil
+}
+
+// RevokeJoinTokens deletes the unused tokens of id whose hash begins with
+// prefix (every unused token of id when prefix is empty), so that none of
+// them can attest a node, and returns how many went. A revoked token is
+// unknown, which consuming treats as it treats a used or expired one.
+func (s *Store) RevokeJoinTokens(ctx context.Context, id spiffeid.ID, prefix []byte) (int64, error) {
+	if err := checkID("join token SPIFFE ID", id); err != nil {
+		return 0, err
+	}
+	if len(prefix) > sha256.Size {
+		return 0, invalidf("join token hash prefix is %d bytes, longer than a SHA-256", len(prefix))
+	}
+	var n int64
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT hash FROM join_tokens WHERE spiffe_id = $1 AND used_at IS NULL`, id.String())
+		if err != nil {
+			return err
+		}
+		var hashes [][]byte
+		for rows.Next() {
+			var h []byte
+			if err := rows.Scan(&h); err != nil {
+				rows.Close()
+				return err
+			}
+			if bytes.HasPrefix(h, prefix) {
+				hashes = append(hashes, h)
+			}
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+		for _, h := range hashes {
+			// used_at IS NULL again: a token consumed meanwhile stays.
+			res, err := tx.ExecContext(ctx, `DELETE FROM join_tokens WHERE hash = $1 AND used_at IS NULL`, h)
+			if err != nil {
+				return err
+			}
+			k, err := res.RowsAffected()
+			if err != nil {
+				return err
+			}
+			n += k
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("store: revoking join tokens of %s: %w", id, err)
 	}
 	return n, nil
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/internal/store"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 const tokenInvalid = "store: join token is unknown, expired or already used"
@@ -176,5 +177,64 @@ func TestPruneJoinTokens(t *testing.T) {
 		if _, err := d.s.ConsumeJoinToken(ctx, tokenHash("2"), t0); err != nil {
 			t.Errorf("the unexpired token was pruned: %v", err)
 		}
+	})
+}
+
+// TestListAndRevokeJoinTokens: the list holds only tokens that could still
+// attest (unused, unexpired), of one SPIFFE ID if asked; a revocation
+// deletes the unused tokens of an ID, or only the one whose hash begins
+// with the prefix, and a revoked token consumes as an unknown one.
+func TestListAndRevokeJoinTokens(t *testing.T) {
+	t.Parallel()
+	forEachBackend(t, func(t *testing.T, d *testDB) {
+		ctx := context.Background()
+		for _, tok := range []struct {
+			name string
+			id   spiffeid.ID
+			exp  time.Duration
+		}{
+			{"a", node1, time.Hour}, {"b", node1, 2 * time.Hour}, {"used", node1, time.Hour}, {"old", node1, -time.Minute}, {"c", node2, time.Hour},
+		} {
+			if err := d.s.CreateJoinToken(ctx, store.JoinToken{Hash: tokenHash(tok.name), SPIFFEID: tok.id, ExpiresAt: t0.Add(tok.exp)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := d.s.ConsumeJoinToken(ctx, tokenHash("used"), t0); err != nil {
+			t.Fatal(err)
+		}
+		hashes := func(ts []store.JoinToken) [][]byte {
+			var out [][]byte
+			for _, tk := range ts {
+				out = append(out, tk.Hash)
+			}
+			return out
+		}
+		all, err := d.s.ListJoinTokens(ctx, spiffeid.ID{}, t0)
+		if err != nil || !reflect.DeepEqual(hashes(all), [][]byte{tokenHash("a"), tokenHash("b"), tokenHash("c")}) {
+			t.Fatalf("ListJoinTokens(all) = %x, %v; want a, b (node1, by expiry), c", hashes(all), err)
+		}
+		if all[0].SPIFFEID != node1 || !all[0].ExpiresAt.Equal(t0.Add(time.Hour)) || !all[0].CreatedAt.Equal(t0) {
+			t.Errorf("first token: %+v", all[0])
+		}
+		if two, err := d.s.ListJoinTokens(ctx, node2, t0); err != nil || len(two) != 1 {
+			t.Errorf("ListJoinTokens(node2) = %d, %v; want 1", len(two), err)
+		}
+
+		// Only b, by its prefix; then the rest of node1's unused ones.
+		if n, err := d.s.RevokeJoinTokens(ctx, node1, tokenHash("b")[:4]); err != nil || n != 1 {
+			t.Fatalf("RevokeJoinTokens(b's prefix) = %d, %v; want 1", n, err)
+		}
+		if _, err := d.s.ConsumeJoinToken(ctx, tokenHash("b"), t0); !errors.Is(err, store.ErrTokenInvalid) {
+			t.Errorf("consuming a revoked token: %v, want ErrTokenInvalid", err)
+		}
+		if n, err := d.s.RevokeJoinTokens(ctx, node1, nil); err != nil || n != 2 { // a and the expired one
+			t.Fatalf("RevokeJoinTokens(node1) = %d, %v; want 2", n, err)
+		}
+		left, _ := d.s.ListJoinTokens(ctx, spiffeid.ID{}, t0)
+		if !reflect.DeepEqual(hashes(left), [][]byte{tokenHash("c")}) {
+			t.Errorf("left after revoking node1's: %x, want c", hashes(left))
+		}
+		_, err = d.s.RevokeJoinTokens(ctx, spiffeid.ID{}, nil)
+		checkErr(t, "RevokeJoinTokens(no ID)", err, "store: join token SPIFFE ID is empty")
 	})
 }

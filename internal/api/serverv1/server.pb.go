@@ -1167,8 +1167,11 @@ func (x *CreateJoinTokenRequest) GetTtlSeconds() int64 {
 type CreateJoinTokenResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Shown once; the server keeps only its hash.
-	Token         string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
-	ExpiresAt     int64  `protobuf:"varint,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	Token     string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	ExpiresAt int64  `protobuf:"varint,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// What names the token from now on: "sha256:" and the first 8 hex digits
+	// of its hash, as logs and ListJoinTokens name it.
+	Id            string `protobuf:"bytes,3,opt,name=id,proto3" json:"id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1217,6 +1220,269 @@ func (x *CreateJoinTokenResponse) GetExpiresAt() int64 {
 	return 0
 }
 
+func (x *CreateJoinTokenResponse) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// A join token not used yet and not expired, named by its hash.
+type JoinTokenInfo struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	SpiffeId      string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	CreatedAt     int64                  `protobuf:"varint,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	ExpiresAt     int64                  `protobuf:"varint,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinTokenInfo) Reset() {
+	*x = JoinTokenInfo{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinTokenInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinTokenInfo) ProtoMessage() {}
+
+func (x *JoinTokenInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinTokenInfo.ProtoReflect.Descriptor instead.
+func (*JoinTokenInfo) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *JoinTokenInfo) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *JoinTokenInfo) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *JoinTokenInfo) GetCreatedAt() int64 {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return 0
+}
+
+func (x *JoinTokenInfo) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
+type ListJoinTokensRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this SPIFFE ID's tokens when set.
+	SpiffeId      string `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJoinTokensRequest) Reset() {
+	*x = ListJoinTokensRequest{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJoinTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJoinTokensRequest) ProtoMessage() {}
+
+func (x *ListJoinTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJoinTokensRequest.ProtoReflect.Descriptor instead.
+func (*ListJoinTokensRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ListJoinTokensRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+type ListJoinTokensResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Tokens        []*JoinTokenInfo       `protobuf:"bytes,1,rep,name=tokens,proto3" json:"tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJoinTokensResponse) Reset() {
+	*x = ListJoinTokensResponse{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJoinTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJoinTokensResponse) ProtoMessage() {}
+
+func (x *ListJoinTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJoinTokensResponse.ProtoReflect.Descriptor instead.
+func (*ListJoinTokensResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ListJoinTokensResponse) GetTokens() []*JoinTokenInfo {
+	if x != nil {
+		return x.Tokens
+	}
+	return nil
+}
+
+type RevokeJoinTokensRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// Only the token of this id ("sha256:" and hex digits of its hash) when
+	// set; every unused token of spiffe_id otherwise.
+	Id            string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeJoinTokensRequest) Reset() {
+	*x = RevokeJoinTokensRequest{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeJoinTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeJoinTokensRequest) ProtoMessage() {}
+
+func (x *RevokeJoinTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeJoinTokensRequest.ProtoReflect.Descriptor instead.
+func (*RevokeJoinTokensRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RevokeJoinTokensRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *RevokeJoinTokensRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RevokeJoinTokensResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Revoked       int64                  `protobuf:"varint,1,opt,name=revoked,proto3" json:"revoked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeJoinTokensResponse) Reset() {
+	*x = RevokeJoinTokensResponse{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeJoinTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeJoinTokensResponse) ProtoMessage() {}
+
+func (x *RevokeJoinTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeJoinTokensResponse.ProtoReflect.Descriptor instead.
+func (*RevokeJoinTokensResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RevokeJoinTokensResponse) GetRevoked() int64 {
+	if x != nil {
+		return x.Revoked
+	}
+	return 0
+}
+
 type UpdateEntryRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The entry as it is to be: id names it; created_at and revision are
@@ -1231,7 +1497,7 @@ type UpdateEntryRequest struct {
 
 func (x *UpdateEntryRequest) Reset() {
 	*x = UpdateEntryRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[18]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1243,7 +1509,7 @@ func (x *UpdateEntryRequest) String() string {
 func (*UpdateEntryRequest) ProtoMessage() {}
 
 func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[18]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1256,7 +1522,7 @@ func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEntryRequest.ProtoReflect.Descriptor instead.
 func (*UpdateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{18}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *UpdateEntryRequest) GetEntry() *Entry {
@@ -1282,7 +1548,7 @@ type CreateEntryRequest struct {
 
 func (x *CreateEntryRequest) Reset() {
 	*x = CreateEntryRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[19]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1294,7 +1560,7 @@ func (x *CreateEntryRequest) String() string {
 func (*CreateEntryRequest) ProtoMessage() {}
 
 func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[19]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1307,7 +1573,7 @@ func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEntryRequest.ProtoReflect.Descriptor instead.
 func (*CreateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{19}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CreateEntryRequest) GetEntry() *Entry {
@@ -1326,7 +1592,7 @@ type GetEntryRequest struct {
 
 func (x *GetEntryRequest) Reset() {
 	*x = GetEntryRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[20]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1338,7 +1604,7 @@ func (x *GetEntryRequest) String() string {
 func (*GetEntryRequest) ProtoMessage() {}
 
 func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[20]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1351,7 +1617,7 @@ func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
 func (*GetEntryRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{20}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetEntryRequest) GetId() string {
@@ -1371,7 +1637,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[21]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1383,7 +1649,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[21]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1396,7 +1662,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{21}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListEntriesRequest) GetParentId() string {
@@ -1422,7 +1688,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[22]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1434,7 +1700,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[22]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1447,7 +1713,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{22}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -1466,7 +1732,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[23]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1478,7 +1744,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[23]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1491,7 +1757,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{23}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -1509,7 +1775,7 @@ type DeleteEntryResponse struct {
 
 func (x *DeleteEntryResponse) Reset() {
 	*x = DeleteEntryResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[24]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1521,7 +1787,7 @@ func (x *DeleteEntryResponse) String() string {
 func (*DeleteEntryResponse) ProtoMessage() {}
 
 func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[24]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1534,7 +1800,7 @@ func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{24}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{29}
 }
 
 type GetBundleRequest struct {
@@ -1545,7 +1811,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[25]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1557,7 +1823,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[25]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1570,7 +1836,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{25}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{30}
 }
 
 type ListFederatedBundlesRequest struct {
@@ -1581,7 +1847,7 @@ type ListFederatedBundlesRequest struct {
 
 func (x *ListFederatedBundlesRequest) Reset() {
 	*x = ListFederatedBundlesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[26]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1593,7 +1859,7 @@ func (x *ListFederatedBundlesRequest) String() string {
 func (*ListFederatedBundlesRequest) ProtoMessage() {}
 
 func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[26]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1606,7 +1872,7 @@ func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederatedBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListFederatedBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{26}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{31}
 }
 
 type ListFederatedBundlesResponse struct {
@@ -1620,7 +1886,7 @@ type ListFederatedBundlesResponse struct {
 
 func (x *ListFederatedBundlesResponse) Reset() {
 	*x = ListFederatedBundlesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[27]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1632,7 +1898,7 @@ func (x *ListFederatedBundlesResponse) String() string {
 func (*ListFederatedBundlesResponse) ProtoMessage() {}
 
 func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[27]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1645,7 +1911,7 @@ func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederatedBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListFederatedBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{27}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListFederatedBundlesResponse) GetBundles() []*Bundle {
@@ -1691,7 +1957,7 @@ type FederationPeer struct {
 
 func (x *FederationPeer) Reset() {
 	*x = FederationPeer{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[28]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1703,7 +1969,7 @@ func (x *FederationPeer) String() string {
 func (*FederationPeer) ProtoMessage() {}
 
 func (x *FederationPeer) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[28]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1716,7 +1982,7 @@ func (x *FederationPeer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationPeer.ProtoReflect.Descriptor instead.
 func (*FederationPeer) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{28}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *FederationPeer) GetTrustDomain() string {
@@ -1840,7 +2106,7 @@ type RefreshFederatedBundleRequest struct {
 
 func (x *RefreshFederatedBundleRequest) Reset() {
 	*x = RefreshFederatedBundleRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[29]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1852,7 +2118,7 @@ func (x *RefreshFederatedBundleRequest) String() string {
 func (*RefreshFederatedBundleRequest) ProtoMessage() {}
 
 func (x *RefreshFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[29]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1865,7 +2131,7 @@ func (x *RefreshFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*RefreshFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{29}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RefreshFederatedBundleRequest) GetTrustDomain() string {
@@ -1884,7 +2150,7 @@ type DeleteFederatedBundleRequest struct {
 
 func (x *DeleteFederatedBundleRequest) Reset() {
 	*x = DeleteFederatedBundleRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[30]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1896,7 +2162,7 @@ func (x *DeleteFederatedBundleRequest) String() string {
 func (*DeleteFederatedBundleRequest) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[30]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1909,7 +2175,7 @@ func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{30}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DeleteFederatedBundleRequest) GetTrustDomain() string {
@@ -1927,7 +2193,7 @@ type DeleteFederatedBundleResponse struct {
 
 func (x *DeleteFederatedBundleResponse) Reset() {
 	*x = DeleteFederatedBundleResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[31]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1939,7 +2205,7 @@ func (x *DeleteFederatedBundleResponse) String() string {
 func (*DeleteFederatedBundleResponse) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[31]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1952,7 +2218,7 @@ func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{31}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{36}
 }
 
 type Issued struct {
@@ -1973,7 +2239,7 @@ type Issued struct {
 
 func (x *Issued) Reset() {
 	*x = Issued{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[32]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1985,7 +2251,7 @@ func (x *Issued) String() string {
 func (*Issued) ProtoMessage() {}
 
 func (x *Issued) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[32]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1998,7 +2264,7 @@ func (x *Issued) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Issued.ProtoReflect.Descriptor instead.
 func (*Issued) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{32}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Issued) GetSerial() string {
@@ -2068,7 +2334,7 @@ type ListIssuedRequest struct {
 
 func (x *ListIssuedRequest) Reset() {
 	*x = ListIssuedRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[33]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2080,7 +2346,7 @@ func (x *ListIssuedRequest) String() string {
 func (*ListIssuedRequest) ProtoMessage() {}
 
 func (x *ListIssuedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[33]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2093,7 +2359,7 @@ func (x *ListIssuedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIssuedRequest.ProtoReflect.Descriptor instead.
 func (*ListIssuedRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{33}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListIssuedRequest) GetSpiffeId() string {
@@ -2126,7 +2392,7 @@ type ListIssuedResponse struct {
 
 func (x *ListIssuedResponse) Reset() {
 	*x = ListIssuedResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[34]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2138,7 +2404,7 @@ func (x *ListIssuedResponse) String() string {
 func (*ListIssuedResponse) ProtoMessage() {}
 
 func (x *ListIssuedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[34]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2151,7 +2417,7 @@ func (x *ListIssuedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListIssuedResponse.ProtoReflect.Descriptor instead.
 func (*ListIssuedResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{34}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListIssuedResponse) GetIssued() []*Issued {
@@ -2180,7 +2446,7 @@ type AttestedNode struct {
 
 func (x *AttestedNode) Reset() {
 	*x = AttestedNode{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[35]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2192,7 +2458,7 @@ func (x *AttestedNode) String() string {
 func (*AttestedNode) ProtoMessage() {}
 
 func (x *AttestedNode) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[35]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2205,7 +2471,7 @@ func (x *AttestedNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestedNode.ProtoReflect.Descriptor instead.
 func (*AttestedNode) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{35}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *AttestedNode) GetSpiffeId() string {
@@ -2273,7 +2539,7 @@ type EvictNodeRequest struct {
 
 func (x *EvictNodeRequest) Reset() {
 	*x = EvictNodeRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[36]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2285,7 +2551,7 @@ func (x *EvictNodeRequest) String() string {
 func (*EvictNodeRequest) ProtoMessage() {}
 
 func (x *EvictNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[36]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2298,7 +2564,7 @@ func (x *EvictNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictNodeRequest.ProtoReflect.Descriptor instead.
 func (*EvictNodeRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{36}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *EvictNodeRequest) GetSpiffeId() string {
@@ -2316,7 +2582,7 @@ type EvictNodeResponse struct {
 
 func (x *EvictNodeResponse) Reset() {
 	*x = EvictNodeResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[37]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2328,7 +2594,7 @@ func (x *EvictNodeResponse) String() string {
 func (*EvictNodeResponse) ProtoMessage() {}
 
 func (x *EvictNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[37]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2341,7 +2607,7 @@ func (x *EvictNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictNodeResponse.ProtoReflect.Descriptor instead.
 func (*EvictNodeResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{37}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{42}
 }
 
 type PurgeNodesRequest struct {
@@ -2357,7 +2623,7 @@ type PurgeNodesRequest struct {
 
 func (x *PurgeNodesRequest) Reset() {
 	*x = PurgeNodesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[38]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2369,7 +2635,7 @@ func (x *PurgeNodesRequest) String() string {
 func (*PurgeNodesRequest) ProtoMessage() {}
 
 func (x *PurgeNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[38]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2382,7 +2648,7 @@ func (x *PurgeNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeNodesRequest.ProtoReflect.Descriptor instead.
 func (*PurgeNodesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{38}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PurgeNodesRequest) GetExpiredForSeconds() int64 {
@@ -2408,7 +2674,7 @@ type PurgeNodesResponse struct {
 
 func (x *PurgeNodesResponse) Reset() {
 	*x = PurgeNodesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[39]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2420,7 +2686,7 @@ func (x *PurgeNodesResponse) String() string {
 func (*PurgeNodesResponse) ProtoMessage() {}
 
 func (x *PurgeNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[39]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2433,7 +2699,7 @@ func (x *PurgeNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeNodesResponse.ProtoReflect.Descriptor instead.
 func (*PurgeNodesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{39}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PurgeNodesResponse) GetPurged() []*AttestedNode {
@@ -2452,7 +2718,7 @@ type BanNodeRequest struct {
 
 func (x *BanNodeRequest) Reset() {
 	*x = BanNodeRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[40]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2464,7 +2730,7 @@ func (x *BanNodeRequest) String() string {
 func (*BanNodeRequest) ProtoMessage() {}
 
 func (x *BanNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[40]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2477,7 +2743,7 @@ func (x *BanNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BanNodeRequest.ProtoReflect.Descriptor instead.
 func (*BanNodeRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{40}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *BanNodeRequest) GetSpiffeId() string {
@@ -2495,7 +2761,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[41]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2507,7 +2773,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[41]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2520,7 +2786,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{41}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{46}
 }
 
 type ListNodesResponse struct {
@@ -2532,7 +2798,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[42]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2544,7 +2810,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[42]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2557,7 +2823,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{42}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListNodesResponse) GetNodes() []*AttestedNode {
@@ -2580,7 +2846,7 @@ type PolicyFile struct {
 
 func (x *PolicyFile) Reset() {
 	*x = PolicyFile{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[43]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2592,7 +2858,7 @@ func (x *PolicyFile) String() string {
 func (*PolicyFile) ProtoMessage() {}
 
 func (x *PolicyFile) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[43]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2605,7 +2871,7 @@ func (x *PolicyFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
 func (*PolicyFile) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{43}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *PolicyFile) GetName() string {
@@ -2633,7 +2899,7 @@ type ApplyPoliciesRequest struct {
 
 func (x *ApplyPoliciesRequest) Reset() {
 	*x = ApplyPoliciesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[44]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2645,7 +2911,7 @@ func (x *ApplyPoliciesRequest) String() string {
 func (*ApplyPoliciesRequest) ProtoMessage() {}
 
 func (x *ApplyPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[44]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2658,7 +2924,7 @@ func (x *ApplyPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{44}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ApplyPoliciesRequest) GetFiles() []*PolicyFile {
@@ -2688,7 +2954,7 @@ type AppliedPolicy struct {
 
 func (x *AppliedPolicy) Reset() {
 	*x = AppliedPolicy{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[45]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2700,7 +2966,7 @@ func (x *AppliedPolicy) String() string {
 func (*AppliedPolicy) ProtoMessage() {}
 
 func (x *AppliedPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[45]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2713,7 +2979,7 @@ func (x *AppliedPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedPolicy.ProtoReflect.Descriptor instead.
 func (*AppliedPolicy) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{45}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *AppliedPolicy) GetKind() string {
@@ -2754,7 +3020,7 @@ type ApplyPoliciesResponse struct {
 
 func (x *ApplyPoliciesResponse) Reset() {
 	*x = ApplyPoliciesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[46]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2766,7 +3032,7 @@ func (x *ApplyPoliciesResponse) String() string {
 func (*ApplyPoliciesResponse) ProtoMessage() {}
 
 func (x *ApplyPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[46]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2779,7 +3045,7 @@ func (x *ApplyPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{46}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ApplyPoliciesResponse) GetPolicies() []*AppliedPolicy {
@@ -2804,7 +3070,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[47]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2816,7 +3082,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[47]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2829,7 +3095,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{47}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{52}
 }
 
 type ListPoliciesResponse struct {
@@ -2842,7 +3108,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[48]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2854,7 +3120,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[48]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2867,7 +3133,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{48}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*Policy {
@@ -2895,7 +3161,7 @@ type DeletePolicyRequest struct {
 
 func (x *DeletePolicyRequest) Reset() {
 	*x = DeletePolicyRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[49]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2907,7 +3173,7 @@ func (x *DeletePolicyRequest) String() string {
 func (*DeletePolicyRequest) ProtoMessage() {}
 
 func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[49]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2920,7 +3186,7 @@ func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{49}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *DeletePolicyRequest) GetKind() string {
@@ -2953,7 +3219,7 @@ type DeletePolicyResponse struct {
 
 func (x *DeletePolicyResponse) Reset() {
 	*x = DeletePolicyResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[50]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2965,7 +3231,7 @@ func (x *DeletePolicyResponse) String() string {
 func (*DeletePolicyResponse) ProtoMessage() {}
 
 func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[50]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2978,7 +3244,7 @@ func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{50}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *DeletePolicyResponse) GetPolicyRevision() int64 {
@@ -3080,11 +3346,28 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\x16CreateJoinTokenRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1f\n" +
 	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
-	"ttlSeconds\"N\n" +
+	"ttlSeconds\"^\n" +
 	"\x17CreateJoinTokenResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\x03R\texpiresAt\"e\n" +
+	"expires_at\x18\x02 \x01(\x03R\texpiresAt\x12\x0e\n" +
+	"\x02id\x18\x03 \x01(\tR\x02id\"z\n" +
+	"\rJoinTokenInfo\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
+	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1d\n" +
+	"\n" +
+	"created_at\x18\x03 \x01(\x03R\tcreatedAt\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x04 \x01(\x03R\texpiresAt\"4\n" +
+	"\x15ListJoinTokensRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"R\n" +
+	"\x16ListJoinTokensResponse\x128\n" +
+	"\x06tokens\x18\x01 \x03(\v2 .meshfed.server.v1.JoinTokenInfoR\x06tokens\"F\n" +
+	"\x17RevokeJoinTokensRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"4\n" +
+	"\x18RevokeJoinTokensResponse\x12\x18\n" +
+	"\arevoked\x18\x01 \x01(\x03R\arevoked\"e\n" +
 	"\x12UpdateEntryRequest\x12.\n" +
 	"\x05entry\x18\x01 \x01(\v2\x18.meshfed.server.v1.EntryR\x05entry\x12\x1f\n" +
 	"\vif_revision\x18\x02 \x01(\x03R\n" +
@@ -3201,9 +3484,11 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\fSignX509SVID\x12&.meshfed.server.v1.SignX509SVIDRequest\x1a'.meshfed.server.v1.SignX509SVIDResponse\x12P\n" +
 	"\vSignJWTSVID\x12%.meshfed.server.v1.SignJWTSVIDRequest\x1a\x1a.meshfed.server.v1.JWTSVID\x12_\n" +
 	"\fFetchBundles\x12&.meshfed.server.v1.FetchBundlesRequest\x1a'.meshfed.server.v1.FetchBundlesResponse\x12L\n" +
-	"\x05Watch\x12\x1f.meshfed.server.v1.WatchRequest\x1a .meshfed.server.v1.WatchResponse0\x012\xef\r\n" +
+	"\x05Watch\x12\x1f.meshfed.server.v1.WatchRequest\x1a .meshfed.server.v1.WatchResponse0\x012\xc3\x0f\n" +
 	"\x05Admin\x12h\n" +
-	"\x0fCreateJoinToken\x12).meshfed.server.v1.CreateJoinTokenRequest\x1a*.meshfed.server.v1.CreateJoinTokenResponse\x12N\n" +
+	"\x0fCreateJoinToken\x12).meshfed.server.v1.CreateJoinTokenRequest\x1a*.meshfed.server.v1.CreateJoinTokenResponse\x12e\n" +
+	"\x0eListJoinTokens\x12(.meshfed.server.v1.ListJoinTokensRequest\x1a).meshfed.server.v1.ListJoinTokensResponse\x12k\n" +
+	"\x10RevokeJoinTokens\x12*.meshfed.server.v1.RevokeJoinTokensRequest\x1a+.meshfed.server.v1.RevokeJoinTokensResponse\x12N\n" +
 	"\vCreateEntry\x12%.meshfed.server.v1.CreateEntryRequest\x1a\x18.meshfed.server.v1.Entry\x12H\n" +
 	"\bGetEntry\x12\".meshfed.server.v1.GetEntryRequest\x1a\x18.meshfed.server.v1.Entry\x12\\\n" +
 	"\vListEntries\x12%.meshfed.server.v1.ListEntriesRequest\x1a&.meshfed.server.v1.ListEntriesResponse\x12\\\n" +
@@ -3237,7 +3522,7 @@ func file_meshfed_server_v1_server_proto_rawDescGZIP() []byte {
 	return file_meshfed_server_v1_server_proto_rawDescData
 }
 
-var file_meshfed_server_v1_server_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
+var file_meshfed_server_v1_server_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_meshfed_server_v1_server_proto_goTypes = []any{
 	(*X509SVID)(nil),                      // 0: meshfed.server.v1.X509SVID
 	(*Bundle)(nil),                        // 1: meshfed.server.v1.Bundle
@@ -3257,39 +3542,44 @@ var file_meshfed_server_v1_server_proto_goTypes = []any{
 	(*Policy)(nil),                        // 15: meshfed.server.v1.Policy
 	(*CreateJoinTokenRequest)(nil),        // 16: meshfed.server.v1.CreateJoinTokenRequest
 	(*CreateJoinTokenResponse)(nil),       // 17: meshfed.server.v1.CreateJoinTokenResponse
-	(*UpdateEntryRequest)(nil),            // 18: meshfed.server.v1.UpdateEntryRequest
-	(*CreateEntryRequest)(nil),            // 19: meshfed.server.v1.CreateEntryRequest
-	(*GetEntryRequest)(nil),               // 20: meshfed.server.v1.GetEntryRequest
-	(*ListEntriesRequest)(nil),            // 21: meshfed.server.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),           // 22: meshfed.server.v1.ListEntriesResponse
-	(*DeleteEntryRequest)(nil),            // 23: meshfed.server.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),           // 24: meshfed.server.v1.DeleteEntryResponse
-	(*GetBundleRequest)(nil),              // 25: meshfed.server.v1.GetBundleRequest
-	(*ListFederatedBundlesRequest)(nil),   // 26: meshfed.server.v1.ListFederatedBundlesRequest
-	(*ListFederatedBundlesResponse)(nil),  // 27: meshfed.server.v1.ListFederatedBundlesResponse
-	(*FederationPeer)(nil),                // 28: meshfed.server.v1.FederationPeer
-	(*RefreshFederatedBundleRequest)(nil), // 29: meshfed.server.v1.RefreshFederatedBundleRequest
-	(*DeleteFederatedBundleRequest)(nil),  // 30: meshfed.server.v1.DeleteFederatedBundleRequest
-	(*DeleteFederatedBundleResponse)(nil), // 31: meshfed.server.v1.DeleteFederatedBundleResponse
-	(*Issued)(nil),                        // 32: meshfed.server.v1.Issued
-	(*ListIssuedRequest)(nil),             // 33: meshfed.server.v1.ListIssuedRequest
-	(*ListIssuedResponse)(nil),            // 34: meshfed.server.v1.ListIssuedResponse
-	(*AttestedNode)(nil),                  // 35: meshfed.server.v1.AttestedNode
-	(*EvictNodeRequest)(nil),              // 36: meshfed.server.v1.EvictNodeRequest
-	(*EvictNodeResponse)(nil),             // 37: meshfed.server.v1.EvictNodeResponse
-	(*PurgeNodesRequest)(nil),             // 38: meshfed.server.v1.PurgeNodesRequest
-	(*PurgeNodesResponse)(nil),            // 39: meshfed.server.v1.PurgeNodesResponse
-	(*BanNodeRequest)(nil),                // 40: meshfed.server.v1.BanNodeRequest
-	(*ListNodesRequest)(nil),              // 41: meshfed.server.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),             // 42: meshfed.server.v1.ListNodesResponse
-	(*PolicyFile)(nil),                    // 43: meshfed.server.v1.PolicyFile
-	(*ApplyPoliciesRequest)(nil),          // 44: meshfed.server.v1.ApplyPoliciesRequest
-	(*AppliedPolicy)(nil),                 // 45: meshfed.server.v1.AppliedPolicy
-	(*ApplyPoliciesResponse)(nil),         // 46: meshfed.server.v1.ApplyPoliciesResponse
-	(*ListPoliciesRequest)(nil),           // 47: meshfed.server.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),          // 48: meshfed.server.v1.ListPoliciesResponse
-	(*DeletePolicyRequest)(nil),           // 49: meshfed.server.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),          // 50: meshfed.server.v1.DeletePolicyResponse
+	(*JoinTokenInfo)(nil),                 // 18: meshfed.server.v1.JoinTokenInfo
+	(*ListJoinTokensRequest)(nil),         // 19: meshfed.server.v1.ListJoinTokensRequest
+	(*ListJoinTokensResponse)(nil),        // 20: meshfed.server.v1.ListJoinTokensResponse
+	(*RevokeJoinTokensRequest)(nil),       // 21: meshfed.server.v1.RevokeJoinTokensRequest
+	(*RevokeJoinTokensResponse)(nil),      // 22: meshfed.server.v1.RevokeJoinTokensResponse
+	(*UpdateEntryRequest)(nil),            // 23: meshfed.server.v1.UpdateEntryRequest
+	(*CreateEntryRequest)(nil),            // 24: meshfed.server.v1.CreateEntryRequest
+	(*GetEntryRequest)(nil),               // 25: meshfed.server.v1.GetEntryRequest
+	(*ListEntriesRequest)(nil),            // 26: meshfed.server.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),           // 27: meshfed.server.v1.ListEntriesResponse
+	(*DeleteEntryRequest)(nil),            // 28: meshfed.server.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),           // 29: meshfed.server.v1.DeleteEntryResponse
+	(*GetBundleRequest)(nil),              // 30: meshfed.server.v1.GetBundleRequest
+	(*ListFederatedBundlesRequest)(nil),   // 31: meshfed.server.v1.ListFederatedBundlesRequest
+	(*ListFederatedBundlesResponse)(nil),  // 32: meshfed.server.v1.ListFederatedBundlesResponse
+	(*FederationPeer)(nil),                // 33: meshfed.server.v1.FederationPeer
+	(*RefreshFederatedBundleRequest)(nil), // 34: meshfed.server.v1.RefreshFederatedBundleRequest
+	(*DeleteFederatedBundleRequest)(nil),  // 35: meshfed.server.v1.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil), // 36: meshfed.server.v1.DeleteFederatedBundleResponse
+	(*Issued)(nil),                        // 37: meshfed.server.v1.Issued
+	(*ListIssuedRequest)(nil),             // 38: meshfed.server.v1.ListIssuedRequest
+	(*ListIssuedResponse)(nil),            // 39: meshfed.server.v1.ListIssuedResponse
+	(*AttestedNode)(nil),                  // 40: meshfed.server.v1.AttestedNode
+	(*EvictNodeRequest)(nil),              // 41: meshfed.server.v1.EvictNodeRequest
+	(*EvictNodeResponse)(nil),             // 42: meshfed.server.v1.EvictNodeResponse
+	(*PurgeNodesRequest)(nil),             // 43: meshfed.server.v1.PurgeNodesRequest
+	(*PurgeNodesResponse)(nil),            // 44: meshfed.server.v1.PurgeNodesResponse
+	(*BanNodeRequest)(nil),                // 45: meshfed.server.v1.BanNodeRequest
+	(*ListNodesRequest)(nil),              // 46: meshfed.server.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),             // 47: meshfed.server.v1.ListNodesResponse
+	(*PolicyFile)(nil),                    // 48: meshfed.server.v1.PolicyFile
+	(*ApplyPoliciesRequest)(nil),          // 49: meshfed.server.v1.ApplyPoliciesRequest
+	(*AppliedPolicy)(nil),                 // 50: meshfed.server.v1.AppliedPolicy
+	(*ApplyPoliciesResponse)(nil),         // 51: meshfed.server.v1.ApplyPoliciesResponse
+	(*ListPoliciesRequest)(nil),           // 52: meshfed.server.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),          // 53: meshfed.server.v1.ListPoliciesResponse
+	(*DeletePolicyRequest)(nil),           // 54: meshfed.server.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),          // 55: meshfed.server.v1.DeletePolicyResponse
 }
 var file_meshfed_server_v1_server_proto_depIdxs = []int32{
 	2,  // 0: meshfed.server.v1.Entry.selectors:type_name -> meshfed.server.v1.Selector
@@ -3303,70 +3593,75 @@ var file_meshfed_server_v1_server_proto_depIdxs = []int32{
 	1,  // 8: meshfed.server.v1.WatchResponse.federated:type_name -> meshfed.server.v1.Bundle
 	3,  // 9: meshfed.server.v1.WatchResponse.entries:type_name -> meshfed.server.v1.Entry
 	15, // 10: meshfed.server.v1.WatchResponse.policies:type_name -> meshfed.server.v1.Policy
-	3,  // 11: meshfed.server.v1.UpdateEntryRequest.entry:type_name -> meshfed.server.v1.Entry
-	3,  // 12: meshfed.server.v1.CreateEntryRequest.entry:type_name -> meshfed.server.v1.Entry
-	3,  // 13: meshfed.server.v1.ListEntriesResponse.entries:type_name -> meshfed.server.v1.Entry
-	1,  // 14: meshfed.server.v1.ListFederatedBundlesResponse.bundles:type_name -> meshfed.server.v1.Bundle
-	28, // 15: meshfed.server.v1.ListFederatedBundlesResponse.peers:type_name -> meshfed.server.v1.FederationPeer
-	32, // 16: meshfed.server.v1.ListIssuedResponse.issued:type_name -> meshfed.server.v1.Issued
-	35, // 17: meshfed.server.v1.PurgeNodesResponse.purged:type_name -> meshfed.server.v1.AttestedNode
-	35, // 18: meshfed.server.v1.ListNodesResponse.nodes:type_name -> meshfed.server.v1.AttestedNode
-	43, // 19: meshfed.server.v1.ApplyPoliciesRequest.files:type_name -> meshfed.server.v1.PolicyFile
-	45, // 20: meshfed.server.v1.ApplyPoliciesResponse.policies:type_name -> meshfed.server.v1.AppliedPolicy
-	15, // 21: meshfed.server.v1.ListPoliciesResponse.policies:type_name -> meshfed.server.v1.Policy
-	4,  // 22: meshfed.server.v1.Node.AttestNode:input_type -> meshfed.server.v1.AttestNodeRequest
-	7,  // 23: meshfed.server.v1.Node.SignX509SVID:input_type -> meshfed.server.v1.SignX509SVIDRequest
-	9,  // 24: meshfed.server.v1.Node.SignJWTSVID:input_type -> meshfed.server.v1.SignJWTSVIDRequest
-	11, // 25: meshfed.server.v1.Node.FetchBundles:input_type -> meshfed.server.v1.FetchBundlesRequest
-	13, // 26: meshfed.server.v1.Node.Watch:input_type -> meshfed.server.v1.WatchRequest
-	16, // 27: meshfed.server.v1.Admin.CreateJoinToken:input_type -> meshfed.server.v1.CreateJoinTokenRequest
-	19, // 28: meshfed.server.v1.Admin.CreateEntry:input_type -> meshfed.server.v1.CreateEntryRequest
-	20, // 29: meshfed.server.v1.Admin.GetEntry:input_type -> meshfed.server.v1.GetEntryRequest
-	21, // 30: meshfed.server.v1.Admin.ListEntries:input_type -> meshfed.server.v1.ListEntriesRequest
-	23, // 31: meshfed.server.v1.Admin.DeleteEntry:input_type -> meshfed.server.v1.DeleteEntryRequest
-	18, // 32: meshfed.server.v1.Admin.UpdateEntry:input_type -> meshfed.server.v1.UpdateEntryRequest
-	25, // 33: meshfed.server.v1.Admin.GetBundle:input_type -> meshfed.server.v1.GetBundleRequest
-	26, // 34: meshfed.server.v1.Admin.ListFederatedBundles:input_type -> meshfed.server.v1.ListFederatedBundlesRequest
-	1,  // 35: meshfed.server.v1.Admin.SetFederatedBundle:input_type -> meshfed.server.v1.Bundle
-	30, // 36: meshfed.server.v1.Admin.DeleteFederatedBundle:input_type -> meshfed.server.v1.DeleteFederatedBundleRequest
-	29, // 37: meshfed.server.v1.Admin.RefreshFederatedBundle:input_type -> meshfed.server.v1.RefreshFederatedBundleRequest
-	33, // 38: meshfed.server.v1.Admin.ListIssued:input_type -> meshfed.server.v1.ListIssuedRequest
-	41, // 39: meshfed.server.v1.Admin.ListNodes:input_type -> meshfed.server.v1.ListNodesRequest
-	36, // 40: meshfed.server.v1.Admin.EvictNode:input_type -> meshfed.server.v1.EvictNodeRequest
-	40, // 41: meshfed.server.v1.Admin.BanNode:input_type -> meshfed.server.v1.BanNodeRequest
-	38, // 42: meshfed.server.v1.Admin.PurgeNodes:input_type -> meshfed.server.v1.PurgeNodesRequest
-	44, // 43: meshfed.server.v1.Admin.ApplyPolicies:input_type -> meshfed.server.v1.ApplyPoliciesRequest
-	47, // 44: meshfed.server.v1.Admin.ListPolicies:input_type -> meshfed.server.v1.ListPoliciesRequest
-	49, // 45: meshfed.server.v1.Admin.DeletePolicy:input_type -> meshfed.server.v1.DeletePolicyRequest
-	5,  // 46: meshfed.server.v1.Node.AttestNode:output_type -> meshfed.server.v1.AttestNodeResponse
-	8,  // 47: meshfed.server.v1.Node.SignX509SVID:output_type -> meshfed.server.v1.SignX509SVIDResponse
-	10, // 48: meshfed.server.v1.Node.SignJWTSVID:output_type -> meshfed.server.v1.JWTSVID
-	12, // 49: meshfed.server.v1.Node.FetchBundles:output_type -> meshfed.server.v1.FetchBundlesResponse
-	14, // 50: meshfed.server.v1.Node.Watch:output_type -> meshfed.server.v1.WatchResponse
-	17, // 51: meshfed.server.v1.Admin.CreateJoinToken:output_type -> meshfed.server.v1.CreateJoinTokenResponse
-	3,  // 52: meshfed.server.v1.Admin.CreateEntry:output_type -> meshfed.server.v1.Entry
-	3,  // 53: meshfed.server.v1.Admin.GetEntry:output_type -> meshfed.server.v1.Entry
-	22, // 54: meshfed.server.v1.Admin.ListEntries:output_type -> meshfed.server.v1.ListEntriesResponse
-	24, // 55: meshfed.server.v1.Admin.DeleteEntry:output_type -> meshfed.server.v1.DeleteEntryResponse
-	3,  // 56: meshfed.server.v1.Admin.UpdateEntry:output_type -> meshfed.server.v1.Entry
-	1,  // 57: meshfed.server.v1.Admin.GetBundle:output_type -> meshfed.server.v1.Bundle
-	27, // 58: meshfed.server.v1.Admin.ListFederatedBundles:output_type -> meshfed.server.v1.ListFederatedBundlesResponse
-	1,  // 59: meshfed.server.v1.Admin.SetFederatedBundle:output_type -> meshfed.server.v1.Bundle
-	31, // 60: meshfed.server.v1.Admin.DeleteFederatedBundle:output_type -> meshfed.server.v1.DeleteFederatedBundleResponse
-	28, // 61: meshfed.server.v1.Admin.RefreshFederatedBundle:output_type -> meshfed.server.v1.FederationPeer
-	34, // 62: meshfed.server.v1.Admin.ListIssued:output_type -> meshfed.server.v1.ListIssuedResponse
-	42, // 63: meshfed.server.v1.Admin.ListNodes:output_type -> meshfed.server.v1.ListNodesResponse
-	37, // 64: meshfed.server.v1.Admin.EvictNode:output_type -> meshfed.server.v1.EvictNodeResponse
-	35, // 65: meshfed.server.v1.Admin.BanNode:output_type -> meshfed.server.v1.AttestedNode
-	39, // 66: meshfed.server.v1.Admin.PurgeNodes:output_type -> meshfed.server.v1.PurgeNodesResponse
-	46, // 67: meshfed.server.v1.Admin.ApplyPolicies:output_type -> meshfed.server.v1.ApplyPoliciesResponse
-	48, // 68: meshfed.server.v1.Admin.ListPolicies:output_type -> meshfed.server.v1.ListPoliciesResponse
-	50, // 69: meshfed.server.v1.Admin.DeletePolicy:output_type -> meshfed.server.v1.DeletePolicyResponse
-	46, // [46:70] is the sub-list for method output_type
-	22, // [22:46] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	18, // 11: meshfed.server.v1.ListJoinTokensResponse.tokens:type_name -> meshfed.server.v1.JoinTokenInfo
+	3,  // 12: meshfed.server.v1.UpdateEntryRequest.entry:type_name -> meshfed.server.v1.Entry
+	3,  // 13: meshfed.server.v1.CreateEntryRequest.entry:type_name -> meshfed.server.v1.Entry
+	3,  // 14: meshfed.server.v1.ListEntriesResponse.entries:type_name -> meshfed.server.v1.Entry
+	1,  // 15: meshfed.server.v1.ListFederatedBundlesResponse.bundles:type_name -> meshfed.server.v1.Bundle
+	33, // 16: meshfed.server.v1.ListFederatedBundlesResponse.peers:type_name -> meshfed.server.v1.FederationPeer
+	37, // 17: meshfed.server.v1.ListIssuedResponse.issued:type_name -> meshfed.server.v1.Issued
+	40, // 18: meshfed.server.v1.PurgeNodesResponse.purged:type_name -> meshfed.server.v1.AttestedNode
+	40, // 19: meshfed.server.v1.ListNodesResponse.nodes:type_name -> meshfed.server.v1.AttestedNode
+	48, // 20: meshfed.server.v1.ApplyPoliciesRequest.files:type_name -> meshfed.server.v1.PolicyFile
+	50, // 21: meshfed.server.v1.ApplyPoliciesResponse.policies:type_name -> meshfed.server.v1.AppliedPolicy
+	15, // 22: meshfed.server.v1.ListPoliciesResponse.policies:type_name -> meshfed.server.v1.Policy
+	4,  // 23: meshfed.server.v1.Node.AttestNode:input_type -> meshfed.server.v1.AttestNodeRequest
+	7,  // 24: meshfed.server.v1.Node.SignX509SVID:input_type -> meshfed.server.v1.SignX509SVIDRequest
+	9,  // 25: meshfed.server.v1.Node.SignJWTSVID:input_type -> meshfed.server.v1.SignJWTSVIDRequest
+	11, // 26: meshfed.server.v1.Node.FetchBundles:input_type -> meshfed.server.v1.FetchBundlesRequest
+	13, // 27: meshfed.server.v1.Node.Watch:input_type -> meshfed.server.v1.WatchRequest
+	16, // 28: meshfed.server.v1.Admin.CreateJoinToken:input_type -> meshfed.server.v1.CreateJoinTokenRequest
+	19, // 29: meshfed.server.v1.Admin.ListJoinTokens:input_type -> meshfed.server.v1.ListJoinTokensRequest
+	21, // 30: meshfed.server.v1.Admin.RevokeJoinTokens:input_type -> meshfed.server.v1.RevokeJoinTokensRequest
+	24, // 31: meshfed.server.v1.Admin.CreateEntry:input_type -> meshfed.server.v1.CreateEntryRequest
+	25, // 32: meshfed.server.v1.Admin.GetEntry:input_type -> meshfed.server.v1.GetEntryRequest
+	26, // 33: meshfed.server.v1.Admin.ListEntries:input_type -> meshfed.server.v1.ListEntriesRequest
+	28, // 34: meshfed.server.v1.Admin.DeleteEntry:input_type -> meshfed.server.v1.DeleteEntryRequest
+	23, // 35: meshfed.server.v1.Admin.UpdateEntry:input_type -> meshfed.server.v1.UpdateEntryRequest
+	30, // 36: meshfed.server.v1.Admin.GetBundle:input_type -> meshfed.server.v1.GetBundleRequest
+	31, // 37: meshfed.server.v1.Admin.ListFederatedBundles:input_type -> meshfed.server.v1.ListFederatedBundlesRequest
+	1,  // 38: meshfed.server.v1.Admin.SetFederatedBundle:input_type -> meshfed.server.v1.Bundle
+	35, // 39: meshfed.server.v1.Admin.DeleteFederatedBundle:input_type -> meshfed.server.v1.DeleteFederatedBundleRequest
+	34, // 40: meshfed.server.v1.Admin.RefreshFederatedBundle:input_type -> meshfed.server.v1.RefreshFederatedBundleRequest
+	38, // 41: meshfed.server.v1.Admin.ListIssued:input_type -> meshfed.server.v1.ListIssuedRequest
+	46, // 42: meshfed.server.v1.Admin.ListNodes:input_type -> meshfed.server.v1.ListNodesRequest
+	41, // 43: meshfed.server.v1.Admin.EvictNode:input_type -> meshfed.server.v1.EvictNodeRequest
+	45, // 44: meshfed.server.v1.Admin.BanNode:input_type -> meshfed.server.v1.BanNodeRequest
+	43, // 45: meshfed.server.v1.Admin.PurgeNodes:input_type -> meshfed.server.v1.PurgeNodesRequest
+	49, // 46: meshfed.server.v1.Admin.ApplyPolicies:input_type -> meshfed.server.v1.ApplyPoliciesRequest
+	52, // 47: meshfed.server.v1.Admin.ListPolicies:input_type -> meshfed.server.v1.ListPoliciesRequest
+	54, // 48: meshfed.server.v1.Admin.DeletePolicy:input_type -> meshfed.server.v1.DeletePolicyRequest
+	5,  // 49: meshfed.server.v1.Node.AttestNode:output_type -> meshfed.server.v1.AttestNodeResponse
+	8,  // 50: meshfed.server.v1.Node.SignX509SVID:output_type -> meshfed.server.v1.SignX509SVIDResponse
+	10, // 51: meshfed.server.v1.Node.SignJWTSVID:output_type -> meshfed.server.v1.JWTSVID
+	12, // 52: meshfed.server.v1.Node.FetchBundles:output_type -> meshfed.server.v1.FetchBundlesResponse
+	14, // 53: meshfed.server.v1.Node.Watch:output_type -> meshfed.server.v1.WatchResponse
+	17, // 54: meshfed.server.v1.Admin.CreateJoinToken:output_type -> meshfed.server.v1.CreateJoinTokenResponse
+	20, // 55: meshfed.server.v1.Admin.ListJoinTokens:output_type -> meshfed.server.v1.ListJoinTokensResponse
+	22, // 56: meshfed.server.v1.Admin.RevokeJoinTokens:output_type -> meshfed.server.v1.RevokeJoinTokensResponse
+	3,  // 57: meshfed.server.v1.Admin.CreateEntry:output_type -> meshfed.server.v1.Entry
+	3,  // 58: meshfed.server.v1.Admin.GetEntry:output_type -> meshfed.server.v1.Entry
+	27, // 59: meshfed.server.v1.Admin.ListEntries:output_type -> meshfed.server.v1.ListEntriesResponse
+	29, // 60: meshfed.server.v1.Admin.DeleteEntry:output_type -> meshfed.server.v1.DeleteEntryResponse
+	3,  // 61: meshfed.server.v1.Admin.UpdateEntry:output_type -> meshfed.server.v1.Entry
+	1,  // 62: meshfed.server.v1.Admin.GetBundle:output_type -> meshfed.server.v1.Bundle
+	32, // 63: meshfed.server.v1.Admin.ListFederatedBundles:output_type -> meshfed.server.v1.ListFederatedBundlesResponse
+	1,  // 64: meshfed.server.v1.Admin.SetFederatedBundle:output_type -> meshfed.server.v1.Bundle
+	36, // 65: meshfed.server.v1.Admin.DeleteFederatedBundle:output_type -> meshfed.server.v1.DeleteFederatedBundleResponse
+	33, // 66: meshfed.server.v1.Admin.RefreshFederatedBundle:output_type -> meshfed.server.v1.FederationPeer
+	39, // 67: meshfed.server.v1.Admin.ListIssued:output_type -> meshfed.server.v1.ListIssuedResponse
+	47, // 68: meshfed.server.v1.Admin.ListNodes:output_type -> meshfed.server.v1.ListNodesResponse
+	42, // 69: meshfed.server.v1.Admin.EvictNode:output_type -> meshfed.server.v1.EvictNodeResponse
+	40, // 70: meshfed.server.v1.Admin.BanNode:output_type -> meshfed.server.v1.AttestedNode
+	44, // 71: meshfed.server.v1.Admin.PurgeNodes:output_type -> meshfed.server.v1.PurgeNodesResponse
+	51, // 72: meshfed.server.v1.Admin.ApplyPolicies:output_type -> meshfed.server.v1.ApplyPoliciesResponse
+	53, // 73: meshfed.server.v1.Admin.ListPolicies:output_type -> meshfed.server.v1.ListPoliciesResponse
+	55, // 74: meshfed.server.v1.Admin.DeletePolicy:output_type -> meshfed.server.v1.DeletePolicyResponse
+	49, // [49:75] is the sub-list for method output_type
+	23, // [23:49] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_meshfed_server_v1_server_proto_init() }
@@ -3384,7 +3679,7 @@ func file_meshfed_server_v1_server_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_server_v1_server_proto_rawDesc), len(file_meshfed_server_v1_server_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   51,
+			NumMessages:   56,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -312,6 +312,8 @@ var Node_ServiceDesc = grpc.ServiceDesc{
 
 const (
 	Admin_CreateJoinToken_FullMethodName        = "/meshfed.server.v1.Admin/CreateJoinToken"
+	Admin_ListJoinTokens_FullMethodName         = "/meshfed.server.v1.Admin/ListJoinTokens"
+	Admin_RevokeJoinTokens_FullMethodName       = "/meshfed.server.v1.Admin/RevokeJoinTokens"
 	Admin_CreateEntry_FullMethodName            = "/meshfed.server.v1.Admin/CreateEntry"
 	Admin_GetEntry_FullMethodName               = "/meshfed.server.v1.Admin/GetEntry"
 	Admin_ListEntries_FullMethodName            = "/meshfed.server.v1.Admin/ListEntries"
@@ -340,6 +342,11 @@ const (
 // uid) and to callers presenting an admin SVID.
 type AdminClient interface {
 	CreateJoinToken(ctx context.Context, in *CreateJoinTokenRequest, opts ...grpc.CallOption) (*CreateJoinTokenResponse, error)
+	// ListJoinTokens lists the tokens that could still attest a node.
+	ListJoinTokens(ctx context.Context, in *ListJoinTokensRequest, opts ...grpc.CallOption) (*ListJoinTokensResponse, error)
+	// RevokeJoinTokens deletes unused tokens (a token that leaked before it
+	// was used); NOT_FOUND if none matched.
+	RevokeJoinTokens(ctx context.Context, in *RevokeJoinTokensRequest, opts ...grpc.CallOption) (*RevokeJoinTokensResponse, error)
 	CreateEntry(ctx context.Context, in *CreateEntryRequest, opts ...grpc.CallOption) (*Entry, error)
 	GetEntry(ctx context.Context, in *GetEntryRequest, opts ...grpc.CallOption) (*Entry, error)
 	ListEntries(ctx context.Context, in *ListEntriesRequest, opts ...grpc.CallOption) (*ListEntriesResponse, error)
@@ -390,6 +397,26 @@ func (c *adminClient) CreateJoinToken(ctx context.Context, in *CreateJoinTokenRe
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CreateJoinTokenResponse)
 	err := c.cc.Invoke(ctx, Admin_CreateJoinToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ListJoinTokens(ctx context.Context, in *ListJoinTokensRequest, opts ...grpc.CallOption) (*ListJoinTokensResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListJoinTokensResponse)
+	err := c.cc.Invoke(ctx, Admin_ListJoinTokens_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) RevokeJoinTokens(ctx context.Context, in *RevokeJoinTokensRequest, opts ...grpc.CallOption) (*RevokeJoinTokensResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeJoinTokensResponse)
+	err := c.cc.Invoke(ctx, Admin_RevokeJoinTokens_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -584,6 +611,11 @@ func (c *adminClient) DeletePolicy(ctx context.Context, in *DeletePolicyRequest,
 // uid) and to callers presenting an admin SVID.
 type AdminServer interface {
 	CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error)
+	// ListJoinTokens lists the tokens that could still attest a node.
+	ListJoinTokens(context.Context, *ListJoinTokensRequest) (*ListJoinTokensResponse, error)
+	// RevokeJoinTokens deletes unused tokens (a token that leaked before it
+	// was used); NOT_FOUND if none matched.
+	RevokeJoinTokens(context.Context, *RevokeJoinTokensRequest) (*RevokeJoinTokensResponse, error)
 	CreateEntry(context.Context, *CreateEntryRequest) (*Entry, error)
 	GetEntry(context.Context, *GetEntryRequest) (*Entry, error)
 	ListEntries(context.Context, *ListEntriesRequest) (*ListEntriesResponse, error)
@@ -632,6 +664,12 @@ type UnimplementedAdminServer struct{}
 
 func (UnimplementedAdminServer) CreateJoinToken(context.Context, *CreateJoinTokenRequest) (*CreateJoinTokenResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateJoinToken not implemented")
+}
+func (UnimplementedAdminServer) ListJoinTokens(context.Context, *ListJoinTokensRequest) (*ListJoinTokensResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListJoinTokens not implemented")
+}
+func (UnimplementedAdminServer) RevokeJoinTokens(context.Context, *RevokeJoinTokensRequest) (*RevokeJoinTokensResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeJoinTokens not implemented")
 }
 func (UnimplementedAdminServer) CreateEntry(context.Context, *CreateEntryRequest) (*Entry, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateEntry not implemented")
@@ -722,6 +760,42 @@ func _Admin_CreateJoinToken_Handler(srv interface{}, ctx context.Context, dec fu
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServer).CreateJoinToken(ctx, req.(*CreateJoinTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ListJoinTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListJoinTokensRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ListJoinTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ListJoinTokens_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ListJoinTokens(ctx, req.(*ListJoinTokensRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_RevokeJoinTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeJoinTokensRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RevokeJoinTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RevokeJoinTokens_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RevokeJoinTokens(ctx, req.(*RevokeJoinTokensRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1060,6 +1134,14 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateJoinToken",
 			Handler:    _Admin_CreateJoinToken_Handler,
+		},
+		{
+			MethodName: "ListJoinTokens",
+			Handler:    _Admin_ListJoinTokens_Handler,
+		},
+		{
+			MethodName: "RevokeJoinTokens",
+			Handler:    _Admin_RevokeJoinTokens_Handler,
 		},
 		{
 			MethodName: "CreateEntry",
