@@ -60,6 +60,16 @@ func TestNodeEvictedBannedAndCopiedSVID(t *testing.T) {
 		})
 	}
 	fetch("the workload's SVID")
+	// Exec probes: both daemons answer.
+	if out := meshfed(t, dir, "agent", "healthcheck", "--socket", wl).stdout; !strings.HasPrefix(out, "agent is healthy: its Workload API at "+wl+" answers") {
+		t.Errorf("agent healthcheck printed %q", out)
+	}
+	if out := meshfed(t, dir, "server", "healthcheck", "--admin-socket", sock).stdout; !strings.HasPrefix(out, "server for east.example is healthy: it answers and publishes 1 X.509 authorities") {
+		t.Errorf("server healthcheck printed %q", out)
+	}
+	if r := run(t, dir, meshfedBin, "agent", "healthcheck", "--socket", filepath.Join(dir, "nothing.sock"), "--timeout", "2s"); r.code != 1 || !strings.Contains(r.stderr, "agent is not healthy") {
+		t.Errorf("agent healthcheck of no socket: exit %d, %s", r.code, r.stderr)
+	}
 	// What a thief copies off the host.
 	stolen, err := tls.LoadX509KeyPair(filepath.Join(dir, "agent", "node-svid.pem"), filepath.Join(dir, "agent", "node-svid.key"))
 	if err != nil {

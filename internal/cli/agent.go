@@ -214,5 +214,6 @@ its configuration is read at start.`,
 	f.StringVar(&logLevel, "log-level", "", "debug, info (default), warn or error")
 	f.StringVar(&logFmt, "log-format", "", "text (default) or json")
 
+	c.AddCommand(newAgentHealthcheck())
 	return c
 }
