@@ -28,7 +28,8 @@ import (
 // --join-token-file. A copy of the node SVID taken before the eviction is
 // refused by the server from then on. `meshfed node ban` refuses the node
 // and its attestation until `meshfed node evict` lifts it. Last, `meshfed
-// entry update` changes the workload's entry in place.
+// entry update` changes the workload's entry in place, and a backup of the
+// server restores it.
 func TestNodeEvictedBannedAndCopiedSVID(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "east", "admin.sock")
@@ -197,6 +198,20 @@ func TestNodeEvictedBannedAndCopiedSVID(t *testing.T) {
 		t.Errorf("entry update without a change: exit %d, %s", r.code, r.stderr)
 	}
 	agent.mustRun(t)
+
+	// A backup taken while the server serves starts a server with the same
+	// bundle and entries.
+	if out := meshfed(t, dir, "server", "backup", "--admin-socket", sock, "--out", "east-backup").stdout; !strings.HasPrefix(out, "backup of ") || !strings.Contains(out, " files written to "+filepath.Join(dir, "east-backup")) {
+		t.Errorf("server backup printed %q", out)
+	}
+	restored := startServer(t, dir, "--trust-domain", "east.example", "--data-dir", "east-backup", "--admin-socket", filepath.Join(dir, "restored.sock"))
+	bundleOf := func(s string) string { return meshfed(t, dir, "bundle", "show", "--admin-socket", s).stdout }
+	if a, b := bundleOf(sock), bundleOf(restored.sock); a != b {
+		t.Errorf("the restored server's bundle differs:\n%s\n%s", a, b)
+	}
+	if out := meshfed(t, dir, "entry", "show", entry.ID, "--admin-socket", restored.sock).stdout; !strings.Contains(out, "spiffe://east.example/ns/default/sa/reviews") {
+		t.Errorf("the restored server's entry:\n%s", out)
+	}
 }
 
 // nodeClient dials a server's signing API presenting cert, verifying the

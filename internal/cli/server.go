@@ -127,7 +127,7 @@ Flags override the --config file; docs/configuration.md lists every key.`,
 	f.StringVar(&cfg.BundleEndpoint.KeyFile, "bundle-key", "", "https_web: key file of the bundle endpoint")
 	f.StringVar(&cfg.LogLevel, "log-level", "", "debug, info (default), warn or error")
 	f.StringVar(&cfg.LogFormat, "log-format", "", "text (default) or json")
-	c.AddCommand(newServerHealthcheck())
+	c.AddCommand(newServerHealthcheck(), newServerBackup())
 	return c
 }
 

@@ -35,7 +35,7 @@ func WriteFile(path string, data []byte, mode os.FileMode) error {
 		os.Remove(tmp)
 		return fmt.Errorf("pemfile: %w", err)
 	}
-	return syncDir(filepath.Dir(path))
+	return SyncDir(filepath.Dir(path))
 }
 
 // WriteFiles writes a set of files into dir (created 0755 if missing) so that
@@ -90,12 +90,12 @@ func WriteFiles(dir string, files ...File) error {
 				olds[j].restore(filepath.Join(dir, files[j].Name))
 			}
 			cleanup()
-			syncDir(dir)
+			SyncDir(dir)
 			return fmt.Errorf("pemfile: %w; the files written before it were put back", err)
 		}
 	}
 	cleanup()
-	return syncDir(dir)
+	return SyncDir(dir)
 }
 
 // old is what a target of WriteFiles was before it was replaced.
@@ -171,7 +171,8 @@ func writeTemp(path string, data []byte, mode os.FileMode) (string, error) {
 	return name, nil
 }
 
-func syncDir(dir string) error {
+// SyncDir syncs a directory, so that the names in it survive a crash.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return fmt.Errorf("pemfile: %w", err)

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
+	"os"
 	"sync"
 	"time"
 )
@@ -119,6 +121,35 @@ func (s *Store) Close() error {
 	}
 	if err != nil {
 		return fmt.Errorf("store: closing %s: %w", s.location, err)
+	}
+	return nil
+}
+
+// SnapshotTo writes a consistent copy of an SQLite database to path, a new
+// file (mode 0600), while the store is in use: SQLite's VACUUM INTO, which
+// reads one snapshot and does not hold up writers. A Postgres database is
+// backed up with its own tools (pg_dump), so that is an error.
+func (s *Store) SnapshotTo(ctx context.Context, path string) error {
+	if s.dialect != sqlite {
+		return fmt.Errorf("store: %s is a Postgres database: back it up with pg_dump", s.location)
+	}
+	if _, err := os.Lstat(path); err == nil {
+		return invalidf("%s already exists; a snapshot is written to a new file", path)
+	}
+	// The readers are query_only, which refuses VACUUM; this connection
+	// is one of its own, for this snapshot only.
+	db, err := sql.Open("sqlite", "file:"+(&url.URL{Path: s.location}).EscapedPath()+"?_pragma=busy_timeout(5000)")
+	if err != nil {
+		return fmt.Errorf("store: snapshot of %s: %w", s.location, err)
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, `VACUUM INTO $1`, path); err != nil {
+		_ = os.Remove(path)
+		return fmt.Errorf("store: snapshot of %s into %s: %w", s.location, path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		_ = os.Remove(path)
+		return fmt.Errorf("store: snapshot: %w", err)
 	}
 	return nil
 }

@@ -2709,6 +2709,107 @@ func (x *PurgeNodesResponse) GetPurged() []*AttestedNode {
 	return nil
 }
 
+type BackupRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An absolute path on the server's host that does not exist yet; its
+	// parent must.
+	OutDir        string `protobuf:"bytes,1,opt,name=out_dir,json=outDir,proto3" json:"out_dir,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRequest) Reset() {
+	*x = BackupRequest{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRequest) ProtoMessage() {}
+
+func (x *BackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
+func (*BackupRequest) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *BackupRequest) GetOutDir() string {
+	if x != nil {
+		return x.OutDir
+	}
+	return ""
+}
+
+type BackupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The files written, relative to out_dir.
+	Files []string `protobuf:"bytes,1,rep,name=files,proto3" json:"files,omitempty"`
+	// Why the database is not in the backup ("" when it is): a Postgres
+	// database is backed up with pg_dump.
+	DatabaseNote  string `protobuf:"bytes,2,opt,name=database_note,json=databaseNote,proto3" json:"database_note,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupResponse) Reset() {
+	*x = BackupResponse{}
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupResponse) ProtoMessage() {}
+
+func (x *BackupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupResponse.ProtoReflect.Descriptor instead.
+func (*BackupResponse) Descriptor() ([]byte, []int) {
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *BackupResponse) GetFiles() []string {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *BackupResponse) GetDatabaseNote() string {
+	if x != nil {
+		return x.DatabaseNote
+	}
+	return ""
+}
+
 type BanNodeRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
@@ -2718,7 +2819,7 @@ type BanNodeRequest struct {
 
 func (x *BanNodeRequest) Reset() {
 	*x = BanNodeRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[45]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2730,7 +2831,7 @@ func (x *BanNodeRequest) String() string {
 func (*BanNodeRequest) ProtoMessage() {}
 
 func (x *BanNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[45]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2743,7 +2844,7 @@ func (x *BanNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BanNodeRequest.ProtoReflect.Descriptor instead.
 func (*BanNodeRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{45}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *BanNodeRequest) GetSpiffeId() string {
@@ -2761,7 +2862,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[46]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2773,7 +2874,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[46]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2786,7 +2887,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{46}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{48}
 }
 
 type ListNodesResponse struct {
@@ -2798,7 +2899,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[47]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2810,7 +2911,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[47]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2823,7 +2924,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{47}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListNodesResponse) GetNodes() []*AttestedNode {
@@ -2846,7 +2947,7 @@ type PolicyFile struct {
 
 func (x *PolicyFile) Reset() {
 	*x = PolicyFile{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[48]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2858,7 +2959,7 @@ func (x *PolicyFile) String() string {
 func (*PolicyFile) ProtoMessage() {}
 
 func (x *PolicyFile) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[48]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2871,7 +2972,7 @@ func (x *PolicyFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyFile.ProtoReflect.Descriptor instead.
 func (*PolicyFile) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{48}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *PolicyFile) GetName() string {
@@ -2899,7 +3000,7 @@ type ApplyPoliciesRequest struct {
 
 func (x *ApplyPoliciesRequest) Reset() {
 	*x = ApplyPoliciesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[49]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2911,7 +3012,7 @@ func (x *ApplyPoliciesRequest) String() string {
 func (*ApplyPoliciesRequest) ProtoMessage() {}
 
 func (x *ApplyPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[49]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2924,7 +3025,7 @@ func (x *ApplyPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{49}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ApplyPoliciesRequest) GetFiles() []*PolicyFile {
@@ -2954,7 +3055,7 @@ type AppliedPolicy struct {
 
 func (x *AppliedPolicy) Reset() {
 	*x = AppliedPolicy{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[50]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2966,7 +3067,7 @@ func (x *AppliedPolicy) String() string {
 func (*AppliedPolicy) ProtoMessage() {}
 
 func (x *AppliedPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[50]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2979,7 +3080,7 @@ func (x *AppliedPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedPolicy.ProtoReflect.Descriptor instead.
 func (*AppliedPolicy) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{50}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *AppliedPolicy) GetKind() string {
@@ -3020,7 +3121,7 @@ type ApplyPoliciesResponse struct {
 
 func (x *ApplyPoliciesResponse) Reset() {
 	*x = ApplyPoliciesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[51]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3032,7 +3133,7 @@ func (x *ApplyPoliciesResponse) String() string {
 func (*ApplyPoliciesResponse) ProtoMessage() {}
 
 func (x *ApplyPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[51]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3045,7 +3146,7 @@ func (x *ApplyPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{51}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ApplyPoliciesResponse) GetPolicies() []*AppliedPolicy {
@@ -3070,7 +3171,7 @@ type ListPoliciesRequest struct {
 
 func (x *ListPoliciesRequest) Reset() {
 	*x = ListPoliciesRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[52]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3082,7 +3183,7 @@ func (x *ListPoliciesRequest) String() string {
 func (*ListPoliciesRequest) ProtoMessage() {}
 
 func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[52]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3095,7 +3196,7 @@ func (x *ListPoliciesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesRequest.ProtoReflect.Descriptor instead.
 func (*ListPoliciesRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{52}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{54}
 }
 
 type ListPoliciesResponse struct {
@@ -3108,7 +3209,7 @@ type ListPoliciesResponse struct {
 
 func (x *ListPoliciesResponse) Reset() {
 	*x = ListPoliciesResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[53]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3120,7 +3221,7 @@ func (x *ListPoliciesResponse) String() string {
 func (*ListPoliciesResponse) ProtoMessage() {}
 
 func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[53]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3133,7 +3234,7 @@ func (x *ListPoliciesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoliciesResponse.ProtoReflect.Descriptor instead.
 func (*ListPoliciesResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{53}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListPoliciesResponse) GetPolicies() []*Policy {
@@ -3161,7 +3262,7 @@ type DeletePolicyRequest struct {
 
 func (x *DeletePolicyRequest) Reset() {
 	*x = DeletePolicyRequest{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[54]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3173,7 +3274,7 @@ func (x *DeletePolicyRequest) String() string {
 func (*DeletePolicyRequest) ProtoMessage() {}
 
 func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[54]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3186,7 +3287,7 @@ func (x *DeletePolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyRequest.ProtoReflect.Descriptor instead.
 func (*DeletePolicyRequest) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{54}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *DeletePolicyRequest) GetKind() string {
@@ -3219,7 +3320,7 @@ type DeletePolicyResponse struct {
 
 func (x *DeletePolicyResponse) Reset() {
 	*x = DeletePolicyResponse{}
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[55]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3231,7 +3332,7 @@ func (x *DeletePolicyResponse) String() string {
 func (*DeletePolicyResponse) ProtoMessage() {}
 
 func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_meshfed_server_v1_server_proto_msgTypes[55]
+	mi := &file_meshfed_server_v1_server_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3244,7 +3345,7 @@ func (x *DeletePolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeletePolicyResponse.ProtoReflect.Descriptor instead.
 func (*DeletePolicyResponse) Descriptor() ([]byte, []int) {
-	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{55}
+	return file_meshfed_server_v1_server_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *DeletePolicyResponse) GetPolicyRevision() int64 {
@@ -3447,7 +3548,12 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\x13expired_for_seconds\x18\x01 \x01(\x03R\x11expiredForSeconds\x12\x17\n" +
 	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"M\n" +
 	"\x12PurgeNodesResponse\x127\n" +
-	"\x06purged\x18\x01 \x03(\v2\x1f.meshfed.server.v1.AttestedNodeR\x06purged\"-\n" +
+	"\x06purged\x18\x01 \x03(\v2\x1f.meshfed.server.v1.AttestedNodeR\x06purged\"(\n" +
+	"\rBackupRequest\x12\x17\n" +
+	"\aout_dir\x18\x01 \x01(\tR\x06outDir\"K\n" +
+	"\x0eBackupResponse\x12\x14\n" +
+	"\x05files\x18\x01 \x03(\tR\x05files\x12#\n" +
+	"\rdatabase_note\x18\x02 \x01(\tR\fdatabaseNote\"-\n" +
 	"\x0eBanNodeRequest\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"\x12\n" +
 	"\x10ListNodesRequest\"J\n" +
@@ -3484,7 +3590,7 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\fSignX509SVID\x12&.meshfed.server.v1.SignX509SVIDRequest\x1a'.meshfed.server.v1.SignX509SVIDResponse\x12P\n" +
 	"\vSignJWTSVID\x12%.meshfed.server.v1.SignJWTSVIDRequest\x1a\x1a.meshfed.server.v1.JWTSVID\x12_\n" +
 	"\fFetchBundles\x12&.meshfed.server.v1.FetchBundlesRequest\x1a'.meshfed.server.v1.FetchBundlesResponse\x12L\n" +
-	"\x05Watch\x12\x1f.meshfed.server.v1.WatchRequest\x1a .meshfed.server.v1.WatchResponse0\x012\xc3\x0f\n" +
+	"\x05Watch\x12\x1f.meshfed.server.v1.WatchRequest\x1a .meshfed.server.v1.WatchResponse0\x012\x92\x10\n" +
 	"\x05Admin\x12h\n" +
 	"\x0fCreateJoinToken\x12).meshfed.server.v1.CreateJoinTokenRequest\x1a*.meshfed.server.v1.CreateJoinTokenResponse\x12e\n" +
 	"\x0eListJoinTokens\x12(.meshfed.server.v1.ListJoinTokensRequest\x1a).meshfed.server.v1.ListJoinTokensResponse\x12k\n" +
@@ -3505,7 +3611,8 @@ const file_meshfed_server_v1_server_proto_rawDesc = "" +
 	"\tEvictNode\x12#.meshfed.server.v1.EvictNodeRequest\x1a$.meshfed.server.v1.EvictNodeResponse\x12M\n" +
 	"\aBanNode\x12!.meshfed.server.v1.BanNodeRequest\x1a\x1f.meshfed.server.v1.AttestedNode\x12Y\n" +
 	"\n" +
-	"PurgeNodes\x12$.meshfed.server.v1.PurgeNodesRequest\x1a%.meshfed.server.v1.PurgeNodesResponse\x12b\n" +
+	"PurgeNodes\x12$.meshfed.server.v1.PurgeNodesRequest\x1a%.meshfed.server.v1.PurgeNodesResponse\x12M\n" +
+	"\x06Backup\x12 .meshfed.server.v1.BackupRequest\x1a!.meshfed.server.v1.BackupResponse\x12b\n" +
 	"\rApplyPolicies\x12'.meshfed.server.v1.ApplyPoliciesRequest\x1a(.meshfed.server.v1.ApplyPoliciesResponse\x12_\n" +
 	"\fListPolicies\x12&.meshfed.server.v1.ListPoliciesRequest\x1a'.meshfed.server.v1.ListPoliciesResponse\x12_\n" +
 	"\fDeletePolicy\x12&.meshfed.server.v1.DeletePolicyRequest\x1a'.meshfed.server.v1.DeletePolicyResponseB;Z9github.com/meshfed/meshfed/internal/api/serverv1;serverv1b\x06proto3"
@@ -3522,7 +3629,7 @@ func file_meshfed_server_v1_server_proto_rawDescGZIP() []byte {
 	return file_meshfed_server_v1_server_proto_rawDescData
 }
 
-var file_meshfed_server_v1_server_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_meshfed_server_v1_server_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_meshfed_server_v1_server_proto_goTypes = []any{
 	(*X509SVID)(nil),                      // 0: meshfed.server.v1.X509SVID
 	(*Bundle)(nil),                        // 1: meshfed.server.v1.Bundle
@@ -3569,17 +3676,19 @@ var file_meshfed_server_v1_server_proto_goTypes = []any{
 	(*EvictNodeResponse)(nil),             // 42: meshfed.server.v1.EvictNodeResponse
 	(*PurgeNodesRequest)(nil),             // 43: meshfed.server.v1.PurgeNodesRequest
 	(*PurgeNodesResponse)(nil),            // 44: meshfed.server.v1.PurgeNodesResponse
-	(*BanNodeRequest)(nil),                // 45: meshfed.server.v1.BanNodeRequest
-	(*ListNodesRequest)(nil),              // 46: meshfed.server.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),             // 47: meshfed.server.v1.ListNodesResponse
-	(*PolicyFile)(nil),                    // 48: meshfed.server.v1.PolicyFile
-	(*ApplyPoliciesRequest)(nil),          // 49: meshfed.server.v1.ApplyPoliciesRequest
-	(*AppliedPolicy)(nil),                 // 50: meshfed.server.v1.AppliedPolicy
-	(*ApplyPoliciesResponse)(nil),         // 51: meshfed.server.v1.ApplyPoliciesResponse
-	(*ListPoliciesRequest)(nil),           // 52: meshfed.server.v1.ListPoliciesRequest
-	(*ListPoliciesResponse)(nil),          // 53: meshfed.server.v1.ListPoliciesResponse
-	(*DeletePolicyRequest)(nil),           // 54: meshfed.server.v1.DeletePolicyRequest
-	(*DeletePolicyResponse)(nil),          // 55: meshfed.server.v1.DeletePolicyResponse
+	(*BackupRequest)(nil),                 // 45: meshfed.server.v1.BackupRequest
+	(*BackupResponse)(nil),                // 46: meshfed.server.v1.BackupResponse
+	(*BanNodeRequest)(nil),                // 47: meshfed.server.v1.BanNodeRequest
+	(*ListNodesRequest)(nil),              // 48: meshfed.server.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),             // 49: meshfed.server.v1.ListNodesResponse
+	(*PolicyFile)(nil),                    // 50: meshfed.server.v1.PolicyFile
+	(*ApplyPoliciesRequest)(nil),          // 51: meshfed.server.v1.ApplyPoliciesRequest
+	(*AppliedPolicy)(nil),                 // 52: meshfed.server.v1.AppliedPolicy
+	(*ApplyPoliciesResponse)(nil),         // 53: meshfed.server.v1.ApplyPoliciesResponse
+	(*ListPoliciesRequest)(nil),           // 54: meshfed.server.v1.ListPoliciesRequest
+	(*ListPoliciesResponse)(nil),          // 55: meshfed.server.v1.ListPoliciesResponse
+	(*DeletePolicyRequest)(nil),           // 56: meshfed.server.v1.DeletePolicyRequest
+	(*DeletePolicyResponse)(nil),          // 57: meshfed.server.v1.DeletePolicyResponse
 }
 var file_meshfed_server_v1_server_proto_depIdxs = []int32{
 	2,  // 0: meshfed.server.v1.Entry.selectors:type_name -> meshfed.server.v1.Selector
@@ -3602,8 +3711,8 @@ var file_meshfed_server_v1_server_proto_depIdxs = []int32{
 	37, // 17: meshfed.server.v1.ListIssuedResponse.issued:type_name -> meshfed.server.v1.Issued
 	40, // 18: meshfed.server.v1.PurgeNodesResponse.purged:type_name -> meshfed.server.v1.AttestedNode
 	40, // 19: meshfed.server.v1.ListNodesResponse.nodes:type_name -> meshfed.server.v1.AttestedNode
-	48, // 20: meshfed.server.v1.ApplyPoliciesRequest.files:type_name -> meshfed.server.v1.PolicyFile
-	50, // 21: meshfed.server.v1.ApplyPoliciesResponse.policies:type_name -> meshfed.server.v1.AppliedPolicy
+	50, // 20: meshfed.server.v1.ApplyPoliciesRequest.files:type_name -> meshfed.server.v1.PolicyFile
+	52, // 21: meshfed.server.v1.ApplyPoliciesResponse.policies:type_name -> meshfed.server.v1.AppliedPolicy
 	15, // 22: meshfed.server.v1.ListPoliciesResponse.policies:type_name -> meshfed.server.v1.Policy
 	4,  // 23: meshfed.server.v1.Node.AttestNode:input_type -> meshfed.server.v1.AttestNodeRequest
 	7,  // 24: meshfed.server.v1.Node.SignX509SVID:input_type -> meshfed.server.v1.SignX509SVIDRequest
@@ -3624,41 +3733,43 @@ var file_meshfed_server_v1_server_proto_depIdxs = []int32{
 	35, // 39: meshfed.server.v1.Admin.DeleteFederatedBundle:input_type -> meshfed.server.v1.DeleteFederatedBundleRequest
 	34, // 40: meshfed.server.v1.Admin.RefreshFederatedBundle:input_type -> meshfed.server.v1.RefreshFederatedBundleRequest
 	38, // 41: meshfed.server.v1.Admin.ListIssued:input_type -> meshfed.server.v1.ListIssuedRequest
-	46, // 42: meshfed.server.v1.Admin.ListNodes:input_type -> meshfed.server.v1.ListNodesRequest
+	48, // 42: meshfed.server.v1.Admin.ListNodes:input_type -> meshfed.server.v1.ListNodesRequest
 	41, // 43: meshfed.server.v1.Admin.EvictNode:input_type -> meshfed.server.v1.EvictNodeRequest
-	45, // 44: meshfed.server.v1.Admin.BanNode:input_type -> meshfed.server.v1.BanNodeRequest
+	47, // 44: meshfed.server.v1.Admin.BanNode:input_type -> meshfed.server.v1.BanNodeRequest
 	43, // 45: meshfed.server.v1.Admin.PurgeNodes:input_type -> meshfed.server.v1.PurgeNodesRequest
-	49, // 46: meshfed.server.v1.Admin.ApplyPolicies:input_type -> meshfed.server.v1.ApplyPoliciesRequest
-	52, // 47: meshfed.server.v1.Admin.ListPolicies:input_type -> meshfed.server.v1.ListPoliciesRequest
-	54, // 48: meshfed.server.v1.Admin.DeletePolicy:input_type -> meshfed.server.v1.DeletePolicyRequest
-	5,  // 49: meshfed.server.v1.Node.AttestNode:output_type -> meshfed.server.v1.AttestNodeResponse
-	8,  // 50: meshfed.server.v1.Node.SignX509SVID:output_type -> meshfed.server.v1.SignX509SVIDResponse
-	10, // 51: meshfed.server.v1.Node.SignJWTSVID:output_type -> meshfed.server.v1.JWTSVID
-	12, // 52: meshfed.server.v1.Node.FetchBundles:output_type -> meshfed.server.v1.FetchBundlesResponse
-	14, // 53: meshfed.server.v1.Node.Watch:output_type -> meshfed.server.v1.WatchResponse
-	17, // 54: meshfed.server.v1.Admin.CreateJoinToken:output_type -> meshfed.server.v1.CreateJoinTokenResponse
-	20, // 55: meshfed.server.v1.Admin.ListJoinTokens:output_type -> meshfed.server.v1.ListJoinTokensResponse
-	22, // 56: meshfed.server.v1.Admin.RevokeJoinTokens:output_type -> meshfed.server.v1.RevokeJoinTokensResponse
-	3,  // 57: meshfed.server.v1.Admin.CreateEntry:output_type -> meshfed.server.v1.Entry
-	3,  // 58: meshfed.server.v1.Admin.GetEntry:output_type -> meshfed.server.v1.Entry
-	27, // 59: meshfed.server.v1.Admin.ListEntries:output_type -> meshfed.server.v1.ListEntriesResponse
-	29, // 60: meshfed.server.v1.Admin.DeleteEntry:output_type -> meshfed.server.v1.DeleteEntryResponse
-	3,  // 61: meshfed.server.v1.Admin.UpdateEntry:output_type -> meshfed.server.v1.Entry
-	1,  // 62: meshfed.server.v1.Admin.GetBundle:output_type -> meshfed.server.v1.Bundle
-	32, // 63: meshfed.server.v1.Admin.ListFederatedBundles:output_type -> meshfed.server.v1.ListFederatedBundlesResponse
-	1,  // 64: meshfed.server.v1.Admin.SetFederatedBundle:output_type -> meshfed.server.v1.Bundle
-	36, // 65: meshfed.server.v1.Admin.DeleteFederatedBundle:output_type -> meshfed.server.v1.DeleteFederatedBundleResponse
-	33, // 66: meshfed.server.v1.Admin.RefreshFederatedBundle:output_type -> meshfed.server.v1.FederationPeer
-	39, // 67: meshfed.server.v1.Admin.ListIssued:output_type -> meshfed.server.v1.ListIssuedResponse
-	47, // 68: meshfed.server.v1.Admin.ListNodes:output_type -> meshfed.server.v1.ListNodesResponse
-	42, // 69: meshfed.server.v1.Admin.EvictNode:output_type -> meshfed.server.v1.EvictNodeResponse
-	40, // 70: meshfed.server.v1.Admin.BanNode:output_type -> meshfed.server.v1.AttestedNode
-	44, // 71: meshfed.server.v1.Admin.PurgeNodes:output_type -> meshfed.server.v1.PurgeNodesResponse
-	51, // 72: meshfed.server.v1.Admin.ApplyPolicies:output_type -> meshfed.server.v1.ApplyPoliciesResponse
-	53, // 73: meshfed.server.v1.Admin.ListPolicies:output_type -> meshfed.server.v1.ListPoliciesResponse
-	55, // 74: meshfed.server.v1.Admin.DeletePolicy:output_type -> meshfed.server.v1.DeletePolicyResponse
-	49, // [49:75] is the sub-list for method output_type
-	23, // [23:49] is the sub-list for method input_type
+	45, // 46: meshfed.server.v1.Admin.Backup:input_type -> meshfed.server.v1.BackupRequest
+	51, // 47: meshfed.server.v1.Admin.ApplyPolicies:input_type -> meshfed.server.v1.ApplyPoliciesRequest
+	54, // 48: meshfed.server.v1.Admin.ListPolicies:input_type -> meshfed.server.v1.ListPoliciesRequest
+	56, // 49: meshfed.server.v1.Admin.DeletePolicy:input_type -> meshfed.server.v1.DeletePolicyRequest
+	5,  // 50: meshfed.server.v1.Node.AttestNode:output_type -> meshfed.server.v1.AttestNodeResponse
+	8,  // 51: meshfed.server.v1.Node.SignX509SVID:output_type -> meshfed.server.v1.SignX509SVIDResponse
+	10, // 52: meshfed.server.v1.Node.SignJWTSVID:output_type -> meshfed.server.v1.JWTSVID
+	12, // 53: meshfed.server.v1.Node.FetchBundles:output_type -> meshfed.server.v1.FetchBundlesResponse
+	14, // 54: meshfed.server.v1.Node.Watch:output_type -> meshfed.server.v1.WatchResponse
+	17, // 55: meshfed.server.v1.Admin.CreateJoinToken:output_type -> meshfed.server.v1.CreateJoinTokenResponse
+	20, // 56: meshfed.server.v1.Admin.ListJoinTokens:output_type -> meshfed.server.v1.ListJoinTokensResponse
+	22, // 57: meshfed.server.v1.Admin.RevokeJoinTokens:output_type -> meshfed.server.v1.RevokeJoinTokensResponse
+	3,  // 58: meshfed.server.v1.Admin.CreateEntry:output_type -> meshfed.server.v1.Entry
+	3,  // 59: meshfed.server.v1.Admin.GetEntry:output_type -> meshfed.server.v1.Entry
+	27, // 60: meshfed.server.v1.Admin.ListEntries:output_type -> meshfed.server.v1.ListEntriesResponse
+	29, // 61: meshfed.server.v1.Admin.DeleteEntry:output_type -> meshfed.server.v1.DeleteEntryResponse
+	3,  // 62: meshfed.server.v1.Admin.UpdateEntry:output_type -> meshfed.server.v1.Entry
+	1,  // 63: meshfed.server.v1.Admin.GetBundle:output_type -> meshfed.server.v1.Bundle
+	32, // 64: meshfed.server.v1.Admin.ListFederatedBundles:output_type -> meshfed.server.v1.ListFederatedBundlesResponse
+	1,  // 65: meshfed.server.v1.Admin.SetFederatedBundle:output_type -> meshfed.server.v1.Bundle
+	36, // 66: meshfed.server.v1.Admin.DeleteFederatedBundle:output_type -> meshfed.server.v1.DeleteFederatedBundleResponse
+	33, // 67: meshfed.server.v1.Admin.RefreshFederatedBundle:output_type -> meshfed.server.v1.FederationPeer
+	39, // 68: meshfed.server.v1.Admin.ListIssued:output_type -> meshfed.server.v1.ListIssuedResponse
+	49, // 69: meshfed.server.v1.Admin.ListNodes:output_type -> meshfed.server.v1.ListNodesResponse
+	42, // 70: meshfed.server.v1.Admin.EvictNode:output_type -> meshfed.server.v1.EvictNodeResponse
+	40, // 71: meshfed.server.v1.Admin.BanNode:output_type -> meshfed.server.v1.AttestedNode
+	44, // 72: meshfed.server.v1.Admin.PurgeNodes:output_type -> meshfed.server.v1.PurgeNodesResponse
+	46, // 73: meshfed.server.v1.Admin.Backup:output_type -> meshfed.server.v1.BackupResponse
+	53, // 74: meshfed.server.v1.Admin.ApplyPolicies:output_type -> meshfed.server.v1.ApplyPoliciesResponse
+	55, // 75: meshfed.server.v1.Admin.ListPolicies:output_type -> meshfed.server.v1.ListPoliciesResponse
+	57, // 76: meshfed.server.v1.Admin.DeletePolicy:output_type -> meshfed.server.v1.DeletePolicyResponse
+	50, // [50:77] is the sub-list for method output_type
+	23, // [23:50] is the sub-list for method input_type
 	23, // [23:23] is the sub-list for extension type_name
 	23, // [23:23] is the sub-list for extension extendee
 	0,  // [0:23] is the sub-list for field type_name
@@ -3679,7 +3790,7 @@ func file_meshfed_server_v1_server_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_meshfed_server_v1_server_proto_rawDesc), len(file_meshfed_server_v1_server_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   56,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -329,6 +329,7 @@ const (
 	Admin_EvictNode_FullMethodName              = "/meshfed.server.v1.Admin/EvictNode"
 	Admin_BanNode_FullMethodName                = "/meshfed.server.v1.Admin/BanNode"
 	Admin_PurgeNodes_FullMethodName             = "/meshfed.server.v1.Admin/PurgeNodes"
+	Admin_Backup_FullMethodName                 = "/meshfed.server.v1.Admin/Backup"
 	Admin_ApplyPolicies_FullMethodName          = "/meshfed.server.v1.Admin/ApplyPolicies"
 	Admin_ListPolicies_FullMethodName           = "/meshfed.server.v1.Admin/ListPolicies"
 	Admin_DeletePolicy_FullMethodName           = "/meshfed.server.v1.Admin/DeletePolicy"
@@ -375,6 +376,10 @@ type AdminClient interface {
 	// hold expired long ago, so they could only attest again anyway. Banned
 	// nodes are kept (the ban must last).
 	PurgeNodes(ctx context.Context, in *PurgeNodesRequest, opts ...grpc.CallOption) (*PurgeNodesResponse, error)
+	// Backup writes what restores this server into a new directory: the
+	// files of its data directory (CA and JWT keys, 0600) and a snapshot of
+	// its SQLite database, taken while it serves.
+	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (*BackupResponse, error)
 	// ApplyPolicies parses and validates every document of the files, checks
 	// that the stored set with them builds, and stores them all or none
 	// (kubectl apply's upsert: a document is created, or replaced by kind,
@@ -573,6 +578,16 @@ func (c *adminClient) PurgeNodes(ctx context.Context, in *PurgeNodesRequest, opt
 	return out, nil
 }
 
+func (c *adminClient) Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (*BackupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BackupResponse)
+	err := c.cc.Invoke(ctx, Admin_Backup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) ApplyPolicies(ctx context.Context, in *ApplyPoliciesRequest, opts ...grpc.CallOption) (*ApplyPoliciesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ApplyPoliciesResponse)
@@ -644,6 +659,10 @@ type AdminServer interface {
 	// hold expired long ago, so they could only attest again anyway. Banned
 	// nodes are kept (the ban must last).
 	PurgeNodes(context.Context, *PurgeNodesRequest) (*PurgeNodesResponse, error)
+	// Backup writes what restores this server into a new directory: the
+	// files of its data directory (CA and JWT keys, 0600) and a snapshot of
+	// its SQLite database, taken while it serves.
+	Backup(context.Context, *BackupRequest) (*BackupResponse, error)
 	// ApplyPolicies parses and validates every document of the files, checks
 	// that the stored set with them builds, and stores them all or none
 	// (kubectl apply's upsert: a document is created, or replaced by kind,
@@ -715,6 +734,9 @@ func (UnimplementedAdminServer) BanNode(context.Context, *BanNodeRequest) (*Atte
 }
 func (UnimplementedAdminServer) PurgeNodes(context.Context, *PurgeNodesRequest) (*PurgeNodesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method PurgeNodes not implemented")
+}
+func (UnimplementedAdminServer) Backup(context.Context, *BackupRequest) (*BackupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Backup not implemented")
 }
 func (UnimplementedAdminServer) ApplyPolicies(context.Context, *ApplyPoliciesRequest) (*ApplyPoliciesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ApplyPolicies not implemented")
@@ -1070,6 +1092,24 @@ func _Admin_PurgeNodes_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_Backup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BackupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Backup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Backup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Backup(ctx, req.(*BackupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_ApplyPolicies_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ApplyPoliciesRequest)
 	if err := dec(in); err != nil {
@@ -1202,6 +1242,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PurgeNodes",
 			Handler:    _Admin_PurgeNodes_Handler,
+		},
+		{
+			MethodName: "Backup",
+			Handler:    _Admin_Backup_Handler,
 		},
 		{
 			MethodName: "ApplyPolicies",

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	pb "github.com/meshfed/meshfed/internal/api/serverv1"
@@ -88,5 +89,53 @@ exec probe; the server also serves /healthz and /readyz on metrics_listen.`,
 		},
 	}
 	admin.add(c)
+	return c
+}
+
+// newServerBackup is 'meshfed server backup'.
+func newServerBackup() *cobra.Command {
+	var (
+		admin adminFlags
+		out   string
+	)
+	c := &cobra.Command{
+		Use:   "backup --admin-socket PATH --out DIR",
+		Short: "Write what restores this server into a new directory, while it serves",
+		Long: `Have the server write, into the new directory --out on its host, every file
+of its data directory (the CA and its keys, the JWT key, a VirtualMesh
+intermediate; keys stay 0600) and a snapshot of its SQLite database taken
+while it serves (SQLite's VACUUM INTO: writers are not held up). The
+directory appears whole or not at all. With a Postgres datastore the
+database is not included: back it up with pg_dump.
+
+To restore: stop the server, put the backup directory where its data
+directory was (or point --data-dir at it), and start it. Take backups
+outside a root rotation ('meshfed federation status' shows phase stable),
+so that the CA directories are not copied between two steps of it.`,
+		Example: `  meshfed server backup --admin-socket east/admin.sock --out /var/backups/meshfed/east-$(date +%F)`,
+		Args:    exactArgs(0, "no arguments"),
+		RunE: func(c *cobra.Command, _ []string) error {
+			if out == "" {
+				return usagef("give --out DIR: a directory that does not exist yet")
+			}
+			abs, err := filepath.Abs(out)
+			if err != nil {
+				return err
+			}
+			return admin.call(c, func(ctx context.Context, client pb.AdminClient) error {
+				resp, err := client.Backup(ctx, &pb.BackupRequest{OutDir: abs})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(c.OutOrStdout(), "backup of %d files written to %s\n", len(resp.GetFiles()), abs)
+				if note := resp.GetDatabaseNote(); note != "" {
+					fmt.Fprintf(c.OutOrStdout(), "not included: %s\n", note)
+				}
+				return nil
+			})
+		},
+	}
+	admin.add(c)
+	c.Flags().StringVar(&out, "out", "", "the directory to create (on the server's host)")
 	return c
 }
