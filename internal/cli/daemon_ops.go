@@ -109,9 +109,9 @@ directory appears whole or not at all. With a Postgres datastore the
 database is not included: back it up with pg_dump.
 
 To restore: stop the server, put the backup directory where its data
-directory was (or point --data-dir at it), and start it. Take backups
-outside a root rotation ('meshfed federation status' shows phase stable),
-so that the CA directories are not copied between two steps of it.`,
+directory was (or point --data-dir at it), and start it. A step of a root
+rotation waits for the copy, so the CA directories are copied as one
+phase left them.`,
 		Example: `  meshfed server backup --admin-socket east/admin.sock --out /var/backups/meshfed/east-$(date +%F)`,
 		Args:    exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {

@@ -56,7 +56,11 @@ func (a *adminService) Backup(ctx context.Context, req *pb.BackupRequest) (*pb.B
 			_ = os.RemoveAll(tmp)
 		}
 	}()
+	// A root rotation's step renames the CA directories; none runs while
+	// they are copied.
+	s.rotateMu.Lock()
 	files, err := copyDataDir(s.set.dataDir, tmp)
+	s.rotateMu.Unlock()
 	if err != nil {
 		s.log.Error("backup failed", "out_dir", out, "error", err)
 		return nil, status.Errorf(codes.Internal, "server: backup: %v", err)
