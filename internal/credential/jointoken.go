@@ -43,6 +43,11 @@ func HashJoinToken(token string) []byte {
 	return sum[:]
 }
 
+// JoinTokenID names a join token by its hash, "sha256:" and the first 8 hex
+// digits, as logs, errors and 'meshfed token list' show it: enough to tell
+// tokens apart, never enough to use one.
+func JoinTokenID(hash []byte) string { return "sha256:" + hex.EncodeToString(hash[:4]) }
+
 // TokenConsumer consumes join tokens: the server's store.
 type TokenConsumer interface {
 	// ConsumeJoinToken marks the unexpired, unused token with this hash as
@@ -90,7 +95,7 @@ func (v JoinTokenVerifier) Verify(ctx context.Context, token string) (Identity, 
 		return Identity{}, &Error{Kind: KindJoinToken, Reason: "join token is malformed: a join token is unpadded base64url"}
 	}
 	hash := HashJoinToken(token)
-	name := "join-token sha256:" + hex.EncodeToString(hash[:4])
+	name := "join-token " + JoinTokenID(hash)
 	id, err := v.Consumer.ConsumeJoinToken(ctx, hash, orNow(v.Clock)())
 	if err != nil {
 		switch {

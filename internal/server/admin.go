@@ -73,13 +73,9 @@ func (a *adminService) CreateJoinToken(ctx context.Context, req *pb.CreateJoinTo
 	if err := s.store.CreateJoinToken(ctx, store.JoinToken{Hash: hash, SPIFFEID: id, ExpiresAt: exp}); err != nil {
 		return nil, storeStatus(err)
 	}
-	s.log.Info("join token created", "spiffe_id", id.String(), "token", tokenID(hash), "expires_at", exp.UTC().Format(time.RFC3339))
-	return &pb.CreateJoinTokenResponse{Token: token, ExpiresAt: exp.Unix(), Id: tokenID(hash)}, nil
+	s.log.Info("join token created", "spiffe_id", id.String(), "token", credential.JoinTokenID(hash), "expires_at", exp.UTC().Format(time.RFC3339))
+	return &pb.CreateJoinTokenResponse{Token: token, ExpiresAt: exp.Unix(), Id: credential.JoinTokenID(hash)}, nil
 }
-
-// tokenID names a join token by its hash, as the credential's errors do:
-// "sha256:" and the first 8 hex digits.
-func tokenID(hash []byte) string { return "sha256:" + hex.EncodeToString(hash[:4]) }
 
 func (a *adminService) ListJoinTokens(ctx context.Context, req *pb.ListJoinTokensRequest) (*pb.ListJoinTokensResponse, error) {
 	var id spiffeid.ID
@@ -95,7 +91,7 @@ func (a *adminService) ListJoinTokens(ctx context.Context, req *pb.ListJoinToken
 	}
 	resp := &pb.ListJoinTokensResponse{}
 	for _, t := range tokens {
-		resp.Tokens = append(resp.Tokens, &pb.JoinTokenInfo{Id: tokenID(t.Hash), SpiffeId: t.SPIFFEID.String(), CreatedAt: t.CreatedAt.Unix(), ExpiresAt: t.ExpiresAt.Unix()})
+		resp.Tokens = append(resp.Tokens, &pb.JoinTokenInfo{Id: credential.JoinTokenID(t.Hash), SpiffeId: t.SPIFFEID.String(), CreatedAt: t.CreatedAt.Unix(), ExpiresAt: t.ExpiresAt.Unix()})
 	}
 	return resp, nil
 }

@@ -6,7 +6,6 @@ import (
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -277,7 +276,7 @@ func (s *controllerService) Join(_ context.Context, req *pb.JoinRequest) (*pb.In
 		return nil, err
 	}
 	hash := credential.HashJoinToken(token)
-	name := "sha256:" + hex.EncodeToString(hash[:4])
+	name := credential.JoinTokenID(hash)
 	now := c.clock()
 
 	c.mu.Lock()
@@ -515,7 +514,7 @@ func (a *adminService) CreateToken(_ context.Context, req *pb.CreateTokenRequest
 	}); err != nil {
 		return nil, errNotSaved(err)
 	}
-	c.log.Info("join token created", "trust_domain", td.Name(), "token", "sha256:"+hex.EncodeToString(hash[:4]),
+	c.log.Info("join token created", "trust_domain", td.Name(), "token", credential.JoinTokenID(hash),
 		"expires_at", expires.UTC().Format(time.RFC3339))
 	return &pb.CreateTokenResponse{Token: token, ExpiresAt: expires.Unix()}, nil
 }
