@@ -30,6 +30,7 @@ import (
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	spiffewl "github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 )
@@ -552,14 +553,58 @@ func TestAgentServesWorkloadsThroughOutages(t *testing.T) {
 	}
 
 	// The agent restarts without a token (the node SVID is kept), and with
-	// the server back it serves again.
+	// the server back it serves again; this time with a configuration file
+	// that allows one connection per uid.
 	agent.stop(t)
 	srv = startServer(t, dir, serverArgs...)
 	agentArgs[1] = srv.listen
-	startAgent(t, dir, agentArgs...)
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	if err := os.WriteFile(filepath.Join(dir, "agent.yaml"), []byte("metrics_listen: "+metricsAddr+"\nlimits:\n  max_connections_per_uid: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	agent = startAgent(t, dir, append(agentArgs, "--config", "agent.yaml")...)
 	r = fetch()
 	if !strings.Contains(r.stdout, "spiffe://east.example/ns/default/sa/reviews") {
 		t.Errorf("no SVID after the agent restarted:\n%s", r.stdout)
+	}
+
+	// A workload of this uid holds a connection open: it is the uid's one
+	// connection, so another process of the uid is refused, with the limit
+	// named in the agent's log and metrics, and the held one goes on.
+	ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	held, err := spiffewl.New(ctx, spiffewl.WithAddr("unix://"+wl))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	// Until the agent has seen the last fetch's process go, its connection
+	// may still be counted.
+	waitFor(t, 10*time.Second, "the held connection's first SVID", func() bool {
+		_, err := held.FetchX509SVID(ctx)
+		return err == nil
+	})
+	refused := run(t, dir, meshfedBin, "svid", "fetch", "--socket", wl, "--timeout", "2s")
+	// The workload's error names the limit: the agent answers the refused
+	// connection's first call before closing it.
+	if want := fmt.Sprintf("code = ResourceExhausted desc = admit: uid %d holds as many connections to this agent as limits.max_connections_per_uid allows (1)", os.Getuid()); refused.code != 1 || !strings.Contains(refused.stderr, want) {
+		t.Errorf("a second connection of one uid, with max_connections_per_uid: 1: exit %d, want 1 and %q:\n%s%s", refused.code, want, refused.stdout, refused.stderr)
+	}
+	if !strings.Contains(agent.logs.String(), "limit=limits.max_connections_per_uid") {
+		t.Errorf("the agent did not log the refusal:\n%s", agent.logs.String())
+	}
+	metrics, _ := curl(t, dir, "-sS", "--max-time", "10", "http://"+metricsAddr+"/metrics")
+	for _, want := range []string{
+		`meshfed_agent_workload_refused_total{limit="max_connections_per_uid",what="connection"} `,
+		`meshfed_agent_calls_total{code="OK",method="SpiffeWorkloadAPI/FetchX509SVID"} `,
+		"meshfed_agent_workload_connections 1\n",
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("agent /metrics lacks %q:\n%s", want, metrics)
+		}
+	}
+	if _, err := held.FetchX509SVID(ctx); err != nil {
+		t.Errorf("the held connection after the refusal: %v", err)
 	}
 	for _, logs := range []string{agent.logs.String(), srv.logs.String()} {
 		if strings.Contains(logs, "PRIVATE KEY") || strings.Contains(logs, token) {

@@ -27,6 +27,16 @@ type FileConfig struct {
 	Files         FileMode       `json:"files"`
 	Rotation      RotationConfig `json:"rotation"`
 	Runtime       RuntimeConfig  `json:"runtime"`
+	Limits        LimitsConfig   `json:"limits"`
+}
+
+// LimitsConfig bounds what workloads may hold of the agent's sockets (see
+// package admit): 0 or absent is the default, a negative value no bound.
+type LimitsConfig struct {
+	MaxConnections       int `json:"max_connections"`
+	MaxConnectionsPerUID int `json:"max_connections_per_uid"`
+	MaxCalls             int `json:"max_calls"`
+	MaxCallsPerUID       int `json:"max_calls_per_uid"`
 }
 
 // FileMode configures the agent's file mode.

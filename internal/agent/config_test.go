@@ -18,17 +18,22 @@ files:
   exec: nginx -s reload
 rotation:
   max_backoff: 1m
+limits:
+  max_connections: 2048
+  max_calls_per_uid: -1
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Server != "127.0.0.1:8443" || c.Files.Selectors[0] != "unix:uid:101" || c.Rotation.MaxBackoff != "1m" {
+	if c.Server != "127.0.0.1:8443" || c.Files.Selectors[0] != "unix:uid:101" || c.Rotation.MaxBackoff != "1m" ||
+		c.Limits != (LimitsConfig{MaxConnections: 2048, MaxCallsPerUID: -1}) {
 		t.Errorf("parsed %+v", c)
 	}
 	for _, tc := range []struct{ yaml, want string }{
 		{"servr: x\n", `unknown field "servr"`},
 		{"join_token: abc\n", `unknown field "join_token"`},
 		{"files: [1]\n", "agent: config agent.yaml"},
+		{"limits:\n  max_connections: many\n", "agent: config agent.yaml"},
 	} {
 		if _, err := ParseConfig("agent.yaml", []byte(tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: %v, want %q", tc.yaml, err, tc.want)

@@ -63,6 +63,17 @@ func newMetrics(a *Agent) *metrics {
 	return m
 }
 
+// RegisterMetrics adds collectors of the agent's other parts (its
+// workload sockets' admission gate) to the metrics it serves.
+func (a *Agent) RegisterMetrics(cs ...prometheus.Collector) error {
+	for _, c := range cs {
+		if err := a.metrics.registry.Register(c); err != nil {
+			return fmt.Errorf("agent: metrics: %w", err)
+		}
+	}
+	return nil
+}
+
 func (m *metrics) renewal(kind string, err error) {
 	result := "ok"
 	if err != nil {

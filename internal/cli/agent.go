@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/meshfed/meshfed/internal/agent"
+	"github.com/meshfed/meshfed/internal/agent/admit"
 	"github.com/meshfed/meshfed/internal/agent/attest"
 	"github.com/meshfed/meshfed/internal/agent/files"
 	"github.com/meshfed/meshfed/internal/agent/sds"
@@ -54,7 +55,9 @@ tokens rotate); the server derives the identity from the token, and every
 local caller gets that one SVID.
 
 Any SPIFFE Workload API client works: go-spiffe, SPIRE's tools, Envoy via a
-SPIFFE-aware helper, or 'meshfed svid fetch'.
+SPIFFE-aware helper, or 'meshfed svid fetch'. Workloads are held to limits on
+the connections and calls they keep open, in all and per uid (limits: in
+--config); a refused one is told which limit, and the agent logs it.
 
 The agent stops on SIGINT or SIGTERM. SIGHUP is logged and changes nothing:
 its configuration is read at start.`,
@@ -65,12 +68,19 @@ its configuration is read at start.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(c *cobra.Command, _ []string) error {
 			var rt agent.RuntimeConfig
+			var limits admit.Limits
 			if configPath != "" {
 				fc, err := agent.LoadConfig(configPath)
 				if err != nil {
 					return err
 				}
 				rt = fc.Runtime
+				limits = admit.Limits{
+					Conns:       fc.Limits.MaxConnections,
+					ConnsPerUID: fc.Limits.MaxConnectionsPerUID,
+					Calls:       fc.Limits.MaxCalls,
+					CallsPerUID: fc.Limits.MaxCallsPerUID,
+				}
 				fs := c.Flags()
 				fill := func(name string, dst *string, v string) {
 					if !fs.Changed(name) && v != "" {
@@ -135,17 +145,26 @@ its configuration is read at start.`,
 			if err := a.Start(ctx); err != nil {
 				return err
 			}
-			att, err := attest.New(attest.Config{})
+			gate, err := admit.New(admit.Config{Limits: limits, Logger: logger})
 			if err != nil {
 				return err
 			}
-			wl, err := workloadapi.New(workloadapi.Config{SocketPath: socket, Source: a.Cache, Attestor: att, Logger: logger})
+			if err := a.RegisterMetrics(gate.Collectors()...); err != nil {
+				return err
+			}
+			in := gate.Limits()
+			logger.Info("agent: workload limits", "max_connections", in.Conns, "max_connections_per_uid", in.ConnsPerUID, "max_calls", in.Calls, "max_calls_per_uid", in.CallsPerUID)
+			att, err := attest.New(attest.Config{Admit: gate.Conn})
+			if err != nil {
+				return err
+			}
+			wl, err := workloadapi.New(workloadapi.Config{SocketPath: socket, Source: a.Cache, Attestor: att, Logger: logger, Gate: gate})
 			if err != nil {
 				return err
 			}
 			runs := []func(context.Context) error{a.Run, wl.Run}
 			if sdsSocket != "" {
-				srv, err := sds.New(sds.Config{SocketPath: sdsSocket, Source: a.Cache, Attestor: att, Logger: logger})
+				srv, err := sds.New(sds.Config{SocketPath: sdsSocket, Source: a.Cache, Attestor: att, Logger: logger, Gate: gate})
 				if err != nil {
 					return err
 				}

@@ -29,6 +29,11 @@ type Config struct {
 	// LookupUser and LookupGroup give the name of a uid or gid ("" for
 	// none); os/user's by default. Tests replace them.
 	LookupUser, LookupGroup func(id string) string
+	// Admit, if set, is asked to admit each connection's caller when it is
+	// accepted (admit.Gate.Conn): a refused connection is closed before
+	// anything is read from it, and release is called once when an
+	// admitted one closes.
+	Admit func(Caller) (release func(), err error)
 }
 
 // nameTTL is how long a user or group name is remembered: looking one up
@@ -46,10 +51,12 @@ type Attestor struct {
 	// pidfds is whether connections are bound to their caller through
 	// SO_PEERPIDFD: the kernel offers it (Linux 6.5) and procRoot is a real
 	// procfs, whose /proc/<pid> handles are tied to their process.
-	pidfds bool
-	clock  func() time.Time
-	users  nameCache
-	groups nameCache
+	pidfds   bool
+	clock    func() time.Time
+	users    nameCache
+	groups   nameCache
+	admit    func(Caller) (release func(), err error) // Config.Admit
+	refusals refusals                                 // tells refused clients why
 }
 
 // nameCache remembers the names of ids for nameTTL.
@@ -110,7 +117,8 @@ func New(cfg Config) (*Attestor, error) {
 	if !st.IsDir() {
 		return nil, fmt.Errorf("attest: proc root %s is not a directory; point it at the procfs mount", root)
 	}
-	a := &Attestor{procRoot: root, clock: cfg.Clock, users: nameCache{lookup: cfg.LookupUser}, groups: nameCache{lookup: cfg.LookupGroup}}
+	a := &Attestor{procRoot: root, clock: cfg.Clock, admit: cfg.Admit, users: nameCache{lookup: cfg.LookupUser}, groups: nameCache{lookup: cfg.LookupGroup}}
+	a.refusals = newRefusals()
 	a.pidfds = isProcfs(root) && peerPidfdsWork()
 	if a.clock == nil {
 		a.clock = time.Now

@@ -37,6 +37,10 @@ type peerState struct {
 	startTime uint64
 
 	cache atomic.Pointer[selectorCache]
+
+	// release, if set, gives the connection's admission back (Config.Admit);
+	// close calls it once.
+	release func()
 }
 
 // selectorCache is the last selectors built for a connection.
@@ -210,6 +214,9 @@ func (p *peerState) close() {
 	if p.bound {
 		unix.Close(p.dir)
 		p.dir = -1
+	}
+	if p.release != nil {
+		p.release()
 	}
 }
 

@@ -66,8 +66,9 @@ func (peerCreds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, c
 }
 
 // ServerHandshake asks the kernel who connected c and binds the connection
-// to that process. Only a connection that is not a unix socket, or whose
-// SO_PEERCRED cannot be read, fails the handshake; any other failure is kept
+// to that process. Only a connection that is not a unix socket, whose
+// SO_PEERCRED cannot be read, or that Config.Admit refuses, fails the
+// handshake (gRPC then closes it); any other failure is kept
 // with the connection, so the workload gets a gRPC error it can report
 // instead of a connection that keeps failing its handshake. The returned
 // connection's Close also releases what the binding holds.
@@ -80,7 +81,18 @@ func (p peerCreds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, 
 	if err != nil {
 		return nil, nil, err
 	}
+	var release func()
+	if p.a.admit != nil {
+		if release, err = p.a.admit(k.caller); err != nil {
+			if k.pidfd >= 0 {
+				unix.Close(k.pidfd)
+			}
+			p.a.refusals.tell(uc, err)
+			return nil, nil, err
+		}
+	}
 	st := p.a.bind(k)
+	st.release = release
 	info := authInfo{
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
 		peer:           st,

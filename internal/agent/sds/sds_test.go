@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -23,6 +24,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/meshfed/meshfed/internal/agent/admit"
 	"github.com/meshfed/meshfed/internal/agent/attest"
 	"github.com/meshfed/meshfed/internal/agent/sds"
 	"github.com/meshfed/meshfed/internal/agent/workloadapi"
@@ -987,4 +989,29 @@ func TestSocket(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestGate: the agent's admission gate bounds SDS streams as it bounds the
+// Workload API's, on the same count of the caller's uid.
+func TestGate(t *testing.T) {
+	w := newWorld(t)
+	gate, err := admit.New(admit.Config{Limits: admit.Limits{CallsPerUID: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := attest.New(attest.Config{Admit: gate.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path, _ := serve(t, sds.Config{Source: w.src, Attestor: a, Gate: gate})
+	c := client(t, path)
+	s := openStream(t, c)
+	send(t, s, request("default"))
+	recv(t, s)
+
+	_, err = c.FetchSecrets(t.Context(), request("ROOTCA"))
+	wantStatus(t, err, codes.ResourceExhausted, fmt.Sprintf("admit: uid %d holds as many calls to this agent as limits.max_calls_per_uid allows (1); a process of that user may be leaking them (close streams and connections when done)", os.Geteuid()))
+	if conns, calls, _, _ := gate.Usage(0); conns != 1 || calls != 1 {
+		t.Fatalf("usage: %d connections, %d calls; want 1 and 1", conns, calls)
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/meshfed/meshfed/internal/agent/admit"
 	"github.com/meshfed/meshfed/internal/agent/attest"
 	"github.com/meshfed/meshfed/internal/agent/workloadapi"
 	"github.com/meshfed/meshfed/internal/grpcflow"
@@ -86,6 +87,10 @@ type Config struct {
 	Clock pki.Clock
 	// Logger defaults to discarding.
 	Logger *slog.Logger
+	// Gate, if set, admits each stream and call within its limits and
+	// counts it (the agent's; connections are admitted by the Attestor's
+	// handshake).
+	Gate *admit.Gate
 }
 
 // Server serves SDS on one unix socket.
@@ -149,10 +154,14 @@ func New(cfg Config) (*Server, error) {
 	if s.ln, err = listen(path); err != nil {
 		return nil, err
 	}
-	s.grpc = grpc.NewServer(append([]grpc.ServerOption{
+	opts := append([]grpc.ServerOption{
 		grpc.Creds(cfg.Attestor.TransportCredentials()),
 		grpc.MaxRecvMsgSize(maxRequestBytes),
-	}, grpcflow.ServerOptions(maxRequestBytes)...)...)
+	}, grpcflow.ServerOptions(maxRequestBytes)...)
+	if cfg.Gate != nil {
+		opts = append(opts, grpc.UnaryInterceptor(cfg.Gate.UnaryInterceptor), grpc.StreamInterceptor(cfg.Gate.StreamInterceptor))
+	}
+	s.grpc = grpc.NewServer(opts...)
 	secretv3.RegisterSecretDiscoveryServiceServer(s.grpc, &handler{s: s})
 	return s, nil
 }

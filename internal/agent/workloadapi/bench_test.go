@@ -24,6 +24,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/meshfed/meshfed/internal/agent/admit"
 	"github.com/meshfed/meshfed/internal/agent/attest"
 	"github.com/meshfed/meshfed/internal/agent/workloadapi"
 	"github.com/meshfed/meshfed/internal/pki"
@@ -94,7 +95,13 @@ func newBenchEnv(b *testing.B) *benchEnv {
 		{selectors: []string{otherUID}, id: workloadapi.Identity{SVID: benchSVID(b, eastD, "/other")}},
 	}
 
-	a, err := attest.New(attest.Config{})
+	// The agent's admission gate, with its default limits, as the binary
+	// runs it on the Workload API (not on the ceilings' servers).
+	gate, err := admit.New(admit.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	a, err := attest.New(attest.Config{Admit: gate.Conn})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -112,7 +119,7 @@ func newBenchEnv(b *testing.B) *benchEnv {
 	}
 	// Logging as the agent does by default: text at info, here discarded.
 	logger := slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	srv, err := workloadapi.New(workloadapi.Config{SocketPath: e.wl, Source: src, Attestor: a, Logger: logger})
+	srv, err := workloadapi.New(workloadapi.Config{SocketPath: e.wl, Source: src, Attestor: a, Logger: logger, Gate: gate})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -126,6 +133,12 @@ func newBenchEnv(b *testing.B) *benchEnv {
 		}
 	})
 
+	// The ceilings' servers attest as the Workload API does, without the
+	// gate (whose per-uid bound counts every connection it admits).
+	a, err = attest.New(attest.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
 	serveHealth(b, e.bare, workloadapi.TransportOptions(a)...)
 	attestUnary := func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		if _, err := a.AttestPeer(ctx); err != nil {

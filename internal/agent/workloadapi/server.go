@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/meshfed/meshfed/internal/agent/admit"
 	"github.com/meshfed/meshfed/internal/agent/attest"
 	"github.com/meshfed/meshfed/internal/api/agentv1"
 	"github.com/meshfed/meshfed/internal/grpcflow"
@@ -101,6 +102,9 @@ type Config struct {
 	// token of one audience and at most about 10 KiB, so the default costs
 	// about 1 MiB and at most about 10 MiB.
 	JWTCacheSize int
+	// Gate, if set, admits each call within its limits and counts it (the
+	// agent's; connections are admitted by the Attestor's handshake).
+	Gate *admit.Gate
 }
 
 // Server serves the Workload API on one unix socket.
@@ -154,9 +158,15 @@ func New(cfg Config) (*Server, error) {
 	if s.ln, err = listen(path); err != nil {
 		return nil, err
 	}
+	unary := []grpc.UnaryServerInterceptor{unaryHeaderCheck}
+	stream := []grpc.StreamServerInterceptor{streamHeaderCheck}
+	if cfg.Gate != nil {
+		unary = append(unary, cfg.Gate.UnaryInterceptor)
+		stream = append(stream, cfg.Gate.StreamInterceptor)
+	}
 	s.grpc = grpc.NewServer(append(transportOptions(cfg.Attestor),
-		grpc.ChainUnaryInterceptor(unaryHeaderCheck),
-		grpc.ChainStreamInterceptor(streamHeaderCheck),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
 	)...)
 	workload.RegisterSpiffeWorkloadAPIServer(s.grpc, &handler{s: s})
 	if cfg.Policies == nil {

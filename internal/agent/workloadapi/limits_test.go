@@ -1,0 +1,203 @@
+package workloadapi_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshfed/meshfed/internal/agent/admit"
+	"github.com/meshfed/meshfed/internal/agent/attest"
+	"github.com/meshfed/meshfed/internal/agent/workloadapi"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+// dial opens a connection of its own to the socket and makes sure it is
+// connected (or refused) before returning, by making a first call.
+func dialOwn(t *testing.T, path string) (*grpc.ClientConn, workload.SpiffeWorkloadAPIClient) {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn, workload.NewSpiffeWorkloadAPIClient(conn)
+}
+
+// openStream opens a FetchX509SVID stream and returns it after its first
+// response, or the error of the call.
+func openStream(t *testing.T, c workload.SpiffeWorkloadAPIClient) (cancel func(), err error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(withHeader(t.Context()))
+	stream, err := c.FetchX509SVID(ctx, &workload.X509SVIDRequest{})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	return cancel, nil
+}
+
+// until polls cond, for what the server learns asynchronously (a client's
+// close), failing the test after a generous bound; it measures nothing.
+func until(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestWorkloadLimits(t *testing.T) {
+	w := newWorld(t)
+	var log bytes.Buffer
+	gate, err := admit.New(admit.Config{
+		Limits: admit.Limits{Conns: 10, ConnsPerUID: 2, Calls: 10, CallsPerUID: 3},
+		Logger: slog.New(slog.NewTextHandler(&log, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := attest.New(attest.Config{Admit: gate.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := serve(t, workloadapi.Config{Source: w.src, Attestor: a, Gate: gate})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(gate.Collectors()...)
+	uid := uint32(os.Geteuid())
+	usage := func() (conns, calls int) {
+		_, _, conns, calls = gate.Usage(uid)
+		return conns, calls
+	}
+
+	// Connections: two of this uid are admitted, a third is closed at once.
+	conn1, c1 := dialOwn(t, path)
+	_, c2 := dialOwn(t, path)
+	var streams []func()
+	for _, c := range []workload.SpiffeWorkloadAPIClient{c1, c2} {
+		cancel, err := openStream(t, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, cancel)
+	}
+	// The refused connection's first call is answered with the reason.
+	_, c3 := dialOwn(t, path)
+	want := fmt.Sprintf("admit: uid %d holds as many connections to this agent as limits.max_connections_per_uid allows (2); a process of that user may be leaking them (close streams and connections when done)", uid)
+	if _, err := openStream(t, c3); status.Code(err) != codes.ResourceExhausted || status.Convert(err).Message() != want {
+		t.Fatalf("a third connection of one uid: %v, want ResourceExhausted %q", err, want)
+	}
+	if conns, calls := usage(); conns != 2 || calls != 2 {
+		t.Fatalf("usage: %d connections, %d calls; want 2 and 2", conns, calls)
+	}
+	if !strings.Contains(log.String(), want) {
+		t.Fatalf("the refusal is not logged with its reason:\n%s", log.String())
+	}
+
+	// Calls: a third stream is admitted, a fourth call of any kind is
+	// refused with the limit's name, and a closed stream gives its place back.
+	cancel, err := openStream(t, c1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	streams = append(streams, cancel)
+	want = fmt.Sprintf("admit: uid %d holds as many calls to this agent as limits.max_calls_per_uid allows (3); a process of that user may be leaking them (close streams and connections when done)", uid)
+	if _, err := openStream(t, c2); status.Code(err) != codes.ResourceExhausted || status.Convert(err).Message() != want {
+		t.Fatalf("a fourth stream: %v, want ResourceExhausted %q", err, want)
+	}
+	_, err = c2.ValidateJWTSVID(withHeader(t.Context()), &workload.ValidateJWTSVIDRequest{Audience: "a", Svid: "b"})
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("a unary call past the limit: %v, want ResourceExhausted", err)
+	}
+	if got := metric(t, reg, "meshfed_agent_calls_in_flight", "method", "SpiffeWorkloadAPI/FetchX509SVID"); got != 3 {
+		t.Fatalf("FetchX509SVID streams in flight = %v, want 3", got)
+	}
+	streams[0]()
+	until(t, "the closed stream's release", func() bool { _, calls := usage(); return calls == 2 })
+	if cancel, err = openStream(t, c2); err != nil {
+		t.Fatalf("a stream after one closed: %v", err)
+	}
+	streams = append(streams, cancel)
+
+	// A closed connection gives its place back, and its stream's.
+	conn1.Close()
+	until(t, "the closed connection's release", func() bool { conns, calls := usage(); return conns == 1 && calls == 2 })
+	_, c4 := dialOwn(t, path)
+	if cancel, err = openStream(t, c4); err != nil {
+		t.Fatalf("a new connection after one closed: %v", err)
+	}
+	streams = append(streams, cancel)
+
+	for _, m := range []struct {
+		what, limit string
+		want        float64
+	}{
+		{"call", "max_calls_per_uid", 2},
+		{"connection", "max_connections_per_uid", 1},
+	} {
+		if got := metric(t, reg, "meshfed_agent_workload_refused_total", "what", m.what, "limit", m.limit); got != m.want {
+			t.Errorf("refused %s for %s = %v, want %v", m.what, m.limit, got, m.want)
+		}
+	}
+	if got := metric(t, reg, "meshfed_agent_calls_total", "method", "SpiffeWorkloadAPI/ValidateJWTSVID", "code", "ResourceExhausted"); got != 1 {
+		t.Errorf("ValidateJWTSVID calls refused = %v, want 1", got)
+	}
+	for _, s := range streams {
+		s()
+	}
+}
+
+// metric is the value of the series of name whose labels include the
+// given name-value pairs, failing the test if there is none.
+func metric(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range f.GetMetric() {
+			for i := 0; i < len(labels); i += 2 {
+				if !hasLabel(m, labels[i], labels[i+1]) {
+					continue series
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				return m.Counter.GetValue()
+			case m.Gauge != nil:
+				return m.Gauge.GetValue()
+			}
+		}
+	}
+	t.Fatalf("no series %s%v", name, labels)
+	return 0
+}
+
+func hasLabel(m *dto.Metric, name, value string) bool {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue() == value
+		}
+	}
+	return false
+}
