@@ -1,8 +1,10 @@
 package server
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -46,6 +48,7 @@ type Config struct {
 	// Runtime is the process's garbage collector setting, applied by
 	// `meshfed server` (DefaultGCPercent, DefaultMemoryLimit).
 	Runtime procruntime.Config `json:"runtime"`
+	Limits  LimitsConfig       `json:"limits"`
 
 	LogLevel  string `json:"log_level"`
 	LogFormat string `json:"log_format"`
@@ -64,6 +67,27 @@ type AuditConfig struct {
 	// expired: a duration, "" for DefaultAuditRetention, or "off" to keep
 	// every row for ever. Rows of certificates still valid are always kept.
 	Retention string `json:"retention"`
+}
+
+// LimitsConfig bounds the work the signing API takes on at once (package
+// shed): signing requests beyond max_signing_in_flight wait their turn, up
+// to max_signing_queue of them for at most max_queue_wait each, and past
+// those bounds are refused at once with UNAVAILABLE, which agents and
+// istio-agent meet with backoff. For the integers 0 (or absent) is the
+// default and a negative value no bound.
+type LimitsConfig struct {
+	// MaxSigningInFlight is how many signing requests (CreateCertificate,
+	// SignX509SVID, SignJWTSVID, AttestNode) run at once.
+	MaxSigningInFlight int `json:"max_signing_in_flight"`
+	// MaxSigningQueue is how many wait for a turn at once.
+	MaxSigningQueue int `json:"max_signing_queue"`
+	// MaxQueueWait bounds one request's wait: a duration, "" for the
+	// default, or "off" (then only the caller's deadline bounds it).
+	MaxQueueWait string `json:"max_queue_wait"`
+	// MaxStreamsPerConnection is HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS
+	// on the signing API: how many calls one connection has open at once
+	// (a client's further calls wait on its side).
+	MaxStreamsPerConnection int `json:"max_streams_per_connection"`
 }
 
 // CAConfig says where the signing CA comes from.
@@ -181,8 +205,18 @@ const (
 	// load may wait that long.
 	MaxAuditCommitDelay   = 100 * time.Millisecond
 	DefaultReloadInterval = 5 * time.Second
-	ProfileHTTPSSPIFFE    = "https_spiffe"
-	ProfileHTTPSWeb       = "https_web"
+	// The defaults of limits.*: a signing request takes a few hundred
+	// microseconds of CPU and a share of an audit commit, so 256 at once
+	// keep every core and the group commit busy on any machine, and 4096
+	// waiting (a CSR and a goroutine each, ~10 KiB) hold a herd of
+	// reconnecting agents to ~40 MiB; a turn that does not come in 5 s is
+	// better refused, for the client to back off, than left to time out.
+	DefaultMaxSigningInFlight      = 256
+	DefaultMaxSigningQueue         = 4096
+	DefaultMaxQueueWait            = 5 * time.Second
+	DefaultMaxStreamsPerConnection = 128
+	ProfileHTTPSSPIFFE             = "https_spiffe"
+	ProfileHTTPSWeb                = "https_web"
 )
 
 // LoadConfig reads a YAML configuration file. Unknown keys are an error, so
@@ -240,6 +274,14 @@ type settings struct {
 	federation     federationSettings
 	commitDelay    time.Duration
 	auditRetention time.Duration // 0: keep every row
+	limits         limitSettings
+}
+
+// limitSettings are limits.* with defaults filled in.
+type limitSettings struct {
+	inFlight, queue int           // negative: no bound
+	queueWait       time.Duration // 0: no bound
+	streams         uint32        // 0: gRPC's (no bound)
 }
 
 // validate fills in defaults and refuses contradictions, naming the key.
@@ -376,6 +418,9 @@ func (c Config) validate() (*settings, error) {
 			return nil, fmt.Errorf("server: audit.retention %q: use a positive duration such as 90d (how long a row outlives its certificate), or off to keep every row", r)
 		}
 	}
+	if s.limits, err = c.Limits.validate(); err != nil {
+		return nil, err
+	}
 	if s.federation, err = c.Federation.validate(s.td, s.dataDir); err != nil {
 		return nil, err
 	}
@@ -400,4 +445,30 @@ func orDur(v duration.Duration, def time.Duration) time.Duration {
 		return def
 	}
 	return time.Duration(v)
+}
+
+// validate fills in the defaults of limits.*.
+func (c LimitsConfig) validate() (limitSettings, error) {
+	l := limitSettings{
+		inFlight: cmp.Or(c.MaxSigningInFlight, DefaultMaxSigningInFlight),
+		queue:    cmp.Or(c.MaxSigningQueue, DefaultMaxSigningQueue),
+	}
+	switch w := c.MaxQueueWait; {
+	case w == "":
+		l.queueWait = DefaultMaxQueueWait
+	case procruntime.IsOff(w):
+	default:
+		d, err := duration.Parse(w)
+		if err != nil || d <= 0 {
+			return l, fmt.Errorf("server: limits.max_queue_wait %q: use a positive duration such as 5s, or off to let only the caller's deadline bound the wait", w)
+		}
+		l.queueWait = d
+	}
+	switch n := c.MaxStreamsPerConnection; {
+	case n == 0:
+		l.streams = DefaultMaxStreamsPerConnection
+	case n > 0:
+		l.streams = uint32(min(n, math.MaxUint32))
+	}
+	return l, nil
 }

@@ -26,6 +26,8 @@ type metrics struct {
 	nodeRefusals *prometheus.CounterVec
 	// auditPruned counts audit rows deleted by audit.retention.
 	auditPruned prometheus.Counter
+	// shed counts signing requests refused by limits.*, by reason.
+	shed *prometheus.CounterVec
 }
 
 func newMetrics(caNotAfter func() float64) *metrics {
@@ -71,12 +73,16 @@ func newMetrics(caNotAfter func() float64) *metrics {
 			Name: "meshfed_server_node_refusals_total",
 			Help: "Agent calls refused for the node's record, by reason: NODE_NOT_ATTESTED (never attested or evicted), NODE_BANNED, NODE_SVID_SUPERSEDED (an SVID the node renewed away from: alert on it, a copy of a node SVID may be in use).",
 		}, []string{"reason"}),
+		shed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshfed_server_signing_shed_total",
+			Help: "Signing requests refused with UNAVAILABLE for limits.*, by reason: queue_full (limits.max_signing_queue waited already), waited (no turn within limits.max_queue_wait).",
+		}, []string{"reason"}),
 		auditPruned: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meshfed_server_audit_pruned_rows_total",
 			Help: "Audit rows deleted because their certificate expired more than audit.retention ago.",
 		}),
 	}
-	m.registry.MustRegister(m.issued, m.issueSeconds, m.storeSeconds, m.caNotAfter, m.watchers, m.policyChanges, m.commitRows, m.commitWait, m.nodeRefusals, m.auditPruned,
+	m.registry.MustRegister(m.issued, m.issueSeconds, m.storeSeconds, m.caNotAfter, m.watchers, m.policyChanges, m.commitRows, m.commitWait, m.nodeRefusals, m.auditPruned, m.shed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -42,8 +42,10 @@ import (
 	"github.com/meshfed/meshfed/internal/federation/member"
 	"github.com/meshfed/meshfed/internal/grpcflow"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/internal/shed"
 	"github.com/meshfed/meshfed/internal/store"
 	"github.com/meshfed/meshfed/internal/supervise"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -79,6 +81,7 @@ type Server struct {
 	jwtKey   *jwtSigningKey
 	metrics  *metrics
 	identity *servingIdentity
+	shed     *shed.Limiter // limits.*: turns for signing requests (admitSigning)
 
 	bundle   atomic.Pointer[spiffebundle.Bundle] // this domain's, as published
 	revision atomic.Int64
@@ -120,6 +123,10 @@ func New(ctx context.Context, cfg Config, opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	limiter, err := shed.New(shed.Config{InFlight: set.limits.inFlight, Queued: set.limits.queue, MaxWait: set.limits.queueWait})
+	if err != nil {
+		return nil, fmt.Errorf("server: limits: %w", err)
+	}
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
@@ -132,7 +139,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Server, error) {
 	if err := os.MkdirAll(set.dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: data_dir: %w", err)
 	}
-	s := &Server{set: set, clock: opts.Clock, poll: opts.PollInterval, changes: newBroadcaster(), stopping: make(chan struct{})}
+	s := &Server{set: set, clock: opts.Clock, poll: opts.PollInterval, changes: newBroadcaster(), shed: limiter, stopping: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {
@@ -189,7 +196,15 @@ func New(ctx context.Context, cfg Config, opts Options) (*Server, error) {
 	if err := s.startVirtualMesh(); err != nil {
 		return nil, err
 	}
-	s.metrics.registry.MustRegister(federationCollector{s})
+	s.metrics.registry.MustRegister(federationCollector{s},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "meshfed_server_signing_in_flight",
+			Help: "Signing requests running now (at most limits.max_signing_in_flight).",
+		}, func() float64 { return float64(s.shed.InFlight()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "meshfed_server_signing_queued",
+			Help: "Signing requests waiting for a turn now (at most limits.max_signing_queue).",
+		}, func() float64 { return float64(s.shed.Queued()) }))
 	if err := s.serve(); err != nil {
 		return nil, err
 	}
@@ -234,13 +249,16 @@ func (s *Server) serve() error {
 	opts := []grpc.ServerOption{
 		grpc.Creds(credentials.NewTLS(s.tlsConfig())),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
-		grpc.ChainUnaryInterceptor(s.adminOverTLS, s.announceIssuance),
+		grpc.ChainUnaryInterceptor(s.admitSigning, s.adminOverTLS, s.announceIssuance),
 		// Requests run on long-lived goroutines whose stacks have already
 		// grown to what signing and the store need, instead of a new
 		// goroutine per request growing its stack from 8 KiB each time
 		// (2-3% of an issuance's CPU); past them gRPC starts goroutines
 		// as before.
 		grpc.NumStreamWorkers(streamWorkers),
+	}
+	if n := s.set.limits.streams; n > 0 {
+		opts = append(opts, grpc.MaxConcurrentStreams(n))
 	}
 	// Fixed windows: no bandwidth-estimating PING per renewal (see grpcflow).
 	s.grpcServer = grpc.NewServer(append(opts, grpcflow.ServerOptions(grpcflow.SigningAPIWindow)...)...)

@@ -444,6 +444,8 @@ func TestConfigValidation(t *testing.T) {
 		{"trust_domain: east.example\ndata_dir: x\naudit:\n  retention: forever\n", `audit.retention "forever": use a positive duration such as 90d (how long a row outlives its certificate), or off to keep every row`},
 		{"trust_domain: east.example\ndata_dir: x\naudit:\n  retention: 0s\n", `audit.retention "0s"`},
 		{"trust_domain: east.example\ndata_dir: x\nruntime:\n  gc_percnt: 5\n", `unknown field "gc_percnt"`},
+		{"trust_domain: east.example\ndata_dir: x\nlimits:\n  max_queue_wait: soon\n", `limits.max_queue_wait "soon": use a positive duration such as 5s, or off`},
+		{"trust_domain: east.example\ndata_dir: x\nlimits:\n  max_signing_in_flight: many\n", "server: config test.yaml"},
 	}
 	for _, tc := range cases {
 		c, err := ParseConfig("test.yaml", []byte(tc.yaml))
@@ -462,14 +464,7 @@ func TestConfigValidation(t *testing.T) {
 		{"audit:\n  commit_delay: off\n  retention: off\n", 0, 0},
 		{"audit:\n  commit_delay: 5ms\n  retention: 30d\n", 5 * time.Millisecond, 30 * 24 * time.Hour},
 	} {
-		c, err := ParseConfig("test.yaml", []byte("trust_domain: east.example\ndata_dir: x\n"+tc.yaml))
-		if err != nil {
-			t.Fatal(err)
-		}
-		set, err := c.validate()
-		if err != nil {
-			t.Fatalf("%q: %v", tc.yaml, err)
-		}
+		set := validated(t, tc.yaml)
 		if set.metricsListen != DefaultMetricsListen {
 			t.Errorf("metrics listen %q, want the default", set.metricsListen)
 		}
@@ -489,6 +484,21 @@ func TestConfigValidation(t *testing.T) {
 	if _, err := ParseConfig("test.yaml", []byte("svid:\n  max_ttl: forever\n")); err == nil || !strings.Contains(err.Error(), "invalid duration") {
 		t.Errorf("bad duration: %v", err)
 	}
+}
+
+// validated is the settings of a configuration of east.example in x with
+// the keys of yaml besides.
+func validated(t *testing.T, yaml string) *settings {
+	t.Helper()
+	c, err := ParseConfig("test.yaml", []byte("trust_domain: east.example\ndata_dir: x\n"+yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := c.validate()
+	if err != nil {
+		t.Fatalf("%q: %v", yaml, err)
+	}
+	return set
 }
 
 // TestExpiredSVIDOnOpenConnection: a node's gRPC connection outlives the
