@@ -30,6 +30,15 @@ func (n *nodeService) AttestNode(ctx context.Context, req *pb.AttestNodeRequest)
 	var err error
 	switch c := req.GetCredential().(type) {
 	case *pb.AttestNodeRequest_JoinToken:
+		// A token for a banned node is refused before it is spent, so that
+		// it still works once the node is evicted (the order the refusal
+		// asks for); a ban made between this and the spending is caught
+		// below, after it.
+		if id, err := s.store.JoinTokenSubject(ctx, credential.HashJoinToken(c.JoinToken), s.clock()); err == nil {
+			if n, err := s.store.GetNode(ctx, id); err == nil && n.Banned() {
+				return nil, s.nodeRefused(id, "", store.ErrNodeBanned)
+			}
+		}
 		if ident, err = s.tokens.Verify(ctx, c.JoinToken); err != nil {
 			return nil, s.credentialError(credential.KindJoinToken, err)
 		}

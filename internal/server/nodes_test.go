@@ -239,11 +239,17 @@ func TestNodeEvictAndBan(t *testing.T) {
 		t.Errorf("a banned node's attestation issued %d certificates", len(after.GetIssued())-len(before.GetIssued()))
 	}
 
-	// Evicted, the ban is lifted and a new token attests it.
+	// The refused token was not spent: evicted, the ban is lifted and that
+	// same token attests the node.
 	if _, err := admin.EvictNode(ctx, &pb.EvictNodeRequest{SpiffeId: hostID}); err != nil {
 		t.Fatal(err)
 	}
-	s3 := attestNodeCert(t, h, hostID)
+	key, csr := newCSR(t)
+	resp, err := pb.NewNodeClient(h.dial(t, nil)).AttestNode(ctx, &pb.AttestNodeRequest{Credential: &pb.AttestNodeRequest_JoinToken{JoinToken: tok.GetToken()}, Csr: csr})
+	if err != nil {
+		t.Fatalf("the token refused while the node was banned, after the eviction: %v", err)
+	}
+	s3 := tls.Certificate{Certificate: resp.GetSvid().GetCertChain(), PrivateKey: key}
 	if _, err := renewNode(t, h, s3); err != nil {
 		t.Fatalf("renewal after the ban was lifted: %v", err)
 	}

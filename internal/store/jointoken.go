@@ -87,6 +87,31 @@ func (s *Store) ConsumeJoinToken(ctx context.Context, hash []byte, now time.Time
 	}, nil
 }
 
+// JoinTokenSubject returns the SPIFFE ID the token with this hash would
+// attest if it were consumed at now, without consuming it: ErrTokenInvalid
+// for an unknown, expired or used one, as ConsumeJoinToken. It lets a
+// caller refuse a token's node before the token is spent (a banned node).
+func (s *Store) JoinTokenSubject(ctx context.Context, hash []byte, now time.Time) (spiffeid.ID, error) {
+	if len(hash) != sha256.Size {
+		return spiffeid.ID{}, fmt.Errorf("store: %w", ErrTokenInvalid)
+	}
+	var id string
+	err := s.r.QueryRowContext(ctx,
+		`SELECT spiffe_id FROM join_tokens WHERE hash = $1 AND used_at IS NULL AND expires_at > $2`,
+		hash, millis(now)).Scan(&id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return spiffeid.ID{}, fmt.Errorf("store: %w", ErrTokenInvalid)
+	}
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("store: reading join token: %w", err)
+	}
+	sid, err := parseStoredID("join token", id)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("store: reading join token: %w", err)
+	}
+	return sid, nil
+}
+
 // PruneJoinTokens deletes the tokens, used or not, that expired before
 // before, and returns how many. A deleted token is unknown, which consuming
 // treats as it treats a used or expired one.

@@ -51,6 +51,13 @@ func TestJoinTokenLifecycle(t *testing.T) {
 			if hash == nil {
 				hash = tokenHash(st.token)
 			}
+			// The token's subject, read without spending it, agrees with
+			// what consuming it says next.
+			id, err := s.JoinTokenSubject(ctx, hash, st.now)
+			checkErr(t, st.name+" (subject)", err, st.want)
+			if st.want == "" && id != node1 {
+				t.Errorf("%s: subject %s, want %s", st.name, id, node1)
+			}
 			got, err := s.ConsumeJoinToken(ctx, hash, st.now)
 			checkErr(t, st.name, err, st.want)
 			if st.want != "" {
