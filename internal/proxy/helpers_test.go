@@ -69,8 +69,14 @@ func newCA(t testing.TB, kt pki.KeyType, slot int, name string) *testCA {
 // svid issues an SVID for id with a key of type kt from key slot slot.
 func (c *testCA) svid(t testing.TB, id string, kt pki.KeyType, slot int, subject pkix.Name) *x509svid.SVID {
 	t.Helper()
+	return c.svidFor(t, id, kt, slot, subject, 0)
+}
+
+// svidFor is svid with a lifetime (pki.DefaultSVIDTTL if zero).
+func (c *testCA) svidFor(t testing.TB, id string, kt pki.KeyType, slot int, subject pkix.Name, ttl time.Duration) *x509svid.SVID {
+	t.Helper()
 	k := key(t, kt, slot)
-	chain, err := c.ca.SignX509SVID(pki.SVIDRequest{ID: spiffeid.RequireFromString(id), PublicKey: k.Public(), Subject: subject})
+	chain, err := c.ca.SignX509SVID(pki.SVIDRequest{ID: spiffeid.RequireFromString(id), PublicKey: k.Public(), Subject: subject, TTL: ttl})
 	if err != nil {
 		t.Fatal(err)
 	}

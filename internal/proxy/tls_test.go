@@ -320,8 +320,11 @@ func TestSessionResumedOnlyUnderItsSVID(t *testing.T) {
 	for _, version := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
 		t.Run(tls.VersionName(version), func(t *testing.T) {
 			clientSrc := w.source(w.caA.svid(t, idFrontend, pki.ECP256, 3, pkix.Name{}))
-			// Made after the client's, so it expires no earlier.
-			server := proxy.ServerTLS(w.source(w.caA.svid(t, idBackend, pki.ECP256, 2, pkix.Name{})), tlsconfig.AuthorizeAny())
+			// Twice the client's lifetime, so that the client's SVID, even
+			// the one the rotation below makes, expires first (certificate
+			// times are whole seconds of the wall clock: an SVID made a
+			// moment later may expire a second later).
+			server := proxy.ServerTLS(w.source(w.caA.svidFor(t, idBackend, pki.ECP256, 2, pkix.Name{}, 2*pki.DefaultSVIDTTL)), tlsconfig.AuthorizeAny())
 			client := proxy.ClientTLS(clientSrc, tlsconfig.AuthorizeAny())
 			client.MaxVersion = version
 			client.ServerName = "backend" // the session cache key; each handshake has a new port
