@@ -9,6 +9,7 @@
 //	issuance load    -addr HOST:PORT -bundle FILE -api node -join-token TOKEN [flags]
 //	issuance load    -addr HOST:PORT -bundle FILE -api istio -jwt-key FILE [flags]
 //	issuance load    ... -ceiling-ca-dir DATA_DIR/ca [-slices N]   (the ceiling in turn with the load)
+//	issuance herd    -addr HOST:PORT -bundle FILE -api ... -rate N [-timeout D] [-duration D]   (an open-loop overload)
 //
 // Each prints one line of key=value pairs on stdout, for bench/run to read.
 // It is a benchmark tool, not part of meshfed: it never runs in tests.
@@ -43,8 +44,10 @@ import (
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	istioca "istio.io/api/security/v1alpha1"
 )
 
@@ -64,7 +67,7 @@ var nodeID = spiffeid.RequireFromString("spiffe://east.example/node/bench")
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: issuance jwks|ceiling|load [flags]")
+		fmt.Fprintln(os.Stderr, "usage: issuance jwks|ceiling|load|herd [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -75,8 +78,10 @@ func main() {
 		err = ceilingCmd(args)
 	case "load":
 		err = loadCmd(args)
+	case "herd":
+		err = herdCmd(args)
 	default:
-		err = fmt.Errorf("unknown command %q: use jwks, ceiling or load", cmd)
+		err = fmt.Errorf("unknown command %q: use jwks, ceiling, load or herd", cmd)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "issuance:", err)
@@ -306,78 +311,16 @@ func loadCmd(args []string) error {
 		return fmt.Errorf("-slices %d: want at least 1", *slicesN)
 	}
 
-	roots, err := pemfile.ReadCertificates(*bundlePath)
+	call, conns, err := connect(target{addr: *addr, bundle: *bundlePath, api: *api, joinToken: *joinToken, jwtKey: *jwtKeyPath}, *clients)
 	if err != nil {
 		return err
 	}
-	pool := x509.NewCertPool()
-	for _, r := range roots {
-		pool.AddCert(r)
+	defer closeAll(conns)
+	load := func(w int) error {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		return call(ctx, conns[w])
 	}
-	dial := func(client *tls.Certificate) (*grpc.ClientConn, error) {
-		conf := &tls.Config{RootCAs: pool, ServerName: strings.Split(*addr, ":")[0], MinVersion: tls.VersionTLS12}
-		if client != nil {
-			conf.Certificates = []tls.Certificate{*client}
-		}
-		// As the agent dials (agent.dial): fixed windows, no
-		// bandwidth-estimating PINGs.
-		return grpc.NewClient(*addr, append(grpcflow.DialOptions(grpcflow.SigningAPIWindow),
-			grpc.WithTransportCredentials(credentials.NewTLS(conf)))...)
-	}
-	_, csr, err := newCSR()
-	if err != nil {
-		return err
-	}
-
-	var call func(conn *grpc.ClientConn) error
-	var clientCert *tls.Certificate
-	switch *api {
-	case "node":
-		if clientCert, err = attest(dial, *joinToken); err != nil {
-			return err
-		}
-		req := &pb.SignX509SVIDRequest{Requests: []*pb.SVIDRequest{{Csr: csr.Raw}}}
-		call = func(conn *grpc.ClientConn) error {
-			ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-			defer cancel()
-			resp, err := pb.NewNodeClient(conn).SignX509SVID(ctx, req)
-			if err == nil && len(resp.GetSvids()) != 1 {
-				err = fmt.Errorf("%d SVIDs back, want 1", len(resp.GetSvids()))
-			}
-			return err
-		}
-	case "istio":
-		key, err := pemfile.ReadPrivateKey(*jwtKeyPath)
-		if err != nil {
-			return err
-		}
-		token, err := serviceAccountToken(key)
-		if err != nil {
-			return err
-		}
-		authed := metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+token)
-		req := &istioca.IstioCertificateRequest{Csr: string(pemfile.EncodeCSR(csr.Raw)), ValidityDuration: 3600}
-		call = func(conn *grpc.ClientConn) error {
-			ctx, cancel := context.WithTimeout(authed, callTimeout)
-			defer cancel()
-			resp, err := istioca.NewIstioCertificateServiceClient(conn).CreateCertificate(ctx, req)
-			if err == nil && len(resp.GetCertChain()) < 2 {
-				err = fmt.Errorf("chain of %d back, want leaf and root", len(resp.GetCertChain()))
-			}
-			return err
-		}
-	default:
-		return fmt.Errorf("-api %q: use node or istio", *api)
-	}
-
-	conns := make([]*grpc.ClientConn, *clients)
-	for i := range conns {
-		if conns[i], err = dial(clientCert); err != nil {
-			return err
-		}
-		defer conns[i].Close()
-	}
-	load := func(w int) error { return call(conns[w]) }
 	if *ceilingDir == "" {
 		r, err := window(*clients, *warmup, *d, *pid, load)
 		if err != nil {
@@ -410,6 +353,191 @@ func loadCmd(args []string) error {
 	fmt.Printf("%s slices=%d ceiling_rate=%.1f ceiling_cpu_per_op_us=%.1f\n", loadLine(*api, *clients, r), *slicesN,
 		float64(ceiling.ops)/ceiling.elapsed.Seconds(), perOp(ceiling.selfCPU, ceiling.ops))
 	return nil
+}
+
+// target is the server and call a load makes.
+type target struct {
+	addr, bundle, api, joinToken, jwtKey string
+}
+
+// connect makes the call of t.api (attesting first for node) and clients
+// connections of their own to make it on; the CSR is made once.
+func connect(t target, clients int) (call func(ctx context.Context, conn *grpc.ClientConn) error, conns []*grpc.ClientConn, err error) {
+	roots, err := pemfile.ReadCertificates(t.bundle)
+	if err != nil {
+		return nil, nil, err
+	}
+	pool := x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	dial := func(client *tls.Certificate) (*grpc.ClientConn, error) {
+		conf := &tls.Config{RootCAs: pool, ServerName: strings.Split(t.addr, ":")[0], MinVersion: tls.VersionTLS12}
+		if client != nil {
+			conf.Certificates = []tls.Certificate{*client}
+		}
+		// As the agent dials (agent.dial): fixed windows, no
+		// bandwidth-estimating PINGs.
+		return grpc.NewClient(t.addr, append(grpcflow.DialOptions(grpcflow.SigningAPIWindow),
+			grpc.WithTransportCredentials(credentials.NewTLS(conf)))...)
+	}
+	_, csr, err := newCSR()
+	if err != nil {
+		return nil, nil, err
+	}
+
+	var clientCert *tls.Certificate
+	switch t.api {
+	case "node":
+		if clientCert, err = attest(dial, t.joinToken); err != nil {
+			return nil, nil, err
+		}
+		req := &pb.SignX509SVIDRequest{Requests: []*pb.SVIDRequest{{Csr: csr.Raw}}}
+		call = func(ctx context.Context, conn *grpc.ClientConn) error {
+			resp, err := pb.NewNodeClient(conn).SignX509SVID(ctx, req)
+			if err == nil && len(resp.GetSvids()) != 1 {
+				err = fmt.Errorf("%d SVIDs back, want 1", len(resp.GetSvids()))
+			}
+			return err
+		}
+	case "istio":
+		key, err := pemfile.ReadPrivateKey(t.jwtKey)
+		if err != nil {
+			return nil, nil, err
+		}
+		token, err := serviceAccountToken(key)
+		if err != nil {
+			return nil, nil, err
+		}
+		req := &istioca.IstioCertificateRequest{Csr: string(pemfile.EncodeCSR(csr.Raw)), ValidityDuration: 3600}
+		call = func(ctx context.Context, conn *grpc.ClientConn) error {
+			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+			resp, err := istioca.NewIstioCertificateServiceClient(conn).CreateCertificate(ctx, req)
+			if err == nil && len(resp.GetCertChain()) < 2 {
+				err = fmt.Errorf("chain of %d back, want leaf and root", len(resp.GetCertChain()))
+			}
+			return err
+		}
+	default:
+		return nil, nil, fmt.Errorf("-api %q: use node or istio", t.api)
+	}
+
+	conns = make([]*grpc.ClientConn, clients)
+	for i := range conns {
+		if conns[i], err = dial(clientCert); err != nil {
+			closeAll(conns[:i])
+			return nil, nil, err
+		}
+	}
+	return call, conns, nil
+}
+
+// closeAll closes connections.
+func closeAll(conns []*grpc.ClientConn) {
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// herdCmd offers the server -rate calls per second for -duration, each on
+// its schedule whatever became of the earlier ones (an open loop, as a fleet
+// of agents arriving after a partition is), each given up after -timeout as
+// a client would; and reports what became of them: signed in time (the
+// goodput, with its latencies), refused (UNAVAILABLE: the server's load
+// shedding, or a connection that failed), given up (DEADLINE_EXCEEDED),
+// and the server's CPU and peak memory. The
+// goodput is the calls signed in time over the seconds until the last call
+// ended (the offered seconds and the drain after them).
+func herdCmd(args []string) error {
+	fs := flag.NewFlagSet("herd", flag.ExitOnError)
+	addr := fs.String("addr", "", "the server's signing API (its --listen)")
+	bundlePath := fs.String("bundle", "", "PEM roots of the trust domain (meshfed bundle show --format pem)")
+	api := fs.String("api", "node", "node or istio, as for load")
+	joinToken := fs.String("join-token", "", "node: the join token the node attests with first")
+	jwtKeyPath := fs.String("jwt-key", "", "istio: the key from `issuance jwks`")
+	clients := fs.Int("clients", 256, "connections the calls are spread over")
+	rate := fs.Int("rate", 5000, "calls offered per second")
+	timeout := fs.Duration("timeout", 30*time.Second, "how long a call is waited for (the agent waits 30 s for a signing call)")
+	d := fs.Duration("duration", 10*time.Second, "how long calls are offered")
+	pid := fs.Int("server-pid", -1, "the server's process ID, for its CPU time and peak memory")
+	fs.Parse(args)
+	if *rate <= 0 {
+		return fmt.Errorf("-rate %d: want a positive rate", *rate)
+	}
+	call, conns, err := connect(target{addr: *addr, bundle: *bundlePath, api: *api, joinToken: *joinToken, jwtKey: *jwtKeyPath}, *clients)
+	if err != nil {
+		return err
+	}
+	defer closeAll(conns)
+
+	n := int(d.Seconds() * float64(*rate))
+	interval := time.Second / time.Duration(*rate)
+	var (
+		mu                              sync.Mutex
+		okLat                           []time.Duration
+		unavailableN, deadlineN, otherN int
+		firstOther                      error
+		wg                              sync.WaitGroup
+	)
+	cpu0 := processCPU(*pid)
+	began := time.Now()
+	for i := range n {
+		if wait := time.Until(began.Add(time.Duration(i) * interval)); wait > 0 {
+			time.Sleep(wait)
+		}
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+			defer cancel()
+			t := time.Now()
+			err := call(ctx, conns[i%len(conns)])
+			lat := time.Since(t)
+			mu.Lock()
+			defer mu.Unlock()
+			switch status.Code(err) {
+			case codes.OK:
+				okLat = append(okLat, lat)
+			case codes.Unavailable:
+				unavailableN++
+			case codes.DeadlineExceeded:
+				deadlineN++
+			default:
+				otherN++
+				if firstOther == nil {
+					firstOther = err
+				}
+			}
+		})
+	}
+	offered := time.Since(began)
+	wg.Wait()
+	drained := time.Since(began)
+	cpu := processCPU(*pid) - cpu0
+	if otherN > 0 {
+		fmt.Fprintf(os.Stderr, "issuance: %d calls failed otherwise, the first: %v\n", otherN, firstOther)
+	}
+	slices.Sort(okLat)
+	fmt.Printf("herd api=%s rate=%d timeout=%s offered=%d seconds=%.3f drained_seconds=%.3f ok=%d goodput=%.1f unavailable=%d deadline=%d other=%d p50_us=%d p99_us=%d server_cpu_s=%.2f server_peak_rss_mib=%.1f\n",
+		*api, *rate, *timeout, n, offered.Seconds(), drained.Seconds(), len(okLat), float64(len(okLat))/drained.Seconds(), unavailableN, deadlineN, otherN,
+		percentile(okLat, 0.50).Microseconds(), percentile(okLat, 0.99).Microseconds(), cpu.Seconds(), peakRSSMiB(*pid))
+	return nil
+}
+
+// peakRSSMiB is a process's peak resident memory (VmHWM), 0 if unknown.
+func peakRSSMiB(pid int) float64 {
+	if pid <= 0 {
+		return 0
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")))
+			return float64(kb) / 1024
+		}
+	}
+	return 0
 }
 
 // loadLine is the load's report, key=value pairs for bench/run.
