@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
+	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -77,6 +78,9 @@ type Config struct {
 	Logger    *slog.Logger
 	// MaxBackoff caps the wait between failed renewals (default 30s).
 	MaxBackoff time.Duration
+	// Rand returns a random number in [0, 1), to spread retries (spread);
+	// math/rand/v2's Float64 if nil. Tests fix it.
+	Rand func() float64
 }
 
 // Agent keeps a node's identity and its workloads' SVIDs.
@@ -131,11 +135,15 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = 30 * time.Second
 	}
+	if cfg.Rand == nil {
+		cfg.Rand = mrand.Float64
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent: data dir: %w", err)
 	}
 	a := &Agent{cfg: cfg, clock: cfg.Clock, log: cfg.Logger, Cache: newCache(cfg.Clock),
 		wake: make(chan struct{}, 1), reconnected: make(chan struct{}, 1)}
+	a.Cache.spread = a.spread
 	a.metrics = newMetrics(a)
 	a.Cache.fetchJWT = a.JWTSVID
 	return a, nil
@@ -527,8 +535,9 @@ func (a *Agent) watch(ctx context.Context) {
 		// connection attesting again makes (reattest) is worth a try.
 		var retry <-chan time.Time
 		if a.Refused() == "" {
-			a.log.Warn("watch stream ended; reconnecting", "error", err, "in", backoff.String())
-			retry = time.After(backoff)
+			wait := a.spread(backoff)
+			a.log.Warn("watch stream ended; reconnecting", "error", err, "in", wait.String())
+			retry = time.After(wait)
 		}
 		select {
 		case <-ctx.Done():
@@ -627,7 +636,7 @@ func (a *Agent) Sync(ctx context.Context) time.Time {
 		a.mu.Unlock()
 		if due {
 			err := a.reattest(ctx)
-			wait := a.cfg.MaxBackoff
+			wait := a.spread(a.cfg.MaxBackoff)
 			switch {
 			case errors.Is(err, errNoFreshToken):
 				// Logged once per token; the file is looked at again soon.
@@ -674,7 +683,7 @@ func (a *Agent) Sync(ctx context.Context) time.Time {
 		if err != nil {
 			a.log.Warn("renewing the node SVID failed; will retry", "error", err)
 			a.mu.Lock()
-			a.nodeNext = now.Add(a.cfg.MaxBackoff)
+			a.nodeNext = now.Add(a.spread(a.cfg.MaxBackoff))
 			nodeNext = a.nodeNext
 			a.mu.Unlock()
 		} else {
@@ -829,6 +838,15 @@ func renewAt(c *x509.Certificate, now time.Time, frac float64) time.Time {
 	}
 	life := c.NotAfter.Sub(start)
 	return start.Add(time.Duration(float64(life) * (0.5 + frac)))
+}
+
+// spread is how long to wait before retrying after a failure whose backoff
+// is d: between half of d and d, at random ("equal jitter"), so that agents
+// that failed together (a server outage, a partition, the server shedding
+// load) do not all try again in the same instant, and a retry still waits at
+// least half of its backoff.
+func (a *Agent) spread(d time.Duration) time.Duration {
+	return d/2 + time.Duration(a.cfg.Rand()*float64(d/2))
 }
 
 // jitter is a random fraction in [-0.1, 0.1).

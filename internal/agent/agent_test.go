@@ -97,7 +97,8 @@ func setup(t *testing.T) (*testServer, *Agent, *fakeClock, string) {
 	}
 	clock := &fakeClock{now: time.Now()}
 	a, err := New(Config{ServerAddr: ts.srv.Addrs().Listen.String(), TrustBundle: ts.bundle, JoinToken: tok.GetToken(),
-		DataDir: filepath.Join(dir, "agent"), Clock: clock.Now, MaxBackoff: 8 * time.Second})
+		DataDir: filepath.Join(dir, "agent"), Clock: clock.Now, MaxBackoff: 8 * time.Second,
+		Rand: func() float64 { return 0.5 }}) // a retry waits 3/4 of its backoff
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +187,9 @@ func TestAttestPersistAndServeEntries(t *testing.T) {
 		clock.Set(next)
 		a.Sync(context.Background())
 	}
-	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 8 * time.Second}
+	// 1 s, 2 s, 4 s, 8 s, 8 s (MaxBackoff), each spread to between half and
+	// all of itself: 3/4 with the test's Rand.
+	want := []time.Duration{750 * time.Millisecond, 1500 * time.Millisecond, 3 * time.Second, 6 * time.Second, 6 * time.Second}
 	for i := range want {
 		if waits[i] != want[i] {
 			t.Fatalf("backoff %v, want %v", waits, want)
@@ -380,5 +383,22 @@ func TestRenewOnSigningRootChange(t *testing.T) {
 	a.Sync(context.Background())
 	if now := a.Cache.X509SVIDs([]Selector{{Type: "unix", Value: "uid:1000"}})[0].SVID.Certificates[0]; now.Equal(first) {
 		t.Error("not renewed after the signing root changed")
+	}
+}
+
+// TestSpread: a retry waits between half and all of its backoff.
+func TestSpread(t *testing.T) {
+	for _, tc := range []struct {
+		r    float64
+		want time.Duration
+	}{
+		{0, 4 * time.Second},
+		{0.5, 6 * time.Second},
+		{0.999, 7996 * time.Millisecond},
+	} {
+		a := &Agent{cfg: Config{Rand: func() float64 { return tc.r }}}
+		if got := a.spread(8 * time.Second); got != tc.want {
+			t.Errorf("Rand %v: spread(8s) = %s, want %s", tc.r, got, tc.want)
+		}
 	}
 }

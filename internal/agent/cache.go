@@ -34,6 +34,9 @@ type Cache struct {
 	clock func() time.Time
 	// fetchJWT gets a JWT-SVID for an entry (Agent.JWTSVID); set by New.
 	fetchJWT func(ctx context.Context, entryID string, audience []string) (*jwtsvid.SVID, error)
+	// spread turns a failed renewal's backoff into the wait before the next
+	// try (Agent.spread); set by New, none if nil.
+	spread func(time.Duration) time.Duration
 
 	mu           sync.Mutex
 	td           spiffeid.TrustDomain
@@ -275,7 +278,11 @@ func (c *Cache) failed(id string, now time.Time, max time.Duration, _ error) {
 		return
 	}
 	st.failures++
-	st.next = now.Add(backoff(st.failures, max))
+	wait := backoff(st.failures, max)
+	if c.spread != nil {
+		wait = c.spread(wait)
+	}
+	st.next = now.Add(wait)
 }
 
 func backoff(failures int, max time.Duration) time.Duration {
