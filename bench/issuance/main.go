@@ -10,6 +10,7 @@
 //	issuance load    -addr HOST:PORT -bundle FILE -api istio -jwt-key FILE [flags]
 //	issuance load    ... -ceiling-ca-dir DATA_DIR/ca [-slices N]   (the ceiling in turn with the load)
 //	issuance herd    -addr HOST:PORT -bundle FILE -api ... -rate N [-timeout D] [-duration D]   (an open-loop overload)
+//	issuance hold    -addr HOST:PORT -bundle FILE -join-token TOKEN -clients N -server-pid PID   (memory per connected agent)
 //
 // Each prints one line of key=value pairs on stdout, for bench/run to read.
 // It is a benchmark tool, not part of meshfed: it never runs in tests.
@@ -25,6 +26,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"runtime"
 	"slices"
@@ -67,7 +70,7 @@ var nodeID = spiffeid.RequireFromString("spiffe://east.example/node/bench")
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: issuance jwks|ceiling|load|herd [flags]")
+		fmt.Fprintln(os.Stderr, "usage: issuance jwks|ceiling|load|herd|hold [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -80,8 +83,10 @@ func main() {
 		err = loadCmd(args)
 	case "herd":
 		err = herdCmd(args)
+	case "hold":
+		err = holdCmd(args)
 	default:
-		err = fmt.Errorf("unknown command %q: use jwks, ceiling, load or herd", cmd)
+		err = fmt.Errorf("unknown command %q: use jwks, ceiling, load, herd or hold", cmd)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "issuance:", err)
@@ -522,22 +527,110 @@ func herdCmd(args []string) error {
 	return nil
 }
 
-// peakRSSMiB is a process's peak resident memory (VmHWM), 0 if unknown.
-func peakRSSMiB(pid int) float64 {
-	if pid <= 0 {
-		return 0
+// holdCmd connects -clients agents' connections (the node of -join-token,
+// each connection its own), each with a Watch stream open once its first
+// message arrived, as idle agents between renewals hold them, and reports
+// the growth of the server's resident memory (VmRSS) per connection, after
+// a pause for the server to settle.
+func holdCmd(args []string) error {
+	fs := flag.NewFlagSet("hold", flag.ExitOnError)
+	addr := fs.String("addr", "", "the server's signing API (its --listen)")
+	bundlePath := fs.String("bundle", "", "PEM roots of the trust domain (meshfed bundle show --format pem)")
+	joinToken := fs.String("join-token", "", "the join token the node attests with first")
+	clients := fs.Int("clients", 1000, "connections, each with a Watch stream")
+	settle := fs.Duration("settle", 3*time.Second, "how long to wait before each reading of the server's memory")
+	pid := fs.Int("server-pid", -1, "the server's process ID")
+	metricsURL := fs.String("metrics", "", "the server's /metrics URL: also report its Go heap and stacks in use (go_memstats_*_inuse_bytes)")
+	fs.Parse(args)
+	if *pid <= 0 {
+		return errors.New("-server-pid is required")
 	}
+	_, conns, err := connect(target{addr: *addr, bundle: *bundlePath, api: "node", joinToken: *joinToken}, *clients)
+	if err != nil {
+		return err
+	}
+	defer closeAll(conns)
+	time.Sleep(*settle)
+	before := rssKiB(*pid, "VmRSS:")
+	goBefore, err := goInUse(*metricsURL)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	began := time.Now()
+	for i, c := range conns {
+		stream, err := pb.NewNodeClient(c).Watch(ctx, &pb.WatchRequest{})
+		if err == nil {
+			_, err = stream.Recv()
+		}
+		if err != nil {
+			return fmt.Errorf("connection %d: %w", i, err)
+		}
+	}
+	connected := time.Since(began)
+	time.Sleep(*settle)
+	after := rssKiB(*pid, "VmRSS:")
+	goAfter, err := goInUse(*metricsURL)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("hold clients=%d connect_ms=%d server_rss_before_kib=%d server_rss_after_kib=%d server_bytes_per_connection=%.0f server_go_inuse_bytes_per_connection=%.0f\n",
+		*clients, connected.Milliseconds(), before, after, float64(after-before)*1024/float64(*clients), (goAfter-goBefore)/float64(*clients))
+	return nil
+}
+
+// goInUse is the Go heap and goroutine stacks a server's /metrics says are
+// in use, 0 without a URL.
+func goInUse(url string) (float64, error) {
+	if url == "" {
+		return 0, nil
+	}
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return 0, err
+	}
+	var sum float64
+	for _, line := range strings.Split(string(body), "\n") {
+		for _, name := range []string{"go_memstats_heap_inuse_bytes ", "go_memstats_stack_inuse_bytes "} {
+			if v, ok := strings.CutPrefix(line, name); ok {
+				f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+				if err != nil {
+					return 0, fmt.Errorf("%s: %w", url, err)
+				}
+				sum += f
+			}
+		}
+	}
+	return sum, nil
+}
+
+// rssKiB is a line of /proc/PID/status in KiB (VmRSS:, VmHWM:), 0 if unknown.
+func rssKiB(pid int, field string) int {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if rest, ok := strings.CutPrefix(line, field); ok {
 			kb, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")))
-			return float64(kb) / 1024
+			return kb
 		}
 	}
 	return 0
+}
+
+// peakRSSMiB is a process's peak resident memory (VmHWM), 0 if unknown.
+func peakRSSMiB(pid int) float64 {
+	if pid <= 0 {
+		return 0
+	}
+	return float64(rssKiB(pid, "VmHWM:")) / 1024
 }
 
 // loadLine is the load's report, key=value pairs for bench/run.
