@@ -299,11 +299,7 @@ func newCSR() (crypto.Signer, *x509.CertificateRequest, error) {
 // per call; the CSR is made once, before the clock starts.
 func loadCmd(args []string) error {
 	fs := flag.NewFlagSet("load", flag.ExitOnError)
-	addr := fs.String("addr", "", "the server's signing API (its --listen)")
-	bundlePath := fs.String("bundle", "", "PEM roots of the trust domain (meshfed bundle show --format pem)")
-	api := fs.String("api", "node", "node: Node.SignX509SVID renewing a node SVID over mTLS; istio: CreateCertificate with a service-account JWT")
-	joinToken := fs.String("join-token", "", "node: the join token the node attests with first")
-	jwtKeyPath := fs.String("jwt-key", "", "istio: the key from `issuance jwks`")
+	t := targetFlags(fs)
 	clients := fs.Int("clients", 16*runtime.GOMAXPROCS(0), "concurrent calls, each on its own connection")
 	d := fs.Duration("duration", 10*time.Second, "how long to measure")
 	warmup := fs.Duration("warmup", 2*time.Second, "how long to run before measuring")
@@ -316,7 +312,7 @@ func loadCmd(args []string) error {
 		return fmt.Errorf("-slices %d: want at least 1", *slicesN)
 	}
 
-	call, conns, err := connect(target{addr: *addr, bundle: *bundlePath, api: *api, joinToken: *joinToken, jwtKey: *jwtKeyPath}, *clients)
+	call, conns, err := connect(*t, *clients)
 	if err != nil {
 		return err
 	}
@@ -329,9 +325,9 @@ func loadCmd(args []string) error {
 	if *ceilingDir == "" {
 		r, err := window(*clients, *warmup, *d, *pid, load)
 		if err != nil {
-			return fmt.Errorf("%s call failed: %w", *api, err)
+			return fmt.Errorf("%s call failed: %w", t.api, err)
 		}
-		fmt.Println(loadLine(*api, *clients, r))
+		fmt.Println(loadLine(t.api, *clients, r))
 		return nil
 	}
 	sign, err := ceilingWork(*ceilingDir)
@@ -350,12 +346,12 @@ func loadCmd(args []string) error {
 		ceiling.add(c)
 		l, err := window(*clients, *warmup/n, *d/n, *pid, load)
 		if err != nil {
-			return fmt.Errorf("%s call failed: %w", *api, err)
+			return fmt.Errorf("%s call failed: %w", t.api, err)
 		}
 		r.add(l)
 	}
 	slices.Sort(r.latencies)
-	fmt.Printf("%s slices=%d ceiling_rate=%.1f ceiling_cpu_per_op_us=%.1f\n", loadLine(*api, *clients, r), *slicesN,
+	fmt.Printf("%s slices=%d ceiling_rate=%.1f ceiling_cpu_per_op_us=%.1f\n", loadLine(t.api, *clients, r), *slicesN,
 		float64(ceiling.ops)/ceiling.elapsed.Seconds(), perOp(ceiling.selfCPU, ceiling.ops))
 	return nil
 }
@@ -363,6 +359,17 @@ func loadCmd(args []string) error {
 // target is the server and call a load makes.
 type target struct {
 	addr, bundle, api, joinToken, jwtKey string
+}
+
+// targetFlags defines the flags that say what a load calls.
+func targetFlags(fs *flag.FlagSet) *target {
+	t := &target{}
+	fs.StringVar(&t.addr, "addr", "", "the server's signing API (its --listen)")
+	fs.StringVar(&t.bundle, "bundle", "", "PEM roots of the trust domain (meshfed bundle show --format pem)")
+	fs.StringVar(&t.api, "api", "node", "node: Node.SignX509SVID renewing a node SVID over mTLS; istio: CreateCertificate with a service-account JWT")
+	fs.StringVar(&t.joinToken, "join-token", "", "node: the join token the node attests with first")
+	fs.StringVar(&t.jwtKey, "jwt-key", "", "istio: the key from `issuance jwks`")
+	return t
 }
 
 // connect makes the call of t.api (attesting first for node) and clients
@@ -455,11 +462,7 @@ func closeAll(conns []*grpc.ClientConn) {
 // ended (the offered seconds and the drain after them).
 func herdCmd(args []string) error {
 	fs := flag.NewFlagSet("herd", flag.ExitOnError)
-	addr := fs.String("addr", "", "the server's signing API (its --listen)")
-	bundlePath := fs.String("bundle", "", "PEM roots of the trust domain (meshfed bundle show --format pem)")
-	api := fs.String("api", "node", "node or istio, as for load")
-	joinToken := fs.String("join-token", "", "node: the join token the node attests with first")
-	jwtKeyPath := fs.String("jwt-key", "", "istio: the key from `issuance jwks`")
+	t := targetFlags(fs)
 	clients := fs.Int("clients", 256, "connections the calls are spread over")
 	rate := fs.Int("rate", 5000, "calls offered per second")
 	timeout := fs.Duration("timeout", 30*time.Second, "how long a call is waited for (the agent waits 30 s for a signing call)")
@@ -469,7 +472,7 @@ func herdCmd(args []string) error {
 	if *rate <= 0 {
 		return fmt.Errorf("-rate %d: want a positive rate", *rate)
 	}
-	call, conns, err := connect(target{addr: *addr, bundle: *bundlePath, api: *api, joinToken: *joinToken, jwtKey: *jwtKeyPath}, *clients)
+	call, conns, err := connect(*t, *clients)
 	if err != nil {
 		return err
 	}
@@ -522,7 +525,7 @@ func herdCmd(args []string) error {
 	}
 	slices.Sort(okLat)
 	fmt.Printf("herd api=%s rate=%d timeout=%s offered=%d seconds=%.3f drained_seconds=%.3f ok=%d goodput=%.1f unavailable=%d deadline=%d other=%d p50_us=%d p99_us=%d server_cpu_s=%.2f server_peak_rss_mib=%.1f\n",
-		*api, *rate, *timeout, n, offered.Seconds(), drained.Seconds(), len(okLat), float64(len(okLat))/drained.Seconds(), unavailableN, deadlineN, otherN,
+		t.api, *rate, *timeout, n, offered.Seconds(), drained.Seconds(), len(okLat), float64(len(okLat))/drained.Seconds(), unavailableN, deadlineN, otherN,
 		percentile(okLat, 0.50).Microseconds(), percentile(okLat, 0.99).Microseconds(), cpu.Seconds(), peakRSSMiB(*pid))
 	return nil
 }
@@ -534,9 +537,7 @@ func herdCmd(args []string) error {
 // a pause for the server to settle.
 func holdCmd(args []string) error {
 	fs := flag.NewFlagSet("hold", flag.ExitOnError)
-	addr := fs.String("addr", "", "the server's signing API (its --listen)")
-	bundlePath := fs.String("bundle", "", "PEM roots of the trust domain (meshfed bundle show --format pem)")
-	joinToken := fs.String("join-token", "", "the join token the node attests with first")
+	t := targetFlags(fs)
 	clients := fs.Int("clients", 1000, "connections, each with a Watch stream")
 	settle := fs.Duration("settle", 3*time.Second, "how long to wait before each reading of the server's memory")
 	pid := fs.Int("server-pid", -1, "the server's process ID")
@@ -545,7 +546,10 @@ func holdCmd(args []string) error {
 	if *pid <= 0 {
 		return errors.New("-server-pid is required")
 	}
-	_, conns, err := connect(target{addr: *addr, bundle: *bundlePath, api: "node", joinToken: *joinToken}, *clients)
+	if t.api != "node" {
+		return fmt.Errorf("-api %q: hold makes node connections only", t.api)
+	}
+	_, conns, err := connect(*t, *clients)
 	if err != nil {
 		return err
 	}
