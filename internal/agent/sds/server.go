@@ -91,6 +91,8 @@ type Config struct {
 	// counts it (the agent's; connections are admitted by the Attestor's
 	// handshake).
 	Gate *admit.Gate
+	// HandshakeTimeout is as workloadapi.Config's (its default if zero).
+	HandshakeTimeout time.Duration
 }
 
 // Server serves SDS on one unix socket.
@@ -157,6 +159,7 @@ func New(cfg Config) (*Server, error) {
 	opts := append([]grpc.ServerOption{
 		grpc.Creds(cfg.Attestor.TransportCredentials()),
 		grpc.MaxRecvMsgSize(maxRequestBytes),
+		grpc.ConnectionTimeout(cmp.Or(cfg.HandshakeTimeout, workloadapi.DefaultHandshakeTimeout)),
 	}, grpcflow.ServerOptions(maxRequestBytes)...)
 	if cfg.Gate != nil {
 		opts = append(opts, grpc.UnaryInterceptor(cfg.Gate.UnaryInterceptor), grpc.StreamInterceptor(cfg.Gate.StreamInterceptor))

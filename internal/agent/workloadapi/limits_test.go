@@ -3,8 +3,11 @@ package workloadapi_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"testing"
@@ -200,4 +203,39 @@ func hasLabel(m *dto.Metric, name, value string) bool {
 		}
 	}
 	return false
+}
+
+// TestSilentConnectionClosed: a connection that never begins HTTP/2 is
+// closed after Config.HandshakeTimeout, giving its place back.
+func TestSilentConnectionClosed(t *testing.T) {
+	w := newWorld(t)
+	gate, err := admit.New(admit.Config{Limits: admit.Limits{ConnsPerUID: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := attest.New(attest.Config{Admit: gate.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := serve(t, workloadapi.Config{Source: w.src, Attestor: a, Gate: gate, HandshakeTimeout: 200 * time.Millisecond})
+	silent, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	uid := uint32(os.Geteuid())
+	until(t, "the silent connection's admission", func() bool { _, _, conns, _ := gate.Usage(uid); return conns == 1 })
+	// The server sends its SETTINGS and then closes it: reading ends (EOF,
+	// or a reset) before the test's deadline.
+	silent.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, silent); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the silent connection was not closed by the server: %v", err)
+	}
+	until(t, "the silent connection's release", func() bool { _, _, conns, _ := gate.Usage(uid); return conns == 0 })
+	_, c := dialOwn(t, path)
+	cancel, err := openStream(t, c)
+	if err != nil {
+		t.Fatalf("a connection after the silent one was closed: %v", err)
+	}
+	cancel()
 }

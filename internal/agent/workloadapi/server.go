@@ -1,6 +1,7 @@
 package workloadapi
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -105,7 +106,16 @@ type Config struct {
 	// Gate, if set, admits each call within its limits and counts it (the
 	// agent's; connections are admitted by the Attestor's handshake).
 	Gate *admit.Gate
+	// HandshakeTimeout is how long a new connection has to begin HTTP/2
+	// (a local client does at once) before it is closed, so that one that
+	// never does holds no place of its uid's (admit); DefaultHandshakeTimeout
+	// if zero.
+	HandshakeTimeout time.Duration
 }
+
+// DefaultHandshakeTimeout is Config.HandshakeTimeout's default (gRPC's own
+// is 120 s, for clients across a network).
+const DefaultHandshakeTimeout = 10 * time.Second
 
 // Server serves the Workload API on one unix socket.
 type Server struct {
@@ -165,6 +175,7 @@ func New(cfg Config) (*Server, error) {
 		stream = append(stream, cfg.Gate.StreamInterceptor)
 	}
 	s.grpc = grpc.NewServer(append(transportOptions(cfg.Attestor),
+		grpc.ConnectionTimeout(cmp.Or(cfg.HandshakeTimeout, DefaultHandshakeTimeout)),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 	)...)
