@@ -14,9 +14,9 @@ import (
 // Bounds on telling refused clients why.
 const (
 	// refusalWait bounds how long a refused connection is kept open to tell
-	// its client why: long enough for a local client's preface and first
-	// request, which it sends at once.
-	refusalWait = time.Second
+	// its client why: a local client sends its preface and first request at
+	// once, but a loaded machine may take a while to run it.
+	refusalWait = 5 * time.Second
 	// maxTelling bounds the refused connections kept open at once to be
 	// told; past it a refused connection is closed at once, untold, so that
 	// a flood of connections cannot hold more than this many descriptors.
