@@ -41,6 +41,7 @@ import (
 	"github.com/meshfed/meshfed/internal/federation/jwtkeys"
 	"github.com/meshfed/meshfed/internal/federation/member"
 	"github.com/meshfed/meshfed/internal/grpcflow"
+	"github.com/meshfed/meshfed/internal/logpace"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/internal/shed"
 	"github.com/meshfed/meshfed/internal/store"
@@ -82,6 +83,7 @@ type Server struct {
 	metrics  *metrics
 	identity *servingIdentity
 	shed     *shed.Limiter // limits.*: turns for signing requests (admitSigning)
+	shedLog  *logpace.Pacer[string]
 
 	bundle   atomic.Pointer[spiffebundle.Bundle] // this domain's, as published
 	revision atomic.Int64
@@ -139,7 +141,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Server, error) {
 	if err := os.MkdirAll(set.dataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: data_dir: %w", err)
 	}
-	s := &Server{set: set, clock: opts.Clock, poll: opts.PollInterval, changes: newBroadcaster(), shed: limiter, stopping: make(chan struct{})}
+	s := &Server{set: set, clock: opts.Clock, poll: opts.PollInterval, changes: newBroadcaster(), shed: limiter, shedLog: logpace.New[string](shedLogEvery), stopping: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {

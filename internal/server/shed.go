@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/meshfed/meshfed/internal/api/serverv1"
 	"github.com/meshfed/meshfed/internal/shed"
@@ -41,14 +42,26 @@ func (s *Server) admitSigning(ctx context.Context, req any, info *grpc.UnaryServ
 
 // shedError is the status of a request shed.Acquire refused, counted.
 func (s *Server) shedError(err error) error {
+	var reason, limit, msg string
 	switch {
 	case errors.Is(err, shed.ErrQueueFull):
-		s.metrics.shed.WithLabelValues("queue_full").Inc()
-		return status.Error(codes.Unavailable, fmt.Sprintf("server: overloaded: as many signing requests wait for a turn as limits.max_signing_queue allows (%d); retry with backoff", s.set.limits.queue))
+		reason, limit = "queue_full", "limits.max_signing_queue"
+		msg = fmt.Sprintf("server: overloaded: as many signing requests wait for a turn as limits.max_signing_queue allows (%d); retry with backoff", s.set.limits.queue)
 	case errors.Is(err, shed.ErrWaitedTooLong):
-		s.metrics.shed.WithLabelValues("waited").Inc()
-		return status.Error(codes.Unavailable, fmt.Sprintf("server: overloaded: no turn to sign within limits.max_queue_wait (%s); retry with backoff", s.set.limits.queueWait))
+		reason, limit = "waited", "limits.max_queue_wait"
+		msg = fmt.Sprintf("server: overloaded: no turn to sign within limits.max_queue_wait (%s); retry with backoff", s.set.limits.queueWait)
 	default:
 		return status.FromContextError(err).Err()
 	}
+	s.metrics.shed.WithLabelValues(reason).Inc()
+	// One line per reason every shedLogEvery, not one per refusal: a
+	// server shedding load refuses thousands a second.
+	if missed, ok := s.shedLog.Allow(reason, s.clock()); ok {
+		s.log.Warn("shedding load: refusing signing requests (UNAVAILABLE; clients back off)", "reason", reason, "limit", limit,
+			"in_flight", s.shed.InFlight(), "queued", s.shed.Queued(), "refused_since_last_line", missed)
+	}
+	return status.Error(codes.Unavailable, msg)
 }
+
+// shedLogEvery paces the server's log line about shedding load, per reason.
+const shedLogEvery = 30 * time.Second

@@ -1,8 +1,11 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -31,7 +34,8 @@ func TestLimitsDefaults(t *testing.T) {
 // waits its turn; past limits.max_signing_queue it is refused at once with
 // UNAVAILABLE; calls that sign nothing are never held back.
 func TestSigningShed(t *testing.T) {
-	h := start(t, func(c *Config) {
+	logs := &lockedBuffer{}
+	h := startWith(t, Options{Logger: slog.New(slog.NewTextHandler(logs, nil))}, func(c *Config) {
 		c.Limits = LimitsConfig{MaxSigningInFlight: 1, MaxSigningQueue: 1}
 	})
 	client := istioca.NewIstioCertificateServiceClient(h.dial(t, nil))
@@ -59,7 +63,13 @@ func TestSigningShed(t *testing.T) {
 			t.Fatal("the second request never waited for a turn")
 		}
 	}
-	wantStatus(t, sign(), codes.Unavailable, "server: overloaded: as many signing requests wait for a turn as limits.max_signing_queue allows (1); retry with backoff")
+	want := "server: overloaded: as many signing requests wait for a turn as limits.max_signing_queue allows (1); retry with backoff"
+	wantStatus(t, sign(), codes.Unavailable, want)
+	wantStatus(t, sign(), codes.Unavailable, want)
+	// One log line for the two refusals (shedLogEvery).
+	if n := strings.Count(logs.String(), "shedding load"); n != 1 || !strings.Contains(logs.String(), "reason=queue_full limit=limits.max_signing_queue in_flight=1 queued=1") {
+		t.Errorf("%d lines about shedding for two refusals, want 1 naming the limit:\n%s", n, logs.String())
+	}
 	// A call that signs nothing is not held back.
 	if _, err := h.admin(t).ListEntries(t.Context(), nil); err != nil {
 		t.Fatalf("an admin call while signing is saturated: %v", err)
@@ -71,7 +81,7 @@ func TestSigningShed(t *testing.T) {
 
 	m := h.metricsText(t)
 	for _, want := range []string{
-		`meshfed_server_signing_shed_total{reason="queue_full"} 1` + "\n",
+		`meshfed_server_signing_shed_total{reason="queue_full"} 2` + "\n",
 		"meshfed_server_signing_in_flight 0\n",
 		"meshfed_server_signing_queued 0\n",
 	} {
@@ -82,6 +92,24 @@ func TestSigningShed(t *testing.T) {
 	if !strings.Contains(m, `meshfed_server_issuance_total{credential="k8s-sat",result="ok"} 2`+"\n") {
 		t.Errorf("want the two admitted requests signed:\n%s", grep(m, "meshfed_server_issuance_total"))
 	}
+}
+
+// lockedBuffer is a log destination safe for the server's goroutines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // grep returns the lines of s that contain sub.

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/internal/agent/attest"
+	"github.com/meshfed/meshfed/internal/logpace"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -88,10 +89,11 @@ type Gate struct {
 	clock func() time.Time
 	m     *metrics
 
-	mu     sync.Mutex
-	held   [2]int // by kind
-	byUID  map[uint32]*usage
-	logged map[refusal]*logState
+	logged *logpace.Pacer[refusal]
+
+	mu    sync.Mutex
+	held  [2]int // by kind
+	byUID map[uint32]*usage
 }
 
 // usage is what one uid holds, by kind.
@@ -101,11 +103,6 @@ type usage [2]int
 type refusal struct {
 	uid   uint32
 	limit string
-}
-
-type logState struct {
-	at     time.Time
-	missed int // refusals not logged since at
 }
 
 // New fills in cfg's defaults and returns a Gate.
@@ -139,7 +136,7 @@ func New(cfg Config) (*Gate, error) {
 		log:    cfg.Logger,
 		clock:  cfg.Clock,
 		byUID:  make(map[uint32]*usage),
-		logged: make(map[refusal]*logState),
+		logged: logpace.New[refusal](LogEvery),
 	}
 	if g.log == nil {
 		g.log = slog.New(slog.DiscardHandler)
@@ -251,28 +248,10 @@ func (g *Gate) refused(c attest.Caller, limit string, held int, what string) err
 	default:
 		err = fmt.Errorf("admit: the agent holds as many workload %ss as limits.%s allows (%d); refusing a new one from uid %d (pid %d)", what, limit, held, c.UID, c.PID)
 	}
-	key := refusal{c.UID, limit}
-	now := g.clock()
-	g.mu.Lock()
-	st := g.logged[key]
-	if st != nil && now.Sub(st.at) < LogEvery {
-		st.missed++
-		g.mu.Unlock()
+	missed, ok := g.logged.Allow(refusal{c.UID, limit}, g.clock())
+	if !ok {
 		return err
 	}
-	missed := 0
-	if st != nil {
-		missed = st.missed
-	}
-	g.logged[key] = &logState{at: now}
-	// Forget pacing that has lapsed, so the map stays as small as the set
-	// of uids refused in the last LogEvery.
-	for k, s := range g.logged {
-		if now.Sub(s.at) >= LogEvery && k != key {
-			delete(g.logged, k)
-		}
-	}
-	g.mu.Unlock()
 	g.log.Warn("refused a workload "+what, "uid", c.UID, "pid", c.PID, "limit", "limits."+limit, "held", held, "refused_since_last_line", missed, "error", err)
 	return err
 }
