@@ -7,12 +7,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -349,16 +352,53 @@ func logOnFailure(t *testing.T, name string, logs *logBuffer) {
 	})
 }
 
-// freePort returns a loopback TCP port that was free a moment ago, for a
-// process whose port must be known before it starts.
+// freePort returns a loopback TCP port, free a moment ago, for a process
+// whose port must be known before it starts. It is chosen below the
+// kernel's ephemeral range (net.ipv4.ip_local_port_range), where no
+// listener on port 0 and no outgoing connection is given a port, and never
+// twice in this process: a port from port 0, as this used to take, could be
+// handed to another test's connection or listener before the process it was
+// meant for bound it ("address already in use").
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	ports.mu.Lock()
+	defer ports.mu.Unlock()
+	low, high := portRange()
+	for range 200 {
+		port := low + rand.IntN(high-low)
+		if ports.given[port] {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue // another process's
+		}
+		l.Close()
+		ports.given[port] = true
+		return port
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatalf("no free loopback port in [%d, %d) after 200 tries", low, high)
+	return 0
+}
+
+// ports are those freePort has handed out.
+var ports = struct {
+	mu    sync.Mutex
+	given map[int]bool
+}{given: map[int]bool{}}
+
+// portRange is where freePort chooses: from 10000 up to the start of the
+// ephemeral range (32768 unless the kernel says otherwise).
+func portRange() (low, high int) {
+	low, high = 10000, 32768
+	if data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(data)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > low+1000 {
+				high = n
+			}
+		}
+	}
+	return low, high
 }
 
 func writeFile(t *testing.T, path, content string) {
