@@ -7,19 +7,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/meshfed/meshfed/internal/freeport"
 	"github.com/meshfed/meshfed/internal/pemfile"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -352,53 +349,15 @@ func logOnFailure(t *testing.T, name string, logs *logBuffer) {
 	})
 }
 
-// freePort returns a loopback TCP port, free a moment ago, for a process
-// whose port must be known before it starts. It is chosen below the
-// kernel's ephemeral range (net.ipv4.ip_local_port_range), where no
-// listener on port 0 and no outgoing connection is given a port, and never
-// twice in this process: a port from port 0, as this used to take, could be
-// handed to another test's connection or listener before the process it was
-// meant for bound it ("address already in use").
+// freePort returns a loopback TCP port for a process whose port must be
+// known before it starts (see package freeport).
 func freePort(t *testing.T) int {
 	t.Helper()
-	ports.mu.Lock()
-	defer ports.mu.Unlock()
-	low, high := portRange()
-	for range 200 {
-		port := low + rand.IntN(high-low)
-		if ports.given[port] {
-			continue
-		}
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			continue // another process's
-		}
-		l.Close()
-		ports.given[port] = true
-		return port
+	port, err := freeport.Port()
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("no free loopback port in [%d, %d) after 200 tries", low, high)
-	return 0
-}
-
-// ports are those freePort has handed out.
-var ports = struct {
-	mu    sync.Mutex
-	given map[int]bool
-}{given: map[int]bool{}}
-
-// portRange is where freePort chooses: from 10000 up to the start of the
-// ephemeral range (32768 unless the kernel says otherwise).
-func portRange() (low, high int) {
-	low, high = 10000, 32768
-	if data, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if f := strings.Fields(string(data)); len(f) == 2 {
-			if n, err := strconv.Atoi(f[0]); err == nil && n > low+1000 {
-				high = n
-			}
-		}
-	}
-	return low, high
+	return port
 }
 
 func writeFile(t *testing.T, path, content string) {
