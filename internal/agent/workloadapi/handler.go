@@ -121,7 +121,7 @@ func (h *handler) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest
 		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: svid.ID.String(), Svid: svid.Marshal(), Hint: svid.Hint})
 	}
 	if len(resp.Svids) == 0 {
-		return nil, errNoIdentity
+		return nil, h.s.noIdentity(sel)
 	}
 	return resp, nil
 }
@@ -194,6 +194,31 @@ func (h *handler) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWT
 	return resp, nil
 }
 
+// noIdentity is errNoIdentity, for a caller with selectors sel that no
+// entry matches; it logs the selectors, as SPIRE's agent does ("No identity
+// issued"), since they are what an operator's entry must name, at most
+// once per uid every noIdentityLogEvery.
+func (s *Server) noIdentity(sel []attest.Selector) error {
+	key := ""
+	for _, x := range sel {
+		if x.Type == "unix" && strings.HasPrefix(x.Value, "uid:") {
+			key = x.Value
+			break
+		}
+	}
+	if missed, ok := s.noIDLog.Allow(key, s.clock()); ok {
+		names := make([]string, len(sel))
+		for i, x := range sel {
+			names[i] = x.String()
+		}
+		s.log.Warn("no identity issued: no registration entry's selectors are all among the caller's", "selectors", strings.Join(names, ","), "left_out_since_last_line", missed)
+	}
+	return errNoIdentity
+}
+
+// noIdentityLogEvery paces noIdentity's log line, per uid.
+const noIdentityLogEvery = 30 * time.Second
+
 // attest identifies the caller of a request.
 func (s *Server) attest(ctx context.Context, method string) ([]attest.Selector, error) {
 	caller, _ := attest.CallerFromContext(ctx)
@@ -265,7 +290,7 @@ func (s *Server) x509SVIDResponse(sel []attest.Selector) (*workload.X509SVIDResp
 	s.encoded.since(s.src.Changed())
 	ids, expiry := s.current(sel)
 	if len(ids) == 0 {
-		return nil, time.Time{}, errNoIdentity
+		return nil, time.Time{}, s.noIdentity(sel)
 	}
 	local, federated := s.src.Bundles()
 	if local == nil || local.Empty() {
@@ -302,7 +327,7 @@ func (s *Server) x509SVIDResponse(sel []attest.Selector) (*workload.X509SVIDResp
 		federates = append(federates, id.FederatesWith...)
 	}
 	if len(resp.Svids) == 0 {
-		return nil, time.Time{}, errNoIdentity
+		return nil, time.Time{}, s.noIdentity(sel)
 	}
 	resp.FederatedBundles = s.federatedBundles(local.TrustDomain(), federates, federated)
 	return resp, expiry, nil
@@ -312,7 +337,7 @@ func (s *Server) x509BundlesResponse(sel []attest.Selector) (*workload.X509Bundl
 	s.encoded.since(s.src.Changed())
 	ids, expiry := s.current(sel)
 	if len(ids) == 0 {
-		return nil, time.Time{}, errNoIdentity
+		return nil, time.Time{}, s.noIdentity(sel)
 	}
 	local, federated := s.src.Bundles()
 	if local == nil || local.Empty() {
@@ -332,7 +357,7 @@ func (s *Server) x509BundlesResponse(sel []attest.Selector) (*workload.X509Bundl
 func (s *Server) jwtBundlesResponse(sel []attest.Selector) (*workload.JWTBundlesResponse, time.Time, error) {
 	ids, expiry := s.current(sel)
 	if len(ids) == 0 {
-		return nil, time.Time{}, errNoIdentity
+		return nil, time.Time{}, s.noIdentity(sel)
 	}
 	local, federated := s.src.JWTBundles()
 	if local == nil {

@@ -1,7 +1,6 @@
 package workloadapi_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -67,7 +66,7 @@ func until(t *testing.T, what string, cond func() bool) {
 
 func TestWorkloadLimits(t *testing.T) {
 	w := newWorld(t)
-	var log bytes.Buffer
+	var log lockedBuffer
 	gate, err := admit.New(admit.Config{
 		Limits: admit.Limits{Conns: 10, ConnsPerUID: 2, Calls: 10, CallsPerUID: 3},
 		Logger: slog.New(slog.NewTextHandler(&log, nil)),

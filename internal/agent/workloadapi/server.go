@@ -15,6 +15,7 @@ import (
 	"github.com/meshfed/meshfed/internal/agent/attest"
 	"github.com/meshfed/meshfed/internal/api/agentv1"
 	"github.com/meshfed/meshfed/internal/grpcflow"
+	"github.com/meshfed/meshfed/internal/logpace"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -125,6 +126,7 @@ type Server struct {
 	clock    pki.Clock
 	log      *slog.Logger
 	jwtCache *jwtCache // nil if disabled
+	noIDLog  *logpace.Pacer[string]
 	encoded  x509Encodings
 
 	ln        *net.UnixListener
@@ -164,6 +166,7 @@ func New(cfg Config) (*Server, error) {
 		clock:    cfg.Clock,
 		log:      cfg.Logger.With("socket", path),
 		jwtCache: newJWTCache(cfg.JWTCacheSize),
+		noIDLog:  logpace.New[string](noIdentityLogEvery),
 	}
 	if s.ln, err = listen(path); err != nil {
 		return nil, err

@@ -6,11 +6,13 @@ import (
 	"crypto"
 	"crypto/x509"
 	"errors"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -569,11 +571,34 @@ func TestExpiryWithdrawsFromOpenStream(t *testing.T) {
 func TestNoEntryIsPermissionDenied(t *testing.T) {
 	w := newWorld(t)
 	w.src.entries = w.src.entries[1:2] // only the other uid's
-	c := newClient(t, serve(t, workloadapi.Config{Source: w.src}))
+	var logs lockedBuffer
+	c := newClient(t, serve(t, workloadapi.Config{Source: w.src, Logger: slog.New(slog.NewTextHandler(&logs, nil))}))
 	_, err := c.FetchX509Context(t.Context())
 	wantStatus(t, err, codes.PermissionDenied, "no identity issued")
 	_, err = c.FetchX509Bundles(t.Context())
 	wantStatus(t, err, codes.PermissionDenied, "no identity issued")
+	// The agent's log names the caller's selectors, once for the two calls.
+	if n := strings.Count(logs.String(), "no identity issued"); n != 1 || !strings.Contains(logs.String(), myUID+",") || !strings.Contains(logs.String(), myPath(t)) {
+		t.Errorf("%d lines for two refusals, want 1 with the caller's selectors (%s, %s):\n%s", n, myUID, myPath(t), logs.String())
+	}
+}
+
+// lockedBuffer is a log destination safe for the server's goroutines.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func TestNoBundleIsUnavailable(t *testing.T) {
