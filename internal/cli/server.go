@@ -43,6 +43,11 @@ changes (and at once on SIGHUP, which never stops the server). State lives
 in SQLite in --data-dir, or in Postgres (--datastore postgres://…) shared by
 several servers of the domain.
 
+When more signing requests arrive than it can sign (a fleet reconnecting at
+once), it runs a bounded number, lets the next ones wait their turn in
+arrival order, and answers the rest UNAVAILABLE at once so that they back
+off (limits: in --config).
+
 SIGHUP also reads --config again and applies its federation.federates_with
 and https_web_roots_file: a new bundle endpoint peer is fetched at once, a
 removed one no longer fetched (its bundle stays trusted until 'meshfed bundle
