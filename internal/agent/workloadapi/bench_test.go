@@ -4,7 +4,12 @@ import (
 	"bufio"
 	"context"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -77,6 +82,7 @@ const benchDistinctTokens = 4096
 // what their clients send.
 type benchEnv struct {
 	wl, bare, attested string   // socket paths
+	verified           string   // the bare server verifying an ECDSA signature per call
 	token              string   // a JWT-SVID for benchAudience
 	distinct           []string // benchDistinctTokens others, each with its own jti
 	nextDistinct       atomic.Uint64
@@ -110,6 +116,7 @@ func newBenchEnv(b *testing.B) *benchEnv {
 		wl:       filepath.Join(dir, "agent.sock"),
 		bare:     filepath.Join(dir, "bare.sock"),
 		attested: filepath.Join(dir, "attested.sock"),
+		verified: filepath.Join(dir, "verified.sock"),
 		token:    benchToken(b, eastD, svid.ID, ""),
 		want:     svid.ID,
 	}
@@ -154,7 +161,39 @@ func newBenchEnv(b *testing.B) *benchEnv {
 	}
 	serveHealth(b, e.attested, append(workloadapi.TransportOptions(a),
 		grpc.UnaryInterceptor(attestUnary), grpc.StreamInterceptor(attestStream))...)
+	serveHealth(b, e.verified, append(workloadapi.TransportOptions(a), grpc.UnaryInterceptor(verifyUnary(b)))...)
 	return e
+}
+
+// verifyUnary is the interceptor of the ceiling of validating a new
+// JWT-SVID: the one thing a new token's validation cannot skip, an ES256
+// (ECDSA P-256, SHA-256) signature verified per call, a different
+// signature each time, as a new token has.
+func verifyUnary(b *testing.B) grpc.UnaryServerInterceptor {
+	b.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	type signed struct {
+		digest [32]byte
+		sig    []byte
+	}
+	sigs := make([]signed, benchDistinctTokens)
+	for i := range sigs {
+		sigs[i].digest = sha256.Sum256([]byte(strconv.Itoa(i)))
+		if sigs[i].sig, err = ecdsa.SignASN1(rand.Reader, key, sigs[i].digest[:]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var next atomic.Uint64
+	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		s := &sigs[(next.Add(1)-1)%uint64(len(sigs))]
+		if !ecdsa.VerifyASN1(&key.PublicKey, s.digest[:], s.sig) {
+			return nil, errors.New("bench: the signature does not verify")
+		}
+		return h(ctx, req)
+	}
 }
 
 // serveHealth serves the gRPC health service, reporting SERVING, on a unix
@@ -485,11 +524,12 @@ const benchRate = 1000
 // turns (runPacedTurns).
 func BenchmarkWorkloadAPIPaced(b *testing.B) {
 	const n = 100
-	requireFiles(b, 6*n+256)
+	requireFiles(b, 8*n+256)
 	e := newBenchEnv(b)
 	wl := dialClients(b, e.wl, n, e.fetchX509SVID)
 	bare := dialClients(b, e.bare, n, healthCheck)
 	attested := dialClients(b, e.attested, n, healthCheck)
+	verified := dialClients(b, e.verified, n, healthCheck)
 	name := fmt.Sprintf("clients=%d/rate=%d", n, benchRate)
 	for _, bc := range []struct {
 		name  string
@@ -503,6 +543,7 @@ func BenchmarkWorkloadAPIPaced(b *testing.B) {
 		{"validate-jwtsvid-distinct", wl, e.validateDistinct},
 		{"ceiling-unary", bare, healthCheck},
 		{"ceiling-unary+attest", attested, healthCheck},
+		{"ceiling-unary+verify", verified, healthCheck},
 	} {
 		b.Run(name+"/"+bc.name, func(b *testing.B) { runPaced(b, bc.conns, bc.call, benchRate) })
 	}
@@ -515,6 +556,9 @@ func BenchmarkWorkloadAPIPaced(b *testing.B) {
 	} {
 		b.Run(name+"/turns/"+bc.name, func(b *testing.B) { runPacedTurns(b, wl, bc.call, bare, bc.ceiling) })
 	}
+	b.Run(name+"/turns/validate-jwtsvid-distinct/ceiling-unary+verify", func(b *testing.B) {
+		runPacedTurns(b, wl, e.validateDistinct, verified, healthCheck)
+	})
 }
 
 // runPaced makes b.N calls, call i on conns[i mod len(conns)] at i/rate
