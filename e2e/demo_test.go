@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/meshfed/meshfed/internal/testsync"
 )
 
 // demoPIDs are the pids of the meshfed processes a demo's story says it
@@ -63,7 +65,7 @@ func TestDemoTellsTheStory(t *testing.T) {
 	start := time.Now()
 	cmd := exec.CommandContext(ctx, meshfedBin, "demo")
 	cmd.Dir = t.TempDir()
-	var stdout, stderr logBuffer
+	var stdout, stderr testsync.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
 	t.Logf("meshfed demo took %.1fs", time.Since(start).Seconds())
@@ -120,7 +122,7 @@ func TestDemoTellsTheStory(t *testing.T) {
 func TestDemoStopsEverythingOnInterrupt(t *testing.T) {
 	cmd := exec.Command(meshfedBin, "demo")
 	cmd.Dir = t.TempDir()
-	var stdout, stderr logBuffer
+	var stdout, stderr testsync.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

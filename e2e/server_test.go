@@ -20,7 +20,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,6 +27,7 @@ import (
 	pb "github.com/meshfed/meshfed/internal/api/serverv1"
 	"github.com/meshfed/meshfed/internal/pemfile"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/internal/testsync"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	spiffewl "github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -37,29 +37,11 @@ import (
 
 var eastTD = spiffeid.RequireTrustDomainFromString("east.example")
 
-// logBuffer collects a process's stderr for assertions.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // serverProc is a running `meshfed server`.
 type serverProc struct {
 	cmd                  *exec.Cmd
 	listen, bundle, sock string
-	logs                 *logBuffer
+	logs                 *testsync.Buffer
 	done                 chan error
 }
 
@@ -73,7 +55,7 @@ func startServer(t *testing.T, dir string, args ...string) *serverProc {
 	cmd := exec.Command(meshfedBin, full...)
 	cmd.Dir = dir
 	pr, pw := io.Pipe()
-	logs := &logBuffer{}
+	logs := &testsync.Buffer{}
 	cmd.Stderr = io.MultiWriter(pw, logs)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -389,7 +371,7 @@ func TestTwoServersOnOnePostgres(t *testing.T) {
 // agentProc is a running `meshfed agent`.
 type agentProc struct {
 	cmd  *exec.Cmd
-	logs *logBuffer
+	logs *testsync.Buffer
 	done chan error
 }
 
@@ -399,7 +381,7 @@ func startAgent(t *testing.T, dir string, args ...string) *agentProc {
 	t.Helper()
 	cmd := exec.Command(meshfedBin, append([]string{"agent"}, args...)...)
 	cmd.Dir = dir
-	logs := &logBuffer{}
+	logs := &testsync.Buffer{}
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/meshfed/meshfed/internal/freeport"
 	"github.com/meshfed/meshfed/internal/pemfile"
+	"github.com/meshfed/meshfed/internal/testsync"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/federation"
@@ -282,7 +283,7 @@ func otherRoot(t *testing.T, dir string) *x509bundle.Bundle {
 type daemon struct {
 	name string
 	cmd  *exec.Cmd
-	logs *logBuffer
+	logs *testsync.Buffer
 	done chan error
 }
 
@@ -292,7 +293,7 @@ func startDaemon(t *testing.T, dir, name, bin string, args ...string) *daemon {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Dir = dir
-	logs := &logBuffer{}
+	logs := &testsync.Buffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -341,7 +342,7 @@ func (p *agentProc) mustRun(t *testing.T) {
 
 // logOnFailure puts a process's log into the test's output if the test
 // fails.
-func logOnFailure(t *testing.T, name string, logs *logBuffer) {
+func logOnFailure(t *testing.T, name string, logs *testsync.Buffer) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("%s log:\n%s", name, logs.String())

@@ -13,7 +13,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +20,7 @@ import (
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/internal/policy"
 	"github.com/meshfed/meshfed/internal/proxy"
+	"github.com/meshfed/meshfed/internal/testsync"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 )
@@ -55,27 +55,9 @@ func echoApp(t *testing.T) string {
 	return serve(t, nil, func(c net.Conn) { io.Copy(c, c) })
 }
 
-// logBuf is a concurrency-safe log sink.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 type running struct {
 	s      *proxy.Sidecar
-	logs   *logBuf
+	logs   *testsync.Buffer
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -86,7 +68,7 @@ func (r *running) addr(i int) string { return r.s.Listeners()[i].Addr }
 // before is called with it before it runs.
 func startSidecar(t *testing.T, cfg proxy.Config, before ...func(*proxy.Sidecar)) *running {
 	t.Helper()
-	logs := &logBuf{}
+	logs := &testsync.Buffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	for i := range cfg.Inbound {
 		cfg.Inbound[i].Listen = "127.0.0.1:0"

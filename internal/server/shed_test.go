@@ -1,15 +1,14 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/meshfed/meshfed/internal/pemfile"
+	"github.com/meshfed/meshfed/internal/testsync"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	istioca "istio.io/api/security/v1alpha1"
@@ -34,7 +33,7 @@ func TestLimitsDefaults(t *testing.T) {
 // waits its turn; past limits.max_signing_queue it is refused at once with
 // UNAVAILABLE; calls that sign nothing are never held back.
 func TestSigningShed(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := &testsync.Buffer{}
 	h := startWith(t, Options{Logger: slog.New(slog.NewTextHandler(logs, nil))}, func(c *Config) {
 		c.Limits = LimitsConfig{MaxSigningInFlight: 1, MaxSigningQueue: 1}
 	})
@@ -58,11 +57,7 @@ func TestSigningShed(t *testing.T) {
 	}
 	waited := make(chan error, 1)
 	go func() { waited <- sign() }()
-	for deadline := time.Now().Add(10 * time.Second); h.srv.shed.Queued() != 1; time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the second request never waited for a turn")
-		}
-	}
+	testsync.Eventually(t, "the second request to wait for a turn", func() bool { return h.srv.shed.Queued() == 1 })
 	want := "server: overloaded: as many signing requests wait for a turn as limits.max_signing_queue allows (1); retry with backoff"
 	wantStatus(t, sign(), codes.Unavailable, want)
 	wantStatus(t, sign(), codes.Unavailable, want)
@@ -92,24 +87,6 @@ func TestSigningShed(t *testing.T) {
 	if !strings.Contains(m, `meshfed_server_issuance_total{credential="k8s-sat",result="ok"} 2`+"\n") {
 		t.Errorf("want the two admitted requests signed:\n%s", grep(m, "meshfed_server_issuance_total"))
 	}
-}
-
-// lockedBuffer is a log destination safe for the server's goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // grep returns the lines of s that contain sub.

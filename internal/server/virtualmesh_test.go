@@ -16,6 +16,7 @@ import (
 	"github.com/meshfed/meshfed/internal/federation/member"
 	"github.com/meshfed/meshfed/internal/federation/virtualmesh"
 	"github.com/meshfed/meshfed/internal/testjwt"
+	"github.com/meshfed/meshfed/internal/testsync"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -36,19 +37,6 @@ spec:
   - {name: east, namespace: service-mesh-hub, trustDomain: east.example}
   - {name: west, namespace: service-mesh-hub, trustDomain: west.example}
 `
-
-// eventually polls cond: the member and controller run on real timers in
-// their own goroutines, which this test does not drive.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // Two running servers join a VirtualMesh: each moves from its self-signed
 // root to an intermediate of the shared root made from its own key, with no
@@ -95,8 +83,10 @@ func TestVirtualMeshMembers(t *testing.T) {
 		})
 	}
 	east, west := member("east.example"), member("west.example")
+	// The member and controller run on real timers in their own
+	// goroutines, which this test does not drive: it polls.
 	for _, h := range []*harness{east, west} {
-		eventually(t, h.srv.set.td.Name()+" to sign with the VirtualMesh intermediate", func() bool { return h.srv.auth.FromCACerts() })
+		testsync.Eventually(t, h.srv.set.td.Name()+" to sign with the VirtualMesh intermediate", func() bool { return h.srv.auth.FromCACerts() })
 	}
 	status, err := admin.Status(context.Background(), &fedpb.StatusRequest{})
 	if err != nil || len(status.GetRoots()) != 1 {
@@ -139,7 +129,7 @@ func TestVirtualMeshMembers(t *testing.T) {
 	if _, err := admin.RotateRoot(context.Background(), &fedpb.RotateRootRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the rotation to finish", func() bool {
+	testsync.Eventually(t, "the rotation to finish", func() bool {
 		st, err := admin.Status(context.Background(), &fedpb.StatusRequest{})
 		return err == nil && st.GetRotationPhase() == "stable" && len(st.GetRoots()) == 1 && !bytes.Equal(st.GetRoots()[0].GetCertificate(), shared)
 	})
@@ -148,7 +138,7 @@ func TestVirtualMeshMembers(t *testing.T) {
 	// Each member applies the last state (the old root dropped) and then
 	// rebuilds its bundle: wait for the bundle, the end of that.
 	for _, h := range []*harness{east, west} {
-		eventually(t, h.srv.set.td.Name()+" to sign under the new root and publish it alone", func() bool {
+		testsync.Eventually(t, h.srv.set.td.Name()+" to sign under the new root and publish it alone", func() bool {
 			roots := h.srv.bundle.Load().X509Authorities()
 			return bytes.Equal(h.srv.auth.CA().Roots()[0].Raw, newRoot) && len(h.srv.vmState.Load().Roots) == 1 &&
 				len(roots) == 1 && bytes.Equal(roots[0].Raw, newRoot)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/meshfed/meshfed/internal/testsync"
 )
 
 // manualTimers hands out timers the test fires itself.
@@ -14,18 +16,6 @@ func (m *manualTimers) after(time.Duration) (<-chan time.Time, func() bool) {
 	c := make(chan time.Time, 1)
 	m.fire <- c
 	return c, func() bool { return true }
-}
-
-// waitQueued waits until n requests wait: Acquire's goroutines run on
-// their own, and this only observes them.
-func waitQueued(t *testing.T, l *Limiter, n int) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); l.Queued() != n; {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d waiting, want %d", l.Queued(), n)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 func mustNew(t *testing.T, cfg Config) *Limiter {
@@ -63,7 +53,7 @@ func TestBoundsAndOrder(t *testing.T) {
 			order <- i
 			releases <- r
 		}()
-		waitQueued(t, l, i+1)
+		testsync.Eventually(t, "the waiter to queue", func() bool { return l.Queued() == i+1 })
 	}
 	if _, err := l.Acquire(t.Context()); !errors.Is(err, ErrQueueFull) {
 		t.Fatalf("a fourth waiter: %v, want ErrQueueFull", err)

@@ -15,6 +15,7 @@ import (
 	"github.com/meshfed/meshfed/internal/agent/admit"
 	"github.com/meshfed/meshfed/internal/agent/attest"
 	"github.com/meshfed/meshfed/internal/agent/workloadapi"
+	"github.com/meshfed/meshfed/internal/testsync"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -52,21 +53,9 @@ func openStream(t *testing.T, c workload.SpiffeWorkloadAPIClient) (cancel func()
 	return cancel, nil
 }
 
-// until polls cond, for what the server learns asynchronously (a client's
-// close), failing the test after a generous bound; it measures nothing.
-func until(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestWorkloadLimits(t *testing.T) {
 	w := newWorld(t)
-	var log lockedBuffer
+	var log testsync.Buffer
 	gate, err := admit.New(admit.Config{
 		Limits: admit.Limits{Conns: 10, ConnsPerUID: 2, Calls: 10, CallsPerUID: 3},
 		Logger: slog.New(slog.NewTextHandler(&log, nil)),
@@ -130,7 +119,7 @@ func TestWorkloadLimits(t *testing.T) {
 		t.Fatalf("FetchX509SVID streams in flight = %v, want 3", got)
 	}
 	streams[0]()
-	until(t, "the closed stream's release", func() bool { _, calls := usage(); return calls == 2 })
+	testsync.Eventually(t, "the closed stream's release", func() bool { _, calls := usage(); return calls == 2 })
 	if cancel, err = openStream(t, c2); err != nil {
 		t.Fatalf("a stream after one closed: %v", err)
 	}
@@ -138,7 +127,7 @@ func TestWorkloadLimits(t *testing.T) {
 
 	// A closed connection gives its place back, and its stream's.
 	conn1.Close()
-	until(t, "the closed connection's release", func() bool { conns, calls := usage(); return conns == 1 && calls == 2 })
+	testsync.Eventually(t, "the closed connection's release", func() bool { conns, calls := usage(); return conns == 1 && calls == 2 })
 	_, c4 := dialOwn(t, path)
 	if cancel, err = openStream(t, c4); err != nil {
 		t.Fatalf("a new connection after one closed: %v", err)
@@ -223,14 +212,14 @@ func TestSilentConnectionClosed(t *testing.T) {
 	}
 	defer silent.Close()
 	uid := uint32(os.Geteuid())
-	until(t, "the silent connection's admission", func() bool { _, _, conns, _ := gate.Usage(uid); return conns == 1 })
+	testsync.Eventually(t, "the silent connection's admission", func() bool { _, _, conns, _ := gate.Usage(uid); return conns == 1 })
 	// The server sends its SETTINGS and then closes it: reading ends (EOF,
 	// or a reset) before the test's deadline.
 	silent.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.Copy(io.Discard, silent); errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("the silent connection was not closed by the server: %v", err)
 	}
-	until(t, "the silent connection's release", func() bool { _, _, conns, _ := gate.Usage(uid); return conns == 0 })
+	testsync.Eventually(t, "the silent connection's release", func() bool { _, _, conns, _ := gate.Usage(uid); return conns == 0 })
 	_, c := dialOwn(t, path)
 	cancel, err := openStream(t, c)
 	if err != nil {

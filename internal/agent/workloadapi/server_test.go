@@ -20,6 +20,7 @@ import (
 	"github.com/meshfed/meshfed/internal/agent/attest"
 	"github.com/meshfed/meshfed/internal/agent/workloadapi"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/internal/testsync"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -571,7 +572,7 @@ func TestExpiryWithdrawsFromOpenStream(t *testing.T) {
 func TestNoEntryIsPermissionDenied(t *testing.T) {
 	w := newWorld(t)
 	w.src.entries = w.src.entries[1:2] // only the other uid's
-	var logs lockedBuffer
+	var logs testsync.Buffer
 	c := newClient(t, serve(t, workloadapi.Config{Source: w.src, Logger: slog.New(slog.NewTextHandler(&logs, nil))}))
 	_, err := c.FetchX509Context(t.Context())
 	wantStatus(t, err, codes.PermissionDenied, "no identity issued")
@@ -581,24 +582,6 @@ func TestNoEntryIsPermissionDenied(t *testing.T) {
 	if n := strings.Count(logs.String(), "no identity issued"); n != 1 || !strings.Contains(logs.String(), myUID+",") || !strings.Contains(logs.String(), myPath(t)) {
 		t.Errorf("%d lines for two refusals, want 1 with the caller's selectors (%s, %s):\n%s", n, myUID, myPath(t), logs.String())
 	}
-}
-
-// lockedBuffer is a log destination safe for the server's goroutines.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func TestNoBundleIsUnavailable(t *testing.T) {
