@@ -13,13 +13,13 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	pb "github.com/meshfed/meshfed/internal/api/federationv1"
 	"github.com/meshfed/meshfed/internal/pemfile"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/internal/testsync"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/proto"
@@ -475,7 +475,7 @@ func TestRotationWalkDrivenByReports(t *testing.T) {
 }
 
 func TestRotateRootForce(t *testing.T) {
-	logs := &syncWriter{w: &strings.Builder{}}
+	logs := &testsync.Buffer{}
 	h := newHarness(t, func(c *Config) { c.Logger = slog.New(slog.NewTextHandler(logs, nil)) })
 	e := h.member(east).mustJoin()
 	st := rotate(t, h, false)
@@ -498,23 +498,6 @@ func TestRotateRootForce(t *testing.T) {
 	if got := statusText(e.report(&pb.MemberReport{})); !strings.HasPrefix(got, "Unauthenticated: ") {
 		t.Errorf("east after the forced rotation: %s", got)
 	}
-}
-
-type syncWriter struct {
-	mu sync.Mutex
-	w  *strings.Builder
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
-}
-
-func (s *syncWriter) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.String()
 }
 
 // TestWatchEndsWhenTheMemberSVIDExpires: a member's Watch stream outlives

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	pb "github.com/meshfed/meshfed/internal/api/federationv1"
+	"github.com/meshfed/meshfed/internal/testsync"
 )
 
 func scrape(t *testing.T, h *harness) string {
@@ -25,7 +26,7 @@ func scrape(t *testing.T, h *harness) string {
 // and a refused VirtualMesh file.
 func TestMetrics(t *testing.T) {
 	dir := t.TempDir()
-	h, file := fileHarness(t, dir, &fakeClock{now: t0}, &syncWriter{w: &strings.Builder{}})
+	h, file := fileHarness(t, dir, &fakeClock{now: t0}, &testsync.Buffer{})
 	e := h.member(east).mustJoin()
 	e.mustReport(&pb.MemberReport{AppliedGeneration: 1})
 	st := h.status()

@@ -14,6 +14,7 @@ import (
 	pb "github.com/meshfed/meshfed/internal/api/federationv1"
 	"github.com/meshfed/meshfed/internal/federation/virtualmesh"
 	"github.com/meshfed/meshfed/internal/testjwt"
+	"github.com/meshfed/meshfed/internal/testsync"
 )
 
 // withoutWestWithNorth is testMesh with west removed from spec.meshes and
@@ -26,7 +27,7 @@ var withoutWestWithNorth = strings.NewReplacer(
 
 // fileHarness runs a controller reading its VirtualMesh from a file in dir,
 // as 'meshfed federation run --config' does, logging to logs.
-func fileHarness(t *testing.T, dir string, clock *fakeClock, logs *syncWriter) (*harness, string) {
+func fileHarness(t *testing.T, dir string, clock *fakeClock, logs *testsync.Buffer) (*harness, string) {
 	t.Helper()
 	file := filepath.Join(dir, "vm.yaml")
 	if _, err := os.Stat(file); err != nil {
@@ -73,7 +74,7 @@ func memberNames(st *pb.StatusResponse) []string {
 func TestReloadMeshRemovesAndAddsMembers(t *testing.T) {
 	dir := t.TempDir()
 	clock := &fakeClock{now: t0}
-	logs := &syncWriter{w: &strings.Builder{}}
+	logs := &testsync.Buffer{}
 	h, file := fileHarness(t, dir, clock, logs)
 	e := h.member(east).mustJoin()
 	w := h.member(west).mustJoin()
@@ -155,7 +156,7 @@ func TestReloadMeshRemovesAndAddsMembers(t *testing.T) {
 // and is logged once; a good file afterwards is applied.
 func TestReloadMeshRefusals(t *testing.T) {
 	dir := t.TempDir()
-	logs := &syncWriter{w: &strings.Builder{}}
+	logs := &testsync.Buffer{}
 	h, file := fileHarness(t, dir, &fakeClock{now: t0}, logs)
 	h.member(west).mustJoin()
 	cases := []struct {
@@ -210,7 +211,7 @@ func TestReloadMeshRefusals(t *testing.T) {
 // removed member's keys leave with it.
 func TestMemberJWTKeysPassedOn(t *testing.T) {
 	dir := t.TempDir()
-	h, file := fileHarness(t, dir, &fakeClock{now: t0}, &syncWriter{w: &strings.Builder{}})
+	h, file := fileHarness(t, dir, &fakeClock{now: t0}, &testsync.Buffer{})
 	e := h.member(east).mustJoin()
 	w := h.member(west).mustJoin()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -265,7 +266,7 @@ func TestMemberJWTKeysPassedOn(t *testing.T) {
 // member is removed from spec.meshes, without --force.
 func TestRemovingAMemberUnblocksARotation(t *testing.T) {
 	dir := t.TempDir()
-	h, file := fileHarness(t, dir, &fakeClock{now: t0}, &syncWriter{w: &strings.Builder{}})
+	h, file := fileHarness(t, dir, &fakeClock{now: t0}, &testsync.Buffer{})
 	e := h.member(east).mustJoin()
 	h.member(west).mustJoin() // and then never reports again
 	rotate(t, h, false)

@@ -15,6 +15,7 @@ import (
 	pb "github.com/meshfed/meshfed/internal/api/federationv1"
 	"github.com/meshfed/meshfed/internal/pemfile"
 	"github.com/meshfed/meshfed/internal/pki"
+	"github.com/meshfed/meshfed/internal/testsync"
 )
 
 // A restart from the state file keeps spent tokens spent, unspent ones
@@ -344,7 +345,7 @@ func TestRotationToNextRootFromFiles(t *testing.T) {
 	}
 	dir := t.TempDir()
 	writeMesh(t, filepath.Join(dir, "vm.yaml"), filesMesh("root1"))
-	logs := &syncWriter{w: &strings.Builder{}}
+	logs := &testsync.Buffer{}
 	h, file := fileHarness(t, dir, &fakeClock{now: t0}, logs)
 	if got := h.rootsFile(); len(got) != 1 || !got[0].Equal(root1) {
 		t.Fatal("root-cert.pem does not hold the operator's first root")
