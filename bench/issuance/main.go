@@ -11,6 +11,8 @@
 //	issuance load    ... -ceiling-ca-dir DATA_DIR/ca [-slices N]   (the ceiling in turn with the load)
 //	issuance herd    -addr HOST:PORT -bundle FILE -api ... -rate N [-timeout D] [-duration D]   (an open-loop overload)
 //	issuance hold    -addr HOST:PORT -bundle FILE -join-token TOKEN -clients N -server-pid PID   (memory per connected agent)
+//	issuance floor   -ca-dir DATA_DIR/ca [-listen ADDR]   (the signing API's floor: the ceiling's work behind the server's transport, nothing else)
+//	issuance load    -addr FLOOR -attest-addr HOST:PORT -api node ...   (a load on the floor, its node SVID from the server)
 //
 // Each prints one line of key=value pairs on stdout, for bench/run to read.
 // It is a benchmark tool, not part of meshfed: it never runs in tests.
@@ -70,7 +72,7 @@ var nodeID = spiffeid.RequireFromString("spiffe://east.example/node/bench")
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: issuance jwks|ceiling|load|herd|hold [flags]")
+		fmt.Fprintln(os.Stderr, "usage: issuance jwks|ceiling|load|herd|hold|floor [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -85,8 +87,10 @@ func main() {
 		err = herdCmd(args)
 	case "hold":
 		err = holdCmd(args)
+	case "floor":
+		err = floorCmd(args)
 	default:
-		err = fmt.Errorf("unknown command %q: use jwks, ceiling, load, herd or hold", cmd)
+		err = fmt.Errorf("unknown command %q: use jwks, ceiling, load, herd, hold or floor", cmd)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "issuance:", err)
@@ -358,7 +362,7 @@ func loadCmd(args []string) error {
 
 // target is the server and call a load makes.
 type target struct {
-	addr, bundle, api, joinToken, jwtKey string
+	addr, attestAddr, bundle, api, joinToken, jwtKey string
 }
 
 // targetFlags defines the flags that say what a load calls.
@@ -368,6 +372,7 @@ func targetFlags(fs *flag.FlagSet) *target {
 	fs.StringVar(&t.bundle, "bundle", "", "PEM roots of the trust domain (meshfed bundle show --format pem)")
 	fs.StringVar(&t.api, "api", "node", "node: Node.SignX509SVID renewing a node SVID over mTLS; istio: CreateCertificate with a service-account JWT")
 	fs.StringVar(&t.joinToken, "join-token", "", "node: the join token the node attests with first")
+	fs.StringVar(&t.attestAddr, "attest-addr", "", "node: the server that takes the join token, if not -addr (a load on `issuance floor`)")
 	fs.StringVar(&t.jwtKey, "jwt-key", "", "istio: the key from `issuance jwks`")
 	return t
 }
@@ -383,16 +388,17 @@ func connect(t target, clients int) (call func(ctx context.Context, conn *grpc.C
 	for _, r := range roots {
 		pool.AddCert(r)
 	}
-	dial := func(client *tls.Certificate) (*grpc.ClientConn, error) {
-		conf := &tls.Config{RootCAs: pool, ServerName: strings.Split(t.addr, ":")[0], MinVersion: tls.VersionTLS12}
+	dialAt := func(addr string, client *tls.Certificate) (*grpc.ClientConn, error) {
+		conf := &tls.Config{RootCAs: pool, ServerName: strings.Split(addr, ":")[0], MinVersion: tls.VersionTLS12}
 		if client != nil {
 			conf.Certificates = []tls.Certificate{*client}
 		}
 		// As the agent dials (agent.dial): fixed windows, no
 		// bandwidth-estimating PINGs.
-		return grpc.NewClient(t.addr, append(grpcflow.DialOptions(grpcflow.SigningAPIWindow),
+		return grpc.NewClient(addr, append(grpcflow.DialOptions(grpcflow.SigningAPIWindow),
 			grpc.WithTransportCredentials(credentials.NewTLS(conf)))...)
 	}
+	dial := func(client *tls.Certificate) (*grpc.ClientConn, error) { return dialAt(t.addr, client) }
 	_, csr, err := newCSR()
 	if err != nil {
 		return nil, nil, err
@@ -401,7 +407,11 @@ func connect(t target, clients int) (call func(ctx context.Context, conn *grpc.C
 	var clientCert *tls.Certificate
 	switch t.api {
 	case "node":
-		if clientCert, err = attest(dial, t.joinToken); err != nil {
+		attestAt := dial
+		if t.attestAddr != "" {
+			attestAt = func(client *tls.Certificate) (*grpc.ClientConn, error) { return dialAt(t.attestAddr, client) }
+		}
+		if clientCert, err = attest(attestAt, t.joinToken); err != nil {
 			return nil, nil, err
 		}
 		req := &pb.SignX509SVIDRequest{Requests: []*pb.SVIDRequest{{Csr: csr.Raw}}}
