@@ -224,10 +224,12 @@ func (p *peerState) close() {
 type peerConn struct {
 	*net.UnixConn
 	peer *peerState
+	rd   readReady // ReadOnReady's state
 }
 
 func newPeerConn(c *net.UnixConn, p *peerState) *peerConn {
 	pc := &peerConn{UnixConn: c, peer: p}
+	pc.rd.init(c)
 	// Should the connection be dropped without Close (gRPC closes the one
 	// it handshook on some error paths), the handle is still released.
 	runtime.AddCleanup(pc, func(p *peerState) { p.close() }, p)
