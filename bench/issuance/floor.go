@@ -16,7 +16,6 @@ import (
 
 	pb "github.com/meshfed/meshfed/internal/api/serverv1"
 	"github.com/meshfed/meshfed/internal/cadir"
-	"github.com/meshfed/meshfed/internal/grpcflow"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/internal/server"
 	"github.com/meshfed/meshfed/internal/tlspolicy"
@@ -32,11 +31,10 @@ import (
 // floorCmd serves, in a process of its own, the least a signing API on
 // grpc-go can be: Node.SignX509SVID on meshfed server's transport (its TLS
 // policy, the caller's SVID verified at the handshake as the server
-// verifies it, the same gRPC server options: fixed flow-control windows, no
-// read buffer, long-lived stream workers, the same stream limit) whose
-// handler does the ceiling's work and nothing else: parse the CSR, sign it
-// with the server's own CA for the caller's SPIFFE ID, answer with the
-// chain. There is no credential check besides the handshake's, no node
+// verifies it, server.SigningTransportOptions at the default stream limit)
+// whose handler does the ceiling's work and nothing else: parse the CSR,
+// sign it with the server's own CA for the caller's SPIFFE ID, answer with
+// the chain. There is no credential check besides the handshake's, no node
 // record, no audit row, no log line and no metrics.
 //
 // `issuance load -addr FLOOR -attest-addr SERVER -api node -server-pid
@@ -93,13 +91,8 @@ func floorCmd(args []string) error {
 		},
 		NextProtos: []string{"h2"},
 	}
-	g := grpc.NewServer(append([]grpc.ServerOption{
-		grpc.Creds(credentials.NewTLS(conf)),
-		grpc.MaxRecvMsgSize(server.MaxRequestBytes),
-		grpc.NumStreamWorkers(64),
-		grpc.ReadBufferSize(0),
-		grpc.MaxConcurrentStreams(128),
-	}, grpcflow.ServerOptions(grpcflow.SigningAPIWindow)...)...)
+	g := grpc.NewServer(append(server.SigningTransportOptions(server.DefaultMaxStreamsPerConnection),
+		grpc.Creds(credentials.NewTLS(conf)))...)
 	node := &floorNode{ca: ca}
 	if *transportOnly {
 		c, err := floorCertificate(ca, td, net.ParseIP(host))

@@ -245,13 +245,13 @@ func (s *Server) bind() error {
 	return nil
 }
 
-// serve builds the servers on the bound listeners.
-func (s *Server) serve() error {
-	var err error
+// SigningTransportOptions are the signing API's gRPC transport, with at most
+// streams streams per connection (0: gRPC's bound): everything of its
+// server but the credentials and interceptors. bench/issuance's floor
+// serves with them too, so that it measures this transport.
+func SigningTransportOptions(streams uint32) []grpc.ServerOption {
 	opts := []grpc.ServerOption{
-		grpc.Creds(credentials.NewTLS(s.tlsConfig())),
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
-		grpc.ChainUnaryInterceptor(s.admitSigning, s.adminOverTLS, s.announceIssuance),
 		// Requests run on long-lived goroutines whose stacks have already
 		// grown to what signing and the store need, instead of a new
 		// goroutine per request growing its stack from 8 KiB each time
@@ -266,11 +266,20 @@ func (s *Server) serve() error {
 		// agent").
 		grpc.ReadBufferSize(0),
 	}
-	if n := s.set.limits.streams; n > 0 {
-		opts = append(opts, grpc.MaxConcurrentStreams(n))
+	if streams > 0 {
+		opts = append(opts, grpc.MaxConcurrentStreams(streams))
 	}
 	// Fixed windows: no bandwidth-estimating PING per renewal (see grpcflow).
-	s.grpcServer = grpc.NewServer(append(opts, grpcflow.ServerOptions(grpcflow.SigningAPIWindow)...)...)
+	return append(opts, grpcflow.ServerOptions(grpcflow.SigningAPIWindow)...)
+}
+
+// serve builds the servers on the bound listeners.
+func (s *Server) serve() error {
+	var err error
+	s.grpcServer = grpc.NewServer(append(SigningTransportOptions(s.set.limits.streams),
+		grpc.Creds(credentials.NewTLS(s.tlsConfig())),
+		grpc.ChainUnaryInterceptor(s.admitSigning, s.adminOverTLS, s.announceIssuance),
+	)...)
 	istioca.RegisterIstioCertificateServiceServer(s.grpcServer, &istioService{s: s})
 	serverv1.RegisterNodeServer(s.grpcServer, &nodeService{s: s})
 	serverv1.RegisterAdminServer(s.grpcServer, &adminService{s: s})

@@ -30,7 +30,7 @@ type readReady struct {
 	rawErr error // why the conn gave no RawConn: every read fails with it
 	fn     func(fd uintptr) bool
 
-	size int
+	size int // the last read's size, left set (a test reads it)
 	pool mem.BufferPool
 	buf  *[]byte
 	n    int

@@ -201,8 +201,9 @@ const streamWorkers = 32
 
 // transportOptions are the Workload API server's gRPC transport: the
 // attestor's credentials, the bound on a request, long-lived stream
-// workers, and flow-control windows fixed at twice that bound, so that a call costs no bandwidth-estimating
-// PING (see grpcflow). The benchmarks' ceilings are served with the same.
+// workers, and flow-control windows fixed at twice that bound, so that a
+// call costs no bandwidth-estimating PING (see grpcflow). The benchmarks'
+// ceilings are served with the same.
 func transportOptions(a Attestor) []grpc.ServerOption {
 	return append([]grpc.ServerOption{
 		grpc.Creds(a.TransportCredentials()),
