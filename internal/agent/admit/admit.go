@@ -12,7 +12,8 @@
 // refused at once (a connection is closed before gRPC reads from it; a call
 // gets RESOURCE_EXHAUSTED naming the limit), so what a workload already
 // holds keeps working, and whatever was admitted is released exactly once
-// when it ends. A Gate also keeps the Workload API's and SDS's call metrics.
+// when it ends. A Gate also keeps the Workload API's and SDS's call
+// metrics, among them each call's time to its first response.
 package admit
 
 import (
@@ -25,6 +26,7 @@ import (
 
 	"github.com/meshfed/meshfed/internal/agent/attest"
 	"github.com/meshfed/meshfed/internal/logpace"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -257,8 +259,10 @@ func (g *Gate) refused(c attest.Caller, limit string, held int, what string) err
 }
 
 // UnaryInterceptor admits each unary call as a call of its caller (the
-// connection's, from attest) and counts it by method and result.
+// connection's, from attest), counts it by method and result, and times it
+// from its arrival to the handler's return.
 func (g *Gate) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	began := g.clock()
 	mm := g.m.method(info.FullMethod)
 	c, u, err := g.admitCall(ctx)
 	if err != nil {
@@ -267,6 +271,7 @@ func (g *Gate) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnarySe
 	}
 	mm.inflight.Inc()
 	resp, err := handler(ctx, req)
+	mm.first.Observe(g.clock().Sub(began).Seconds())
 	mm.inflight.Dec()
 	g.give(c.UID, u, call)
 	mm.done(err)
@@ -274,8 +279,10 @@ func (g *Gate) UnaryInterceptor(ctx context.Context, req any, info *grpc.UnarySe
 }
 
 // StreamInterceptor admits each stream, for as long as it is open, as
-// UnaryInterceptor admits a unary call.
+// UnaryInterceptor admits a unary call, and times it from its arrival to
+// its first message.
 func (g *Gate) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	began := g.clock()
 	mm := g.m.method(info.FullMethod)
 	c, u, err := g.admitCall(ss.Context())
 	if err != nil {
@@ -283,10 +290,30 @@ func (g *Gate) StreamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Strea
 		return err
 	}
 	mm.inflight.Inc()
-	err = handler(srv, ss)
+	err = handler(srv, &timedStream{ServerStream: ss, g: g, began: began, first: mm.first})
 	mm.inflight.Dec()
 	g.give(c.UID, u, call)
 	mm.done(err)
+	return err
+}
+
+// timedStream is a stream whose first message sent is timed, for
+// meshfed_agent_call_first_response_seconds. gRPC lets one goroutine at a
+// time call SendMsg, so sent needs no lock.
+type timedStream struct {
+	grpc.ServerStream
+	g     *Gate
+	began time.Time
+	first prometheus.Observer
+	sent  bool
+}
+
+func (s *timedStream) SendMsg(m any) error {
+	err := s.ServerStream.SendMsg(m)
+	if !s.sent {
+		s.sent = true
+		s.first.Observe(s.g.clock().Sub(s.began).Seconds())
+	}
 	return err
 }
 

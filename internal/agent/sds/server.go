@@ -87,9 +87,9 @@ type Config struct {
 	Clock pki.Clock
 	// Logger defaults to discarding.
 	Logger *slog.Logger
-	// Gate, if set, admits each stream and call within its limits and
-	// counts it (the agent's; connections are admitted by the Attestor's
-	// handshake).
+	// Gate, if set, admits each stream and call within its limits, counts
+	// it and times it to its first response (the agent's; connections are
+	// admitted by the Attestor's handshake).
 	Gate *admit.Gate
 	// HandshakeTimeout is as workloadapi.Config's (its default if zero).
 	HandshakeTimeout time.Duration

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,23 +54,31 @@ func openStream(t *testing.T, c workload.SpiffeWorkloadAPIClient) (cancel func()
 	return cancel, nil
 }
 
+// serveGated serves w's source as serve does, with cfg's other settings,
+// behind a gate made of gcfg, whose connections the attestor admits; reg
+// holds the gate's metrics.
+func serveGated(t *testing.T, w *world, gcfg admit.Config, cfg workloadapi.Config) (path string, gate *admit.Gate, reg *prometheus.Registry) {
+	t.Helper()
+	gate, err := admit.New(gcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Source, cfg.Gate = w.src, gate
+	if cfg.Attestor, err = attest.New(attest.Config{Admit: gate.Conn}); err != nil {
+		t.Fatal(err)
+	}
+	reg = prometheus.NewRegistry()
+	reg.MustRegister(gate.Collectors()...)
+	return serve(t, cfg), gate, reg
+}
+
 func TestWorkloadLimits(t *testing.T) {
 	w := newWorld(t)
 	var log testsync.Buffer
-	gate, err := admit.New(admit.Config{
+	path, gate, reg := serveGated(t, w, admit.Config{
 		Limits: admit.Limits{Conns: 10, ConnsPerUID: 2, Calls: 10, CallsPerUID: 3},
 		Logger: slog.New(slog.NewTextHandler(&log, nil)),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := attest.New(attest.Config{Admit: gate.Conn})
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := serve(t, workloadapi.Config{Source: w.src, Attestor: a, Gate: gate})
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(gate.Collectors()...)
+	}, workloadapi.Config{})
 	uid := uint32(os.Geteuid())
 	usage := func() (conns, calls int) {
 		_, _, conns, calls = gate.Usage(uid)
@@ -153,9 +162,35 @@ func TestWorkloadLimits(t *testing.T) {
 	}
 }
 
-// metric is the value of the series of name whose labels include the
-// given name-value pairs, failing the test if there is none.
+// metric is the value of the counter or gauge of name whose labels
+// include the given name-value pairs, failing the test if there is none.
 func metric(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
+	t.Helper()
+	m := series(t, reg, name, labels...)
+	switch {
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	}
+	t.Fatalf("%s%v is neither a counter nor a gauge", name, labels)
+	return 0
+}
+
+// histogram is the histogram of name whose labels include the given
+// name-value pairs, failing the test if there is none.
+func histogram(t *testing.T, reg *prometheus.Registry, name string, labels ...string) *dto.Histogram {
+	t.Helper()
+	h := series(t, reg, name, labels...).GetHistogram()
+	if h == nil {
+		t.Fatalf("%s%v is not a histogram", name, labels)
+	}
+	return h
+}
+
+// series is the first series of name whose labels include the given
+// name-value pairs, failing the test if there is none.
+func series(t *testing.T, reg *prometheus.Registry, name string, labels ...string) *dto.Metric {
 	t.Helper()
 	families, err := reg.Gather()
 	if err != nil {
@@ -165,23 +200,18 @@ func metric(t *testing.T, reg *prometheus.Registry, name string, labels ...strin
 		if f.GetName() != name {
 			continue
 		}
-	series:
+	next:
 		for _, m := range f.GetMetric() {
 			for i := 0; i < len(labels); i += 2 {
 				if !hasLabel(m, labels[i], labels[i+1]) {
-					continue series
+					continue next
 				}
 			}
-			switch {
-			case m.Counter != nil:
-				return m.Counter.GetValue()
-			case m.Gauge != nil:
-				return m.Gauge.GetValue()
-			}
+			return m
 		}
 	}
 	t.Fatalf("no series %s%v", name, labels)
-	return 0
+	return nil
 }
 
 func hasLabel(m *dto.Metric, name, value string) bool {
@@ -197,15 +227,7 @@ func hasLabel(m *dto.Metric, name, value string) bool {
 // closed after Config.HandshakeTimeout, giving its place back.
 func TestSilentConnectionClosed(t *testing.T) {
 	w := newWorld(t)
-	gate, err := admit.New(admit.Config{Limits: admit.Limits{ConnsPerUID: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := attest.New(attest.Config{Admit: gate.Conn})
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := serve(t, workloadapi.Config{Source: w.src, Attestor: a, Gate: gate, HandshakeTimeout: 200 * time.Millisecond})
+	path, gate, _ := serveGated(t, w, admit.Config{Limits: admit.Limits{ConnsPerUID: 1}}, workloadapi.Config{HandshakeTimeout: 200 * time.Millisecond})
 	silent, err := net.Dial("unix", path)
 	if err != nil {
 		t.Fatal(err)
@@ -226,4 +248,73 @@ func TestSilentConnectionClosed(t *testing.T) {
 		t.Fatalf("a connection after the silent one was closed: %v", err)
 	}
 	cancel()
+}
+
+// TestCallsTimedToFirstResponse: the gate times each admitted call to its
+// first response (meshfed_agent_call_first_response_seconds): a unary call
+// to its return, error or not, and a stream to its first message only. The
+// gate's clock steps 300µs each time it is read, so a call it times takes
+// exactly one step.
+func TestCallsTimedToFirstResponse(t *testing.T) {
+	w := newWorld(t)
+	const step = 300 * time.Microsecond
+	var reads atomic.Int64
+	t0 := time.Now()
+	clock := func() time.Time { return t0.Add(time.Duration(reads.Add(1)) * step) }
+	path, _, reg := serveGated(t, w, admit.Config{Clock: clock}, workloadapi.Config{})
+	_, c := dialOwn(t, path)
+	const name = "meshfed_agent_call_first_response_seconds"
+	timed := func(method string) *dto.Histogram {
+		return histogram(t, reg, name, "method", "SpiffeWorkloadAPI/"+method)
+	}
+
+	// A stream: its first message is timed, and a second one (the source
+	// changed) is not.
+	ctx, cancel := context.WithCancel(withHeader(t.Context()))
+	defer cancel()
+	stream, err := c.FetchX509SVID(ctx, &workload.X509SVIDRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	// (Observed just after the message was handed to gRPC, which may be
+	// after it arrived here.)
+	testsync.Eventually(t, "the first message's timing", func() bool { return timed("FetchX509SVID").GetSampleCount() == 1 })
+	w.src.update(func(f *fakeSource) { f.entries = f.entries[:2] })
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+
+	// A unary call refused by the handler is timed too.
+	_, err = c.ValidateJWTSVID(withHeader(t.Context()), &workload.ValidateJWTSVIDRequest{Audience: "a", Svid: "not-a-token"})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("ValidateJWTSVID of a malformed token: %v, want InvalidArgument", err)
+	}
+
+	// A stream that ends without a message (no identity) is not.
+	w.src.update(func(f *fakeSource) { f.entries = nil })
+	_, err = openStream(t, c)
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("FetchX509SVID without an identity: %v, want PermissionDenied", err)
+	}
+
+	for method, want := range map[string]uint64{"FetchX509SVID": 1, "ValidateJWTSVID": 1} {
+		h := timed(method)
+		if h.GetSampleCount() != want || h.GetSampleSum() != step.Seconds() {
+			t.Errorf("%s: %d calls timed, %v s in all; want %d, %v s", method, h.GetSampleCount(), h.GetSampleSum(), want, step.Seconds())
+		}
+		// Bucket by bucket: none up to 250µs, all from 500µs.
+		for _, b := range h.GetBucket() {
+			wantIn := want
+			if b.GetUpperBound() < step.Seconds() {
+				wantIn = 0
+			}
+			if b.GetCumulativeCount() != wantIn {
+				t.Errorf("%s: %d calls at most %v s, want %d", method, b.GetCumulativeCount(), b.GetUpperBound(), wantIn)
+			}
+		}
+	}
 }

@@ -104,8 +104,9 @@ type Config struct {
 	// token of one audience and at most about 10 KiB, so the default costs
 	// about 1 MiB and at most about 10 MiB.
 	JWTCacheSize int
-	// Gate, if set, admits each call within its limits and counts it (the
-	// agent's; connections are admitted by the Attestor's handshake).
+	// Gate, if set, admits each call within its limits, counts it and
+	// times it to its first response (the agent's; connections are
+	// admitted by the Attestor's handshake).
 	Gate *admit.Gate
 	// HandshakeTimeout is how long a new connection has to begin HTTP/2
 	// (a local client does at once) before it is closed, so that one that
