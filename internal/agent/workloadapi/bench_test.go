@@ -9,10 +9,12 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -34,6 +36,7 @@ import (
 	"github.com/meshfed/meshfed/internal/agent/workloadapi"
 	"github.com/meshfed/meshfed/internal/pki"
 	"github.com/meshfed/meshfed/internal/testjwt"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -87,6 +90,7 @@ type benchEnv struct {
 	distinct           []string // benchDistinctTokens others, each with its own jti
 	nextDistinct       atomic.Uint64
 	want               spiffeid.ID
+	agent              *prometheus.Registry // the Workload API's gate's metrics
 }
 
 func newBenchEnv(b *testing.B) *benchEnv {
@@ -119,7 +123,9 @@ func newBenchEnv(b *testing.B) *benchEnv {
 		verified: filepath.Join(dir, "verified.sock"),
 		token:    benchToken(b, eastD, svid.ID, ""),
 		want:     svid.ID,
+		agent:    prometheus.NewRegistry(),
 	}
+	e.agent.MustRegister(gate.Collectors()...)
 	e.distinct = make([]string, benchDistinctTokens)
 	for i := range e.distinct {
 		e.distinct[i] = benchToken(b, eastD, svid.ID, strconv.Itoa(i))
@@ -344,7 +350,7 @@ func healthCheck(conn *grpc.ClientConn) error {
 
 // dialClients opens n connections to the socket at path, each made ready
 // by one call of warm, and closes them when the benchmark ends.
-func dialClients(b *testing.B, path string, n int, warm benchCall) []*grpc.ClientConn {
+func dialClients(b testing.TB, path string, n int, warm benchCall) []*grpc.ClientConn {
 	b.Helper()
 	conns := make([]*grpc.ClientConn, n)
 	for i := range conns {
@@ -554,10 +560,10 @@ func BenchmarkWorkloadAPIPaced(b *testing.B) {
 		{"fetch-x509svid/ceiling-stream", e.fetchX509SVID, healthWatch},
 		{"validate-jwtsvid-distinct/ceiling-unary", e.validateDistinct, healthCheck},
 	} {
-		b.Run(name+"/turns/"+bc.name, func(b *testing.B) { runPacedTurns(b, wl, bc.call, bare, bc.ceiling) })
+		b.Run(name+"/turns/"+bc.name, func(b *testing.B) { runPacedTurns(b, e, wl, bc.call, bare, bc.ceiling) })
 	}
 	b.Run(name+"/turns/validate-jwtsvid-distinct/ceiling-unary+verify", func(b *testing.B) {
-		runPacedTurns(b, wl, e.validateDistinct, verified, healthCheck)
+		runPacedTurns(b, e, wl, e.validateDistinct, verified, healthCheck)
 	})
 }
 
@@ -578,7 +584,7 @@ func runPaced(b *testing.B, conns []*grpc.ClientConn, call benchCall, rate int) 
 }
 
 // paced makes n calls as runPaced does and returns their latencies.
-func paced(b *testing.B, conns []*grpc.ClientConn, call benchCall, rate, n int) []time.Duration {
+func paced(b testing.TB, conns []*grpc.ClientConn, call benchCall, rate, n int) []time.Duration {
 	lat := make([]time.Duration, n)
 	interval := time.Second / time.Duration(rate)
 	var wg sync.WaitGroup
@@ -611,21 +617,235 @@ const benchTurn = benchRate / 2
 // the call and its ceiling running seconds apart. It reports each one's p50
 // and p99 and p99/ceiling-p99; ns/op is the pace of a call and its
 // ceiling's, not a figure.
-func runPacedTurns(b *testing.B, conns []*grpc.ClientConn, call benchCall, ceilingConns []*grpc.ClientConn, ceiling benchCall) {
-	var got, ceil []time.Duration
-	for done := 0; done < b.N; done += benchTurn {
-		k := min(benchTurn, b.N-done)
-		got = append(got, paced(b, conns, call, benchRate, k)...)
-		ceil = append(ceil, paced(b, ceilingConns, ceiling, benchRate, k)...)
-	}
+func runPacedTurns(b *testing.B, e *benchEnv, conns []*grpc.ClientConn, call benchCall, ceilingConns []*grpc.ClientConn, ceiling benchCall) {
+	before := e.agentTimes(b)
+	got, ceil := pacedTurns(b, conns, call, ceilingConns, ceiling, b.N)
 	b.StopTimer()
-	slices.Sort(got)
-	slices.Sort(ceil)
 	b.ReportMetric(float64(percentile(got, 50))/1e3, "p50-µs")
 	b.ReportMetric(float64(percentile(got, 99))/1e3, "p99-µs")
 	b.ReportMetric(float64(percentile(ceil, 50))/1e3, "ceiling-p50-µs")
 	b.ReportMetric(float64(percentile(ceil, 99))/1e3, "ceiling-p99-µs")
 	b.ReportMetric(float64(percentile(got, 99))/float64(percentile(ceil, 99)), "p99/ceiling")
+	e.agentTimes(b).since(before).report(b)
+}
+
+// pacedTurns makes n paced calls of call and n of ceiling in turns, as
+// runPacedTurns does, and returns the latencies of each, sorted.
+func pacedTurns(tb testing.TB, conns []*grpc.ClientConn, call benchCall, ceilingConns []*grpc.ClientConn, ceiling benchCall, n int) (got, ceil []time.Duration) {
+	for done := 0; done < n; done += benchTurn {
+		k := min(benchTurn, n-done)
+		got = append(got, paced(tb, conns, call, benchRate, k)...)
+		ceil = append(ceil, paced(tb, ceilingConns, ceiling, benchRate, k)...)
+	}
+	slices.Sort(got)
+	slices.Sort(ceil)
+	return got, ceil
+}
+
+// agentTimes are the Workload API calls the agent timed to their first
+// response (meshfed_agent_call_first_response_seconds, every method
+// together): how many took at most each bucket's bound, in seconds.
+type agentTimes struct {
+	calls  uint64
+	atMost map[float64]uint64
+}
+
+func (e *benchEnv) agentTimes(b *testing.B) agentTimes {
+	b.Helper()
+	families, err := e.agent.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	t := agentTimes{atMost: map[float64]uint64{}}
+	for _, f := range families {
+		if f.GetName() != "meshfed_agent_call_first_response_seconds" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			t.calls += m.GetHistogram().GetSampleCount()
+			for _, bk := range m.GetHistogram().GetBucket() {
+				t.atMost[bk.GetUpperBound()] += bk.GetCumulativeCount()
+			}
+		}
+	}
+	return t
+}
+
+// since is what was timed after before.
+func (t agentTimes) since(before agentTimes) agentTimes {
+	d := agentTimes{calls: t.calls - before.calls, atMost: map[float64]uint64{}}
+	for le, n := range t.atMost {
+		d.atMost[le] = n - before.atMost[le]
+	}
+	return d
+}
+
+// report reports, of the calls timed, the share whose first response took
+// the agent over 1 ms (agent>1ms-%) and the least bucket bound under which
+// 99% of them fell (agent-p99-le-µs): the agent's own part of a call, from
+// its arrival at the gate's interceptor to the response handed to gRPC,
+// which the round trip's p99 contains. The agent must have timed every one
+// of the b.N calls made.
+func (t agentTimes) report(b *testing.B) {
+	if t.calls != uint64(b.N) {
+		b.Fatalf("the agent timed %d calls of the %d made", t.calls, b.N)
+	}
+	bounds := slices.Sorted(maps.Keys(t.atMost))
+	for _, le := range bounds {
+		if t.atMost[le]*100 >= t.calls*99 {
+			b.ReportMetric(le*1e6, "agent-p99-le-µs")
+			break
+		}
+	}
+	b.ReportMetric(100*float64(t.calls-t.atMost[0.001])/float64(t.calls), "agent>1ms-%")
+}
+
+// BenchmarkWorkloadAPIPacedApart is the turns/ variants of
+// BenchmarkWorkloadAPIPaced with the workloads where they are in use: in
+// another process (this test binary re-run as TestBenchPacedWorkloads),
+// whose goroutines do not share this process's scheduler with the servers'.
+// That process dials 100 connections to each socket, makes the paced calls
+// in turns as runPacedTurns does, and writes their latencies back; they are
+// reported as there. ns/op is the pace plus the process's start, not a
+// figure.
+func BenchmarkWorkloadAPIPacedApart(b *testing.B) {
+	const n = 100
+	requireFiles(b, 8*n+256)
+	e := newBenchEnv(b)
+	tokens := filepath.Join(b.TempDir(), "tokens")
+	if err := os.WriteFile(tokens, []byte(strings.Join(e.distinct, "\n")), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	name := fmt.Sprintf("clients=%d/rate=%d/turns", n, benchRate)
+	for _, bc := range []struct {
+		name, call, ceiling, ceilingSocket string
+	}{
+		{"fetch-x509svid/ceiling-stream", "fetch-x509svid", "health-watch", e.bare},
+		{"validate-jwtsvid-distinct/ceiling-unary", "validate-jwtsvid-distinct", "health-check", e.bare},
+		{"validate-jwtsvid-distinct/ceiling-unary+verify", "validate-jwtsvid-distinct", "health-check", e.verified},
+	} {
+		b.Run(name+"/"+bc.name, func(b *testing.B) {
+			spec := pacedSpec{
+				Clients: n, Calls: b.N,
+				Call: bc.call, Socket: e.wl, Ceiling: bc.ceiling, CeilingSocket: bc.ceilingSocket,
+				Tokens: tokens, Want: e.want.String(), FirstToken: e.nextDistinct.Add(uint64(b.N)) - uint64(b.N),
+			}
+			got, agent := runPacedWorkloads(b, e, spec)
+			agent.report(b)
+			b.ReportMetric(float64(got.P50)/1e3, "p50-µs")
+			b.ReportMetric(float64(got.P99)/1e3, "p99-µs")
+			b.ReportMetric(float64(got.CeilingP50)/1e3, "ceiling-p50-µs")
+			b.ReportMetric(float64(got.CeilingP99)/1e3, "ceiling-p99-µs")
+			b.ReportMetric(float64(got.P99)/float64(got.CeilingP99), "p99/ceiling")
+		})
+	}
+}
+
+// pacedSpec is what BenchmarkWorkloadAPIPacedApart asks of the process
+// running TestBenchPacedWorkloads (in MESHFED_BENCH_PACED, as JSON).
+type pacedSpec struct {
+	Clients, Calls         int    // connections to each socket; calls of each kind
+	Call, Socket           string // fetch-x509svid or validate-jwtsvid-distinct
+	Ceiling, CeilingSocket string // health-watch or health-check
+	Tokens                 string // a file of JWT-SVIDs, one a line
+	FirstToken             uint64 // the first of them to validate
+	Want                   string // the SPIFFE ID every answer must carry
+}
+
+// pacedResult is its answer, on one line of its stdout, in nanoseconds.
+type pacedResult struct {
+	P50, P99, CeilingP50, CeilingP99 time.Duration
+}
+
+// runPacedWorkloads runs the test binary as TestBenchPacedWorkloads with
+// spec and returns what it measured, with the calls the agent timed while
+// it made its paced calls (after its connections were made ready).
+func runPacedWorkloads(b *testing.B, e *benchEnv, spec pacedSpec) (pacedResult, agentTimes) {
+	b.Helper()
+	raw, err := json.Marshal(spec)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd, stdin, out := startSelf(b, "TestBenchPacedWorkloads", "MESHFED_BENCH_PACED="+string(raw))
+	defer func() {
+		stdin.Close()
+		if err := cmd.Wait(); err != nil {
+			b.Errorf("the workloads' process: %v", err)
+		}
+	}()
+	if line, err := out.ReadString('\n'); line != "ready\n" {
+		b.Fatalf("the workloads' process said %q (%v) instead of ready", line, err)
+	}
+	before := e.agentTimes(b)
+	if _, err := io.WriteString(stdin, "go\n"); err != nil {
+		b.Fatal(err)
+	}
+	for {
+		line, err := out.ReadString('\n')
+		if rest, ok := strings.CutPrefix(line, "result "); ok {
+			var r pacedResult
+			if err := json.Unmarshal([]byte(rest), &r); err != nil {
+				b.Fatalf("the workloads' process said %q: %v", line, err)
+			}
+			go io.Copy(io.Discard, out) // the test framework's PASS
+			return r, e.agentTimes(b).since(before)
+		}
+		if err != nil {
+			b.Fatalf("the workloads' process gave no result: %v", err)
+		}
+	}
+}
+
+// TestBenchPacedWorkloads is not a test: BenchmarkWorkloadAPIPacedApart runs
+// the test binary with MESHFED_BENCH_PACED set to be its workloads.
+func TestBenchPacedWorkloads(t *testing.T) {
+	raw := os.Getenv("MESHFED_BENCH_PACED")
+	if raw == "" {
+		t.Skip("run by BenchmarkWorkloadAPIPacedApart")
+	}
+	var spec pacedSpec
+	if err := json.Unmarshal([]byte(raw), &spec); err != nil {
+		t.Fatalf("MESHFED_BENCH_PACED: %v", err)
+	}
+	tokens, err := os.ReadFile(spec.Tokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := spiffeid.FromString(spec.Want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &benchEnv{distinct: strings.Split(string(tokens), "\n"), want: want}
+	e.nextDistinct.Store(spec.FirstToken)
+	calls := map[string]benchCall{
+		"fetch-x509svid":            e.fetchX509SVID,
+		"validate-jwtsvid-distinct": e.validateDistinct,
+		"health-watch":              healthWatch,
+		"health-check":              healthCheck,
+	}
+	call, ceiling := calls[spec.Call], calls[spec.Ceiling]
+	if call == nil || ceiling == nil {
+		t.Fatalf("MESHFED_BENCH_PACED: unknown call %q or %q", spec.Call, spec.Ceiling)
+	}
+	warm := call
+	if spec.Call == "validate-jwtsvid-distinct" {
+		warm = e.fetchX509SVID // so that no token is used up
+	}
+	conns := dialClients(t, spec.Socket, spec.Clients, warm)
+	ceilingConns := dialClients(t, spec.CeilingSocket, spec.Clients, ceiling)
+	fmt.Println("ready")
+	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+		t.Fatalf("waiting for the benchmark to begin: %v", err)
+	}
+	got, ceil := pacedTurns(t, conns, call, ceilingConns, ceiling, spec.Calls)
+	r, err := json.Marshal(pacedResult{
+		P50: percentile(got, 50), P99: percentile(got, 99),
+		CeilingP50: percentile(ceil, 50), CeilingP99: percentile(ceil, 99),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("result %s\n", r)
 }
 
 // benchHolders is how many workloads BenchmarkConnectedWorkloads connects.
@@ -708,23 +928,16 @@ func settled(b *testing.B, want int) memory {
 	return memory{heap: ms.HeapAlloc, stack: ms.StackInuse, goroutines: runtime.NumGoroutine()}
 }
 
-// holder is a process holding streams open: see TestBenchHoldStreams.
-type holder struct {
-	cmd     *exec.Cmd
-	stdin   io.WriteCloser
-	connect time.Duration
-}
-
-// startHolder starts a process that opens n streams of call to the socket
-// at path and returns once all have had their first response.
-func startHolder(b *testing.B, path, call string, n int) *holder {
+// startSelf starts this test binary running only the test named, with env
+// (NAME=value) added to its environment, and returns its stdin and stdout.
+func startSelf(b *testing.B, test, env string) (*exec.Cmd, io.WriteCloser, *bufio.Reader) {
 	b.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		b.Fatal(err)
 	}
-	cmd := exec.Command(exe, "-test.run=^TestBenchHoldStreams$")
-	cmd.Env = append(os.Environ(), "MESHFED_BENCH_HOLD="+call+","+strconv.Itoa(n)+","+path)
+	cmd := exec.Command(exe, "-test.run=^"+test+"$")
+	cmd.Env = append(os.Environ(), env)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -737,8 +950,23 @@ func startHolder(b *testing.B, path, call string, n int) *holder {
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
+	return cmd, stdin, bufio.NewReader(stdout)
+}
+
+// holder is a process holding streams open: see TestBenchHoldStreams.
+type holder struct {
+	cmd     *exec.Cmd
+	stdin   io.WriteCloser
+	connect time.Duration
+}
+
+// startHolder starts a process that opens n streams of call to the socket
+// at path and returns once all have had their first response.
+func startHolder(b *testing.B, path, call string, n int) *holder {
+	b.Helper()
+	cmd, stdin, stdout := startSelf(b, "TestBenchHoldStreams", "MESHFED_BENCH_HOLD="+call+","+strconv.Itoa(n)+","+path)
 	h := &holder{cmd: cmd, stdin: stdin}
-	line, err := bufio.NewReader(stdout).ReadString('\n')
+	line, err := stdout.ReadString('\n')
 	ns, ok := strings.CutPrefix(strings.TrimSpace(line), "ready ")
 	d, convErr := strconv.ParseInt(ns, 10, 64)
 	if err != nil || !ok || convErr != nil {
