@@ -3,6 +3,7 @@ package controller
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"os"
@@ -15,6 +16,9 @@ import (
 	"github.com/meshfed/meshfed/internal/federation/virtualmesh"
 	"github.com/meshfed/meshfed/internal/testjwt"
 	"github.com/meshfed/meshfed/internal/testsync"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 )
 
 // withoutWestWithNorth is testMesh with west removed from spec.meshes and
@@ -281,4 +285,46 @@ func TestRemovingAMemberUnblocksARotation(t *testing.T) {
 	if st := h.status(); st.GetRotationPhase() != "reissuing" || strings.Contains(st.GetWaitingFor(), "west.example") {
 		t.Errorf("after west was removed: phase %s, waiting for %q; want reissuing, waiting for east only", st.GetRotationPhase(), st.GetWaitingFor())
 	}
+}
+
+// A member removed from spec.meshes between a Watch's authentication (the
+// stream interceptor) and its first state is refused that state: the
+// handler checks the member again after reading the state it would send,
+// as it does before every later one. Here the handler is called as the
+// interceptor would have called it before the removal.
+func TestWatchRefusesAMemberRemovedBeforeItsFirstState(t *testing.T) {
+	dir := t.TempDir()
+	clock := &fakeClock{now: t0}
+	h, file := fileHarness(t, dir, clock, &testsync.Buffer{})
+	w := h.member(west).mustJoin()
+	writeMesh(t, file, withoutWestWithNorth)
+	h.mustReload(true)
+
+	ctx, cancel := context.WithCancel(peer.NewContext(context.Background(), &peer.Peer{
+		AuthInfo: credentials.TLSInfo{State: tls.ConnectionState{PeerCertificates: tlsChain(t, w.svid)}},
+	}))
+	defer cancel()
+	stream := &recordingStream{ctx: context.WithValue(ctx, memberKey{}, west), sent: cancel}
+	err := (&controllerService{c: h.c}).Watch(&pb.WatchRequest{}, stream)
+	const notMember = `PermissionDenied: federation controller: west.example is not a member of VirtualMesh "virtual-mesh" (spec.meshes)`
+	if len(stream.msgs) != 0 || statusText(err) != notMember {
+		t.Fatalf("Watch of a removed member: %d states sent, %s; want none, %s", len(stream.msgs), statusText(err), notMember)
+	}
+}
+
+// recordingStream is a Watch stream that keeps what is sent and calls sent
+// after each message.
+type recordingStream struct {
+	grpc.ServerStream
+	ctx  context.Context
+	msgs []*pb.FederationState
+	sent func()
+}
+
+func (s *recordingStream) Context() context.Context { return s.ctx }
+
+func (s *recordingStream) Send(m *pb.FederationState) error {
+	s.msgs = append(s.msgs, m)
+	s.sent()
+	return nil
 }

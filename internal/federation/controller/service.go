@@ -372,13 +372,14 @@ func (s *controllerService) Watch(_ *pb.WatchRequest, stream grpc.ServerStreamin
 		msg, wake := c.federationState(), c.changed
 		c.mu.Unlock()
 		if msg.Generation != sent {
-			// The stream lives as long as the connection: the member's SVID
-			// is verified again (it may have expired, or its root retired)
-			// before each state after the first.
-			if sent != 0 {
-				if _, err := c.authenticate(stream.Context(), pb.Controller_Watch_FullMethodName); err != nil {
-					return err
-				}
+			// The stream lives as long as the connection: the member is
+			// checked again (its SVID may have expired, its root retired,
+			// or its trust domain left spec.meshes) after the state to send
+			// was read, before each one, the first too: a removal between
+			// the interceptor's check and that read would otherwise go
+			// unnoticed until the next change.
+			if _, err := c.authenticate(stream.Context(), pb.Controller_Watch_FullMethodName); err != nil {
+				return err
 			}
 			if err := stream.Send(msg); err != nil {
 				return err
