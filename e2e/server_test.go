@@ -579,6 +579,7 @@ func TestAgentServesWorkloadsThroughOutages(t *testing.T) {
 	for _, want := range []string{
 		`meshfed_agent_workload_refused_total{limit="max_connections_per_uid",what="connection"} `,
 		`meshfed_agent_calls_total{code="OK",method="SpiffeWorkloadAPI/FetchX509SVID"} `,
+		`meshfed_agent_call_first_response_seconds_count{method="SpiffeWorkloadAPI/FetchX509SVID"} `,
 		"meshfed_agent_workload_connections 1\n",
 	} {
 		if !strings.Contains(metrics, want) {
