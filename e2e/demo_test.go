@@ -129,7 +129,7 @@ func TestDemoStopsEverythingOnInterrupt(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	waitFor(t, 60*time.Second, "the demo to reach step 3", func() bool { return strings.Contains(stdout.String(), "\nStep 3. ") })
+	testsync.EventuallyWithin(t, 60*time.Second, "the demo to reach step 3", func() bool { return strings.Contains(stdout.String(), "\nStep 3. ") })
 	cmd.Process.Signal(os.Interrupt)
 	select {
 	case err := <-done:

@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/meshfed/meshfed/internal/testsync"
 )
 
 // TestGatewayThirdPartyRoot is the "mutual TLS with a third-party root"
@@ -85,7 +87,7 @@ limits: {drain_timeout: 10s}
 		{ingress, fmt.Sprintf("meshfed proxy (gateways only): ingress gateway helloworld-ingress 127.0.0.1:%d -> %s (MUTUAL)", inPort, appLn.Addr())},
 		{egress, fmt.Sprintf("meshfed proxy (gateways only): egress gateway helloworld-egress 127.0.0.1:%d -> 127.0.0.1:%d (MUTUAL)", outPort, inPort)},
 	} {
-		waitFor(t, 60*time.Second, p.d.name+" to start", func() bool {
+		testsync.EventuallyWithin(t, 60*time.Second, p.d.name+" to start", func() bool {
 			p.d.mustRun(t)
 			return strings.Contains(p.d.logs.String(), p.line)
 		})
@@ -122,7 +124,7 @@ limits: {drain_timeout: 10s}
 	if n := served.Load(); n != 2 {
 		t.Errorf("the app served %d requests, want 2", n)
 	}
-	waitFor(t, 10*time.Second, "the access log lines", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "the access log lines", func() bool {
 		in, eg := ingress.logs.String(), egress.logs.String()
 		return strings.Contains(in, `msg=request listener=helloworld-ingress`) && strings.Contains(in, `peer="CN=cluster-a-client" method=GET host=helloworld.zufar.io path=/hello proto=HTTP/1.1 status=200`) &&
 			strings.Contains(in, "result=handshake_failed error=\"tls: client didn't provide a certificate\"") &&
@@ -138,7 +140,7 @@ limits: {drain_timeout: 10s}
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the renewed server certificate", func() bool {
+	testsync.EventuallyWithin(t, 20*time.Second, "the renewed server certificate", func() bool {
 		c, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", inPort), &tls.Config{RootCAs: roots, ServerName: "helloworld.zufar.io", Certificates: []tls.Certificate{clientPair}})
 		if err != nil {
 			t.Fatalf("handshake with the ingress: %v", err)
@@ -146,7 +148,7 @@ limits: {drain_timeout: 10s}
 		defer c.Close()
 		return c.ConnectionState().PeerCertificates[0].Equal(renewed)
 	})
-	waitFor(t, 10*time.Second, "the reload log line", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "the reload log line", func() bool {
 		return strings.Contains(ingress.logs.String(), "gateway certificate files reloaded")
 	})
 

@@ -15,6 +15,7 @@ import (
 
 	pb "github.com/meshfed/meshfed/internal/api/serverv1"
 	"github.com/meshfed/meshfed/internal/pemfile"
+	"github.com/meshfed/meshfed/internal/testsync"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -55,7 +56,7 @@ func TestNodeEvictedBannedAndCopiedSVID(t *testing.T) {
 		"--data-dir", "agent", "--socket", wl)
 	fetch := func(what string) {
 		t.Helper()
-		waitFor(t, 30*time.Second, what, func() bool {
+		testsync.EventuallyWithin(t, 30*time.Second, what, func() bool {
 			r := run(t, dir, meshfedBin, "svid", "fetch", "--socket", wl, "--timeout", "5s")
 			return r.code == 0 && strings.Contains(r.stdout, "spiffe://east.example/ns/default/sa/reviews")
 		})
@@ -85,7 +86,7 @@ func TestNodeEvictedBannedAndCopiedSVID(t *testing.T) {
 	if out := meshfed(t, dir, "node", "evict", "--admin-socket", sock, "--spiffe-id", node).stdout; out != "evicted node "+node+"\n" {
 		t.Errorf("node evict printed %q", out)
 	}
-	waitFor(t, 10*time.Second, "the agent to learn of its eviction", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "the agent to learn of its eviction", func() bool {
 		s := agent.logs.String()
 		return strings.Contains(s, "the server refuses this node") && strings.Contains(s, "reason=NODE_NOT_ATTESTED") &&
 			strings.Contains(s, "the agent has no join token it has not used: make one with 'meshfed token create --spiffe-id "+node+"' and write it to "+tokenFile)
@@ -95,7 +96,7 @@ func TestNodeEvictedBannedAndCopiedSVID(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte(newToken()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the agent to attest again with the new token", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "the agent to attest again with the new token", func() bool {
 		return strings.Contains(agent.logs.String(), "attested again; the server accepts this node")
 	})
 	after := nodeList(t, dir, sock)
@@ -112,7 +113,7 @@ func TestNodeEvictedBannedAndCopiedSVID(t *testing.T) {
 	if out := meshfed(t, dir, "node", "ban", "--admin-socket", sock, "--spiffe-id", node).stdout; !strings.HasPrefix(out, "banned node "+node+" at ") {
 		t.Errorf("node ban printed %q", out)
 	}
-	waitFor(t, 10*time.Second, "the agent to learn of its ban", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "the agent to learn of its ban", func() bool {
 		return strings.Contains(agent.logs.String(), "reason=NODE_BANNED")
 	})
 	if got := nodeList(t, dir, sock); got["banned_at"] == nil {
@@ -125,7 +126,7 @@ func TestNodeEvictedBannedAndCopiedSVID(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte(newToken()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the agent to attest again after the ban was lifted", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "the agent to attest again after the ban was lifted", func() bool {
 		return strings.Count(agent.logs.String(), "attested again; the server accepts this node") == 2
 	})
 	fetch("the workload's SVID after the ban was lifted")
@@ -159,7 +160,7 @@ func TestNodeEvictedBannedAndCopiedSVID(t *testing.T) {
 	if out := meshfed(t, dir, "entry", "update", entry.ID, "--admin-socket", sock, "--dns", "reviews.east.example").stdout; !strings.Contains(out, entry.ID) || !strings.Contains(out, "reviews.east.example") {
 		t.Errorf("entry update printed:\n%s", out)
 	}
-	waitFor(t, 30*time.Second, "the workload's SVID to carry the entry's new DNS name", func() bool {
+	testsync.EventuallyWithin(t, 30*time.Second, "the workload's SVID to carry the entry's new DNS name", func() bool {
 		if r := run(t, dir, meshfedBin, "svid", "fetch", "--socket", wl, "--out", "certs", "--timeout", "5s"); r.code != 0 {
 			return false
 		}

@@ -18,6 +18,7 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/meshfed/meshfed/internal/testsync"
 )
 
 // proxyPair is a trust domain with two workloads, each with its own agent:
@@ -114,7 +115,7 @@ outbound:
 		{p.serverProxy, fmt.Sprintf("meshfed proxy %s: inbound ratings-in 127.0.0.1:%d -> %s", p.serverID, p.inPort, appLn.Addr())},
 		{p.client, fmt.Sprintf("meshfed proxy %s: outbound ratings 127.0.0.1:%d -> 127.0.0.1:%d", p.clientID, p.outPort, p.inPort)},
 	} {
-		waitFor(t, 60*time.Second, d.d.name+" to start", func() bool {
+		testsync.EventuallyWithin(t, 60*time.Second, d.d.name+" to start", func() bool {
 			d.d.mustRun(t)
 			return strings.Contains(d.d.logs.String(), d.line)
 		})
@@ -212,7 +213,7 @@ func TestProxyHTTPPolicy(t *testing.T) {
 	// A DENY on the client's principal, written while the proxies run.
 	writeFile(t, filepath.Join(p.policies, "deny.yaml"), secDoc("AuthorizationPolicy", "deny-reviews",
 		"  selector:\n    matchLabels:\n      app: ratings\n  action: DENY\n  rules:\n  - from:\n    - source:\n        principals: [east.example/ns/default/sa/reviews]\n"))
-	waitFor(t, 10*time.Second, "the DENY policy to take effect", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "the DENY policy to take effect", func() bool {
 		code, body := p.get(t, p.viaOutbound("/r"))
 		return code == 403 && body == "RBAC: access denied"
 	})
@@ -222,14 +223,14 @@ func TestProxyHTTPPolicy(t *testing.T) {
 
 	// STRICT: plaintext is turned away; mTLS still reaches the policy.
 	writeFile(t, filepath.Join(p.policies, "peer.yaml"), secDoc("PeerAuthentication", "default", "  mtls:\n    mode: STRICT\n"))
-	waitFor(t, 10*time.Second, "STRICT to take effect", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "STRICT to take effect", func() bool {
 		code, _ := p.get(t, p.direct("/plain"))
 		return code == 0
 	})
 
 	// A broken file is refused and the last good set stays in force.
 	writeFile(t, filepath.Join(p.policies, "broken.yaml"), secDoc("PeerAuthentication", "broken", "  mtls:\n    mode: SOMETIMES\n"))
-	waitFor(t, 10*time.Second, "the broken file to be refused", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "the broken file to be refused", func() bool {
 		return strings.Contains(p.serverProxy.logs.String(), "broken.yaml:")
 	})
 	if code, _ := p.get(t, p.viaOutbound("/r")); code != 403 {
@@ -252,10 +253,10 @@ func TestProxyHTTPPolicy(t *testing.T) {
 	if err := p.serverProxy.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the policy directory to be read again on SIGHUP", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "the policy directory to be read again on SIGHUP", func() bool {
 		return strings.Contains(p.serverProxy.logs.String(), "SIGHUP: reading the policy directory again")
 	})
-	waitFor(t, 10*time.Second, "the DENY to be lifted", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "the DENY to be lifted", func() bool {
 		code, _ := p.get(t, p.viaOutbound("/r"))
 		return code == 200
 	})
@@ -286,7 +287,7 @@ func TestProxyServerPolicyPush(t *testing.T) {
 	if out != "AuthorizationPolicy default/deny-reviews created\n" {
 		t.Fatalf("policy apply said %q", out)
 	}
-	waitFor(t, 10*time.Second, "the pushed DENY to take effect", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "the pushed DENY to take effect", func() bool {
 		code, body := p.get(t, p.viaOutbound("/r"))
 		return code == 403 && body == "RBAC: access denied"
 	})
@@ -298,7 +299,7 @@ func TestProxyServerPolicyPush(t *testing.T) {
 	// A clash with the proxy's own directory: refused there, last good kept.
 	writeFile(t, filepath.Join(p.dir, "clash.yaml"), secDoc("PeerAuthentication", "default", "  mtls:\n    mode: STRICT\n"))
 	meshfed(t, p.dir, "policy", "apply", "-f", "clash.yaml", "--admin-socket", p.adminSock)
-	waitFor(t, 10*time.Second, "the proxy to refuse the clashing push", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "the proxy to refuse the clashing push", func() bool {
 		s := p.serverProxy.logs.String()
 		return strings.Contains(s, "policies from the server") && strings.Contains(s, "refused, the last good set stays in force")
 	})
@@ -311,7 +312,7 @@ func TestProxyServerPolicyPush(t *testing.T) {
 
 	meshfed(t, p.dir, "policy", "delete", "PeerAuthentication", "default/default", "--admin-socket", p.adminSock)
 	meshfed(t, p.dir, "policy", "delete", "AuthorizationPolicy", "default/deny-reviews", "--admin-socket", p.adminSock)
-	waitFor(t, 10*time.Second, "the deletion to take effect", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "the deletion to take effect", func() bool {
 		code, _ := p.get(t, p.viaOutbound("/r"))
 		return code == 200
 	})

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/meshfed/meshfed/internal/testsync"
 )
 
 // TestProxyOutboundToStrictInbound: one server, two agents (one per
@@ -89,7 +91,7 @@ metrics_listen: "127.0.0.1:%d"
 		{serverProxy, fmt.Sprintf("meshfed proxy %s: inbound ratings-in 127.0.0.1:%d -> %s (STRICT)", serverID, inPort, appLn.Addr())},
 		{clientProxy, fmt.Sprintf("meshfed proxy %s: outbound ratings 127.0.0.1:%d -> 127.0.0.1:%d", clientID, outPort, inPort)},
 	} {
-		waitFor(t, 60*time.Second, p.d.name+" to start", func() bool {
+		testsync.EventuallyWithin(t, 60*time.Second, p.d.name+" to start", func() bool {
 			p.d.mustRun(t)
 			return strings.Contains(p.d.logs.String(), p.line)
 		})
@@ -123,7 +125,7 @@ metrics_listen: "127.0.0.1:%d"
 	if n := served.Load(); n != 1 {
 		t.Errorf("the app served %d requests, want 1 (the one through mTLS)", n)
 	}
-	waitFor(t, 10*time.Second, "the access log lines", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "the access log lines", func() bool {
 		s := serverProxy.logs.String()
 		return strings.Contains(s, "listener=ratings-in") && strings.Contains(s, "peer="+clientID+" ") &&
 			strings.Contains(s, "result=ok") && strings.Contains(s, "peer=plaintext bytes_received=0 bytes_sent=0") &&

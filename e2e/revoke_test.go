@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshfed/meshfed/internal/testsync"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -32,13 +33,13 @@ func TestWithdrawnFederationClosesProxiedConnections(t *testing.T) {
 	westProxy, eastProxy := p.server, p.client
 
 	meshfed(t, dir, "bundle", "delete", "east.example", "--admin-socket", west.sock)
-	waitFor(t, 30*time.Second, "east's bundle to leave west's workloads", func() bool {
+	testsync.EventuallyWithin(t, 30*time.Second, "east's bundle to leave west's workloads", func() bool {
 		_, err := westSrc.GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString("east.example"))
 		return err != nil
 	})
 	// West's proxy checks its connections once a second.
 	t.Logf("the open connection was closed %s after east's bundle left west's workload", p.waitClosed(t).Round(time.Millisecond))
-	waitFor(t, 10*time.Second, "west's proxy to say why", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "west's proxy to say why", func() bool {
 		s := westProxy.logs.String()
 		return strings.Contains(s, "closed a connection: its peer is no longer trusted") &&
 			strings.Contains(s, "peer="+reviewsEast.String()) && strings.Contains(s, "trust domain east.example is no longer trusted")
@@ -102,7 +103,7 @@ outbound:
 	westProxy := startDaemon(t, dir, "west proxy", meshfedBin, "proxy", "--config", "west-proxy.yaml")
 	eastProxy := startDaemon(t, dir, "east proxy", meshfedBin, "proxy", "--config", "east-proxy.yaml")
 	for _, d := range []*daemon{westProxy, eastProxy} {
-		waitFor(t, 60*time.Second, d.name+" to start", func() bool {
+		testsync.EventuallyWithin(t, 60*time.Second, d.name+" to start", func() bool {
 			d.mustRun(t)
 			return strings.Contains(d.logs.String(), "meshfed proxy spiffe://")
 		})

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshfed/meshfed/internal/testsync"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -72,7 +73,7 @@ func bothBundles(t *testing.T, a, b *domain) (*workloadapi.X509Source, *workload
 	t.Helper()
 	srcA, srcB := x509Source(t, a.workload), x509Source(t, b.workload)
 	for _, src := range []*workloadapi.X509Source{srcA, srcB} {
-		waitFor(t, 30*time.Second, "both workloads to hold both bundles", func() bool {
+		testsync.EventuallyWithin(t, 30*time.Second, "both workloads to hold both bundles", func() bool {
 			_, errA := src.GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString(a.td))
 			_, errB := src.GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString(b.td))
 			return errA == nil && errB == nil
@@ -218,7 +219,7 @@ federation:
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() { defer close(done); hs.run(t, eastSrc, westSrc, stop) }()
-	waitFor(t, 10*time.Second, "the first handshakes", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "the first handshakes", func() bool {
 		hs.mu.Lock()
 		defer hs.mu.Unlock()
 		return hs.ok+hs.fail >= 5
@@ -230,7 +231,7 @@ federation:
 	}
 	phases := map[string]bool{}
 	var final federationStatus
-	waitFor(t, 90*time.Second, "east's rotation to finish (ca.auto_rotate advances it)", func() bool {
+	testsync.EventuallyWithin(t, 90*time.Second, "east's rotation to finish (ca.auto_rotate advances it)", func() bool {
 		final = statusOf(t, dir, east.sock)
 		phases[final.RotationPhase] = true
 		time.Sleep(200 * time.Millisecond)
@@ -238,7 +239,7 @@ federation:
 	})
 	// West fetches east's bundle without the old root within a refresh hint;
 	// keep the traffic going until then.
-	waitFor(t, 30*time.Second, "west to drop east's old root", func() bool {
+	testsync.EventuallyWithin(t, 30*time.Second, "west to drop east's old root", func() bool {
 		b, err := westSrc.GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString("east.example"))
 		return err == nil && len(b.X509Authorities()) == 1
 	})
@@ -310,7 +311,7 @@ func TestFederatesWithReloadedOnSIGHUP(t *testing.T) {
     endpoint_spiffe_id: spiffe://west.example/meshfed/server
 `, westPort))
 	hangup(t, east.server.cmd.Process)
-	waitFor(t, 20*time.Second, "east to fetch west's bundle from its endpoint", func() bool {
+	testsync.EventuallyWithin(t, 20*time.Second, "east to fetch west's bundle from its endpoint", func() bool {
 		r := westRow()
 		return r.Source == "federates_with" && r.LastSuccess != "" && r.LastError == ""
 	})
@@ -320,7 +321,7 @@ func TestFederatesWithReloadedOnSIGHUP(t *testing.T) {
 
 	writeFile(t, filepath.Join(dir, "east.yaml"), "{}\n")
 	hangup(t, east.server.cmd.Process)
-	waitFor(t, 20*time.Second, "west to leave east's peers, its bundle kept", func() bool {
+	testsync.EventuallyWithin(t, 20*time.Second, "west to leave east's peers, its bundle kept", func() bool {
 		r := westRow()
 		return r.Source == "bundle set" && r.Endpoint == "" && r.Authorities == 1
 	})

@@ -104,19 +104,6 @@ func (p *serverProc) stop(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds or the deadline passes; for events a
-// separate process reports, which a test cannot drive with a clock.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 func curl(t *testing.T, dir string, args ...string) (string, int) {
 	t.Helper()
 	p, err := exec.LookPath("curl")
@@ -230,7 +217,7 @@ func TestServerCACertsHotReload(t *testing.T) {
 	// the server's own SVID is re-issued by it.
 	meshfed(t, dir, "ca", "istio-cacerts", "--ca", "root", "--trust-domain", "east.example", "--out", "cacerts", "--force")
 	inter, _ := pemfile.ReadCertificates(filepath.Join(dir, "cacerts", "ca-cert.pem"))
-	waitFor(t, 10*time.Second, "the server to sign with the new intermediate", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "the server to sign with the new intermediate", func() bool {
 		return servingIssuer(t, dir, srv).Equal(inter[0])
 	})
 	if first.Equal(inter[0]) {
@@ -240,7 +227,7 @@ func TestServerCACertsHotReload(t *testing.T) {
 	// A bad replacement is refused with a log line; the server keeps going.
 	good, _ := os.ReadFile(filepath.Join(dir, "cacerts", "ca-key.pem"))
 	os.WriteFile(filepath.Join(dir, "cacerts", "ca-key.pem"), []byte("-----BEGIN PRIVATE KEY-----\nnot base64!\n-----END PRIVATE KEY-----\n"), 0o600)
-	waitFor(t, 10*time.Second, "the refusal to be logged", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "the refusal to be logged", func() bool {
 		return strings.Contains(srv.logs.String(), "cacerts replacement refused; the CA in use keeps signing")
 	})
 	if !servingIssuer(t, dir, srv).Equal(inter[0]) {
@@ -265,7 +252,7 @@ func TestServerSIGHUPReadsCACertsAgain(t *testing.T) {
 	if err := srv.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "the server to sign with the new intermediate after SIGHUP", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "the server to sign with the new intermediate after SIGHUP", func() bool {
 		return servingIssuer(t, dir, srv).Equal(inter[0])
 	})
 	if !strings.Contains(srv.logs.String(), "SIGHUP: reading the CA's directory (cacerts or VirtualMesh) and the federation section of --config again") {
@@ -321,7 +308,7 @@ func TestTwoServersOnOnePostgres(t *testing.T) {
 	rootA, _ := pemfile.ReadCertificates(filepath.Join(dir, "a", "ca", "ca.pem"))
 	rootB, _ := pemfile.ReadCertificates(filepath.Join(dir, "b", "ca", "ca.pem"))
 	var published *spiffebundle.Bundle
-	waitFor(t, 10*time.Second, "server a to publish server b's root", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "server a to publish server b's root", func() bool {
 		show := meshfed(t, dir, "bundle", "show", "--admin-socket", sockA)
 		published, _ = spiffebundle.Parse(eastTD, []byte(show.stdout))
 		return published != nil && published.HasX509Authority(rootA[0]) && published.HasX509Authority(rootB[0])
@@ -388,7 +375,7 @@ func startAgent(t *testing.T, dir string, args ...string) *agentProc {
 	}
 	p := &agentProc{cmd: cmd, logs: logs, done: make(chan error, 1)}
 	go func() { p.done <- cmd.Wait() }()
-	waitFor(t, 30*time.Second, "the agent to start", func() bool {
+	testsync.EventuallyWithin(t, 30*time.Second, "the agent to start", func() bool {
 		select {
 		case err := <-p.done:
 			p.done <- err
@@ -439,7 +426,7 @@ func TestAgentServesWorkloadsThroughOutages(t *testing.T) {
 
 	fetch := func() result {
 		var r result
-		waitFor(t, 30*time.Second, "the workload's SVID", func() bool {
+		testsync.EventuallyWithin(t, 30*time.Second, "the workload's SVID", func() bool {
 			r = run(t, dir, meshfedBin, "svid", "fetch", "--socket", "agent/workload.sock", // relative, as users type it
 				"--out", "certs", "--timeout", "5s")
 			return r.code == 0
@@ -465,7 +452,7 @@ func TestAgentServesWorkloadsThroughOutages(t *testing.T) {
 		t.Errorf("node key mode %o", m)
 	}
 	// File mode wrote the same identity and ran the reload command.
-	waitFor(t, 10*time.Second, "file mode to write and reload", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "file mode to write and reload", func() bool {
 		_, err := os.Stat(filepath.Join(dir, "files", "reloaded"))
 		return err == nil
 	})
@@ -521,7 +508,7 @@ func TestAgentServesWorkloadsThroughOutages(t *testing.T) {
 	meshfed(t, dir, "ca", "create-root", "--out", "west2", "--trust-domain", "west.example")
 	meshfed(t, dir, "bundle", "set", "--admin-socket", sock, "--trust-domain", "west.example", "--in", "west2/ca.pem")
 	newWest, _ := os.ReadFile(filepath.Join(dir, "west2", "ca.pem"))
-	waitFor(t, 10*time.Second, "west's new root to reach the workload", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "west's new root to reach the workload", func() bool {
 		run(t, dir, meshfedBin, "svid", "fetch", "--socket", wl, "--out", "certs2", "--timeout", "5s")
 		got, _ := os.ReadFile(filepath.Join(dir, "certs2", "federated-west.example.pem"))
 		return bytes.Equal(got, newWest)
@@ -562,7 +549,7 @@ func TestAgentServesWorkloadsThroughOutages(t *testing.T) {
 	defer held.Close()
 	// Until the agent has seen the last fetch's process go, its connection
 	// may still be counted.
-	waitFor(t, 10*time.Second, "the held connection's first SVID", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "the held connection's first SVID", func() bool {
 		_, err := held.FetchX509SVID(ctx)
 		return err == nil
 	})

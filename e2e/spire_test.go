@@ -115,7 +115,7 @@ plugins {
 `, spireAPIPort, spireSock, filepath.Join(dir, "spire", "data"), spireBundlePort, east.bundle, eastEndpointID,
 		filepath.Join(dir, "spire", "data", "datastore.sqlite3")))
 	spireServer := startDaemon(t, dir, "spire-server", spireServerBin, "run", "-config", filepath.Join(dir, "spire", "server.conf"))
-	waitFor(t, 30*time.Second, "the SPIRE server to be healthy", func() bool {
+	testsync.EventuallyWithin(t, 30*time.Second, "the SPIRE server to be healthy", func() bool {
 		spireServer.mustRun(t)
 		return run(t, dir, spireServerBin, "healthcheck", "-socketPath", spireSock).code == 0
 	})
@@ -451,7 +451,7 @@ func bundleOf(t *testing.T, set *x509bundle.Set, td spiffeid.TrustDomain) *x509b
 // fetchX509Context polls a Workload API socket until it hands this process
 // exactly the SVID want and the bundles of federatedDomains. Each attempt
 // is a new connection and attestation, so it polls every 200 ms, not as
-// fast as waitFor.
+// fast as testsync.EventuallyWithin.
 func fetchX509Context(t *testing.T, agentRunning func(*testing.T), sock string, want spiffeid.ID) *workloadapi.X509Context {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/meshfed/meshfed/internal/pemfile"
+	"github.com/meshfed/meshfed/internal/testsync"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
@@ -216,7 +217,7 @@ func startController(t *testing.T, dir string) (ctrl *daemon, addr, sock, metric
 	ctrl = startDaemon(t, dir, "federation controller", meshfedBin, "federation", "run", "--config", "vm.yaml", "--data-dir", "ctrl",
 		"--listen", addr, "--intermediate-ttl", "10m", "--rotate-root-before", "off", "--metrics-listen", metrics)
 	sock = filepath.Join(dir, "ctrl", "admin.sock")
-	waitFor(t, 30*time.Second, "the controller's admin socket and root-cert.pem", func() bool {
+	testsync.EventuallyWithin(t, 30*time.Second, "the controller's admin socket and root-cert.pem", func() bool {
 		ctrl.mustRun(t)
 		_, errSock := os.Stat(sock)
 		_, errRoot := os.Stat(filepath.Join(dir, "ctrl", "root-cert.pem"))
@@ -319,7 +320,7 @@ func TestVirtualMeshJoinAndRootRotationNoFailedHandshakes(t *testing.T) {
 	east := startMember(t, dir, g.ln.Addr().String(), ctrlSock, reviewsEast)
 	west := startMember(t, dir, g.ln.Addr().String(), ctrlSock, ratingsWest)
 	for _, m := range []*vmMember{east, west} {
-		waitFor(t, 10*time.Second, m.td.Name()+"'s first join attempt to fail", func() bool {
+		testsync.EventuallyWithin(t, 10*time.Second, m.td.Name()+"'s first join attempt to fail", func() bool {
 			return strings.Contains(m.server.logs.String(), "VirtualMesh membership stopped; signing with the CA in use and retrying")
 		})
 	}
@@ -366,13 +367,13 @@ func TestVirtualMeshJoinAndRootRotationNoFailedHandshakes(t *testing.T) {
 		writeFile(t, m.tokenFile, m.token)
 	}
 	g.open.Store(true)
-	waitFor(t, 45*time.Second, "both members to join", func() bool {
+	testsync.EventuallyWithin(t, 45*time.Second, "both members to join", func() bool {
 		st := virtualMeshStatusOf(t, dir, ctrlSock)
 		time.Sleep(100 * time.Millisecond)
 		return len(st.Members) == 2 && st.Members[0].Joined && st.Members[1].Joined
 	})
 	// 4. Both workloads get SVIDs under the shared root and both bundles.
-	waitFor(t, 45*time.Second, "both workloads to hold SVIDs under the shared root and both bundles", func() bool {
+	testsync.EventuallyWithin(t, 45*time.Second, "both workloads to hold SVIDs under the shared root and both bundles", func() bool {
 		return chainsTo(eastSrc, root1) == nil && chainsTo(westSrc, root1) == nil &&
 			trusts(eastSrc, root1, eastTD, westTD) && trusts(westSrc, root1, eastTD, westTD)
 	})
@@ -389,7 +390,7 @@ func TestVirtualMeshJoinAndRootRotationNoFailedHandshakes(t *testing.T) {
 	forthDone, backDone := make(chan struct{}), make(chan struct{})
 	go func() { defer close(forthDone); forth.run(t, eastSrc, westSrc, stop) }()
 	go func() { defer close(backDone); handshakesBack(&back, t, westSrc, eastSrc, stop) }()
-	waitFor(t, 10*time.Second, "the first handshakes both ways", func() bool { return forth.count() >= 5 && back.count() >= 5 })
+	testsync.EventuallyWithin(t, 10*time.Second, "the first handshakes both ways", func() bool { return forth.count() >= 5 && back.count() >= 5 })
 
 	rotateAt := time.Now()
 	out := meshfed(t, dir, "federation", "rotate-root", "--admin-socket", ctrlSock).stdout
@@ -398,7 +399,7 @@ func TestVirtualMeshJoinAndRootRotationNoFailedHandshakes(t *testing.T) {
 	}
 	phases := map[string]bool{}
 	var final virtualMeshStatus
-	waitFor(t, 90*time.Second, "the rotation to go back to stable with every member under the new root", func() bool {
+	testsync.EventuallyWithin(t, 90*time.Second, "the rotation to go back to stable with every member under the new root", func() bool {
 		final = virtualMeshStatusOf(t, dir, ctrlSock)
 		phases[final.RotationPhase] = true
 		time.Sleep(200 * time.Millisecond)
@@ -415,7 +416,7 @@ func TestVirtualMeshJoinAndRootRotationNoFailedHandshakes(t *testing.T) {
 	root2, skid2 := final.onlyRoot(t)
 	t.Logf("rotation back to stable %.1fs after rotate-root (phases seen: %v)", time.Since(rotateAt).Seconds(), phases)
 	// Keep the traffic going until both workloads trust the new root alone.
-	waitFor(t, 30*time.Second, "both workloads' bundles to hold only the new root", func() bool {
+	testsync.EventuallyWithin(t, 30*time.Second, "both workloads' bundles to hold only the new root", func() bool {
 		return trustsOnly(eastSrc, root2, eastTD, westTD) && trustsOnly(westSrc, root2, eastTD, westTD)
 	})
 	close(stop)
@@ -514,14 +515,14 @@ func TestVirtualMeshMemberRemovedAndAddedBackWithoutRestart(t *testing.T) {
 		writeFile(t, m.tokenFile, m.token) // read at the member's next try
 	}
 	eastSrc, westSrc := x509Source(t, east.workload), x509Source(t, west.workload)
-	waitFor(t, 45*time.Second, "both workloads to hold SVIDs under the shared root and both bundles", func() bool {
+	testsync.EventuallyWithin(t, 45*time.Second, "both workloads to hold SVIDs under the shared root and both bundles", func() bool {
 		return chainsTo(eastSrc, root) == nil && chainsTo(westSrc, root) == nil &&
 			trusts(eastSrc, root, eastTD, westTD) && trusts(westSrc, root, eastTD, westTD)
 	})
 	p := echoThroughProxies(t, dir, east.workload, west.workload)
 	// JWT-SVIDs too: east's workload validates west's, with the keys west
 	// reported to the controller.
-	waitFor(t, 30*time.Second, "east's workload to validate a JWT-SVID of west", func() bool {
+	testsync.EventuallyWithin(t, 30*time.Second, "east's workload to validate a JWT-SVID of west", func() bool {
 		return jwtAcross(t, west.workload, east.workload) == nil
 	})
 
@@ -532,7 +533,7 @@ func TestVirtualMeshMemberRemovedAndAddedBackWithoutRestart(t *testing.T) {
     trustDomain: west.example
 `, "", 1))
 	hangup(t, ctrl.cmd.Process) // read it now, not at the next poll
-	waitFor(t, 30*time.Second, "west's bundle to leave east's workloads", func() bool {
+	testsync.EventuallyWithin(t, 30*time.Second, "west's bundle to leave east's workloads", func() bool {
 		_, err := eastSrc.GetX509BundleForTrustDomain(westTD)
 		return err != nil
 	})
@@ -541,7 +542,7 @@ func TestVirtualMeshMemberRemovedAndAddedBackWithoutRestart(t *testing.T) {
 	t.Logf("west left east's workloads %s after the file was written, and the open connection was closed %s after it",
 		left.Round(time.Millisecond), time.Since(removedAt).Round(time.Millisecond))
 	p.refusesNew(t)
-	waitFor(t, 10*time.Second, "east's proxy to say why", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "east's proxy to say why", func() bool {
 		s := p.client.logs.String()
 		return strings.Contains(s, "closed a connection: its peer is no longer trusted") &&
 			strings.Contains(s, "peer="+ratingsWest.String()) && strings.Contains(s, "trust domain west.example is no longer trusted")
@@ -556,7 +557,7 @@ func TestVirtualMeshMemberRemovedAndAddedBackWithoutRestart(t *testing.T) {
 		strings.Contains(metrics, `trust_domain="west.example"`) {
 		t.Errorf("the controller's metrics after the removal:\n%s", metrics)
 	}
-	waitFor(t, 10*time.Second, "west's server to be told it is no longer a member", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "west's server to be told it is no longer a member", func() bool {
 		return strings.Contains(west.server.logs.String(), `west.example is not a member of VirtualMesh \"virtual-mesh\" (spec.meshes)`)
 	})
 	if err := jwtAcross(t, west.workload, east.workload); err == nil || !strings.Contains(err.Error(), `jwtsvid: no bundle found for trust domain "west.example"`) {
@@ -572,11 +573,11 @@ func TestVirtualMeshMemberRemovedAndAddedBackWithoutRestart(t *testing.T) {
 	addedAt := time.Now()
 	writeFile(t, filepath.Join(dir, "vm.yaml"), virtualMeshYAML)
 	hangup(t, ctrl.cmd.Process)
-	waitFor(t, 30*time.Second, "the controller to read west back", func() bool {
+	testsync.EventuallyWithin(t, 30*time.Second, "the controller to read west back", func() bool {
 		return len(virtualMeshStatusOf(t, dir, ctrlSock).Members) == 2
 	})
 	writeFile(t, west.tokenFile, meshfed(t, dir, "federation", "token", "create", "--admin-socket", ctrlSock, "--trust-domain", "west.example").stdout)
-	waitFor(t, 90*time.Second, "west to join again and east's workload to trust it", func() bool {
+	testsync.EventuallyWithin(t, 90*time.Second, "west to join again and east's workload to trust it", func() bool {
 		st := virtualMeshStatusOf(t, dir, ctrlSock)
 		_, err := eastSrc.GetX509BundleForTrustDomain(westTD)
 		return len(st.Members) == 2 && st.Members[1].Joined && err == nil
@@ -584,7 +585,7 @@ func TestVirtualMeshMemberRemovedAndAddedBackWithoutRestart(t *testing.T) {
 	if serial2 := virtualMeshStatusOf(t, dir, ctrlSock).serials()["west.example"]; serial2 == "" || serial2 == serial1 {
 		t.Errorf("west's intermediate after joining again: %q, before: %q", serial2, serial1)
 	}
-	waitFor(t, 30*time.Second, "a new connection through both proxies to echo", func() bool { return p.echoesNew() == nil })
+	testsync.EventuallyWithin(t, 30*time.Second, "a new connection through both proxies to echo", func() bool { return p.echoesNew() == nil })
 	t.Logf("west joined again and served %s after it was added back", time.Since(addedAt).Round(time.Millisecond))
 	if !strings.Contains(west.server.logs.String(), "joined the VirtualMesh again") {
 		t.Error("west's server does not log joining again")
@@ -596,7 +597,7 @@ func TestVirtualMeshMemberRemovedAndAddedBackWithoutRestart(t *testing.T) {
 	// directory) reread nothing, and go on serving.
 	hangup(t, east.agent.cmd.Process)
 	hangup(t, p.client.cmd.Process)
-	waitFor(t, 10*time.Second, "the agent and the proxy to log their SIGHUP", func() bool {
+	testsync.EventuallyWithin(t, 10*time.Second, "the agent and the proxy to log their SIGHUP", func() bool {
 		const nothing = "SIGHUP: nothing is read again; restart to change the configuration"
 		return strings.Contains(east.agent.logs.String(), nothing) && strings.Contains(p.client.logs.String(), nothing)
 	})

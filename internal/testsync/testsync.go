@@ -40,7 +40,15 @@ const Bound = 30 * time.Second
 // Bound.
 func Eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(Bound)
+	EventuallyWithin(t, Bound, what, cond)
+}
+
+// EventuallyWithin is Eventually with a bound of its own: for a wait whose
+// event a separate process reports (its start, a file it writes), where a
+// shorter or longer bound says what the test expects of it.
+func EventuallyWithin(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
